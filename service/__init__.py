@@ -1,0 +1,1 @@
+"""LatentMix service: the torch-free HTTP API and the contract it shares with the workers."""

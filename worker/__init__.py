@@ -1,0 +1,1 @@
+"""LatentMix workers: the latent engine (`worker.engine`) and the RQ task adapters."""
