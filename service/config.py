@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     result_ttl_s: int = 7 * 24 * 3600
     failure_ttl_s: int = 7 * 24 * 3600
     max_wait_s: float = 60.0  # cap for GET /jobs/{id}?wait=S
+    max_mixes_per_request: int = 1000
 
     @property
     def effective_redis_url(self) -> str:

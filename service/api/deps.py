@@ -1,0 +1,32 @@
+"""Request dependencies as typed aliases; the objects live on app.state (see service.app)."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+
+from service.config import Settings
+from service.latents import LatentCatalog
+from service.storage import Storage
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_catalog(request: Request) -> LatentCatalog:
+    return request.app.state.catalog
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+CatalogDep = Annotated[LatentCatalog, Depends(get_catalog)]

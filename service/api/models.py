@@ -1,0 +1,25 @@
+"""Which model a request runs on."""
+
+from fastapi import HTTPException
+from redis import Redis
+
+from service.api.problems import problem
+from service.config import Settings
+from service.jobs import served_models
+
+
+def resolve_model(requested: str | None, settings: Settings, redis: Redis) -> str:
+    """The configured model is always accepted (its jobs wait for a worker); any other
+    model must be served by a live worker, so no job waits forever on a queue nobody reads."""
+    if requested is None or requested == settings.model:
+        return settings.model
+    served = served_models(redis)
+    if requested not in served:
+        raise _unknown_model(requested, served | {settings.model})
+    return requested
+
+
+def _unknown_model(model: str, served: set[str]) -> HTTPException:
+    return problem(
+        422, f"model {model!r} is not served by any worker; served: {', '.join(sorted(served))}"
+    )

@@ -1,0 +1,90 @@
+"""GET /jobs/{id} (with ?wait=S), POST /jobs/{id}/cancel."""
+
+import asyncio
+import time
+from contextlib import suppress
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from rq.exceptions import InvalidJobOperation
+
+from service.api.deps import RedisDep, SettingsDep
+from service.api.problems import PROBLEM_RESPONSES, problem
+from service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
+from service.schemas import JobPublic
+
+router = APIRouter(tags=["jobs"])
+
+JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+POLL_INTERVAL_S = 0.1
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=PROBLEM_RESPONSES)
+async def get_job(
+    job_id: JobIdPath,
+    request: Request,
+    redis: RedisDep,
+    settings: SettingsDep,
+    wait: Annotated[
+        float, Query(ge=0, description="hold the request until the job ends or S seconds pass")
+    ] = 0,
+) -> JobPublic:
+    """A job's status, progress and result; `?wait=S` long-polls (S capped by the server)."""
+    deadline = time.monotonic() + min(wait, settings.max_wait_s)
+    while True:
+        view = await run_in_threadpool(_view, redis, job_id)
+        if view.status.is_terminal() or time.monotonic() >= deadline:
+            return public_job(view, request)
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=PROBLEM_RESPONSES
+)
+def cancel_job(
+    job_id: JobIdPath, request: Request, redis: RedisDep, settings: SettingsDep
+) -> JobPublic:
+    """Cancel a queued job now, or a running one at its next diffusion step."""
+    job = fetch_job(redis, job_id)
+    if job is None:
+        raise problem(404, f"job {job_id} not found")
+    view = view_job(redis, job)
+    if view.status.is_terminal():
+        raise problem(409, f"job {job_id} already ended: {view.status}")
+    request_cancel(redis, job_id, settings.failure_ttl_s)
+    if view.status is JobStatus.queued:
+        # Started or canceled in between: the flag stops it at its next step.
+        with suppress(InvalidJobOperation):
+            job.cancel(enqueue_dependents=True)
+    return public_job(view_job(redis, job), request)
+
+
+def _view(redis, job_id: str) -> JobView:
+    job = fetch_job(redis, job_id)
+    if job is None:
+        raise problem(404, f"job {job_id} not found")
+    return view_job(redis, job)
+
+
+def public_job(view: JobView, request: Request | None = None) -> JobPublic:
+    """The API's view of a job; image results get URLs the client can fetch."""
+    result = view.result
+    if result and "images" in result and request is not None:
+        images = [
+            image | {"url": str(request.url_for("get_image", image_id=image["id"]))}
+            for image in result["images"]
+        ]
+        result = result | {"images": images}
+    return JobPublic(
+        id=view.id,
+        type=view.type,
+        model=view.model,
+        status=view.status,
+        progress=view.progress,
+        created_at=view.created_at,
+        started_at=view.started_at,
+        finished_at=view.finished_at,
+        error=view.error,
+        result=result,
+    )

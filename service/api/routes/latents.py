@@ -1,0 +1,225 @@
+"""POST /latents (invert images, store uploaded latents), GET /latents/{id}[/data]."""
+
+import io
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from PIL import Image, UnidentifiedImageError
+
+from service.api.deps import CatalogDep, RedisDep, SettingsDep, StorageDep
+from service.api.models import resolve_model
+from service.api.problems import PROBLEM_RESPONSES, problem
+from service.api.routes.jobs import public_job
+from service.jobs import INVERT_TASK, enqueue, fetch_job, view_job
+from service.latents import (
+    ID_RE,
+    InvalidLatent,
+    LatentCatalog,
+    LatentRecord,
+    decode_latent,
+    image_latent_id,
+    latent_key,
+    upload_key,
+    uploaded_latent_id,
+)
+from service.schemas import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    MAX_GUIDANCE,
+    MAX_STEPS,
+    LatentEntry,
+    LatentPublic,
+    LatentsCreated,
+)
+
+router = APIRouter(tags=["latents"])
+
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
+
+
+@router.post(
+    "/latents",
+    status_code=202,
+    response_model=LatentsCreated,
+    responses={200: {"model": LatentsCreated, "description": "every latent already known"}}
+    | PROBLEM_RESPONSES,
+)
+def create_latents(
+    response: Response,
+    settings: SettingsDep,
+    redis: RedisDep,
+    storage: StorageDep,
+    catalog: CatalogDep,
+    images: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")] = [],  # noqa: B006
+    latents: Annotated[
+        list[UploadFile], File(description="safetensors files, one tensor `latent` [4, H, W]")
+    ] = [],  # noqa: B006
+    prompt: Annotated[
+        list[str], Form(description="one prompt for all images, or one per image")
+    ] = [],  # noqa: B006
+    model: Annotated[str | None, Form(description="default: the configured model")] = None,
+    inversion_steps: Annotated[int, Form(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS,
+    guidance_scale: Annotated[float, Form(ge=0.0, le=MAX_GUIDANCE)] = DEFAULT_GUIDANCE,
+    size: Annotated[
+        int | None, Form(ge=64, le=2048, multiple_of=8, description="default: the model's")
+    ] = None,
+) -> LatentsCreated:
+    """Invert images into noise latents (cached by content) and store uploaded latents."""
+    if not images and not latents:
+        raise problem(422, "send at least one file part named 'images' or 'latents'")
+    prompts = _prompts_for(prompt, len(images))
+    model = resolve_model(model, settings, redis)
+    job_id = uuid.uuid4().hex
+    claim_ttl = settings.job_timeout_s + 600
+    entries: list[LatentEntry] = []
+    work: list[dict] = []
+    planned: set[str] = set()
+    for upload, image_prompt in zip(images, prompts, strict=True):
+        data = upload.file.read()
+        _check_image(data, upload.filename)
+        inversion = {
+            "steps": inversion_steps,
+            "guidance_scale": guidance_scale,
+            "size": size,
+            "prompt": image_prompt,
+        }
+        latent_id = image_latent_id(data, model, inversion)
+        entry = _image_entry(catalog, latent_id, job_id, claim_ttl, upload.filename, planned)
+        if entry.job == job_id and latent_id not in planned:
+            planned.add(latent_id)
+            work.append({"latent_id": latent_id, "data": data, "prompt": image_prompt})
+        entries.append(entry)
+    entries += [_store_uploaded_latent(catalog, upload, model) for upload in latents]
+
+    if not work:
+        response.status_code = 200
+        return LatentsCreated(latents=entries, job=None)
+    try:
+        job = _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion)
+    except Exception:
+        catalog.release([w["latent_id"] for w in work], job_id)
+        raise
+    return LatentsCreated(latents=entries, job=public_job(view_job(redis, job)))
+
+
+@router.get("/latents/{latent_id}", response_model=LatentPublic, responses=PROBLEM_RESPONSES)
+def get_latent(latent_id: LatentIdPath, catalog: CatalogDep, redis: RedisDep) -> LatentPublic:
+    """A latent's metadata: status, model, settings, shape, norm, per-channel means."""
+    record = catalog.record(latent_id)
+    if record is not None:
+        return LatentPublic(**record.model_dump())
+    holder = catalog.pending_job(latent_id)
+    job = fetch_job(redis, holder) if holder else None
+    if job is None:
+        raise problem(404, f"latent {latent_id} not found")
+    view = view_job(redis, job)
+    if view.status.is_terminal():
+        return LatentPublic(id=latent_id, status="failed", job=job.id, error=view.error)
+    return LatentPublic(id=latent_id, status="pending", job=job.id)
+
+
+@router.get(
+    "/latents/{latent_id}/data",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}} | PROBLEM_RESPONSES,
+)
+def get_latent_data(latent_id: LatentIdPath, catalog: CatalogDep, storage: StorageDep) -> Response:
+    """The latent as a safetensors file with one tensor named `latent`."""
+    if catalog.record(latent_id) is None:
+        raise problem(404, f"latent {latent_id} not found or not ready")
+    return Response(
+        storage.get(latent_key(latent_id)),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{latent_id}.safetensors"'},
+    )
+
+
+def _prompts_for(prompts: list[str], image_count: int) -> list[str]:
+    if len(prompts) <= 1:
+        return (prompts or [""]) * image_count
+    if len(prompts) != image_count:
+        raise problem(
+            422, f"got {len(prompts)} prompts for {image_count} images: send one, or one per image"
+        )
+    return prompts
+
+
+def _check_image(data: bytes, filename: str | None) -> None:
+    """The format is sniffed from the bytes, not the file name."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise problem(
+            415, f"{filename!r} is not a readable PNG, JPEG or WebP image ({exc})"
+        ) from None
+    if image_format not in IMAGE_FORMATS:
+        raise problem(415, f"{filename!r} is {image_format}; allowed: PNG, JPEG, WebP")
+
+
+def _image_entry(
+    catalog: LatentCatalog,
+    latent_id: str,
+    job_id: str,
+    claim_ttl: int,
+    filename: str | None,
+    planned: set[str],
+) -> LatentEntry:
+    """Cached, pending on another job, or claimed for this request's job."""
+    if catalog.record(latent_id) is not None:
+        return LatentEntry(
+            id=latent_id, status="ready", cached=True, job=None, filename=filename, source="image"
+        )
+    if latent_id in planned:
+        holder = job_id  # the same image twice in one request
+    else:
+        holder = catalog.claim(latent_id, job_id, claim_ttl) or job_id
+    return LatentEntry(
+        id=latent_id,
+        status="pending",
+        cached=holder != job_id,
+        job=holder,
+        filename=filename,
+        source="image",
+    )
+
+
+def _store_uploaded_latent(catalog: LatentCatalog, upload: UploadFile, model: str) -> LatentEntry:
+    try:
+        array = decode_latent(upload.file.read())
+    except InvalidLatent as exc:
+        raise problem(422, f"{upload.filename!r}: {exc}") from None
+    latent_id = uploaded_latent_id(array, model)
+    known = catalog.record(latent_id) is not None
+    if not known:
+        catalog.publish(
+            LatentRecord.describe(latent_id, array, model=model, source="upload"), array
+        )
+    return LatentEntry(
+        id=latent_id,
+        status="ready",
+        cached=known,
+        job=None,
+        filename=upload.filename,
+        source="upload",
+    )
+
+
+def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion):
+    items = []
+    for item in work:
+        key = upload_key(item["data"])
+        storage.put(key, item["data"], "application/octet-stream")
+        items.append({"latent_id": item["latent_id"], "upload_key": key, "prompt": item["prompt"]})
+    engine_settings = {k: v for k, v in inversion.items() if k != "prompt"}
+    return enqueue(
+        redis,
+        settings,
+        task=INVERT_TASK,
+        model=model,
+        request={"items": items, "settings": engine_settings},
+        job_id=job_id,
+    )

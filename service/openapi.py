@@ -1,0 +1,18 @@
+"""`python -m service.openapi`: write the app's OpenAPI schema to openapi/openapi.json."""
+
+import json
+from pathlib import Path
+
+from service.app import create_app
+from service.config import Settings
+
+SCHEMA_FILE = Path(__file__).parents[1] / "openapi" / "openapi.json"
+
+
+def render() -> str:
+    return json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    SCHEMA_FILE.write_text(render())
+    print(f"wrote {SCHEMA_FILE}")

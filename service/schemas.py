@@ -1,0 +1,97 @@
+"""Request and response bodies of the HTTP API, named by role (`*Create`, `*Public`)."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.jobs import JobStatus
+from service.latents import ID_RE
+from worker.engine.methods import DEFAULT_METHOD
+
+LatentId = Annotated[
+    str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])
+]
+
+# Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 7.5
+MAX_STEPS = 1000
+MAX_GUIDANCE = 30.0
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class JobPublic(BaseModel):
+    id: str
+    type: str
+    model: str | None
+    status: JobStatus
+    progress: Progress
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    result: dict[str, Any] | None = Field(
+        description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
+        "prompt, steps, guidance_scale}"
+    )
+
+
+class LatentEntry(BaseModel):
+    """One latent of a POST /latents answer."""
+
+    id: str
+    status: Literal["ready", "pending"]
+    cached: bool = Field(description="true when the latent was already known")
+    job: str | None = Field(description="the job computing it, while pending")
+    filename: str | None = None
+    source: Literal["image", "upload"]
+
+
+class LatentsCreated(BaseModel):
+    latents: list[LatentEntry]
+    job: JobPublic | None
+
+
+class LatentPublic(BaseModel):
+    """A latent's metadata: the statistics the paper's diagnosis is about."""
+
+    id: str
+    status: Literal["ready", "pending", "failed"]
+    job: str | None = None
+    error: str | None = None
+    model: str | None = None
+    source: Literal["image", "upload", "mix"] | None = None
+    settings: dict[str, Any] | None = None
+    shape: list[int] | None = None
+    norm: float | None = None
+    channel_means: list[float] | None = None
+    parents: list[str] | None = None
+    weights: list[float] | None = None
+    method: str | None = None
+    prompt: str | None = None
+    created_at: datetime | None = None
+
+
+class MixCreate(BaseModel):
+    latents: list[LatentId] = Field(min_length=1, max_length=256, description="input latent ids")
+    weights: list[float] | list[list[float]] | None = Field(
+        default=None,
+        description="one weight per latent for one mix, or a list of such rows for many "
+        "mixes (one image each); rows are normalised to sum 1; default uniform",
+    )
+    method: str = Field(
+        default=DEFAULT_METHOD,
+        description="lerp, slerp, fix/0, fix/m, fix/chm, nin/0, nin/m, nin/chm (fix, nin = /0)",
+    )
+    prompt: str | None = Field(
+        default=None, description="default: the prompt the inputs were inverted with"
+    )
+    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    steps: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="default: the inputs' inversion steps"
+    )

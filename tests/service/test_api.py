@@ -1,0 +1,292 @@
+"""The HTTP API in-process (TestClient) against a real Redis server and a local store.
+
+No worker runs here: jobs stay queued. End-to-end behaviour is in test_e2e.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import latent_file, png_bytes
+from safetensors.numpy import load
+
+from service.app import create_app
+from service.jobs import fetch_job
+
+PROBLEM = "application/problem+json"
+OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
+
+
+def post_images(client, *images: bytes, **form):
+    files = [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    return client.post("/latents", files=files, data=form)
+
+
+def upload_latent(client, array, name="latent", model=None):
+    data = {"model": model} if model else {}
+    return client.post(
+        "/latents",
+        files=[
+            ("latents", ("z.safetensors", latent_file(array, name), "application/octet-stream"))
+        ],
+        data=data,
+    )
+
+
+def assert_problem(response, status: int, *phrases: str):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status
+    for phrase in phrases:
+        assert phrase in body["detail"], body
+
+
+def test_posting_images_queues_one_inversion_job(client):
+    response = post_images(client, png_bytes(1), png_bytes(2), inversion_steps="10")
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["job"]["type"] == "invert"
+    assert body["job"]["status"] == "queued"
+    assert body["job"]["model"] == "tiny"
+    assert [entry["status"] for entry in body["latents"]] == ["pending", "pending"]
+    assert all(
+        entry["job"] == body["job"]["id"] and not entry["cached"] for entry in body["latents"]
+    )
+    assert len({entry["id"] for entry in body["latents"]}) == 2
+
+
+def test_latent_ids_depend_on_bytes_and_settings(client):
+    first = post_images(client, png_bytes(1), inversion_steps="10").json()["latents"][0]["id"]
+    other_steps = post_images(client, png_bytes(1), inversion_steps="20").json()["latents"][0]["id"]
+    other_image = post_images(client, png_bytes(2), inversion_steps="10").json()["latents"][0]["id"]
+
+    assert len({first, other_steps, other_image}) == 3
+
+
+def test_resubmitting_pending_images_queues_nothing(client):
+    first = post_images(client, png_bytes(1), png_bytes(2)).json()
+
+    again = post_images(client, png_bytes(2), png_bytes(1))
+
+    assert again.status_code == 200
+    assert again.json()["job"] is None
+    assert [e["job"] for e in again.json()["latents"]] == [first["job"]["id"]] * 2
+    assert all(e["cached"] for e in again.json()["latents"])
+
+
+def test_the_same_image_twice_in_one_request_is_inverted_once(client, settings):
+    body = post_images(client, png_bytes(3), png_bytes(3)).json()
+
+    assert body["latents"][0]["id"] == body["latents"][1]["id"]
+    job = fetch_job(client.app.state.redis, body["job"]["id"])
+    assert len(job.args[0]["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "phrase"),
+    [
+        ([], 422, "at least one file part"),
+        ([("images", ("notes.png", b"hello, not an image", "image/png"))], 415, "notes.png"),
+        ([("images", ("anim.gif", png_bytes(1, image_format="GIF"), "image/gif"))], 415, "GIF"),
+        ([("images", ("cut.png", png_bytes(1)[:60], "image/png"))], 415, "cut.png"),
+    ],
+)
+def test_bad_image_uploads_are_rejected_with_a_problem(client, files, status, phrase):
+    assert_problem(client.post("/latents", files=files), status, phrase)
+
+
+def test_prompt_count_must_match_images(client):
+    response = post_images(client, png_bytes(1), png_bytes(2), prompt=["a", "b", "c"])
+    assert_problem(response, 422, "3 prompts for 2 images")
+
+
+def test_out_of_range_settings_name_the_field(client):
+    response = post_images(client, png_bytes(1), inversion_steps="0")
+    assert_problem(response, 422, "inversion_steps")
+    response = post_images(client, png_bytes(1), size="100")
+    assert_problem(response, 422, "size")
+
+
+def test_uploaded_latent_is_stored_with_its_statistics(client):
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((4, 8, 8)) + np.array([0.5, -0.5, 0, 1.0])[:, None, None]).astype(
+        np.float32
+    )
+
+    response = upload_latent(client, array)
+
+    assert response.status_code == 200
+    entry = response.json()["latents"][0]
+    assert entry["status"] == "ready" and not entry["cached"] and entry["source"] == "upload"
+    meta = client.get(f"/latents/{entry['id']}").json()
+    assert meta["shape"] == [4, 8, 8]
+    assert meta["norm"] == pytest.approx(float(np.linalg.norm(array.astype(np.float64))), rel=1e-6)
+    assert meta["channel_means"] == pytest.approx(array.reshape(4, -1).mean(axis=1), abs=1e-6)
+    data = client.get(f"/latents/{entry['id']}/data")
+    assert np.array_equal(load(data.content)["latent"], array)
+    assert upload_latent(client, array).json()["latents"][0]["cached"] is True
+
+
+@pytest.mark.parametrize(
+    ("payload", "phrase"),
+    [
+        (latent_file(np.zeros((4, 8, 8), np.float32), name="z"), "named 'latent'"),
+        (latent_file(np.zeros((8, 8), np.float32)), "shape [4, H, W]"),
+        (latent_file(np.zeros((3, 8, 8), np.float32)), "shape [4, H, W]"),
+        (latent_file(np.full((4, 8, 8), np.nan, np.float32)), "NaN"),
+        (b"\x80\x04\x95 a pickle, never unpickled", "not a safetensors file"),
+    ],
+)
+def test_bad_latent_uploads_are_rejected(client, payload, phrase):
+    response = client.post(
+        "/latents", files=[("latents", ("bad.safetensors", payload, "application/octet-stream"))]
+    )
+    assert_problem(response, 422, phrase, "bad.safetensors")
+
+
+def test_unknown_latent_and_job_ids_are_404(client):
+    missing = "0" * 32
+    assert_problem(client.get(f"/latents/{missing}"), 404, missing)
+    assert_problem(client.get(f"/latents/{missing}/data"), 404, missing)
+    assert_problem(client.get(f"/jobs/{missing}"), 404, missing)
+    assert_problem(client.get(f"/images/{missing}"), 404, missing)
+    assert_problem(client.post("/mix", json={"latents": [missing]}), 404, missing)
+
+
+def test_malformed_ids_never_reach_storage(client):
+    assert_problem(client.get("/latents/..%2F..%2Fetc"), 404, "Not Found")
+    assert_problem(client.get("/latents/..secret"), 422, "latent_id")
+    assert_problem(client.get("/images/ABC"), 422, "image_id")
+    assert_problem(client.post("/mix", json={"latents": ["../x"]}), 422, "latents")
+
+
+@pytest.fixture
+def two_latents(client):
+    rng = np.random.default_rng(1)
+    return [
+        upload_latent(client, rng.standard_normal((4, 8, 8)).astype(np.float32)).json()["latents"][
+            0
+        ]["id"]
+        for _ in range(2)
+    ]
+
+
+def test_mix_of_ready_latents_queues_a_mix_job(client, two_latents):
+    response = client.post(
+        "/mix", json={"latents": two_latents, "weights": [[0.5, 0.5], [0.2, 0.8]]}
+    )
+
+    assert response.status_code == 202
+    assert response.json()["type"] == "mix"
+    assert response.json()["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("body", "phrase"),
+    [
+        ({"weights": [1.0]}, "expected K = 2"),
+        ({"weights": [0.5, -0.5]}, "negative"),
+        ({"weights": [0.0, 0.0]}, "zero"),
+        ({"method": "slerp", "weights": [[0.5, 0.5], [1.0]]}, "row 1"),
+        ({"method": "bogus"}, "bogus"),
+    ],
+)
+def test_bad_mix_requests_name_the_problem(client, two_latents, body, phrase):
+    assert_problem(client.post("/mix", json={"latents": two_latents} | body), 422, phrase)
+
+
+def test_non_finite_weights_are_rejected(client, two_latents):
+    response = client.post(
+        "/mix",
+        content=json.dumps({"latents": two_latents, "weights": [float("nan"), 1.0]}),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith(PROBLEM)
+
+
+def test_slerp_needs_two_latents(client, two_latents):
+    third = upload_latent(client, np.ones((4, 8, 8), np.float32)).json()["latents"][0]["id"]
+    response = client.post("/mix", json={"latents": [*two_latents, third], "method": "slerp"})
+    assert_problem(response, 422, "slerp")
+
+
+def test_latents_of_different_shapes_or_models_are_not_mixed(client, two_latents):
+    wide = upload_latent(client, np.ones((4, 8, 16), np.float32)).json()["latents"][0]["id"]
+    assert_problem(client.post("/mix", json={"latents": [*two_latents, wide]}), 422, "shapes")
+
+
+def test_mix_waits_for_pending_latents(client, two_latents):
+    pending = post_images(client, png_bytes(5)).json()
+
+    response = client.post("/mix", json={"latents": [two_latents[0], pending["latents"][0]["id"]]})
+
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    job = client.app.state.redis.hgetall(f"rq:job:{response.json()['id']}")
+    assert job[b"status"] == b"deferred"
+
+
+def test_canceling_a_queued_job(client):
+    job = post_images(client, png_bytes(1)).json()["job"]
+
+    canceled = client.post(f"/jobs/{job['id']}/cancel")
+
+    assert canceled.status_code == 202
+    assert canceled.json()["status"] == "canceled"
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "canceled"
+    assert_problem(client.post(f"/jobs/{job['id']}/cancel"), 409, "already ended")
+
+
+def test_a_canceled_inversion_frees_its_latents_for_a_new_request(client):
+    job = post_images(client, png_bytes(1)).json()["job"]
+    client.post(f"/jobs/{job['id']}/cancel")
+
+    again = post_images(client, png_bytes(1))
+
+    assert again.status_code == 202
+    assert again.json()["job"]["id"] != job["id"]
+
+
+def test_wait_returns_after_the_cap_for_unfinished_jobs(client):
+    job = post_images(client, png_bytes(1)).json()["job"]
+    client.app.state.settings.max_wait_s = 0.3
+
+    response = client.get(f"/jobs/{job['id']}", params={"wait": 30})
+
+    assert response.json()["status"] == "queued"
+
+
+def test_a_model_no_worker_serves_is_rejected(client):
+    response = post_images(client, png_bytes(1), model="someone/other-model")
+    assert_problem(response, 422, "someone/other-model", "not served")
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {
+        "redis": "ok",
+        "storage": "ok",
+        "workers": "no worker registered",
+    }
+
+
+def test_committed_openapi_schema_matches_the_app(settings):
+    committed = json.loads(OPENAPI_FILE.read_text())
+    assert create_app(settings).openapi() == committed, (
+        "API changed: regenerate with `python -m service.openapi`"
+    )
+
+
+def test_the_api_never_imports_torch():
+    code = "import sys, service.app, service.cli; service.app.create_app(); print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

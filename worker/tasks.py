@@ -1,0 +1,162 @@
+"""RQ task adapters: JSON request in, JSON result out; storage and Redis at the edges,
+the engine in the middle. Enqueued by dotted path (`service.jobs.INVERT_TASK`, ...)."""
+
+import io
+from typing import Any
+
+import torch
+from PIL import Image
+from rq import get_current_job
+from rq.job import Job
+
+from service.jobs import cancel_requested, fetch_job, view_job
+from service.latents import (
+    LatentRecord,
+    image_id,
+    image_key,
+    mixed_latent_id,
+)
+from worker.engine.diffusion import InversionSettings, generate, invert
+from worker.engine.mixing import mix
+from worker.runtime import WorkerContext, context
+
+
+class JobCanceled(Exception):
+    """Raised at the next diffusion step after a client canceled the running job."""
+
+
+class LatentUnavailable(RuntimeError):
+    """An input latent of a mix is missing (its inversion failed or was canceled)."""
+
+
+def invert_images(request: dict[str, Any]) -> dict[str, Any]:
+    """Invert uploaded images into noise latents and publish them."""
+    ctx, job = context(), get_current_job()
+    items = request["items"]
+    latent_ids = [item["latent_id"] for item in items]
+    try:
+        images = [_open_image(ctx.storage.get(item["upload_key"])) for item in items]
+        result = invert(
+            ctx.model,
+            images,
+            [item["prompt"] for item in items],
+            InversionSettings(**request["settings"]),
+            progress=_progress_reporter(ctx, job),
+        )
+        for item, latent in zip(items, result.latents, strict=True):
+            record = LatentRecord.describe(
+                item["latent_id"],
+                latent.numpy(),
+                model=ctx.settings.model,
+                source="image",
+                settings=result.settings,
+                prompt=item["prompt"],
+            )
+            ctx.catalog.publish(record, latent.numpy())
+    finally:
+        ctx.catalog.release(latent_ids, job.id)
+    return {"latents": latent_ids}
+
+
+def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
+    """Mix input latents with each weight row, publish the mixes, generate their images."""
+    ctx, job = context(), get_current_job()
+    producers = request.get("producers", {})
+    records = [_ready_record(ctx, i, producers.get(i)) for i in request["latents"]]
+    _check_compatible(records, ctx.settings.model)
+    stack = torch.stack([torch.from_numpy(ctx.catalog.load(r.id)) for r in records])
+    mixed = mix(stack, request["weights"], request["method"])
+    prompt = request.get("prompt")
+    if prompt is None:
+        prompt = _common(r.prompt for r in records) or ""
+    steps = request.get("steps") or _common(r.settings.get("steps") for r in records) or 50
+    guidance = request["guidance_scale"]
+
+    mixed_ids = []
+    for row, latent in zip(request["weights"], mixed, strict=True):
+        mixed_id = mixed_latent_id(request["latents"], row, request["method"])
+        record = LatentRecord.describe(
+            mixed_id,
+            latent.numpy(),
+            model=ctx.settings.model,
+            source="mix",
+            parents=request["latents"],
+            weights=row,
+            method=request["method"],
+            prompt=prompt,
+        )
+        ctx.catalog.publish(record, latent.numpy())
+        mixed_ids.append(mixed_id)
+
+    image_ids = [image_id(m, prompt, steps, guidance) for m in mixed_ids]
+    todo = [i for i, key in enumerate(image_ids) if not ctx.storage.exists(image_key(key))]
+    if todo:
+        images = generate(
+            ctx.model,
+            mixed[todo],
+            prompt,
+            steps=steps,
+            guidance_scale=guidance,
+            progress=_progress_reporter(ctx, job),
+        )
+        for index, image in zip(todo, images, strict=True):
+            ctx.storage.put(image_key(image_ids[index]), _png(image), "image/png")
+    return {
+        "latents": mixed_ids,
+        "images": [{"id": i, "latent": m} for i, m in zip(image_ids, mixed_ids, strict=True)],
+        "method": request["method"],
+        "prompt": prompt,
+        "steps": steps,
+        "guidance_scale": guidance,
+    }
+
+
+def _progress_reporter(ctx: WorkerContext, job: Job):
+    """Engine progress callback: writes step counts to the job's meta and stops a
+    canceled job at its next step."""
+
+    def report(done: int, total: int) -> None:
+        if cancel_requested(ctx.redis, job.id):
+            raise JobCanceled(f"job {job.id} canceled")
+        job.meta["progress"] = {"done": done, "total": total}
+        job.save_meta()
+
+    return report
+
+
+def _ready_record(ctx: WorkerContext, latent_id: str, producer_id: str | None) -> LatentRecord:
+    """The input's record, or an error that says why it is missing."""
+    record = ctx.catalog.record(latent_id)
+    if record is not None:
+        return record
+    reason = "it is not stored"
+    if producer_id and (producer := fetch_job(ctx.redis, producer_id)) is not None:
+        view = view_job(ctx.redis, producer)
+        reason = f"its {view.type} job {producer_id} ended {view.status}: {view.error}"
+    raise LatentUnavailable(f"latent {latent_id} is not available: {reason}")
+
+
+def _check_compatible(records: list[LatentRecord], model: str) -> None:
+    shapes = {tuple(r.shape) for r in records}
+    if len(shapes) > 1:
+        raise ValueError(f"latents have different shapes: {sorted(shapes)}")
+    foreign = [r.id for r in records if r.model != model]
+    if foreign:
+        raise ValueError(f"latents {foreign} belong to another model than {model}")
+
+
+def _common(values):
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
