@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     # Storage: S3 when a bucket is set, else a directory under data_dir.
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None  # host in presigned image URLs, if not the above
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None

@@ -157,6 +157,7 @@ class S3Storage(Storage):
         addressing_style: str = "path",
         prefix: str = "",
         presign_expiry_s: int = 3600,
+        public_endpoint_url: str | None = None,
         *,
         max_attempts: int = 3,
         connect_timeout_s: float = 5.0,
@@ -198,6 +199,13 @@ class S3Storage(Storage):
         )
         self.client = session.client("s3", endpoint_url=endpoint_url, config=base)
         self._probe_client = session.client("s3", endpoint_url=endpoint_url, config=probe)
+        # Presigning is local signing, no request: a client for the address users can reach
+        # (the compose network's `minio:9000` is not one of them).
+        self._presign_client = (
+            session.client("s3", endpoint_url=public_endpoint_url, config=base)
+            if public_endpoint_url
+            else self.client
+        )
 
     def object_key(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -230,7 +238,7 @@ class S3Storage(Storage):
         self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def url(self, key: str) -> str:
-        return self.client.generate_presigned_url(
+        return self._presign_client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.object_key(key)},
             ExpiresIn=self.presign_expiry_s,
@@ -277,5 +285,6 @@ def storage_from_settings(settings: Settings) -> Storage:
             addressing_style=settings.s3_addressing_style,
             prefix=settings.s3_prefix,
             presign_expiry_s=settings.presign_expiry_s,
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
     return LocalStorage(settings.data_dir / "store")

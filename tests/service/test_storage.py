@@ -237,3 +237,15 @@ def test_storage_from_settings_with_a_bucket_is_s3() -> None:
 def test_importing_storage_does_not_import_torch() -> None:
     code = "import service.storage, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
+
+
+def test_s3_presigned_urls_use_the_public_endpoint_when_set(s3_server: str) -> None:
+    public = s3_server.replace("127.0.0.1", "localhost")
+    storage = make_s3_storage(s3_server, public_endpoint_url=public)
+    storage.put("images/a.png", b"png bytes", "image/png")
+
+    url = storage.url("images/a.png")
+
+    assert url.startswith(f"{public}/{storage.bucket}/images/a.png?")
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (local test URL)
+        assert response.read() == b"png bytes"
