@@ -285,7 +285,10 @@ def test_committed_openapi_schema_matches_the_app(settings):
 
 
 def test_the_api_never_imports_torch():
-    code = "import sys, service.app, service.cli; service.app.create_app(); print('torch' in sys.modules)"
+    code = (
+        "import sys, service.app, service.cli; service.app.create_app(); "
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
