@@ -16,7 +16,7 @@ LatentId = Annotated[
 # Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
-MAX_STEPS = 1000
+MAX_STEPS = 500
 MAX_GUIDANCE = 30.0
 
 

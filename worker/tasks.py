@@ -34,27 +34,27 @@ def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     ctx, job = context(), get_current_job()
     items = request["items"]
     latent_ids = [item["latent_id"] for item in items]
-    try:
-        images = [_open_image(ctx.storage.get(item["upload_key"])) for item in items]
-        result = invert(
-            ctx.model,
-            images,
-            [item["prompt"] for item in items],
-            InversionSettings(**request["settings"]),
-            progress=_progress_reporter(ctx, job),
+    images = [_open_image(ctx.storage.get(item["upload_key"])) for item in items]
+    result = invert(
+        ctx.model,
+        images,
+        [item["prompt"] for item in items],
+        InversionSettings(**request["settings"]),
+        progress=_progress_reporter(ctx, job),
+    )
+    for item, latent in zip(items, result.latents, strict=True):
+        record = LatentRecord.describe(
+            item["latent_id"],
+            latent.numpy(),
+            model=ctx.settings.model,
+            source="image",
+            settings=result.settings,
+            prompt=item["prompt"],
         )
-        for item, latent in zip(items, result.latents, strict=True):
-            record = LatentRecord.describe(
-                item["latent_id"],
-                latent.numpy(),
-                model=ctx.settings.model,
-                source="image",
-                settings=result.settings,
-                prompt=item["prompt"],
-            )
-            ctx.catalog.publish(record, latent.numpy())
-    finally:
-        ctx.catalog.release(latent_ids, job.id)
+        ctx.catalog.publish(record, latent.numpy())
+    # Claims of a failed job stay until they expire: GET /latents/{id} then reports the
+    # failure, and a new request takes the claim over (LatentCatalog.claim).
+    ctx.catalog.release(latent_ids, job.id)
     return {"latents": latent_ids}
 
 

@@ -1,0 +1,130 @@
+"""Model loading: the built-in tiny model and load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from worker.engine import models
+from worker.engine.models import ModelLoadError, build_tiny_model, load_model
+
+WEIGHT_FILES = (
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+)
+
+
+def test_tiny_model_has_stable_diffusion_structure(tiny_model):
+    pipe = tiny_model.pipe
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert pipe.unet.config.in_channels == pipe.unet.config.out_channels == 4
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert pipe.vae.config.latent_channels == 4
+    assert pipe.vae_scale_factor == tiny_model.vae_scale_factor == 8
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert isinstance(pipe.tokenizer, CLIPTokenizer)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    for key, value in models.SD15_SCHEDULER_CONFIG.items():
+        assert pipe.scheduler.config[key] == value, key
+    assert tiny_model.default_size == 64
+    assert tiny_model.device == torch.device("cpu")
+    assert tiny_model.dtype == torch.float32
+    assert tiny_model.max_batch_size == 4
+
+
+def test_tiny_vae_maps_64_pixels_to_an_8x8_latent(tiny_model):
+    pixels = torch.zeros(1, 3, 64, 64)
+    with torch.inference_mode():
+        latent = tiny_model.pipe.vae.encode(pixels).latent_dist.mean
+    assert latent.shape == (1, 4, 8, 8)
+
+
+def test_tiny_tokenizer_vocabulary_is_byte_level_and_closed_under_merges():
+    vocab, merges = models._tiny_vocab_and_merges()
+    byte_symbols = list(models._bytes_to_unicode().values())
+    assert len(set(byte_symbols)) == 256
+    for symbol in byte_symbols:
+        assert symbol in vocab and symbol + "</w>" in vocab
+    for left, right in merges:
+        assert left in vocab and right in vocab and left + right in vocab
+    assert {"<|startoftext|>", "<|endoftext|>"} <= vocab.keys()
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+
+
+def test_tiny_tokenizer_pads_prompts_to_77_tokens(tiny_model):
+    tokenizer = tiny_model.pipe.tokenizer
+    ids = tokenizer("a photo of a cat", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.convert_ids_to_tokens(ids[1:3]) == ["a</w>", "photo</w>"]
+
+
+def test_tiny_model_is_small_and_saved_as_safetensors(tiny_model_dir, tiny_model):
+    total = sum(f.stat().st_size for f in tiny_model_dir.rglob("*") if f.is_file())
+    assert total < 10_000_000
+    for name in WEIGHT_FILES:
+        assert (tiny_model_dir / name).is_file()
+
+
+def test_second_load_reuses_the_cached_tiny_model(tiny_model_dir, tiny_model, monkeypatch):
+    index = tiny_model_dir / "model_index.json"
+    mtime = index.stat().st_mtime_ns
+
+    def fail(path: Path) -> Path:
+        raise AssertionError("the tiny model was rebuilt")
+
+    monkeypatch.setattr(models, "build_tiny_model", fail)
+    again = load_model("tiny", device="cpu", cache_dir=tiny_model_dir)
+    assert index.stat().st_mtime_ns == mtime
+    assert torch.equal(again.pipe.unet.conv_out.weight, tiny_model.pipe.unet.conv_out.weight)
+
+
+def test_tiny_build_is_deterministic_and_leaves_no_temporary_files(tmp_path, tiny_model_dir):
+    target = build_tiny_model(tmp_path / "tiny")
+    for name in WEIGHT_FILES:
+        ours, reference = load_file(target / name), load_file(tiny_model_dir / name)
+        assert ours.keys() == reference.keys()
+        assert all(torch.equal(ours[k], reference[k]) for k in ours), name
+    # A second build into an existing model (a worker that lost the race) keeps the first.
+    mtime = (target / "model_index.json").stat().st_mtime_ns
+    assert build_tiny_model(tmp_path / "tiny") == target
+    assert (target / "model_index.json").stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
+
+
+def test_load_model_with_missing_local_directory_names_the_env_var(tmp_path):
+    with pytest.raises(ModelLoadError, match="LATENTMIX_MODEL") as info:
+        load_model(str(tmp_path / "no-such-model"), device="cpu")
+    assert "does not exist" in str(info.value)
+
+
+def test_load_model_with_uncached_hub_id_offline_names_the_env_var(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="LATENTMIX_MODEL") as info:
+        load_model("latentmix-tests/not-a-cached-model", device="cpu")
+    assert "HF_HUB_OFFLINE=1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("device", "tpu-9"), ("dtype", "float8"), ("max_batch_size", 0)],
+)
+def test_load_model_rejects_bad_options_naming_them(tiny_model_dir, option, value):
+    with pytest.raises(ValueError, match=str(value)):
+        load_model("tiny", cache_dir=tiny_model_dir, **{option: value})
+
+
+def test_describe_is_json_friendly(tiny_model):
+    description = tiny_model.describe()
+    assert description["name"] == "tiny"
+    assert description["dtype"] == "float32"
+    assert description["scheduler"] == "DDIMScheduler"

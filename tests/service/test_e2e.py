@@ -1,0 +1,286 @@
+"""End to end through real processes: a Redis-protocol server, moto's S3 server, a worker
+process serving the tiny model, and the API under uvicorn; then the embedded mode
+(`latentmix up`) with the local store. Everything over HTTP, as a client sees it."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from helpers import free_port, make_s3_storage, png_bytes
+from PIL import Image
+from safetensors.numpy import load
+
+pytestmark = pytest.mark.e2e
+
+STEPS = "8"  # few DDIM steps: the tiny model makes every step cheap, the flow is what matters
+TINY_SIZE = 64
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def wait_ready(base_url: str, timeout: float, processes=(), logs=()) -> None:
+    """Until /readyz says 200 (Redis, storage and a worker up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if any(p.poll() is not None for p in processes):
+            break
+        time.sleep(0.2)
+    raise RuntimeError("service not ready:\n" + "\n".join(log.read_text() for log in logs))
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory) -> Path:
+    """One data dir for the module, so the tiny model is built once."""
+    return tmp_path_factory.mktemp("e2e-data")
+
+
+@pytest.fixture(scope="module")
+def service_env(redis_server, s3_server, model_cache) -> dict[str, str]:
+    storage = make_s3_storage(s3_server)
+    return os.environ | {
+        "LATENTMIX_MODEL": "tiny",
+        "LATENTMIX_DATA_DIR": str(model_cache),
+        "REDIS_URL": redis_server,
+        "LATENTMIX_S3_BUCKET": storage.bucket,
+        "LATENTMIX_S3_ENDPOINT_URL": s3_server,
+        "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
+        "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def api(service_env, model_cache) -> Iterator[httpx.Client]:
+    """API + one worker on real Redis and S3; yields an HTTP client for the API."""
+    port = free_port()
+    env = service_env | {"LATENTMIX_PORT": str(port)}
+    logs = [model_cache / "worker.log", model_cache / "api.log"]
+    worker = start(["-m", "worker"], env, logs[0])
+    server = start(["-m", "service"], env, logs[1])
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, timeout=120, processes=[worker, server], logs=logs)
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            yield client
+    finally:
+        stop(server)
+        stop(worker)
+
+
+def images_form(*images: bytes) -> list:
+    return [("images", (f"image{i}.png", data, "image/png")) for i, data in enumerate(images)]
+
+
+def wait_for(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", params={"wait": 10}).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+    raise AssertionError(f"job {job_id} did not end within {timeout}s: {job}")
+
+
+def invert(client, *images: bytes, steps: str = STEPS) -> tuple[list[str], dict]:
+    response = client.post(
+        "/latents",
+        files=images_form(*images),
+        data={"inversion_steps": steps, "guidance_scale": "1"},
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    return [entry["id"] for entry in body["latents"]], body["job"]
+
+
+def fetch_png(client, url: str) -> Image.Image:
+    response = client.get(url, follow_redirects=True)
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_invert_mix_and_fetch_images_over_s3(api):
+    latent_ids, job = invert(api, png_bytes(11), png_bytes(12))
+
+    done = wait_for(api, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["done"] == done["progress"]["total"] > 0
+    assert done["result"]["latents"] == latent_ids
+
+    meta = api.get(f"/latents/{latent_ids[0]}").json()
+    assert meta["status"] == "ready" and meta["model"] == "tiny"
+    assert meta["shape"] == [4, TINY_SIZE // 8, TINY_SIZE // 8]
+    assert meta["settings"]["steps"] == int(STEPS)
+    data = load(api.get(f"/latents/{latent_ids[0]}/data").content)["latent"]
+    assert data.shape == (4, 8, 8)
+    assert meta["norm"] == pytest.approx(float(np.linalg.norm(data.astype(np.float64))), rel=1e-5)
+    assert meta["channel_means"] == pytest.approx(data.reshape(4, -1).mean(axis=1), abs=1e-5)
+
+    for method, weights in [
+        ("nin/chm", [[0.5, 0.5], [0.25, 0.75]]),
+        ("fix/chm", [0.3, 0.7]),
+        ("lerp", None),
+        ("slerp", [[1, 0], [0.5, 0.5]]),
+    ]:
+        response = api.post(
+            "/mix",
+            json={"latents": latent_ids, "weights": weights, "method": method, "steps": 8},
+        )
+        assert response.status_code == 202, response.text
+        mixed = wait_for(api, response.json()["id"])
+        assert mixed["status"] == "succeeded", mixed
+        rows = 1 if weights is None or not isinstance(weights[0], list) else len(weights)
+        assert len(mixed["result"]["images"]) == len(mixed["result"]["latents"]) == rows
+        for image in mixed["result"]["images"]:
+            png = fetch_png(api, image["url"])
+            assert png.format == "PNG" and png.size == (TINY_SIZE, TINY_SIZE)
+
+    # slerp with weights (1, 0) reproduces the first input exactly.
+    slerp_first = mixed["result"]["latents"][0]
+    reproduced = load(api.get(f"/latents/{slerp_first}/data").content)["latent"]
+    np.testing.assert_allclose(reproduced, data, rtol=1e-5, atol=1e-6)
+
+
+def test_images_are_served_through_presigned_urls(api):
+    latent_ids, job = invert(api, png_bytes(13), png_bytes(14))
+    wait_for(api, job["id"])
+    mixed = wait_for(api, api.post("/mix", json={"latents": latent_ids, "steps": 4}).json()["id"])
+
+    response = api.get(mixed["result"]["images"][0]["url"])
+
+    assert response.status_code == 307
+    assert "X-Amz-Expires=3600" in response.headers["location"]
+
+
+def test_resubmitted_images_are_served_from_the_cache(api):
+    latent_ids, job = invert(api, png_bytes(21), png_bytes(22))
+    wait_for(api, job["id"])
+
+    again = api.post(
+        "/latents",
+        files=images_form(png_bytes(21), png_bytes(22)),
+        data={"inversion_steps": STEPS, "guidance_scale": "1"},
+    )
+
+    assert again.status_code == 200
+    assert again.json()["job"] is None
+    assert [e["id"] for e in again.json()["latents"]] == latent_ids
+    assert all(e["cached"] and e["status"] == "ready" for e in again.json()["latents"])
+
+
+def test_mixing_latents_still_being_inverted_waits_for_them(api):
+    latent_ids, _ = invert(api, png_bytes(31), png_bytes(32))
+
+    response = api.post("/mix", json={"latents": latent_ids, "method": "nin/chm", "steps": 4})
+
+    mixed = wait_for(api, response.json()["id"])
+    assert mixed["status"] == "succeeded", mixed
+    parent = api.get(f"/latents/{mixed['result']['latents'][0]}").json()
+    assert parent["source"] == "mix" and parent["parents"] == latent_ids
+
+
+def test_mixed_latents_can_be_mixed_again(api):
+    latent_ids, job = invert(api, png_bytes(41), png_bytes(42))
+    wait_for(api, job["id"])
+    first = wait_for(
+        api,
+        api.post("/mix", json={"latents": latent_ids, "weights": [[1, 2], [2, 1]]}).json()["id"],
+    )
+
+    again = api.post("/mix", json={"latents": first["result"]["latents"], "steps": 4})
+
+    assert wait_for(api, again.json()["id"])["status"] == "succeeded"
+
+
+def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api):
+    latent_ids, job = invert(api, png_bytes(51), png_bytes(52), steps="500")
+    mix_job = api.post("/mix", json={"latents": latent_ids}).json()
+    deadline = time.monotonic() + 60
+    while api.get(f"/jobs/{job['id']}").json()["progress"]["done"] < 1:
+        assert time.monotonic() < deadline, "inversion never started"
+        time.sleep(0.05)
+
+    assert api.post(f"/jobs/{job['id']}/cancel").status_code == 202
+
+    canceled = wait_for(api, job["id"])
+    assert canceled["status"] == "canceled"
+    assert 1 <= canceled["progress"]["done"] < canceled["progress"]["total"]
+    failed = wait_for(api, mix_job["id"])
+    assert failed["status"] == "failed"
+    assert latent_ids[0] in failed["error"] and "canceled" in failed["error"]
+    assert api.get(f"/latents/{latent_ids[0]}").json()["status"] == "failed"
+
+
+def test_readiness_sees_the_worker(api):
+    ready = api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["workers"] >= 1
+
+
+def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, model_cache):
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LATENTMIX_") and key != "REDIS_URL"
+    } | {
+        "LATENTMIX_MODEL": "tiny",
+        "LATENTMIX_DATA_DIR": str(tmp_path / "data"),
+        "LATENTMIX_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+    }
+    # Reuse the tiny model built for this module instead of building it again.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(model_cache / "models")
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "up.log"
+
+    up = start(["-m", "service.cli", "up"], env, log)
+    try:
+        wait_ready(base_url, timeout=120, processes=[up], logs=[log])
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            latent_ids, job = invert(client, png_bytes(61), png_bytes(62))
+            assert wait_for(client, job["id"])["status"] == "succeeded"
+            mixed = wait_for(client, client.post("/mix", json={"latents": latent_ids}).json()["id"])
+            image = client.get(mixed["result"]["images"][0]["url"])
+            assert image.status_code == 200  # the local store serves bytes, no redirect
+            assert Image.open(io.BytesIO(image.content)).size == (TINY_SIZE, TINY_SIZE)
+    finally:
+        assert stop(up, signal.SIGINT, timeout=120) == 0, log.read_text()
+
+    up = start(["-m", "service.cli", "up"], env, log)
+    try:
+        wait_ready(base_url, timeout=120, processes=[up], logs=[log])
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            assert client.get(f"/latents/{latent_ids[0]}").json()["status"] == "ready"
+            assert client.get(f"/jobs/{mixed['id']}").json()["status"] == "succeeded"
+    finally:
+        assert stop(up, signal.SIGINT, timeout=120) == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
