@@ -4,6 +4,9 @@ Starts, unless configured to use existing ones, a real Redis-protocol server (va
 persisting to the data directory) and uses a local directory as storage; then one or more
 workers and the API. Ctrl-C (or SIGTERM) stops the API, lets workers finish their current
 job, then stops Redis.
+
+`latentmix augment` is the client's command (client/augment.py, the `client` extra): it
+only talks HTTP to a running service.
 """
 
 import argparse
@@ -26,9 +29,26 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run Redis (embedded unless REDIS_URL), workers and API")
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    _add_augment(commands)
     args = parser.parse_args(argv)
     if args.command == "up":
         sys.exit(run_up(get_settings(), workers=args.workers))
+    if args.command == "augment":
+        sys.exit(args.handler(args))
+
+
+def _add_augment(commands) -> None:
+    """`latentmix augment` (client/augment.py) needs the `client` extra; without it the
+    command is still listed and says what to install."""
+    try:
+        from client.augment import add_parser
+    except ImportError as exc:
+        missing = commands.add_parser("augment", help="needs: pip install 'latentmix[client]'")
+        missing.add_argument("rest", nargs=argparse.REMAINDER)
+        reason = f"latentmix augment needs the client extra ({exc}): pip install latentmix[client]"
+        missing.set_defaults(handler=lambda _: sys.exit(reason))
+        return
+    add_parser(commands)
 
 
 def run_up(settings: Settings, *, workers: int = 1) -> int:

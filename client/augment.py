@@ -1,0 +1,549 @@
+"""`latentmix augment DATA --per-class N --out OUT`: synthetic training images per class.
+
+DATA is an ImageFolder-style tree, one folder of images per class. For each class the
+command inverts the class's images once (the service caches latents by content, so reruns
+skip this), then samples mixes of them in batches (one mix job per batch, `--batch` images
+each) with the class name in the prompt, and writes
+
+    OUT/<class>/<image id>.png     one file per image, written atomically
+    OUT/provenance.jsonl           one JSON line per image, appended once its file is complete
+    OUT/augment.json               the settings the set was made with
+
+Batch `i` of class `c` samples with a seed derived from (`--seed`, `c`, `i`), so the same
+command makes the same images. Interrupt it (Ctrl-C) and run it again: batches whose images
+are all in provenance.jsonl are skipped, and a batch cut short is submitted again (the
+service renders only what it has not stored yet) and only its missing images are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm.auto import tqdm
+
+from client.api import DEFAULT_METHOD, DEFAULT_URL, LatentMixClient
+from client.errors import JobFailed, LatentMixError, ProblemError
+from client.models import ImageResult, Job, Latent
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+PROVENANCE_FILE = "provenance.jsonl"
+SETTINGS_FILE = "augment.json"
+LOCK_FILE = ".augment.lock"
+DEFAULT_PROMPT = "a photo of a {class}"
+DEFAULT_BATCH = 25
+IN_FLIGHT = 3  # mix jobs submitted and not yet downloaded: keeps every worker busy
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(LatentMixError):
+    """The command cannot run as asked (bad tree, settings that contradict OUT)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `augment` command to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "augment",
+        help="make synthetic images per class from an ImageFolder tree",
+        description="Invert each class's images once, sample latent mixes per class with the "
+        "class name in the prompt, and write the images in the same layout plus "
+        "provenance.jsonl. Rerunning the same command resumes.",
+    )
+    parser.add_argument("data", type=Path, help="folder with one sub-folder of images per class")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--per-class", type=_positive, required=True, help="synthetic images per class"
+    )
+    parser.add_argument(
+        "--method", default=DEFAULT_METHOD, help="mixing method (default %(default)s)"
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("dirichlet", "subset"),
+        default="dirichlet",
+        help="how mix weights are drawn: Dirichlet(alpha) over all of a class's images, or the "
+        "centroid of a random k-subset (default %(default)s)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=1.0, help="Dirichlet concentration (default %(default)s)"
+    )
+    parser.add_argument("--k", type=_positive, default=None, help="images per subset (subset)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default %(default)s)")
+    parser.add_argument(
+        "--prompt",
+        default=DEFAULT_PROMPT,
+        help="prompt template; {class} is the folder name, underscores as spaces "
+        "(default %(default)r)",
+    )
+    parser.add_argument("--steps", type=_positive, default=None, help="generation steps")
+    parser.add_argument("--inversion-steps", type=_positive, default=None, help="DDIM steps")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale")
+    parser.add_argument("--size", type=_positive, default=None, help="image side in pixels")
+    parser.add_argument("--model", default=None, help="model (default: the service's)")
+    parser.add_argument(
+        "--batch", type=_positive, default=DEFAULT_BATCH, help="mixes per job (default %(default)s)"
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LATENTMIX_URL", DEFAULT_URL),
+        help="service URL (default: $LATENTMIX_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LATENTMIX_API_KEY"),
+        help="bearer API key (default: $LATENTMIX_API_KEY)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m client.augment ...`: the command without the `latentmix` front."""
+    parser = argparse.ArgumentParser(prog="latentmix")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(["augment", *(sys.argv[1:] if argv is None else argv)]))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `augment`; returns the exit status (0 done, 1 failed, 2 usage, 130 interrupted)."""
+    try:
+        classes = find_classes(args.data, args.out, args.prompt)
+        plan = Plan.of(args, classes)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    with LatentMixClient(args.url, args.api_key) as lm:
+        augmenter = Augmenter(lm, plan, progress=not args.no_progress)
+        try:
+            with exclusive(plan.out):
+                return augmenter.run()
+        except KeyboardInterrupt:
+            augmenter.cancel()
+            print(
+                f"\nlatentmix augment: interrupted after {augmenter.written} new images; "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        except UsageError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except (ProblemError, JobFailed) as exc:
+            augmenter.cancel()
+            return _fail(str(exc), EXIT_FAILED)
+        except (httpx.TransportError, OSError) as exc:
+            augmenter.cancel()
+            return _fail(f"{exc} (is the service running at {args.url}?)", EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------------------------
+# The tree and the plan
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageClass:
+    name: str
+    sources: list[Path]  # image files, sorted, relative to the data folder
+    prompt: str
+
+
+def find_classes(data: Path, out: Path, template: str) -> list[ImageClass]:
+    """The class folders of an ImageFolder tree, sorted; each with its images, sorted."""
+    if not data.is_dir():
+        raise UsageError(f"{data} is not a folder")
+    if out.resolve().is_relative_to(data.resolve()):
+        raise UsageError(f"--out {out} must not be inside the data folder {data}")
+    classes = []
+    for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sources = sorted(
+            path.relative_to(data)
+            for path in folder.rglob("*")
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not sources:
+            print(f"latentmix augment: skipping {folder}: no images", file=sys.stderr)
+            continue
+        prompt = template.replace("{class}", folder.name.replace("_", " "))
+        classes.append(ImageClass(folder.name, sources, prompt))
+    if not classes:
+        raise UsageError(f"{data} has no class folders with images (.png, .jpg, .jpeg, .webp)")
+    return classes
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One mix job: `count` images of class `cls`, weights drawn with `seed`."""
+
+    cls: ImageClass
+    index: int
+    count: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    data: Path
+    out: Path
+    per_class: int
+    classes: list[ImageClass]
+    settings: dict[str, Any]  # what decides the images: recorded in OUT/augment.json
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, classes: list[ImageClass]) -> Plan:
+        if args.scheme == "subset":
+            if args.k is None:
+                raise UsageError("--scheme subset needs --k (images per subset)")
+            for image_class in classes:
+                _check_subsets(image_class, args.k, args.per_class)
+        elif args.alpha <= 0:
+            raise UsageError(f"--alpha must be positive, got {args.alpha}")
+        for image_class in classes:
+            if len(image_class.sources) < 2:
+                raise UsageError(f"class {image_class.name!r} has one image: mixing needs two")
+        settings = {
+            "method": args.method,
+            "scheme": args.scheme,
+            "alpha": args.alpha if args.scheme == "dirichlet" else None,
+            "k": args.k if args.scheme == "subset" else None,
+            "seed": args.seed,
+            "batch": args.batch,
+            "prompt": args.prompt,
+            "steps": args.steps,
+            "inversion_steps": args.inversion_steps,
+            "guidance_scale": args.guidance_scale,
+            "size": args.size,
+            "model": args.model,
+        }
+        return cls(args.data, args.out, args.per_class, classes, settings)
+
+    def batches(self, image_class: ImageClass) -> list[Batch]:
+        size = self.settings["batch"]
+        return [
+            Batch(
+                image_class,
+                index,
+                min(size, self.per_class - start),
+                batch_seed(self.settings["seed"], image_class.name, index),
+            )
+            for index, start in enumerate(range(0, self.per_class, size))
+        ]
+
+
+def batch_seed(seed: int, class_name: str, index: int) -> int:
+    """A seed per (base seed, class, batch): stable across runs, machines and Pythons."""
+    digest = hashlib.sha256(f"{seed}/{class_name}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _check_subsets(image_class: ImageClass, k: int, per_class: int) -> None:
+    n = len(image_class.sources)
+    if not 2 <= k <= n:
+        raise UsageError(f"--k {k}: class {image_class.name!r} has {n} images; use 2 <= k <= {n}")
+    if math.comb(n, k) < per_class:
+        raise UsageError(
+            f"class {image_class.name!r} has {n} images: its {k}-subsets give only "
+            f"{math.comb(n, k)} different mixes, fewer than --per-class {per_class}; "
+            "use --scheme dirichlet or another --k"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# What is done: provenance.jsonl
+# --------------------------------------------------------------------------------------------
+
+
+class Ledger:
+    """OUT/provenance.jsonl: one line per finished image, appended after its file is
+    complete, so a line always means a whole image. A torn last line (a kill mid-append)
+    is ignored and its image done again."""
+
+    def __init__(self, path: Path | None):
+        """Read `path`; None: an empty ledger that cannot be appended to."""
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self._ids: dict[str, set[str]] = {}
+        self._batches: dict[tuple[str, int], int] = {}
+        self._torn = False
+        if path is not None and path.exists():
+            text = path.read_text(encoding="utf-8")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and {"class", "image"} <= record.keys():
+                    self._note(record)
+
+    def _note(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._ids.setdefault(record["class"], set()).add(record["image"])
+        key = (record["class"], record.get("batch", -1))
+        self._batches[key] = self._batches.get(key, 0) + 1
+
+    def count(self, class_name: str) -> int:
+        return len(self._ids.get(class_name, ()))
+
+    def has(self, class_name: str, image_id: str) -> bool:
+        return image_id in self._ids.get(class_name, ())
+
+    def done_in(self, batch: Batch) -> int:
+        return self._batches.get((batch.cls.name, batch.index), 0)
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            raise RuntimeError("this ledger has no file")
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self.path.open("a", encoding="utf-8") as out:
+            if self._torn:
+                out.write("\n")
+                self._torn = False
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        self._note(record)
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold OUT/.augment.lock: two runs writing one OUT would record images twice."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("a") as lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here; don't run two at once
+            yield
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another latentmix augment is writing to {out}") from None
+        yield
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add to an OUT made with other settings; record them for a new OUT."""
+    path = out / SETTINGS_FILE
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [
+            f"{key} {before.get(key)!r} -> {value!r}"
+            for key, value in settings.items()
+            if before.get(key) != value
+        ]
+        if changed:
+            raise UsageError(
+                f"{out} was made with other settings ({'; '.join(changed)}): use the same "
+                "settings to resume, or another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+class Augmenter:
+    def __init__(self, lm: LatentMixClient, plan: Plan, *, progress: bool = True):
+        self.lm = lm
+        self.plan = plan
+        self.progress = progress
+        self.ledger = Ledger(None)
+        self.written = 0
+        self.in_flight: deque[tuple[Batch, Job]] = deque()
+        self.sources: dict[str, dict[str, str]] = {}  # class -> latent id -> source file
+
+    def run(self) -> int:
+        """Make what OUT lacks (the caller holds its lock); returns the exit status."""
+        plan = self.plan
+        check_settings(plan.out, plan.settings)
+        self.ledger = Ledger(plan.out / PROVENANCE_FILE)
+        todo = [
+            batch
+            for image_class in plan.classes
+            for batch in plan.batches(image_class)
+            if self.ledger.done_in(batch) < batch.count
+            and self.ledger.count(image_class.name) < plan.per_class
+        ]
+        target = plan.per_class * len(plan.classes)
+        already = sum(min(self.ledger.count(c.name), plan.per_class) for c in plan.classes)
+        if not todo:
+            print(f"latentmix augment: all {target} images already in {plan.out}", file=sys.stderr)
+            return EXIT_OK
+        if not self.lm.ready():
+            print(
+                f"latentmix augment: {self.lm.base_url} is not ready (no worker yet?): "
+                "jobs wait in its queue until one starts",
+                file=sys.stderr,
+            )
+        latents = self.invert({batch.cls.name: batch.cls for batch in todo}.values())
+        with tqdm(
+            total=target, initial=already, unit="img", desc="augment", disable=not self.progress
+        ) as bar:
+            self.mix(todo, latents, bar)
+        short = {
+            c.name: self.ledger.count(c.name)
+            for c in plan.classes
+            if self.ledger.count(c.name) < plan.per_class
+        }
+        print(
+            f"latentmix augment: {self.written} new images, {already + self.written} of "
+            f"{target} in {plan.out}",
+            file=sys.stderr,
+        )
+        if short:
+            # Only when sampled mixes repeat (few subsets): the same image cannot count twice.
+            return _fail(
+                "classes short of --per-class (repeated mixes): "
+                + ", ".join(f"{name} {count}" for name, count in short.items()),
+                EXIT_FAILED,
+            )
+        return EXIT_OK
+
+    def invert(self, classes) -> dict[str, list[str]]:
+        """Each class's distinct latent ids; all classes submitted before waiting on any."""
+        settings = self.plan.settings
+        submitted: dict[str, list[Latent]] = {}
+        for image_class in classes:
+            submitted[image_class.name] = self.lm.invert(
+                [self.plan.data / source for source in image_class.sources],
+                prompt=image_class.prompt,
+                model=settings["model"],
+                inversion_steps=settings["inversion_steps"],
+                guidance_scale=settings["guidance_scale"],
+                size=settings["size"],
+                wait=False,
+            )
+        pending = [latent for entries in submitted.values() for latent in entries if latent.job]
+        if pending:  # else every latent was cached: nothing to show
+            total = sum(len(entries) for entries in submitted.values())
+            with tqdm(total=total, unit="img", desc="invert", disable=not self.progress) as bar:
+                bar.update(total - len(pending))
+                for job_id in dict.fromkeys(latent.job for latent in pending):
+                    self.lm.wait(job_id)
+                    bar.update(sum(1 for latent in pending if latent.job == job_id))
+        latent_ids = {}
+        for image_class in classes:
+            entries = submitted[image_class.name]
+            by_id = self.sources.setdefault(image_class.name, {})
+            for latent, source in zip(entries, image_class.sources, strict=True):
+                by_id.setdefault(latent.id, source.as_posix())
+            latent_ids[image_class.name] = list(by_id)
+            if len(by_id) < 2:
+                raise UsageError(f"class {image_class.name!r} has one distinct image")
+        return latent_ids
+
+    def mix(self, todo: list[Batch], latents: dict[str, list[str]], bar) -> None:
+        """Submit batches IN_FLIGHT ahead; write each image as soon as it is finished."""
+        pending = deque(todo)
+        while pending or self.in_flight:
+            while pending and len(self.in_flight) < IN_FLIGHT:
+                batch = pending.popleft()
+                job = self.lm.sample(
+                    latents[batch.cls.name],
+                    batch.count,
+                    scheme=self.plan.settings["scheme"],
+                    alpha=self.plan.settings["alpha"],
+                    k=self.plan.settings["k"],
+                    seed=batch.seed,
+                    method=self.plan.settings["method"],
+                    prompt=batch.cls.prompt,
+                    guidance_scale=self.plan.settings["guidance_scale"],
+                    steps=self.plan.settings["steps"],
+                )
+                self.in_flight.append((batch, job))
+            batch, job = self.in_flight[0]
+            bar.set_postfix_str(batch.cls.name, refresh=False)
+            for image in self.lm.iter_images(job):
+                if self.store(batch, job, image):
+                    bar.update(1)
+            self.in_flight.popleft()
+
+    def store(self, batch: Batch, job: Job, image: ImageResult) -> bool:
+        """Write one image and its provenance line, unless it is already there."""
+        name = batch.cls.name
+        if (
+            self.ledger.done_in(batch) >= batch.count
+            or self.ledger.has(name, image.id)
+            or self.ledger.count(name) >= self.plan.per_class
+        ):
+            return False
+        path = self.plan.out / name / f"{image.id}.png"
+        if not path.exists():  # else: written just before an interruption, line missing
+            self.lm.save_image(image, path)
+        self.ledger.append(self.provenance(batch, job, image, path))
+        self.written += 1
+        return True
+
+    def provenance(self, batch: Batch, job: Job, image: ImageResult, path: Path) -> dict:
+        made = image.provenance
+        if made is None:  # a service without per-image provenance: the mix's latent has it
+            info = self.lm.get_latent(image.latent or "")
+            result = job.result or {}
+            inputs, weights, method = info.parents or [], info.weights or [], info.method
+            seed, prompt = batch.seed, info.prompt
+            steps, guidance = result.get("steps"), result.get("guidance_scale")
+        else:
+            inputs, weights, method = made.inputs, made.weights, made.method
+            seed = made.seed if made.seed is not None else batch.seed
+            prompt, steps, guidance = made.prompt, made.steps, made.guidance_scale
+        sources = self.sources.get(batch.cls.name, {})
+        return {
+            "class": batch.cls.name,
+            "file": path.relative_to(self.plan.out).as_posix(),
+            "image": image.id,
+            "latent": image.latent,
+            "inputs": [{"latent": i, "source": sources.get(i)} for i in inputs],
+            "weights": weights,
+            "method": method,
+            "prompt": prompt,
+            "seed": seed,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "batch": batch.index,
+            "job": job.id,
+        }
+
+    def cancel(self) -> None:
+        """Cancel the mix jobs still queued or running; a rerun picks up from the ledger."""
+        while self.in_flight:
+            _, job = self.in_flight.popleft()
+            # Already ended, or the service is gone: nothing to stop.
+            with suppress(LatentMixError, httpx.TransportError):
+                self.lm.cancel(job)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"latentmix augment: error: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""What the service answers, as typed, frozen dataclasses parsed from its JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+@dataclass(frozen=True)
+class Latent:
+    """One latent of a `POST /latents` answer: ready, or pending on `job`."""
+
+    id: str
+    status: str
+    cached: bool = False
+    job: str | None = None
+    filename: str | None = None
+    source: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Latent:
+        return cls(
+            id=data["id"],
+            status=data["status"],
+            cached=bool(data.get("cached", False)),
+            job=data.get("job"),
+            filename=data.get("filename"),
+            source=data.get("source"),
+        )
+
+
+@dataclass(frozen=True)
+class LatentInfo:
+    """A latent's metadata (`GET /latents/{id}`); mixes carry parents, weights, method."""
+
+    id: str
+    status: str
+    model: str | None = None
+    source: str | None = None
+    shape: list[int] | None = None
+    norm: float | None = None
+    channel_means: list[float] | None = None
+    parents: list[str] | None = None
+    weights: list[float] | None = None
+    method: str | None = None
+    prompt: str | None = None
+    settings: dict[str, Any] | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LatentInfo:
+        names = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How an image was made: which latents, mixed with which weights, rendered how."""
+
+    inputs: list[str]
+    weights: list[float]
+    method: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Provenance:
+        return cls(
+            inputs=list(data.get("inputs") or []),
+            weights=[float(w) for w in data.get("weights") or []],
+            method=data.get("method"),
+            prompt=data.get("prompt"),
+            seed=data.get("seed"),
+            steps=data.get("steps"),
+            guidance_scale=data.get("guidance_scale"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """A generated image of a mix job; fetch its PNG with `LatentMixClient.image_bytes`."""
+
+    id: str
+    latent: str | None = None
+    url: str | None = None
+    provenance: Provenance | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], job_result: dict[str, Any]) -> ImageResult:
+        provenance = data.get("provenance")
+        if provenance is not None:
+            # Fields the server keeps once per job rather than per image.
+            provenance = {
+                key: job_result.get(key) for key in ("method", "prompt", "steps", "guidance_scale")
+            } | provenance
+        return cls(
+            id=data["id"],
+            latent=data.get("latent"),
+            url=data.get("url"),
+            provenance=Provenance.from_json(provenance) if provenance is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's state (`GET /jobs/{id}`). `result` is the raw result; `images` and
+    `latents` read it. While a mix job runs, `images` holds those finished so far."""
+
+    id: str
+    type: str
+    status: JobStatus
+    progress: Progress = field(default_factory=Progress)
+    model: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        progress = data.get("progress") or {}
+        return cls(
+            id=data["id"],
+            type=data.get("type", ""),
+            status=JobStatus(data["status"]),
+            progress=Progress(int(progress.get("done", 0)), int(progress.get("total", 0))),
+            model=data.get("model"),
+            created_at=_datetime(data.get("created_at")),
+            started_at=_datetime(data.get("started_at")),
+            finished_at=_datetime(data.get("finished_at")),
+            error=data.get("error"),
+            result=data.get("result"),
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.status.is_terminal()
+
+    @property
+    def latents(self) -> list[str]:
+        return list((self.result or {}).get("latents") or [])
+
+    @property
+    def images(self) -> list[ImageResult]:
+        result = self.result or {}
+        return [ImageResult.from_json(image, result) for image in result.get("images") or []]
+
+
+def _datetime(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -1,0 +1,140 @@
+"""`latentmix augment` against the real service processes (tests/client/conftest.py)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.augment import Ledger
+from service.cli import main as latentmix
+
+pytestmark = pytest.mark.e2e
+
+CLASSES = {"cat": "a photo of a cat", "red_fox": "a photo of a red fox"}
+FAST = ["--steps", "4", "--inversion-steps", "4", "--guidance-scale", "1", "--no-progress"]
+
+
+def augment_args(tree: Path, out: Path, url: str, *options: str) -> list[str]:
+    return ["augment", str(tree), "--out", str(out), "--url", url, *FAST, *options]
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_:
+        latentmix(args)
+    return exit_.value.code
+
+
+def read_provenance(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "provenance.jsonl").read_text().splitlines()]
+
+
+def snapshot(out: Path) -> dict[str, int]:
+    """Each image file with its modification time."""
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*.png")}
+
+
+def check_output(out: Path, tree: Path, per_class: int) -> list[dict]:
+    """Exactly `per_class` images per class, one provenance line per file, all consistent."""
+    lines = read_provenance(out)
+    assert len(lines) == per_class * len(CLASSES)
+    assert sorted(snapshot(out)) == sorted(line["file"] for line in lines)
+    assert len({line["image"] for line in lines}) == len(lines)
+    for name, prompt in CLASSES.items():
+        assert len(list((out / name).glob("*.png"))) == per_class
+        class_files = {f"{name}/{p.name}" for p in (tree / name).iterdir()}
+        for line in (line for line in lines if line["class"] == name):
+            assert line["file"] == f"{name}/{line['image']}.png"
+            assert line["prompt"] == prompt
+            assert sum(line["weights"]) == pytest.approx(1.0)
+            assert len(line["weights"]) == len(line["inputs"]) == 3
+            assert {i["source"] for i in line["inputs"]} == class_files
+            assert all(len(i["latent"]) == 32 for i in line["inputs"])
+    return lines
+
+
+def test_augment_writes_per_class_images_with_matching_provenance(
+    service_url, image_tree, tmp_path
+):
+    out = tmp_path / "aug"
+    args = augment_args(image_tree, out, service_url, "--per-class", "3", "--batch", "2")
+
+    assert run_cli(args) == 0
+
+    lines = check_output(out, image_tree, per_class=3)
+    assert [line["batch"] for line in lines if line["class"] == "cat"] == [0, 0, 1]
+    assert len({line["seed"] for line in lines}) == 4  # one per (class, batch)
+    settings = json.loads((out / "augment.json").read_text())
+    assert settings["method"] == "nin/chm" and settings["scheme"] == "dirichlet"
+    before = snapshot(out)
+    assert run_cli(args) == 0  # everything there: nothing to do
+    assert snapshot(out) == before and read_provenance(out) == lines
+    assert run_cli([*args, "--seed", "1"]) == 2  # other settings would mix two sets
+
+
+def test_interrupted_augment_resumes_without_redoing_finished_images(
+    service_url, image_tree, tmp_path
+):
+    out = tmp_path / "aug"
+    args = augment_args(image_tree, out, service_url, "--per-class", "4", "--batch", "1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        provenance = out / "provenance.jsonl"
+        while not (provenance.exists() and provenance.read_text().strip()):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "no image within 60 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert "run the same command again to resume" in output
+    partial = read_provenance(out)
+    assert 1 <= len(partial) < 8
+    finished = snapshot(out)
+    assert sorted(finished) == sorted(line["file"] for line in partial)
+
+    assert run_cli(args) == 0
+
+    lines = check_output(out, image_tree, per_class=4)
+    assert lines[: len(partial)] == partial  # kept, not redone
+    assert {name: snapshot(out)[name] for name in finished} == finished
+    # The resumed set is the set an uninterrupted run makes.
+    fresh = tmp_path / "fresh"
+    assert (
+        run_cli(augment_args(image_tree, fresh, service_url, "--per-class", "4", "--batch", "1"))
+        == 0
+    )
+    assert sorted(snapshot(fresh)) == sorted(snapshot(out))
+
+
+def test_subsets_too_few_for_per_class_are_refused_before_any_work(image_tree, tmp_path):
+    args = ["--per-class", "4", "--scheme", "subset", "--k", "2"]
+    out = tmp_path / "aug"
+
+    assert run_cli(augment_args(image_tree, out, "http://127.0.0.1:9", *args)) == 2
+
+    assert not out.exists()
+
+
+def test_a_torn_last_provenance_line_is_skipped_and_not_glued_to_the_next(tmp_path):
+    path = tmp_path / "provenance.jsonl"
+    path.write_text('{"class": "cat", "image": "a", "batch": 0}\n{"class": "cat", "ima')
+    ledger = Ledger(path)
+    assert ledger.count("cat") == 1
+
+    ledger.append({"class": "cat", "image": "b", "batch": 0})
+
+    assert Ledger(path).count("cat") == 2
+    assert path.read_text().splitlines()[-1] == '{"class":"cat","image":"b","batch":0}'
