@@ -1,12 +1,19 @@
 """The FastAPI application. Torch-free: it only talks to Redis and storage."""
 
-from contextlib import asynccontextmanager
+import asyncio
+import warnings
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from PIL import Image
 from redis import Redis
 
-from service.api import problems
+from service.api import problems, security
+from service.api.idempotency import IdempotencyMiddleware
+from service.api.idempotency import document as document_idempotency
+from service.api.limits import BodyLimitMiddleware, RequestLimits
+from service.api.reaper import run_reaper
 from service.api.routes import health, images, jobs, latents, mix
 from service.config import Settings, get_settings
 from service.latents import LatentCatalog
@@ -29,7 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.storage = storage_from_settings(settings)
         app.state.catalog = LatentCatalog(app.state.storage, app.state.redis)
+        reaper = asyncio.create_task(run_reaper(app.state.redis, settings.reaper_interval_s))
         yield
+        reaper.cancel()
+        with suppress(asyncio.CancelledError):
+            await reaper
         app.state.redis.close()
 
     app = FastAPI(
@@ -41,6 +52,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     problems.install(app)
-    for module in (latents, mix, jobs, images, health):
-        app.include_router(module.router)
+    for module in (latents, mix, jobs, images):
+        app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)
+    app.include_router(health.router)
+    # Outermost last: CORS, API keys, body limits, then idempotency next to the routes.
+    app.add_middleware(IdempotencyMiddleware, ttl_s=settings.idempotency_ttl_s)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits=RequestLimits(
+            max_request_bytes=settings.max_request_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_files=settings.max_files,
+        ),
+    )
+    security.install(app, settings.api_keys, settings.cors_origins)
+    document_idempotency(app)
+    # Pillow's decompression-bomb warning becomes an error that uploads turn into a 413.
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
     return app

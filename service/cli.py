@@ -67,7 +67,7 @@ def run_up(settings: Settings, *, workers: int = 1) -> int:
             f"redis={redis_url}  storage={storage}  (Ctrl-C stops)",
             flush=True,
         )
-        status = _wait(children, stop)
+        status = _wait(children, stop, env)
         _shutdown(children)
     return status
 
@@ -104,12 +104,19 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> tuple[str, subpro
     return name, subprocess.Popen([sys.executable, *args], env=env, start_new_session=True)
 
 
-def _wait(children, stop: _StopFlag) -> int:
+def _wait(children, stop: _StopFlag, env: dict[str, str]) -> int:
+    """Until a stop is requested or a child dies. A worker that exits with EX_TEMPFAIL (its
+    GPU context is poisoned, worker/runtime.py) is replaced by a fresh process."""
     while not stop.requested:
-        for name, process in children:
-            if process.poll() is not None:
-                print(f"latentmix: {name} exited with {process.returncode}", file=sys.stderr)
-                return 1
+        for index, (name, process) in enumerate(children):
+            if process.poll() is None:
+                continue
+            if name == "worker" and process.returncode == os.EX_TEMPFAIL:
+                print("latentmix: a worker lost its device; starting a new one", file=sys.stderr)
+                children[index] = _spawn("worker", ["-m", "worker"], env)
+                continue
+            print(f"latentmix: {name} exited with {process.returncode}", file=sys.stderr)
+            return 1
         time.sleep(0.2)
     return 0
 

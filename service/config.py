@@ -5,12 +5,16 @@ Every variable is documented in README.md, section "Configuration".
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MIN_API_KEY_LENGTH = 16
+# Comma-separated environment values (`a,b,c`), not JSON.
+CommaList = Annotated[list[str], NoDecode]
+SecretCommaList = Annotated[list[SecretStr], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -48,6 +52,44 @@ class Settings(BaseSettings):
     failure_ttl_s: int = 7 * 24 * 3600
     max_wait_s: float = 60.0  # cap for GET /jobs/{id}?wait=S
     max_mixes_per_request: int = 1000
+
+    # Request limits (service/api/limits.py): bytes per uploaded file and per request body,
+    # enforced while the body streams in; file parts per request; pixels per image.
+    max_upload_bytes: int = Field(default=32 * 2**20, ge=1)
+    max_request_bytes: int = Field(default=128 * 2**20, ge=1)
+    max_files: int = Field(default=64, ge=1)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+
+    # Security (service/api/security.py). API keys: unset, the API is open; set, every
+    # endpoint but /healthz and /readyz needs `Authorization: Bearer <key>`.
+    api_keys: SecretCommaList = Field(default_factory=list)
+    cors_origins: CommaList = Field(default_factory=list)  # unset: no CORS headers at all
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+
+    # Abandoned jobs: a worker's heartbeat keeps its running job alive for this long; the
+    # API's reaper fails jobs whose heartbeat stopped (a killed worker) every interval.
+    worker_heartbeat_ttl_s: int = Field(default=30, ge=3)
+    reaper_interval_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        short = [
+            i for i, key in enumerate(keys) if len(key.get_secret_value()) < MIN_API_KEY_LENGTH
+        ]
+        if short:
+            raise ValueError(
+                f"API keys must have at least {MIN_API_KEY_LENGTH} characters; "
+                f"key(s) at position {short} are shorter"
+            )
+        return keys
 
     @property
     def effective_redis_url(self) -> str:

@@ -162,7 +162,15 @@ def view_job(redis: Redis, job: Job) -> JobView:
     )
 
 
+WORKER_DIED = (
+    "worker died while running this job (its heartbeat stopped: killed, out of memory or "
+    "lost); the job was not retried: submit it again"
+)
+
+
 def _last_line(traceback_text: str) -> str:
     """The exception line of a traceback: what a client can act on."""
+    if "AbandonedJobError" in traceback_text:  # RQ's reaping of a dead worker's job
+        return WORKER_DIED
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else traceback_text

@@ -3,14 +3,37 @@
 SimpleWorker runs jobs in this process: the pipeline stays warm across jobs and nothing
 forks after torch (or CUDA) is up. RQ handles SIGTERM as a warm shutdown: the current
 job finishes, then the worker exits.
+
+Faults:
+
+- A killed worker: SimpleWorker runs the job in the main thread, and RQ would keep the
+  job's registry entry alive for job_timeout + 60 s, so a SIGKILLed worker's job would look
+  `running` for an hour. Here a heartbeat thread keeps the worker's key and its running
+  job's entries alive with a short TTL (`LATENTMIX_WORKER_HEARTBEAT_TTL_S`, refreshed every
+  third of it); once the worker is gone they expire and the API's reaper
+  (service/api/reaper.py) fails the job as abandoned. Jobs still queued stay queued for
+  the next worker.
+- A job that raises (a torch or CUDA error included) fails with its message and the
+  worker takes the next job. After a failure on a CUDA device the worker checks that the
+  device still works; if not (a device-side assert or illegal memory access poisons the
+  CUDA context for the whole process), it stops after recording the failure and exits
+  with EXIT_DEVICE_LOST, for its supervisor (compose `restart:`, `latentmix up`) to
+  start a fresh process. Out-of-memory is not poisoning: the cache is emptied and the
+  worker goes on.
 """
 
 import logging
+import os
+import threading
 from dataclasses import dataclass
 
+import torch
 from redis import Redis
 from rq import SimpleWorker
+from rq.executions import ExecutionRegistry
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp
 
 from service.config import Settings
 from service.jobs import get_queue
@@ -19,6 +42,8 @@ from service.storage import Storage, storage_from_settings
 from worker.engine.models import LoadedModel, load_model
 
 log = logging.getLogger("latentmix.worker")
+
+EXIT_DEVICE_LOST = os.EX_TEMPFAIL  # 75: "restart me"; `latentmix up` does
 
 
 @dataclass
@@ -61,7 +86,106 @@ def start(settings: Settings) -> WorkerContext:
 
 def run(settings: Settings, *, burst: bool = False) -> None:
     ctx = start(settings)
-    worker = SimpleWorker(
-        [get_queue(ctx.redis, settings.model)], connection=ctx.redis, serializer=JSONSerializer
+    queues = [get_queue(ctx.redis, settings.model)]
+    worker = LatentMixWorker(
+        queues,
+        connection=ctx.redis,
+        serializer=JSONSerializer,
+        heartbeat_ttl_s=settings.worker_heartbeat_ttl_s,
+        device=ctx.model.device,
     )
-    worker.work(burst=burst, logging_level="INFO")
+    with Heartbeat(worker, settings.worker_heartbeat_ttl_s):
+        worker.work(burst=burst, logging_level="INFO")
+    if worker.device_lost:
+        raise SystemExit(EXIT_DEVICE_LOST)
+
+
+class LatentMixWorker(SimpleWorker):
+    """SimpleWorker with a short job heartbeat TTL and a device check after failures."""
+
+    def __init__(self, *args, heartbeat_ttl_s: int, device: torch.device, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.device = device
+        self.device_lost = False
+        self.push_exc_handler(self._after_job_failure)
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        """How long a started job's entries live without a heartbeat (RQ: timeout + 60 s)."""
+        return self.heartbeat_ttl_s
+
+    def _after_job_failure(self, job, exc_type, exc_value, traceback) -> bool:
+        if isinstance(exc_value, torch.OutOfMemoryError):
+            log.warning("job %s ran out of device memory; emptying the cache", job.id)
+            empty_device_cache(self.device)
+        elif not device_works(self.device):
+            log.error(
+                "job %s left device %s unusable (%s); stopping so that a fresh process takes over",
+                job.id,
+                self.device,
+                exc_value,
+            )
+            self.device_lost = True
+            self._stop_requested = True
+        return True  # let RQ's other handlers run too
+
+
+def device_works(device: torch.device) -> bool:
+    """Whether the device still runs a kernel (a poisoned CUDA context does not)."""
+    if device.type != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).add_(1).item() == 2.0
+    except Exception:
+        return False
+
+
+def empty_device_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class Heartbeat:
+    """Keeps the worker's key and its running job's registry entries alive for `ttl_s`,
+    refreshed every `ttl_s / 3` from a thread, whatever the job is doing in the main one.
+
+    Only existing entries are refreshed (EXPIRE, ZADD XX): a job that just ended and was
+    removed from the registries is never put back."""
+
+    def __init__(self, worker: SimpleWorker, ttl_s: int):
+        self.worker = worker
+        self.ttl_s = ttl_s
+        self.interval_s = ttl_s / 3
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latentmix-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception as exc:  # Redis away: the next beat tries again
+                log.warning("heartbeat failed: %s", exc)
+
+    def beat(self) -> None:
+        worker, ttl = self.worker, self.ttl_s
+        deadline = current_timestamp() + ttl
+        executions = list(worker.executions.values())
+        with worker.connection.pipeline(transaction=False) as pipe:
+            pipe.expire(worker.key, ttl)
+            for execution in executions:
+                job = execution.job
+                started = StartedJobRegistry(job.origin, connection=worker.connection)
+                pipe.expire(execution.key, ttl)
+                pipe.zadd(started.key, {execution.composite_key: deadline}, xx=True)
+                per_job = ExecutionRegistry(job_id=execution.job_id, connection=worker.connection)
+                pipe.zadd(per_job.key, {execution.id: deadline + 60}, xx=True)
+            pipe.execute()

@@ -4,6 +4,7 @@ import io
 import uuid
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from PIL import Image, UnidentifiedImageError
 
@@ -36,6 +37,7 @@ from service.schemas import (
 router = APIRouter(tags=["latents"])
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+MIN_LATENT_SIDE, MAX_LATENT_SIDE = 64 // 8, 2048 // 8  # the `size` range, in latent cells
 LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
 
 
@@ -76,9 +78,10 @@ def create_latents(
     entries: list[LatentEntry] = []
     work: list[dict] = []
     planned: set[str] = set()
-    for upload, image_prompt in zip(images, prompts, strict=True):
-        data = upload.file.read()
-        _check_image(data, upload.filename)
+    # Every file is checked before anything is claimed, stored or queued.
+    image_data = [_read_image(upload, settings.max_image_pixels) for upload in images]
+    latent_arrays = [_read_latent(upload) for upload in latents]
+    for upload, data, image_prompt in zip(images, image_data, prompts, strict=True):
         inversion = {
             "steps": inversion_steps,
             "guidance_scale": guidance_scale,
@@ -91,7 +94,10 @@ def create_latents(
             planned.add(latent_id)
             work.append({"latent_id": latent_id, "data": data, "prompt": image_prompt})
         entries.append(entry)
-    entries += [_store_uploaded_latent(catalog, upload, model) for upload in latents]
+    entries += [
+        _store_uploaded_latent(catalog, upload, array, model)
+        for upload, array in zip(latents, latent_arrays, strict=True)
+    ]
 
     if not work:
         response.status_code = 200
@@ -146,18 +152,49 @@ def _prompts_for(prompts: list[str], image_count: int) -> list[str]:
     return prompts
 
 
-def _check_image(data: bytes, filename: str | None) -> None:
-    """The format is sniffed from the bytes, not the file name."""
+def _read_image(upload: UploadFile, max_pixels: int) -> bytes:
+    data = upload.file.read()
+    _check_image(data, upload.filename, max_pixels)
+    return data
+
+
+def _check_image(data: bytes, filename: str | None, max_pixels: int) -> None:
+    """A whole, decodable PNG, JPEG or WebP of at most `max_pixels` pixels.
+
+    The format is sniffed from the bytes, not the file name; only the allowed decoders
+    ever see the data. The size is read from the header before anything is decoded, and
+    Pillow's decompression-bomb guard (an error, see service.app) is a 413 too. The image
+    is then fully decoded, so a truncated or corrupt file is refused here, not by a job."""
+    unreadable = f"{filename!r} is not a readable PNG, JPEG or WebP image"
+    try:
+        with Image.open(io.BytesIO(data), formats=sorted(IMAGE_FORMATS)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise _too_many_pixels(filename, width, height, max_pixels)
+            image.verify()
+        with Image.open(io.BytesIO(data), formats=sorted(IMAGE_FORMATS)) as image:
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise problem(413, f"{filename!r}: {exc}") from None
+    except UnidentifiedImageError:
+        raise problem(415, f"{unreadable}{_sniffed(data)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise problem(415, f"{unreadable} ({exc})") from None
+
+
+def _too_many_pixels(filename: str | None, width: int, height: int, limit: int):
+    return problem(
+        413, f"{filename!r} is {width}x{height} = {width * height} pixels; the limit is {limit}"
+    )
+
+
+def _sniffed(data: bytes) -> str:
+    """What the bytes are, when Pillow knows the format but it is not allowed."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise problem(
-            415, f"{filename!r} is not a readable PNG, JPEG or WebP image ({exc})"
-        ) from None
-    if image_format not in IMAGE_FORMATS:
-        raise problem(415, f"{filename!r} is {image_format}; allowed: PNG, JPEG, WebP")
+            return f": it is {image.format}; allowed: PNG, JPEG, WebP"
+    except Exception:
+        return ""
 
 
 def _image_entry(
@@ -187,11 +224,27 @@ def _image_entry(
     )
 
 
-def _store_uploaded_latent(catalog: LatentCatalog, upload: UploadFile, model: str) -> LatentEntry:
+def _read_latent(upload: UploadFile) -> np.ndarray:
+    """A latent file as `decode_latent` checks it, with a spatial size the models accept."""
     try:
         array = decode_latent(upload.file.read())
     except InvalidLatent as exc:
         raise problem(422, f"{upload.filename!r}: {exc}") from None
+    height, width = array.shape[1:]
+    if not (
+        MIN_LATENT_SIDE <= height <= MAX_LATENT_SIDE and MIN_LATENT_SIDE <= width <= MAX_LATENT_SIDE
+    ):
+        raise problem(
+            422,
+            f"{upload.filename!r}: latent is {height}x{width}; each side must be in "
+            f"[{MIN_LATENT_SIDE}, {MAX_LATENT_SIDE}] (images of 64 to 2048 pixels)",
+        )
+    return array
+
+
+def _store_uploaded_latent(
+    catalog: LatentCatalog, upload: UploadFile, array: np.ndarray, model: str
+) -> LatentEntry:
     latent_id = uploaded_latent_id(array, model)
     known = catalog.record(latent_id) is not None
     if not known:

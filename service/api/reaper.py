@@ -1,0 +1,56 @@
+"""The reaper: jobs whose worker died end `failed` within a bounded time.
+
+A worker keeps the entry of the job it runs alive in RQ's StartedJobRegistry with a short
+heartbeat (`LATENTMIX_WORKER_HEARTBEAT_TTL_S`, worker/runtime.py). When the worker is
+killed the entry expires; every `LATENTMIX_REAPER_INTERVAL_S` the API runs RQ's registry
+maintenance on each LatentMix queue, which moves such jobs to `failed` (AbandonedJobError,
+shown as "worker died"; no retry), enqueues their dependents (a mix waiting on a dead
+inversion then fails naming it) and drops dead workers from the worker registry.
+
+So a killed worker's job is `failed` at most heartbeat TTL + reaper interval (+ one
+Redis round trip) after the kill: 40 s with the defaults. With several API processes, a
+Redis lock lets one of them do each round.
+"""
+
+import asyncio
+import logging
+
+from fastapi.concurrency import run_in_threadpool
+from redis import Redis
+from rq import Queue, worker_registration
+from rq.registry import clean_registries
+from rq.serializers import JSONSerializer
+
+from service.api.problems import REDIS_ERRORS
+
+LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
+LOCK_KEY = "latentmix:reaper-lock"
+
+log = logging.getLogger("latentmix.reaper")
+
+
+def reap(redis: Redis) -> int:
+    """One maintenance round over every LatentMix queue; returns the queues cleaned."""
+    queues = [
+        queue
+        for queue in Queue.all(connection=redis, serializer=JSONSerializer)
+        if queue.name.startswith(LATENTMIX_QUEUES)
+    ]
+    for queue in queues:
+        clean_registries(queue)
+        worker_registration.clean_worker_registry(queue)
+    return len(queues)
+
+
+async def run_reaper(redis: Redis, interval_s: float) -> None:
+    """Reap every `interval_s` seconds until cancelled; Redis outages are waited out."""
+    lock_ttl_ms = max(1, int(interval_s * 1000) - 50)
+    while True:
+        try:
+            if await run_in_threadpool(redis.set, LOCK_KEY, 1, nx=True, px=lock_ttl_ms):
+                await run_in_threadpool(reap, redis)
+        except REDIS_ERRORS as exc:
+            log.warning("reaper: Redis unavailable (%s); retrying", exc)
+        except Exception:
+            log.exception("reaper round failed")
+        await asyncio.sleep(interval_s)

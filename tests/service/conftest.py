@@ -1,0 +1,85 @@
+"""Fixtures for the API's hardening tests: apps with their own settings on a Redis database
+of their own (so a worker some other module left running never takes their jobs), served
+in-process or by a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from helpers import free_port
+from redis import Redis
+
+from service.app import create_app
+from service.config import Settings
+
+HARDENING_DB = 2
+
+
+@pytest.fixture
+def own_redis_url(redis_server: str) -> str:
+    """The session's Redis server, database 2, emptied for this test."""
+    url = f"{redis_server.rsplit('/', 1)[0]}/{HARDENING_DB}"
+    client = Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture
+def make_settings(own_redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for the tiny model on `own_redis_url` and a local store, with overrides."""
+
+    def make(**overrides) -> Settings:
+        values = {"redis_url": own_redis_url, "data_dir": tmp_path / "data", "model": "tiny"}
+        return Settings(**(values | overrides))
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
+    """`make_client(**settings)`: a started TestClient; unexpected errors become 500s."""
+    clients: list[TestClient] = []
+
+    def make(**overrides) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app under a real uvicorn server on a loopback port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def make_live_server(make_settings) -> Callable[..., AbstractContextManager[str]]:
+    return lambda **overrides: live_server(make_settings(**overrides))

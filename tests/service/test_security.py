@@ -1,0 +1,295 @@
+"""API keys, CORS and Idempotency-Key, against the app in-process on a real Redis."""
+
+import hmac
+import json
+import uuid
+
+import numpy as np
+import pytest
+from helpers import latent_file, png_bytes
+
+from service.api import security
+from service.api.idempotency import PENDING_TTL_S, RECORD_KEY
+
+PROBLEM = "application/problem+json"
+KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
+
+
+def assert_problem(response, status: int, *phrases: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    for phrase in phrases:
+        assert phrase in body["detail"], body
+    return body
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def test_without_keys_configured_the_api_is_open(make_client):
+    client = make_client()
+    assert client.get(f"/jobs/{'0' * 32}").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/jobs/{'0' * 32}"),
+        ("POST", f"/jobs/{'0' * 32}/cancel"),
+        ("POST", "/mix"),
+        ("POST", "/latents"),
+        ("GET", f"/latents/{'0' * 32}"),
+        ("GET", f"/latents/{'0' * 32}/data"),
+        ("GET", f"/images/{'0' * 32}"),
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
+        ("GET", "/no/such/path"),
+    ],
+)
+def test_with_keys_every_endpoint_but_the_probes_needs_one(make_client, method, path):
+    client = make_client(api_keys=KEYS)
+
+    missing = client.request(method, path)
+    wrong = client.request(method, path, headers=bearer("not-a-key-0123456789abcdef"))
+    right = client.request(method, path, headers=bearer(KEYS[1]))
+
+    assert_problem(missing, 401, "missing API key")
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="latentmix"'
+    assert_problem(wrong, 401, "invalid API key")
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    assert right.status_code != 401
+
+
+def test_health_probes_need_no_key(make_client):
+    client = make_client(api_keys=KEYS)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code in (200, 503)
+
+
+@pytest.mark.parametrize("header", ["Basic Zm9vOmJhcg==", "Bearer", "Bearer ", KEYS[0]])
+def test_malformed_authorization_headers_are_401(make_client, header):
+    client = make_client(api_keys=KEYS)
+    assert_problem(client.get("/openapi.json", headers={"Authorization": header}), 401)
+
+
+def test_every_key_is_compared_in_constant_time(make_client, monkeypatch):
+    """hmac.compare_digest over fixed-length digests, for every key, whichever matches."""
+    client = make_client(api_keys=KEYS)
+    calls = []
+    compare = hmac.compare_digest
+
+    def counting(a, b):
+        calls.append((len(a), len(b)))
+        return compare(a, b)
+
+    monkeypatch.setattr(security.hmac, "compare_digest", counting)
+    for token in (KEYS[0], KEYS[1], "x" * 40):
+        calls.clear()
+        client.get("/openapi.json", headers=bearer(token))
+        assert calls == [(32, 32)] * len(KEYS)
+
+
+def test_short_keys_are_refused_at_startup(make_settings):
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        make_settings(api_keys=["short"])
+
+
+def test_keys_come_from_a_comma_separated_variable(monkeypatch):
+    from service.config import Settings
+
+    monkeypatch.setenv("LATENTMIX_API_KEYS", f" {KEYS[0]} ,{KEYS[1]}")
+    monkeypatch.setenv("LATENTMIX_CORS_ORIGINS", "https://a.example,https://b.example")
+    settings = Settings()
+    assert [key.get_secret_value() for key in settings.api_keys] == KEYS
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert KEYS[0] not in repr(settings)
+
+
+def test_the_schema_declares_the_bearer_scheme(make_client):
+    schema = make_client().get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": security.bearer_scheme.model.description,
+    }
+    assert schema["paths"]["/mix"]["post"]["security"] == [{"apiKey": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+# --- CORS -------------------------------------------------------------------------------------
+
+
+def test_cors_is_off_unless_configured(make_client):
+    client = make_client()
+    origin = {"Origin": "https://evil.example"}
+
+    response = client.get("/healthz", headers=origin)
+    preflight = client.options("/mix", headers=origin | {"Access-Control-Request-Method": "POST"})
+
+    assert "access-control-allow-origin" not in response.headers
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_configured_origins_only_get_cors_headers_and_preflights_need_no_key(make_client):
+    client = make_client(cors_origins=["https://app.example"], api_keys=KEYS)
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, idempotency-key",
+    }
+
+    allowed = client.options("/mix", headers={"Origin": "https://app.example"} | preflight)
+    other = client.options("/mix", headers={"Origin": "https://evil.example"} | preflight)
+    simple = client.get("/healthz", headers={"Origin": "https://app.example"})
+
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "idempotency-key" in allowed.headers["access-control-allow-headers"].lower()
+    assert other.status_code == 400
+    assert "access-control-allow-origin" not in other.headers
+    assert simple.headers["access-control-allow-origin"] == "https://app.example"
+
+
+# --- Idempotency-Key --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def with_latents(make_client):
+    client = make_client()
+    rng = np.random.default_rng(5)
+    ids = []
+    for _ in range(2):
+        payload = latent_file(rng.standard_normal((4, 8, 8)).astype(np.float32))
+        response = client.post(
+            "/latents",
+            files=[("latents", ("z.safetensors", payload, "application/octet-stream"))],
+        )
+        ids.append(response.json()["latents"][0]["id"])
+    return client, ids
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+def test_a_retried_post_returns_the_original_job(with_latents):
+    client, ids = with_latents
+    headers = key()
+
+    first = client.post("/mix", json={"latents": ids}, headers=headers)
+    again = client.post("/mix", json={"latents": ids}, headers=headers)
+    reordered = client.post(
+        "/mix",
+        content=json.dumps({"latents": ids}, indent=2).encode(),
+        headers=headers | {"content-type": "application/json"},
+    )
+
+    assert first.status_code == again.status_code == reordered.status_code == 202
+    assert again.json() == first.json() and reordered.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert len(client.app.state.redis.keys("rq:job:*")) == 1
+
+
+def test_without_a_key_every_post_is_a_new_job(with_latents):
+    client, ids = with_latents
+    first = client.post("/mix", json={"latents": ids}).json()
+    second = client.post("/mix", json={"latents": ids}).json()
+    assert first["id"] != second["id"]
+
+
+def test_the_same_key_with_a_different_body_is_rejected(with_latents):
+    client, ids = with_latents
+    headers = key()
+    client.post("/mix", json={"latents": ids}, headers=headers)
+
+    body = assert_problem(
+        client.post("/mix", json={"latents": ids, "steps": 3}, headers=headers),
+        422,
+        "already used for a different request",
+    )
+    assert body["errors"][0]["field"] == "header.Idempotency-Key"
+    assert_problem(client.post(f"/jobs/{'0' * 32}/cancel", headers=headers), 422)
+
+
+def test_multipart_retries_match_whatever_the_boundary(make_client):
+    client = make_client()
+    headers = key()
+    files = [("images", ("a.png", png_bytes(1), "image/png"))]
+
+    first = client.post("/latents", files=files, headers=headers)
+    # The same form encoded again: httpx picks a new random boundary each time.
+    again = client.post("/latents", files=files, headers=headers)
+    other = client.post(
+        "/latents", files=[("images", ("a.png", png_bytes(2), "image/png"))], headers=headers
+    )
+
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert_problem(other, 422, "different request")
+
+
+def test_failed_requests_are_not_remembered(with_latents):
+    client, ids = with_latents
+    headers = key()
+
+    bad = client.post("/mix", json={"latents": ids, "method": "bogus"}, headers=headers)
+    fixed = client.post("/mix", json={"latents": ids}, headers=headers)
+
+    assert bad.status_code == 422
+    assert fixed.status_code == 202 and "Idempotent-Replayed" not in fixed.headers
+
+
+def test_a_key_still_in_flight_is_a_409(with_latents):
+    client, ids = with_latents
+    headers = key()
+    record = RECORD_KEY.format(
+        digest=__import__("hashlib")
+        .sha256(f"anonymous\n{headers['Idempotency-Key']}".encode())
+        .hexdigest()
+    )
+    client.app.state.redis.set(record, json.dumps({"state": "pending", "claim": "x"}))
+
+    response = client.post("/mix", json={"latents": ids}, headers=headers)
+
+    assert_problem(response, 409, "still in progress")
+    assert int(response.headers["Retry-After"]) > 0
+    assert client.app.state.redis.ttl(record) == -1  # untouched: not ours
+    assert PENDING_TTL_S > 0
+
+
+def test_keys_are_scoped_by_api_key(make_client):
+    client = make_client(api_keys=KEYS)
+    headers = key()
+    files = [("images", ("a.png", png_bytes(3), "image/png"))]
+
+    mine = client.post("/latents", files=files, headers=headers | bearer(KEYS[0]))
+    theirs = client.post(
+        "/latents",
+        files=[("images", ("b.png", png_bytes(4), "image/png"))],
+        headers=headers | bearer(KEYS[1]),
+    )
+
+    assert mine.status_code == theirs.status_code == 202
+    assert mine.json()["job"]["id"] != theirs.json()["job"]["id"]
+
+
+@pytest.mark.parametrize("value", ["", " spaced key ", "k" * 256, "naïve"])
+def test_malformed_idempotency_keys_are_422(with_latents, value):
+    client, ids = with_latents
+    response = client.post(
+        "/mix", json={"latents": ids}, headers={"Idempotency-Key": value.encode()}
+    )
+    assert_problem(response, 422, "Idempotency-Key")
+
+
+def test_the_schema_documents_the_header_on_posts(make_client):
+    schema = make_client().get("/openapi.json").json()
+    for path in ("/mix", "/latents", "/jobs/{job_id}/cancel"):
+        names = [p["name"] for p in schema["paths"][path]["post"].get("parameters", [])]
+        assert "Idempotency-Key" in names, path
