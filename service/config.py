@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_batch_size: int | None = None  # None: a per-device default
+    vae_batch_size: int | None = None  # images per VAE call; None: a per-device default
+    compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
 
     # Jobs.
     job_timeout_s: int = 3600

@@ -28,6 +28,8 @@ LATENT_TENSOR = "latent"
 LATENT_CHANNELS = 4  # Stable Diffusion 1.x/2.x VAE latents
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _CLAIM_KEY = "latentmix:latent-claim:{id}"
+_RECORD_CACHE_KEY = "latentmix:latent-record:{id}"
+RECORD_CACHE_TTL_S = 7 * 24 * 3600
 
 
 class InvalidLatent(ValueError):
@@ -143,19 +145,28 @@ class LatentCatalog:
         self.redis = redis
 
     def record(self, latent_id: str) -> LatentRecord | None:
+        """The stored record, or None. Read through a copy in Redis: a cached latent's
+        lookup (every repeated `POST /latents` image) is one Redis GET, not a storage read.
+        Storage stays the source of truth; a record missing in Redis is copied over."""
+        cache_key = _RECORD_CACHE_KEY.format(id=latent_id)
+        cached = self.redis.get(cache_key)
+        if cached is not None:
+            return LatentRecord.model_validate_json(cached)
         try:
-            return LatentRecord.model_validate_json(self.storage.get(record_key(latent_id)))
+            data = self.storage.get(record_key(latent_id))
         except NotFound:
             return None
+        self.redis.set(cache_key, data, ex=RECORD_CACHE_TTL_S)
+        return LatentRecord.model_validate_json(data)
 
     def load(self, latent_id: str) -> np.ndarray:
         return decode_latent(self.storage.get(latent_key(latent_id)))
 
     def publish(self, record: LatentRecord, array: np.ndarray) -> None:
+        data = record.model_dump_json().encode()
         self.storage.put(latent_key(record.id), encode_latent(array), "application/octet-stream")
-        self.storage.put(
-            record_key(record.id), record.model_dump_json().encode(), "application/json"
-        )
+        self.storage.put(record_key(record.id), data, "application/json")
+        self.redis.set(_RECORD_CACHE_KEY.format(id=record.id), data, ex=RECORD_CACHE_TTL_S)
 
     def claim(self, latent_id: str, job_id: str, ttl_s: int) -> str | None:
         """Make `job_id` the one job computing `latent_id`.

@@ -76,6 +76,8 @@ def start(settings: Settings) -> WorkerContext:
         dtype=settings.dtype,
         cache_dir=settings.data_dir / "models",
         max_batch_size=settings.max_batch_size,
+        vae_batch_size=settings.vae_batch_size,
+        compile=settings.compile,
     )
     redis = Redis.from_url(settings.effective_redis_url)
     storage = storage_from_settings(settings)

@@ -2,6 +2,7 @@
 the engine in the middle. Enqueued by dotted path (`service.jobs.INVERT_TASK`, ...)."""
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -29,12 +30,21 @@ class LatentUnavailable(RuntimeError):
     """An input latent of a mix is missing (its inversion failed or was canceled)."""
 
 
+# Storage calls are network round trips: a job makes its independent ones side by side.
+_STORAGE_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentmix-storage")
+
+
+def _in_parallel(fn, *iterables) -> list:
+    """`fn` over the iterables on the storage I/O threads; results in order."""
+    return list(_STORAGE_IO.map(fn, *iterables))
+
+
 def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     """Invert uploaded images into noise latents and publish them."""
     ctx, job = context(), get_current_job()
     items = request["items"]
     latent_ids = [item["latent_id"] for item in items]
-    images = [_open_image(ctx.storage.get(item["upload_key"])) for item in items]
+    images = _in_parallel(lambda item: _open_image(ctx.storage.get(item["upload_key"])), items)
     result = invert(
         ctx.model,
         images,
@@ -42,7 +52,8 @@ def invert_images(request: dict[str, Any]) -> dict[str, Any]:
         InversionSettings(**request["settings"]),
         progress=_progress_reporter(ctx, job),
     )
-    for item, latent in zip(items, result.latents, strict=True):
+
+    def publish(item: dict[str, Any], latent: torch.Tensor) -> None:
         record = LatentRecord.describe(
             item["latent_id"],
             latent.numpy(),
@@ -52,6 +63,8 @@ def invert_images(request: dict[str, Any]) -> dict[str, Any]:
             prompt=item["prompt"],
         )
         ctx.catalog.publish(record, latent.numpy())
+
+    _in_parallel(publish, items, result.latents)
     # Claims of a failed job stay until they expire: GET /latents/{id} then reports the
     # failure, and a new request takes the claim over (LatentCatalog.claim).
     ctx.catalog.release(latent_ids, job.id)
@@ -64,7 +77,7 @@ def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
     producers = request.get("producers", {})
     records = [_ready_record(ctx, i, producers.get(i)) for i in request["latents"]]
     _check_compatible(records, ctx.settings.model)
-    stack = torch.stack([torch.from_numpy(ctx.catalog.load(r.id)) for r in records])
+    stack = torch.stack(_in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
     mixed = mix(stack, request["weights"], request["method"])
     prompt = request.get("prompt")
     if prompt is None:

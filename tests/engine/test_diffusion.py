@@ -23,6 +23,7 @@ from worker.engine.diffusion import (
     prepare_images,
     sample,
 )
+from worker.engine.models import PromptCache
 
 PROMPT = "a photo of a cat"
 
@@ -92,7 +93,15 @@ def test_inversion_settings_record_what_was_run(tiny_model, images):
     }
 
 
-def test_encode_prompts_encodes_each_distinct_prompt_once(tiny_model, monkeypatch):
+@pytest.fixture
+def fresh_cache_model(tiny_model):
+    """The tiny model with an empty prompt cache of its own."""
+    return dataclasses.replace(tiny_model, prompt_cache=PromptCache(8))
+
+
+@pytest.fixture
+def encoded_texts(monkeypatch) -> list[list[str]]:
+    """Every batch of texts that reaches the text encoder."""
     encoded: list[list[str]] = []
     original = diffusion._encode_texts
 
@@ -101,11 +110,78 @@ def test_encode_prompts_encodes_each_distinct_prompt_once(tiny_model, monkeypatc
         return original(model, texts)
 
     monkeypatch.setattr(diffusion, "_encode_texts", record)
-    embeddings = encode_prompts(tiny_model, ["a cat", "a dog", "a cat"])
-    assert encoded == [["a cat", "a dog"], [""]]
+    return encoded
+
+
+def test_encode_prompts_encodes_each_distinct_prompt_once(fresh_cache_model, encoded_texts):
+    embeddings = encode_prompts(fresh_cache_model, ["a cat", "a dog", "a cat"])
+    assert encoded_texts == [["a cat", "a dog", ""]]
     assert embeddings.cond.shape[0] == 3
+    assert embeddings.uncond.shape[0] == 1
     assert torch.equal(embeddings.cond[0], embeddings.cond[2])
     assert not torch.equal(embeddings.cond[0], embeddings.cond[1])
+
+
+def test_cached_prompts_skip_the_text_encoder_and_give_identical_embeddings(
+    fresh_cache_model, encoded_texts
+):
+    first = encode_prompts(fresh_cache_model, ["a cat", "a dog"])
+    again = encode_prompts(fresh_cache_model, ["a dog", "a cat", "a dog"])
+    assert encoded_texts == [["a cat", "a dog", ""]]
+    assert torch.equal(again.cond[1], first.cond[0])
+    assert torch.equal(again.cond[0], first.cond[1])
+    assert torch.equal(again.uncond, first.uncond)
+    assert fresh_cache_model.prompt_cache.hits == 3  # "a dog", "a cat", ""
+
+
+def test_cached_embeddings_equal_freshly_encoded_ones(tiny_model, fresh_cache_model):
+    cached = encode_prompts(fresh_cache_model, ["a red car"] * 2)
+    uncached_model = dataclasses.replace(tiny_model, prompt_cache=PromptCache(0))
+    fresh = encode_prompts(uncached_model, ["a red car"])
+    torch.testing.assert_close(cached.cond[:1], fresh.cond, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cached.uncond, fresh.uncond, rtol=1e-5, atol=1e-6)
+    assert len(uncached_model.prompt_cache) == 0
+
+
+def test_only_new_prompts_reach_the_text_encoder(fresh_cache_model, encoded_texts):
+    encode_prompts(fresh_cache_model, ["a cat"])
+    encode_prompts(fresh_cache_model, ["a cat", "a blue tree"])
+    assert encoded_texts == [["a cat", ""], ["a blue tree"]]
+
+
+def test_prompt_cache_drops_the_least_recently_used_prompt():
+    cache = PromptCache(2)
+    cache.put("a", torch.zeros(1))
+    cache.put("b", torch.ones(1))
+    assert cache.get("a") is not None  # "b" is now the least recently used
+    cache.put("c", torch.ones(1))
+    assert "a" in cache and "c" in cache and "b" not in cache
+    assert (cache.hits, cache.misses) == (1, 0)
+
+
+def test_generation_encodes_its_prompt_once_per_worker(fresh_cache_model, encoded_texts):
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = dataclasses.replace(fresh_cache_model, max_batch_size=2)
+    generate(model, latents, PROMPT, steps=2)
+    generate(model, latents[:1], PROMPT, steps=2)
+    assert encoded_texts == [[PROMPT, ""]]
+
+
+def test_vae_runs_in_batches_of_vae_batch_size(tiny_model, images, monkeypatch):
+    model = dataclasses.replace(tiny_model, vae_batch_size=2)
+    vae = model.pipe.vae
+    batches: list[tuple[str, int]] = []
+    for name in ("encode", "decode"):
+        original = getattr(vae, name)
+
+        def spy(x, *args, _name=name, _original=original, **kwargs):
+            batches.append((_name, x.shape[0]))
+            return _original(x, *args, **kwargs)
+
+        monkeypatch.setitem(vae.__dict__, name, spy)
+    x0 = encode_images(model, images, 64)
+    decode_latents(model, x0)
+    assert batches == [("encode", 2), ("encode", 1), ("decode", 2), ("decode", 1)]
 
 
 # --- the timestep convention --------------------------------------------------------------

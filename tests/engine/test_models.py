@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from worker.engine import models
-from worker.engine.models import ModelLoadError, build_tiny_model, load_model
+from worker.engine.models import (
+    ModelLoadError,
+    build_tiny_model,
+    default_batch_sizes,
+    load_model,
+)
 
 WEIGHT_FILES = (
     "unet/diffusion_pytorch_model.safetensors",
@@ -116,7 +123,13 @@ def test_load_model_with_uncached_hub_id_offline_names_the_env_var(monkeypatch):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("device", "tpu-9"), ("dtype", "float8"), ("max_batch_size", 0)],
+    [
+        ("device", "tpu-9"),
+        ("dtype", "float8"),
+        ("max_batch_size", 0),
+        ("vae_batch_size", 0),
+        ("prompt_cache_size", -1),
+    ],
 )
 def test_load_model_rejects_bad_options_naming_them(tiny_model_dir, option, value):
     with pytest.raises(ValueError, match=str(value)):
@@ -128,3 +141,89 @@ def test_describe_is_json_friendly(tiny_model):
     assert description["name"] == "tiny"
     assert description["dtype"] == "float32"
     assert description["scheduler"] == "DDIMScheduler"
+    assert description["attention"] == "AttnProcessor2_0"  # scaled-dot-product attention
+    assert description["vae_batch_size"] == 4
+    assert description["compiled"] is False
+
+
+# --- speed settings -----------------------------------------------------------------------
+
+
+def test_cpu_batch_sizes_default_to_four_images():
+    assert default_batch_sizes(torch.device("cpu")) == (4, 4)
+
+
+def test_batch_sizes_and_prompt_cache_follow_the_options(tiny_model_dir):
+    model = load_model(
+        "tiny",
+        device="cpu",
+        cache_dir=tiny_model_dir,
+        max_batch_size=8,
+        vae_batch_size=2,
+        prompt_cache_size=3,
+    )
+    assert (model.max_batch_size, model.vae_batch_size) == (8, 2)
+    assert model.prompt_cache.capacity == 3 and len(model.prompt_cache) == 0
+
+
+def test_compile_wraps_the_unet_in_place(tiny_model_dir):
+    model = load_model("tiny", device="cpu", cache_dir=tiny_model_dir, compile=True)
+    # nn.Module.compile: same module and config, compiled call installed (compiles lazily).
+    assert isinstance(model.pipe.unet, UNet2DConditionModel)
+    assert model.pipe.unet._compiled_call_impl is not None
+    assert model.compiled and model.describe()["compiled"] is True
+
+
+# --- the SD-1.5-sized random model --------------------------------------------------------
+
+
+def _sd15_components_on_meta(tmp_path):
+    """The three networks of sd15-random without memory or init time (meta tensors)."""
+    tokenizer = models._build_tiny_tokenizer(tmp_path / "tokenizer")
+    with torch.device("meta"):
+        return (
+            models._build_sd15_unet(),
+            models._build_sd15_vae(),
+            models._build_sd15_text_encoder(tokenizer),
+        )
+
+
+def test_sd15_random_has_stable_diffusion_1_5_parameter_counts(tmp_path):
+    unet, vae, text_encoder = _sd15_components_on_meta(tmp_path)
+    # The published sizes of SD 1.5's UNet, VAE and CLIP ViT-L/14 text tower.
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert sum(p.numel() for p in text_encoder.parameters()) == 123_060_480
+
+
+def test_sd15_random_networks_fit_together(tmp_path):
+    unet, vae, text_encoder = _sd15_components_on_meta(tmp_path)
+    assert unet.config.block_out_channels == (320, 640, 1280, 1280)
+    assert unet.config.cross_attention_dim == text_encoder.config.hidden_size == 768
+    assert unet.config.attention_head_dim == 8 and unet.config.layers_per_block == 2
+    assert unet.config.sample_size * 8 == vae.config.sample_size == 512
+    assert vae.config.block_out_channels == (128, 256, 512, 512)
+    assert text_encoder.config.num_hidden_layers == 12
+    with torch.inference_mode():
+        latent = vae.encode(torch.zeros(1, 3, 64, 64, device="meta")).latent_dist.mean
+        text = torch.zeros(1, 77, 768, device="meta")
+        eps = unet(latent, 10, encoder_hidden_states=text).sample
+        pixels = vae.decode(eps).sample
+    assert latent.shape == eps.shape == (1, 4, 8, 8)
+    assert pixels.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("LATENTMIX_BIG_TESTS") != "1",
+    reason="builds 1.07 billion parameters (about a minute, 4.5 GB); set LATENTMIX_BIG_TESTS=1",
+)
+def test_sd15_random_loads_and_inverts_an_image():
+    from worker.engine.diffusion import InversionSettings, invert
+
+    model = load_model("sd15-random", device="cpu")
+    assert model.default_size == 512 and model.describe()["name"] == "sd15-random"
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    result = invert(model, [image], "a photo", InversionSettings(steps=1, size=64))
+    assert result.latents.shape == (1, 4, 8, 8)
+    assert torch.isfinite(result.latents).all()

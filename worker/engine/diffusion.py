@@ -218,14 +218,16 @@ def _resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 
 @torch.inference_mode()
 def encode_images(model: LoadedModel, images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """VAE latents x0 = latent_dist.mean * scaling_factor (method.md section 1), float32 CPU."""
+    """VAE latents x0 = latent_dist.mean * scaling_factor (method.md section 1), float32 CPU.
+
+    Encoded `model.vae_batch_size` images at a time, which bounds the VAE's memory."""
     _check_size(model, size)
     pixels = prepare_images(images, size)
     vae = model.pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     latents = []
-    for start in range(0, len(pixels), model.max_batch_size):
-        batch = pixels[start : start + model.max_batch_size].to(model.device, model.dtype)
+    for start in range(0, len(pixels), model.vae_batch_size):
+        batch = pixels[start : start + model.vae_batch_size].to(model.device, model.dtype)
         mean = vae.encode(batch).latent_dist.mean.float()
         latents.append(((mean - shift) * vae.config.scaling_factor).cpu())
     return torch.cat(latents)
@@ -233,13 +235,13 @@ def encode_images(model: LoadedModel, images: Sequence[Image.Image], size: int) 
 
 @torch.inference_mode()
 def decode_latents(model: LoadedModel, x0: torch.Tensor) -> list[Image.Image]:
-    """VAE-decode clean latents x0 to RGB PIL images."""
+    """VAE-decode clean latents x0 to RGB PIL images, `model.vae_batch_size` at a time."""
     _check_latents(model, x0)
     vae = model.pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     images: list[Image.Image] = []
-    for start in range(0, len(x0), model.max_batch_size):
-        batch = x0[start : start + model.max_batch_size].to(model.device, torch.float32)
+    for start in range(0, len(x0), model.vae_batch_size):
+        batch = x0[start : start + model.vae_batch_size].to(model.device, torch.float32)
         batch = (batch / vae.config.scaling_factor + shift).to(model.dtype)
         pixels = vae.decode(batch).sample.float()
         pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
@@ -250,19 +252,24 @@ def decode_latents(model: LoadedModel, x0: torch.Tensor) -> list[Image.Image]:
 
 @torch.inference_mode()
 def encode_prompts(model: LoadedModel, prompts: Sequence[str]) -> PromptEmbeddings:
-    """CLIP text embeddings per row, each distinct prompt encoded once, plus the empty prompt."""
+    """CLIP text embeddings per row, plus the empty prompt's for guidance.
+
+    Each distinct prompt is looked up in the model's prompt cache; the ones missing are
+    encoded together in batches of `max_batch_size`, then cached. A worker therefore runs
+    the text encoder once per prompt, not once per job or per row.
+    """
     prompts = [prompts] if isinstance(prompts, str) else _prompts_per_row(prompts, len(prompts))
     if not prompts:
         raise ValueError("prompts must not be empty")
-    distinct = list(dict.fromkeys(prompts))
-    encoded = torch.cat(
-        [
-            _encode_texts(model, distinct[start : start + model.max_batch_size])
-            for start in range(0, len(distinct), model.max_batch_size)
-        ]
-    )
-    index = torch.tensor([distinct.index(p) for p in prompts], device=encoded.device)
-    return PromptEmbeddings(cond=encoded[index], uncond=_encode_texts(model, [""]))
+    cache = model.prompt_cache
+    table = {p: cache.get(p) for p in dict.fromkeys([*prompts, ""])}
+    missing = [p for p, embedding in table.items() if embedding is None]
+    for start in range(0, len(missing), model.max_batch_size):
+        texts = missing[start : start + model.max_batch_size]
+        for text, embedding in zip(texts, _encode_texts(model, texts), strict=True):
+            table[text] = embedding.unsqueeze(0).clone()
+            cache.put(text, table[text])
+    return PromptEmbeddings(cond=torch.cat([table[p] for p in prompts]), uncond=table[""])
 
 
 def _encode_texts(model: LoadedModel, texts: list[str]) -> torch.Tensor:

