@@ -9,14 +9,17 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from redis import Redis
 
+from service import metrics
 from service.api import problems, security
 from service.api.idempotency import IdempotencyMiddleware
 from service.api.idempotency import document as document_idempotency
 from service.api.limits import BodyLimitMiddleware, RequestLimits
 from service.api.reaper import run_reaper
 from service.api.routes import health, images, jobs, latents, mix
+from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
 from service.latents import LatentCatalog
+from service.metrics import Metrics
 from service.storage import storage_from_settings
 
 
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.storage = storage_from_settings(settings)
         app.state.catalog = LatentCatalog(app.state.storage, app.state.redis)
+        app.state.metrics = Metrics(app.state.redis)
         reaper = asyncio.create_task(run_reaper(app.state.redis, settings.reaper_interval_s))
         yield
         reaper.cancel()
@@ -52,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     problems.install(app)
-    for module in (latents, mix, jobs, images):
+    metrics.install(app)
+    for module in (latents, mix, jobs, images, metrics_route):
         app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)
     app.include_router(health.router)
     # Outermost last: CORS, API keys, body limits, then idempotency next to the routes.

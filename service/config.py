@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     failure_ttl_s: int = 7 * 24 * 3600
     max_wait_s: float = 60.0  # cap for GET /jobs/{id}?wait=S
     max_mixes_per_request: int = 1000
+    webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
 
     # Request limits (service/api/limits.py): bytes per uploaded file and per request body,
     # enforced while the body streams in; file parts per request; pixels per image.

@@ -5,6 +5,7 @@ dotted path, so the API never imports the worker's torch code. Each model has it
 queue; a worker listens on the queue of the model it has loaded.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -24,6 +25,7 @@ INVERT_TASK = "worker.tasks.invert_images"
 MIX_TASK = "worker.tasks.mix_latents"
 JOB_TYPES = {INVERT_TASK: "invert", MIX_TASK: "mix"}
 CANCEL_KEY = "latentmix:cancel:{job_id}"
+PARTIAL_KEY = "latentmix:partial:{job_id}"
 
 
 class JobStatus(StrEnum):
@@ -83,6 +85,7 @@ def enqueue(
     request: dict[str, Any],
     job_id: str,
     depends_on: list[str] | None = None,
+    webhook: str | None = None,
 ) -> Job:
     """Enqueue `task(request)` on `model`'s queue. Dependencies may fail: the task then
     reports which input is missing instead of waiting forever."""
@@ -95,7 +98,7 @@ def enqueue(
         job_timeout=settings.job_timeout_s,
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
-        meta={"progress": {"done": 0, "total": 0}},
+        meta={"progress": {"done": 0, "total": 0}, "webhook": webhook},
         description=f"{JOB_TYPES[task]} on {model}",
     )
 
@@ -113,6 +116,24 @@ def cancel_requested(redis: Redis, job_id: str) -> bool:
 
 def request_cancel(redis: Redis, job_id: str, ttl_s: int) -> None:
     redis.set(CANCEL_KEY.format(job_id=job_id), 1, ex=ttl_s)
+
+
+def append_partial_result(redis: Redis, job_id: str, images: list[dict], settings: Settings):
+    """Publish finished images of a running job (one JSON entry each, in order)."""
+    if images:
+        key = PARTIAL_KEY.format(job_id=job_id)
+        with redis.pipeline() as pipe:
+            pipe.rpush(key, *(json.dumps(image) for image in images))
+            pipe.expire(key, settings.result_ttl_s)
+            pipe.execute()
+
+
+def partial_result(redis: Redis, job_id: str) -> dict[str, Any] | None:
+    """What a running mix job has finished so far, shaped like its final result."""
+    images = [json.loads(raw) for raw in redis.lrange(PARTIAL_KEY.format(job_id=job_id), 0, -1)]
+    if not images:
+        return None
+    return {"latents": [image["latent"] for image in images], "images": images, "partial": True}
 
 
 def status_of(redis: Redis, job: Job) -> JobStatus:
@@ -156,10 +177,15 @@ def view_job(redis: Redis, job: Job) -> JobView:
         started_at=job.started_at,
         finished_at=job.ended_at if status.is_terminal() else None,
         error=error,
-        result=result.return_value
-        if result is not None and status is JobStatus.succeeded
-        else None,
+        result=_result(redis, job, status, result),
     )
+
+
+def _result(redis: Redis, job: Job, status: JobStatus, result) -> dict[str, Any] | None:
+    """The return value of a succeeded job; otherwise what it finished before it ended."""
+    if status is JobStatus.succeeded and result is not None:
+        return result.return_value
+    return partial_result(redis, job.id)
 
 
 WORKER_DIED = (

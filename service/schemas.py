@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 
 from service.jobs import JobStatus
 from service.latents import ID_RE
@@ -18,6 +18,12 @@ DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
 MAX_STEPS = 500
 MAX_GUIDANCE = 30.0
+
+
+WebhookUrl = Annotated[
+    AnyHttpUrl,
+    Field(description="receives a signed POST when the job ends (needs LATENTMIX_WEBHOOK_SECRET)"),
+]
 
 
 class Progress(BaseModel):
@@ -77,6 +83,20 @@ class LatentPublic(BaseModel):
     created_at: datetime | None = None
 
 
+class SampleSpec(BaseModel):
+    """Seeded weights for many mixes, instead of explicit weights."""
+
+    count: int = Field(ge=1, description="number of mixes (one image each)")
+    scheme: Literal["dirichlet", "subset"] = Field(
+        default="dirichlet",
+        description="dirichlet: Dirichlet(alpha) rows; subset: uniform centroids of random "
+        "k-subsets (the paper's experiment)",
+    )
+    alpha: float = Field(default=1.0, gt=0, le=1000, description="dirichlet concentration")
+    k: int | None = Field(default=None, ge=1, description="subset size; default all latents")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="same seed, same weights and images")
+
+
 class MixCreate(BaseModel):
     latents: list[LatentId] = Field(min_length=1, max_length=256, description="input latent ids")
     weights: list[float] | list[list[float]] | None = Field(
@@ -95,3 +115,11 @@ class MixCreate(BaseModel):
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the inputs' inversion steps"
     )
+    sample: SampleSpec | None = Field(default=None, description="seeded weights; not with weights")
+    webhook: WebhookUrl | None = None
+
+    @model_validator(mode="after")
+    def _weights_or_sample(self) -> "MixCreate":
+        if self.weights is not None and self.sample is not None:
+            raise ValueError("give either weights or sample, not both")
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import free_port, make_s3_storage, wait_for_http
+from helpers import (
+    WEBHOOK_SECRET,
+    free_port,
+    make_s3_storage,
+    start_process,
+    stop_process,
+    wait_for_http,
+    wait_ready,
+)
 from redis import Redis
 
 from service.app import create_app
@@ -106,3 +115,48 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+# --------------------------------------------------------------------------------------------
+# The whole service as real processes: a worker serving the tiny model and the API under
+# uvicorn, on the session's Redis and S3 servers. Shared by the end-to-end test modules.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data dir for the session's service, so the tiny model is built once."""
+    return tmp_path_factory.mktemp("service-data")
+
+
+@pytest.fixture(scope="session")
+def service_env(redis_server: str, s3_server: str, service_data_dir: Path) -> dict[str, str]:
+    storage = make_s3_storage(s3_server)
+    return dict(os.environ) | {
+        "LATENTMIX_MODEL": "tiny",
+        "LATENTMIX_DATA_DIR": str(service_data_dir),
+        "REDIS_URL": redis_server,
+        "LATENTMIX_S3_BUCKET": storage.bucket,
+        "LATENTMIX_S3_ENDPOINT_URL": s3_server,
+        "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
+        "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
+        "LATENTMIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def service_url(service_env: dict[str, str], service_data_dir: Path) -> Iterator[str]:
+    """Base URL of the API, with one worker behind it."""
+    port = free_port()
+    env = service_env | {"LATENTMIX_PORT": str(port)}
+    logs = [service_data_dir / "worker.log", service_data_dir / "api.log"]
+    worker = start_process(["-m", "worker"], env, logs[0])
+    api = start_process(["-m", "service"], env, logs[1])
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, timeout=120, processes=[worker, api], logs=logs)
+        yield base_url
+    finally:
+        stop_process(api)
+        stop_process(worker)

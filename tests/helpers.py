@@ -11,6 +11,7 @@ import uuid
 
 from service.storage import S3Storage
 
+WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
 S3_TEST_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 
 
@@ -85,3 +86,96 @@ def latent_file(array, name: str = "latent") -> bytes:
     from safetensors.numpy import save
 
     return save({name: np.ascontiguousarray(array)})
+
+
+# --- processes of the service under test ------------------------------------------------------
+
+
+def start_process(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """`python ARGS` with its output appended to `log`."""
+    import sys
+
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=out)
+
+
+def stop_process(process: subprocess.Popen, sig=None, timeout: float = 60) -> int:
+    """Signal (default SIGTERM) and wait; kill after `timeout`. Returns the exit code."""
+    import signal
+
+    if process.poll() is None:
+        process.send_signal(sig or signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def wait_ready(base_url: str, timeout: float, processes=(), logs=()) -> None:
+    """Until GET /readyz answers 200 (Redis, storage and a worker up)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if any(p.poll() is not None for p in processes):
+            break
+        time.sleep(0.2)
+    raise RuntimeError("service not ready:\n" + "\n".join(log.read_text() for log in logs))
+
+
+def wait_for(client, job_id: str, timeout: float = 120) -> dict:
+    """Long-poll GET /jobs/{id} until the job ends; returns its final JSON."""
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", params={"wait": 10}).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+    raise AssertionError(f"job {job_id} did not end within {timeout}s: {job}")
+
+
+# --- the HTTP API as a client sees it -------------------------------------------------------
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def assert_problem(response, status: int, *phrases: str) -> dict:
+    """The response is an RFC 9457 problem with `status` whose detail names each phrase."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body = response.json()
+    assert body["status"] == status
+    for phrase in phrases:
+        assert phrase in body["detail"], body
+    return body
+
+
+def upload_latent(client, array, name: str = "latent", model: str | None = None):
+    """POST /latents with one safetensors file holding `array` under `name`."""
+    return client.post(
+        "/latents",
+        files=[
+            ("latents", ("z.safetensors", latent_file(array, name), "application/octet-stream"))
+        ],
+        data={"model": model} if model else {},
+    )
+
+
+def upload_random_latents(client, count: int, seed: int) -> list[str]:
+    """Ids of `count` seeded random [4, 8, 8] latents stored through the API."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [
+        upload_latent(client, rng.standard_normal((4, 8, 8)).astype(np.float32)).json()["latents"][
+            0
+        ]["id"]
+        for _ in range(count)
+    ]

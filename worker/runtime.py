@@ -34,11 +34,13 @@ from rq.executions import ExecutionRegistry
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
+from rq.worker import DequeueStrategy
 
 from service.config import Settings
 from service.jobs import get_queue
 from service.latents import LatentCatalog
 from service.storage import Storage, storage_from_settings
+from service.webhooks import webhook_queue
 from worker.engine.models import LoadedModel, load_model
 
 log = logging.getLogger("latentmix.worker")
@@ -88,7 +90,10 @@ def start(settings: Settings) -> WorkerContext:
 
 def run(settings: Settings, *, burst: bool = False) -> None:
     ctx = start(settings)
-    queues = [get_queue(ctx.redis, settings.model)]
+    # Webhook deliveries share the worker, taken in turn with GPU jobs. Their retries wait in
+    # RQ's scheduled registry; the API's maintenance loop (service/api/reaper.py) enqueues
+    # them when due, because RQ's own scheduler would fork this process after torch is up.
+    queues = [get_queue(ctx.redis, settings.model), webhook_queue(ctx.redis)]
     worker = LatentMixWorker(
         queues,
         connection=ctx.redis,
@@ -97,7 +102,11 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         device=ctx.model.device,
     )
     with Heartbeat(worker, settings.worker_heartbeat_ttl_s):
-        worker.work(burst=burst, logging_level="INFO")
+        worker.work(
+            burst=burst,
+            logging_level="INFO",
+            dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+        )
     if worker.device_lost:
         raise SystemExit(EXIT_DEVICE_LOST)
 

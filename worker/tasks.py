@@ -1,7 +1,9 @@
 """RQ task adapters: JSON request in, JSON result out; storage and Redis at the edges,
 the engine in the middle. Enqueued by dotted path (`service.jobs.INVERT_TASK`, ...)."""
 
+import functools
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -10,13 +12,21 @@ from PIL import Image
 from rq import get_current_job
 from rq.job import Job
 
-from service.jobs import cancel_requested, fetch_job, view_job
+from service.job_metrics import record_job_end
+from service.jobs import (
+    JobStatus,
+    append_partial_result,
+    cancel_requested,
+    fetch_job,
+    view_job,
+)
 from service.latents import (
     LatentRecord,
     image_id,
     image_key,
     mixed_latent_id,
 )
+from service.webhooks import enqueue_delivery
 from worker.engine.diffusion import InversionSettings, generate, invert
 from worker.engine.mixing import mix
 from worker.runtime import WorkerContext, context
@@ -39,6 +49,48 @@ def _in_parallel(fn, *iterables) -> list:
     return list(_STORAGE_IO.map(fn, *iterables))
 
 
+def _observed(job_type: str):
+    """Count the job's end in the metrics and send its webhook, whatever the outcome."""
+
+    def decorate(task):
+        @functools.wraps(task)
+        def run(request: dict[str, Any]) -> dict[str, Any]:
+            ctx, job = context(), get_current_job()
+            started = time.monotonic()
+            outcome: dict[str, Any] = {"status": JobStatus.failed, "error": None, "result": None}
+            try:
+                outcome["result"] = task(request)
+                outcome["status"] = JobStatus.succeeded
+                return outcome["result"]
+            except JobCanceled:
+                outcome.update(status=JobStatus.canceled, error="canceled")
+                raise
+            except Exception as exc:
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                _job_ended(ctx, job, job_type, time.monotonic() - started, **outcome)
+
+        return run
+
+    return decorate
+
+
+def _job_ended(ctx: WorkerContext, job: Job, job_type: str, duration_s: float, **outcome):
+    waited = job.started_at - job.enqueued_at if job.started_at and job.enqueued_at else None
+    record_job_end(
+        ctx.redis,
+        job_type,
+        outcome["status"].value,
+        duration_s,
+        waited.total_seconds() if waited else 0.0,
+    )
+    if url := job.meta.get("webhook"):
+        payload = {"id": job.id, "type": job_type, "model": ctx.settings.model} | outcome
+        enqueue_delivery(ctx.redis, ctx.settings, url, payload)
+
+
+@_observed("invert")
 def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     """Invert uploaded images into noise latents and publish them."""
     ctx, job = context(), get_current_job()
@@ -71,8 +123,13 @@ def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     return {"latents": latent_ids}
 
 
+@_observed("mix")
 def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
-    """Mix input latents with each weight row, publish the mixes, generate their images."""
+    """Mix input latents with each weight row, publish the mixes, generate their images.
+
+    Images are generated batch by batch; each finished batch is appended to the job's
+    partial result at once (in completion order), so clients can download while the job
+    runs."""
     ctx, job = context(), get_current_job()
     producers = request.get("producers", {})
     records = [_ready_record(ctx, i, producers.get(i)) for i in request["latents"]]
@@ -84,43 +141,68 @@ def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
         prompt = _common(r.prompt for r in records) or ""
     steps = request.get("steps") or _common(r.settings.get("steps") for r in records) or 50
     guidance = request["guidance_scale"]
-
-    mixed_ids = []
-    for row, latent in zip(request["weights"], mixed, strict=True):
-        mixed_id = mixed_latent_id(request["latents"], row, request["method"])
-        record = LatentRecord.describe(
-            mixed_id,
-            latent.numpy(),
-            model=ctx.settings.model,
-            source="mix",
-            parents=request["latents"],
-            weights=row,
-            method=request["method"],
-            prompt=prompt,
-        )
-        ctx.catalog.publish(record, latent.numpy())
-        mixed_ids.append(mixed_id)
-
-    image_ids = [image_id(m, prompt, steps, guidance) for m in mixed_ids]
-    todo = [i for i, key in enumerate(image_ids) if not ctx.storage.exists(image_key(key))]
-    if todo:
+    provenance = {
+        "inputs": request["latents"],
+        "method": request["method"],
+        "prompt": prompt,
+        "seed": request.get("seed"),
+        "steps": steps,
+        "guidance_scale": guidance,
+    }
+    entries = _in_parallel(
+        lambda row, latent: _publish_mix(ctx, latent, row, provenance), request["weights"], mixed
+    )
+    # Images rendered before (same latent, prompt and settings) are published at once.
+    found = _in_parallel(lambda entry: ctx.storage.exists(image_key(entry["id"])), entries)
+    rendered = {i for i, exists in enumerate(found) if exists}
+    append_partial_result(ctx.redis, job.id, [entries[i] for i in sorted(rendered)], ctx.settings)
+    todo = [i for i in range(len(entries)) if i not in rendered]
+    batch = ctx.model.max_batch_size
+    batches = [todo[start : start + batch] for start in range(0, len(todo), batch)]
+    progress = _progress_reporter(ctx, job)
+    for number, rows in enumerate(batches):
         images = generate(
             ctx.model,
-            mixed[todo],
+            mixed[rows],
             prompt,
             steps=steps,
             guidance_scale=guidance,
-            progress=_progress_reporter(ctx, job),
+            progress=lambda done, _, n=number: progress(n * steps + done, len(batches) * steps),
         )
-        for index, image in zip(todo, images, strict=True):
-            ctx.storage.put(image_key(image_ids[index]), _png(image), "image/png")
+        _in_parallel(
+            lambda index, image: ctx.storage.put(
+                image_key(entries[index]["id"]), _png(image), "image/png"
+            ),
+            rows,
+            images,
+        )
+        append_partial_result(ctx.redis, job.id, [entries[i] for i in rows], ctx.settings)
     return {
-        "latents": mixed_ids,
-        "images": [{"id": i, "latent": m} for i, m in zip(image_ids, mixed_ids, strict=True)],
-        "method": request["method"],
-        "prompt": prompt,
-        "steps": steps,
-        "guidance_scale": guidance,
+        "latents": [entry["latent"] for entry in entries],
+        "images": entries,
+        **{key: provenance[key] for key in ("method", "prompt", "seed", "steps", "guidance_scale")},
+    }
+
+
+def _publish_mix(ctx: WorkerContext, latent: torch.Tensor, row: list[float], provenance: dict):
+    """Store one mixed latent as a latent in its own right; return its image entry."""
+    inputs, method, prompt = provenance["inputs"], provenance["method"], provenance["prompt"]
+    mixed_id = mixed_latent_id(inputs, row, method)
+    record = LatentRecord.describe(
+        mixed_id,
+        latent.numpy(),
+        model=ctx.settings.model,
+        source="mix",
+        parents=inputs,
+        weights=row,
+        method=method,
+        prompt=prompt,
+    )
+    ctx.catalog.publish(record, latent.numpy())
+    return {
+        "id": image_id(mixed_id, prompt, provenance["steps"], provenance["guidance_scale"]),
+        "latent": mixed_id,
+        "provenance": provenance | {"weights": row},
     }
 
 

@@ -7,6 +7,7 @@ from redis import Redis
 
 from service.config import Settings
 from service.latents import LatentCatalog
+from service.metrics import Metrics
 from service.storage import Storage
 
 
@@ -26,7 +27,12 @@ def get_catalog(request: Request) -> LatentCatalog:
     return request.app.state.catalog
 
 
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 CatalogDep = Annotated[LatentCatalog, Depends(get_catalog)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -5,7 +5,9 @@ heartbeat (`LATENTMIX_WORKER_HEARTBEAT_TTL_S`, worker/runtime.py). When the work
 killed the entry expires; every `LATENTMIX_REAPER_INTERVAL_S` the API runs RQ's registry
 maintenance on each LatentMix queue, which moves such jobs to `failed` (AbandonedJobError,
 shown as "worker died"; no retry), enqueues their dependents (a mix waiting on a dead
-inversion then fails naming it) and drops dead workers from the worker registry.
+inversion then fails naming it) and drops dead workers from the worker registry. It also
+enqueues retries that have come due (webhook deliveries backing off), since the GPU workers
+run no RQ scheduler (it would fork them after torch is loaded).
 
 So a killed worker's job is `failed` at most heartbeat TTL + reaper interval (+ one
 Redis round trip) after the kill: 40 s with the defaults. With several API processes, a
@@ -19,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 from rq import Queue, worker_registration
 from rq.registry import clean_registries
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from service.api.problems import REDIS_ERRORS
@@ -39,7 +42,16 @@ def reap(redis: Redis) -> int:
     for queue in queues:
         clean_registries(queue)
         worker_registration.clean_worker_registry(queue)
+    _enqueue_due_retries(redis, [queue.name for queue in queues])
     return len(queues)
+
+
+def _enqueue_due_retries(redis: Redis, queue_names: list[str]) -> None:
+    """Move jobs whose retry time has come (webhook deliveries backing off) back to their
+    queues: the scheduler's work, done here because the GPU workers run no scheduler."""
+    scheduler = RQScheduler(queue_names, connection=redis, serializer=JSONSerializer)
+    scheduler.prepare_registries(queue_names)
+    scheduler.enqueue_scheduled_jobs()
 
 
 async def run_reaper(redis: Redis, interval_s: float) -> None:

@@ -6,16 +6,11 @@ for the whole tests/client package."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from helpers import free_port, make_s3_storage, png_bytes
+from helpers import free_port, make_s3_storage, png_bytes, start_process, stop_process, wait_ready
 from redis import Redis
 
 CLIENT_REDIS_DB = 7  # apart from the other suites' database 0
@@ -43,14 +38,17 @@ def service_url(redis_server, s3_server, tmp_path_factory) -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
     }
     logs = [data_dir / "worker.log", data_dir / "api.log"]
-    processes = [_start(["-m", "worker"], env, logs[0]), _start(["-m", "service"], env, logs[1])]
+    processes = [
+        start_process(["-m", "worker"], env, logs[0]),
+        start_process(["-m", "service"], env, logs[1]),
+    ]
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base_url, processes, logs)
+        wait_ready(base_url, timeout=120, processes=processes, logs=logs)
         yield base_url
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_process(process)
 
 
 @pytest.fixture
@@ -62,34 +60,3 @@ def image_tree(tmp_path: Path) -> Path:
         for index in range(3):
             (root / name / f"{index:03}.png").write_bytes(png_bytes(100 * offset + index))
     return root
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(base_url: str, processes, logs, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if any(p.poll() is not None for p in processes):
-            break
-        time.sleep(0.2)
-    raise RuntimeError("service not ready:\n" + "\n".join(log.read_text() for log in logs))

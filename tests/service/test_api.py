@@ -9,39 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import latent_file, png_bytes
+from helpers import (
+    PROBLEM_JSON,
+    assert_problem,
+    latent_file,
+    png_bytes,
+    upload_latent,
+    upload_random_latents,
+)
 from safetensors.numpy import load
 
 from service.app import create_app
 from service.jobs import fetch_job
 
-PROBLEM = "application/problem+json"
 OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
 
 
 def post_images(client, *images: bytes, **form):
     files = [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(images)]
     return client.post("/latents", files=files, data=form)
-
-
-def upload_latent(client, array, name="latent", model=None):
-    data = {"model": model} if model else {}
-    return client.post(
-        "/latents",
-        files=[
-            ("latents", ("z.safetensors", latent_file(array, name), "application/octet-stream"))
-        ],
-        data=data,
-    )
-
-
-def assert_problem(response, status: int, *phrases: str):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    for phrase in phrases:
-        assert phrase in body["detail"], body
 
 
 def test_posting_images_queues_one_inversion_job(client):
@@ -166,13 +152,7 @@ def test_malformed_ids_never_reach_storage(client):
 
 @pytest.fixture
 def two_latents(client):
-    rng = np.random.default_rng(1)
-    return [
-        upload_latent(client, rng.standard_normal((4, 8, 8)).astype(np.float32)).json()["latents"][
-            0
-        ]["id"]
-        for _ in range(2)
-    ]
+    return upload_random_latents(client, 2, seed=1)
 
 
 def test_mix_of_ready_latents_queues_a_mix_job(client, two_latents):
@@ -206,7 +186,7 @@ def test_non_finite_weights_are_rejected(client, two_latents):
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 422
-    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
 
 
 def test_slerp_needs_two_latents(client, two_latents):
@@ -293,3 +273,30 @@ def test_the_api_never_imports_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_webhooks_are_refused_without_a_signing_secret(client, two_latents):
+    response = client.post(
+        "/mix", json={"latents": two_latents, "webhook": "http://127.0.0.1:9/hook"}
+    )
+    assert_problem(response, 422, "LATENTMIX_WEBHOOK_SECRET")
+    response = client.post("/mix", json={"latents": two_latents, "webhook": "ftp://x/hook"})
+    assert_problem(response, 422, "webhook")
+
+
+def test_sample_and_weights_are_exclusive_and_bounded(client, two_latents, settings):
+    both = {"weights": [1, 1], "sample": {"count": 2}}
+    assert_problem(client.post("/mix", json={"latents": two_latents} | both), 422, "not both")
+    settings.max_mixes_per_request = 10
+    too_many = {"latents": two_latents, "sample": {"count": 11}}
+    assert_problem(client.post("/mix", json=too_many), 422, "11 mixes", "limit is 10")
+    bad_subset = {"latents": two_latents, "sample": {"count": 2, "scheme": "subset", "k": 3}}
+    assert_problem(client.post("/mix", json=bad_subset), 422, "subset k must be in [1, 2]")
+
+
+def test_weight_rows_are_normalised_once_in_the_api(client, two_latents):
+    job_id = client.post("/mix", json={"latents": two_latents, "weights": [2, 6]}).json()["id"]
+
+    job = fetch_job(client.app.state.redis, job_id)
+
+    assert job.args[0]["weights"] == [[0.25, 0.75]]

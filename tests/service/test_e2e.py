@@ -5,16 +5,13 @@ process serving the tiny model, and the API under uvicorn; then the embedded mod
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from helpers import free_port, make_s3_storage, png_bytes
+from helpers import free_port, png_bytes, start_process, stop_process, wait_for, wait_ready
 from PIL import Image
 from safetensors.numpy import load
 
@@ -24,89 +21,14 @@ STEPS = "8"  # few DDIM steps: the tiny model makes every step cheap, the flow i
 TINY_SIZE = 64
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> int:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def wait_ready(base_url: str, timeout: float, processes=(), logs=()) -> None:
-    """Until /readyz says 200 (Redis, storage and a worker up)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if any(p.poll() is not None for p in processes):
-            break
-        time.sleep(0.2)
-    raise RuntimeError("service not ready:\n" + "\n".join(log.read_text() for log in logs))
-
-
 @pytest.fixture(scope="module")
-def model_cache(tmp_path_factory) -> Path:
-    """One data dir for the module, so the tiny model is built once."""
-    return tmp_path_factory.mktemp("e2e-data")
-
-
-@pytest.fixture(scope="module")
-def service_env(redis_server, s3_server, model_cache) -> dict[str, str]:
-    storage = make_s3_storage(s3_server)
-    return os.environ | {
-        "LATENTMIX_MODEL": "tiny",
-        "LATENTMIX_DATA_DIR": str(model_cache),
-        "REDIS_URL": redis_server,
-        "LATENTMIX_S3_BUCKET": storage.bucket,
-        "LATENTMIX_S3_ENDPOINT_URL": s3_server,
-        "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
-        "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
-        "HF_HUB_OFFLINE": "1",
-    }
-
-
-@pytest.fixture(scope="module")
-def api(service_env, model_cache) -> Iterator[httpx.Client]:
-    """API + one worker on real Redis and S3; yields an HTTP client for the API."""
-    port = free_port()
-    env = service_env | {"LATENTMIX_PORT": str(port)}
-    logs = [model_cache / "worker.log", model_cache / "api.log"]
-    worker = start(["-m", "worker"], env, logs[0])
-    server = start(["-m", "service"], env, logs[1])
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, timeout=120, processes=[worker, server], logs=logs)
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            yield client
-    finally:
-        stop(server)
-        stop(worker)
+def api(service_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service_url, timeout=60) as client:
+        yield client
 
 
 def images_form(*images: bytes) -> list:
     return [("images", (f"image{i}.png", data, "image/png")) for i, data in enumerate(images)]
-
-
-def wait_for(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}", params={"wait": 10}).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise AssertionError(f"job {job_id} did not end within {timeout}s: {job}")
 
 
 def invert(client, *images: bytes, steps: str = STEPS) -> tuple[list[str], dict]:
@@ -244,7 +166,7 @@ def test_readiness_sees_the_worker(api):
     assert ready.json()["workers"] >= 1
 
 
-def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, model_cache):
+def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, service_data_dir):
     port = free_port()
     env = {
         key: value
@@ -256,13 +178,14 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
         "LATENTMIX_PORT": str(port),
         "HF_HUB_OFFLINE": "1",
     }
-    # Reuse the tiny model built for this module instead of building it again.
+    # Reuse the tiny model built for the session instead of building it again.
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "models").symlink_to(model_cache / "models")
+    (service_data_dir / "models").mkdir(exist_ok=True)
+    (tmp_path / "data" / "models").symlink_to(service_data_dir / "models")
     base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "up.log"
 
-    up = start(["-m", "service.cli", "up"], env, log)
+    up = start_process(["-m", "service.cli", "up"], env, log)
     try:
         wait_ready(base_url, timeout=120, processes=[up], logs=[log])
         with httpx.Client(base_url=base_url, timeout=60) as client:
@@ -273,14 +196,14 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
             assert image.status_code == 200  # the local store serves bytes, no redirect
             assert Image.open(io.BytesIO(image.content)).size == (TINY_SIZE, TINY_SIZE)
     finally:
-        assert stop(up, signal.SIGINT, timeout=120) == 0, log.read_text()
+        assert stop_process(up, signal.SIGINT, timeout=120) == 0, log.read_text()
 
-    up = start(["-m", "service.cli", "up"], env, log)
+    up = start_process(["-m", "service.cli", "up"], env, log)
     try:
         wait_ready(base_url, timeout=120, processes=[up], logs=[log])
         with httpx.Client(base_url=base_url, timeout=60) as client:
             assert client.get(f"/latents/{latent_ids[0]}").json()["status"] == "ready"
             assert client.get(f"/jobs/{mixed['id']}").json()["status"] == "succeeded"
     finally:
-        assert stop(up, signal.SIGINT, timeout=120) == 0, log.read_text()
+        assert stop_process(up, signal.SIGINT, timeout=120) == 0, log.read_text()
     assert "Traceback" not in log.read_text()

@@ -31,6 +31,7 @@ import pytest
 from botocore.exceptions import ClientError
 from helpers import (
     S3_TEST_CREDENTIALS,
+    assert_problem,
     free_port,
     latent_file,
     make_s3_storage,
@@ -52,7 +53,6 @@ REAPER_INTERVAL_S = 1.0
 # slack covers a busy 2-core CI machine and the polling below.
 DEATH_BOUND_S = HEARTBEAT_TTL_S + REAPER_INTERVAL_S + 4
 PRESIGN_EXPIRY_S = 120
-PROBLEM = "application/problem+json"
 
 
 class Stack:
@@ -246,15 +246,6 @@ def wait_until_running(client: httpx.Client, job_id: str, timeout: float = 60) -
     while client.get(f"/jobs/{job_id}").json()["progress"]["done"] < 1:
         assert time.monotonic() < deadline, f"job {job_id} never started"
         time.sleep(0.05)
-
-
-def assert_problem(response: httpx.Response, status: int, *phrases: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    for phrase in phrases:
-        assert phrase in body["detail"], body
-    return body
 
 
 # --- a job that raises ---------------------------------------------------------------------

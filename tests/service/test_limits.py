@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
-from helpers import latent_file, png_bytes
+from helpers import latent_file, png_bytes, upload_random_latents
 from PIL import Image
 
 from service.latents import image_latent_id
@@ -267,16 +267,7 @@ def test_non_finite_or_non_float_latents_are_422(make_client, array):
 @pytest.fixture
 def mixable(make_client):
     client = make_client(max_mixes_per_request=3)
-    rng = np.random.default_rng(0)
-    ids = []
-    for _ in range(2):
-        payload = latent_file(rng.standard_normal((4, 8, 8)).astype(np.float32))
-        response = client.post(
-            "/latents",
-            files=[("latents", ("z.safetensors", payload, "application/octet-stream"))],
-        )
-        ids.append(response.json()["latents"][0]["id"])
-    return client, ids
+    return client, upload_random_latents(client, 2, seed=0)
 
 
 @pytest.mark.parametrize(

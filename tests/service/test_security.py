@@ -4,24 +4,13 @@ import hmac
 import json
 import uuid
 
-import numpy as np
 import pytest
-from helpers import latent_file, png_bytes
+from helpers import assert_problem, png_bytes, upload_random_latents
 
 from service.api import security
 from service.api.idempotency import PENDING_TTL_S, RECORD_KEY
 
-PROBLEM = "application/problem+json"
 KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
-
-
-def assert_problem(response, status: int, *phrases: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    for phrase in phrases:
-        assert phrase in body["detail"], body
-    return body
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -161,16 +150,7 @@ def test_configured_origins_only_get_cors_headers_and_preflights_need_no_key(mak
 @pytest.fixture
 def with_latents(make_client):
     client = make_client()
-    rng = np.random.default_rng(5)
-    ids = []
-    for _ in range(2):
-        payload = latent_file(rng.standard_normal((4, 8, 8)).astype(np.float32))
-        response = client.post(
-            "/latents",
-            files=[("latents", ("z.safetensors", payload, "application/octet-stream"))],
-        )
-        ids.append(response.json()["latents"][0]["id"])
-    return client, ids
+    return client, upload_random_latents(client, 2, seed=5)
 
 
 def key() -> dict[str, str]:

@@ -1,23 +1,27 @@
 """GET /jobs/{id} (with ?wait=S), POST /jobs/{id}/cancel."""
 
 import asyncio
+import io
 import time
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from PIL import Image
 from rq.exceptions import InvalidJobOperation
 
-from service.api.deps import RedisDep, SettingsDep
+from service.api.deps import RedisDep, SettingsDep, StorageDep
 from service.api.problems import PROBLEM_RESPONSES, problem
 from service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
+from service.latents import image_key
 from service.schemas import JobPublic
 
 router = APIRouter(tags=["jobs"])
 
 JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 POLL_INTERVAL_S = 0.1
+MAX_GRID_IMAGES = 256
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=PROBLEM_RESPONSES)
@@ -58,6 +62,42 @@ def cancel_job(
         with suppress(InvalidJobOperation):
             job.cancel(enqueue_dependents=True)
     return public_job(view_job(redis, job), request)
+
+
+@router.get(
+    "/jobs/{job_id}/grid.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}} | PROBLEM_RESPONSES,
+)
+def get_job_grid(
+    job_id: JobIdPath,
+    redis: RedisDep,
+    storage: StorageDep,
+    columns: Annotated[int, Query(ge=1, le=32)] = 8,
+    tile: Annotated[int, Query(ge=16, le=512, description="tile size in pixels")] = 128,
+) -> Response:
+    """A contact sheet of the job's images so far (at most the first 256), for a person."""
+    images = ((_view(redis, job_id).result or {}).get("images") or [])[:MAX_GRID_IMAGES]
+    if not images:
+        raise problem(404, f"job {job_id} has no images (yet)")
+    tiles = [Image.open(io.BytesIO(storage.get(image_key(image["id"])))) for image in images]
+    return Response(_png(_contact_sheet(tiles, columns, tile)), media_type="image/png")
+
+
+def _contact_sheet(tiles: list[Image.Image], columns: int, tile: int) -> Image.Image:
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * tile, rows * tile), "white")
+    for index, image in enumerate(tiles):
+        thumbnail = image.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS)
+        sheet.paste(thumbnail, ((index % columns) * tile, (index // columns) * tile))
+    return sheet
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _view(redis, job_id: str) -> JobView:

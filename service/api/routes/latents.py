@@ -8,10 +8,11 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from service.api.deps import CatalogDep, RedisDep, SettingsDep, StorageDep
+from service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
 from service.api.models import resolve_model
 from service.api.problems import PROBLEM_RESPONSES, problem
 from service.api.routes.jobs import public_job
+from service.api.webhooks import checked_webhook
 from service.jobs import INVERT_TASK, enqueue, fetch_job, view_job
 from service.latents import (
     ID_RE,
@@ -32,6 +33,7 @@ from service.schemas import (
     LatentEntry,
     LatentPublic,
     LatentsCreated,
+    WebhookUrl,
 )
 
 router = APIRouter(tags=["latents"])
@@ -54,6 +56,7 @@ def create_latents(
     redis: RedisDep,
     storage: StorageDep,
     catalog: CatalogDep,
+    metrics: MetricsDep,
     images: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")] = [],  # noqa: B006
     latents: Annotated[
         list[UploadFile], File(description="safetensors files, one tensor `latent` [4, H, W]")
@@ -67,12 +70,14 @@ def create_latents(
     size: Annotated[
         int | None, Form(ge=64, le=2048, multiple_of=8, description="default: the model's")
     ] = None,
+    webhook: Annotated[WebhookUrl | None, Form()] = None,
 ) -> LatentsCreated:
     """Invert images into noise latents (cached by content) and store uploaded latents."""
     if not images and not latents:
         raise problem(422, "send at least one file part named 'images' or 'latents'")
     prompts = _prompts_for(prompt, len(images))
     model = resolve_model(model, settings, redis)
+    webhook_url = checked_webhook(webhook, settings)
     job_id = uuid.uuid4().hex
     claim_ttl = settings.job_timeout_s + 600
     entries: list[LatentEntry] = []
@@ -98,15 +103,20 @@ def create_latents(
         _store_uploaded_latent(catalog, upload, array, model)
         for upload, array in zip(latents, latent_arrays, strict=True)
     ]
+    for entry in entries:
+        metrics.cache.labels("hit" if entry.cached else "miss").inc()
 
     if not work:
         response.status_code = 200
         return LatentsCreated(latents=entries, job=None)
     try:
-        job = _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion)
+        job = _enqueue_inversion(
+            settings, redis, storage, model, job_id, work, inversion, webhook_url
+        )
     except Exception:
         catalog.release([w["latent_id"] for w in work], job_id)
         raise
+    metrics.jobs_submitted.labels("invert").inc()
     return LatentsCreated(latents=entries, job=public_job(view_job(redis, job)))
 
 
@@ -261,7 +271,7 @@ def _store_uploaded_latent(
     )
 
 
-def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion):
+def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion, webhook):
     items = []
     for item in work:
         key = upload_key(item["data"])
@@ -275,4 +285,5 @@ def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion)
         model=model,
         request={"items": items, "settings": engine_settings},
         job_id=job_id,
+        webhook=webhook,
     )

@@ -4,13 +4,15 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import CatalogDep, RedisDep, SettingsDep
+from service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
 from service.api.problems import PROBLEM_RESPONSES, problem
 from service.api.routes.jobs import public_job
+from service.api.webhooks import checked_webhook
 from service.jobs import MIX_TASK, enqueue, fetch_job, model_of_queue, view_job
 from service.latents import LatentCatalog
-from service.schemas import JobPublic, MixCreate
+from service.schemas import JobPublic, MixCreate, SampleSpec
 from worker.engine.methods import canonical_method, check_weights
+from worker.engine.sampling import sample_weights
 
 router = APIRouter(tags=["mix"])
 
@@ -22,19 +24,24 @@ def create_mix(
     settings: SettingsDep,
     redis: RedisDep,
     catalog: CatalogDep,
+    metrics: MetricsDep,
 ) -> JobPublic:
     """Queue a mix job; latents still being inverted are waited for."""
+    mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
+    if mixes > settings.max_mixes_per_request:
+        raise problem(
+            422, f"{mixes} mixes in one request; the limit is {settings.max_mixes_per_request}"
+        )
     try:
         method = canonical_method(body.method)
-        rows = _weight_rows(body.weights, len(body.latents))
+        rows = _weight_rows(body.weights, len(body.latents), body.sample)
         check_weights(rows, len(body.latents), method)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
-    if len(rows) > settings.max_mixes_per_request:
-        raise problem(
-            422, f"{len(rows)} mixes in one request; the limit is {settings.max_mixes_per_request}"
-        )
+    # Normalised once here: [1, 1] and [0.5, 0.5] are the same mix, with the same ids.
+    rows = [[w / sum(row) for w in row] for row in rows]
     model, producers = _inputs(catalog, redis, body.latents)
+    webhook = checked_webhook(body.webhook, settings)
     job = enqueue(
         redis,
         settings,
@@ -48,15 +55,28 @@ def create_mix(
             "steps": body.steps,
             "guidance_scale": body.guidance_scale,
             "producers": producers,
+            "seed": body.sample.seed if body.sample else None,
         },
         job_id=uuid.uuid4().hex,
         depends_on=sorted(set(producers.values())) or None,
+        webhook=webhook,
     )
+    metrics.jobs_submitted.labels("mix").inc()
     return public_job(view_job(redis, job), request)
 
 
-def _weight_rows(weights, count: int) -> list[list[float]]:
-    """Flat list: one mix; list of lists: one mix per row; None: the uniform centroid."""
+def _weight_rows(weights, count: int, sample: SampleSpec | None = None) -> list[list[float]]:
+    """Flat list: one mix; list of lists: one mix per row; a sample spec: seeded rows;
+    None: the uniform centroid."""
+    if sample is not None:
+        return sample_weights(
+            count,
+            sample.count,
+            sample.scheme,
+            sample.seed,
+            alpha=sample.alpha,
+            subset_size=sample.k,
+        )
     if weights is None:
         return [[1.0 / count] * count]
     if weights and isinstance(weights[0], list):
