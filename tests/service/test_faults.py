@@ -36,6 +36,7 @@ from helpers import (
     latent_file,
     make_s3_storage,
     png_bytes,
+    wait_for,
     wait_for_http,
 )
 from redis import Redis
@@ -231,16 +232,6 @@ def invert(client: httpx.Client, seed: int, steps: int = 4) -> tuple[list[str], 
     return [entry["id"] for entry in body["latents"]], body["job"]
 
 
-def wait_for(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}", params={"wait": 5}).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise AssertionError(f"job {job_id} did not end within {timeout}s: {job}")
-
-
 def wait_until_running(client: httpx.Client, job_id: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while client.get(f"/jobs/{job_id}").json()["progress"]["done"] < 1:
@@ -316,6 +307,20 @@ def test_a_killed_workers_job_fails_within_the_bound_and_queued_jobs_wait(stack,
     )
     assert again.status_code == 202, "a failed latent can be requested again"
     api.post(f"/jobs/{again.json()['job']['id']}/cancel")
+
+
+def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(stack, api):
+    _, running = invert(api, seed=13, steps=150)
+    _, queued = invert(api, seed=14)
+    wait_until_running(api, running["id"])
+
+    stack.worker.send_signal(signal.SIGTERM)
+
+    assert stack.worker.wait(timeout=120) == 0, stack.logs()
+    assert api.get(f"/jobs/{running['id']}").json()["status"] == "succeeded"
+    assert api.get(f"/jobs/{queued['id']}").json()["status"] == "queued"  # left for the next
+    stack.start_worker()
+    assert wait_for(api, queued["id"])["status"] == "succeeded"
 
 
 # --- Redis stopped and started again --------------------------------------------------------
