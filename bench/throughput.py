@@ -317,7 +317,10 @@ class Service:
 
     def cpu_s(self) -> float:
         """CPU seconds of the API and the worker (the service's own processes)."""
-        return _proc_cpu_s(self.pid("api")) + _proc_cpu_s(self.pid("worker"))
+        return self.api_cpu_s() + _proc_cpu_s(self.pid("worker"))
+
+    def api_cpu_s(self) -> float:
+        return _proc_cpu_s(self.pid("api"))
 
 
 class ServiceRun:
@@ -327,16 +330,19 @@ class ServiceRun:
     def invert(self, out: dict) -> None:
         client = self.client
         with measured(self.svc.cpu_s, out, "invert") as detail:
+            api_cpu = self.svc.api_cpu_s()
             form = _inversion_form(self.w)
             response = client.post("/latents", files=_files(self.pngs), data=form)
             assert response.status_code == 202, response.text
             self.latent_ids = [entry["id"] for entry in response.json()["latents"]]
             job = _wait_job(client, response.json()["job"]["id"])
             detail["worker_s"] = _job_seconds(job)
+            detail["api_cpu_s"] = self.svc.api_cpu_s() - api_cpu
 
     def mix(self, out: dict) -> None:
         client, w = self.client, self.w
         with measured(self.svc.cpu_s, out, "mix") as detail:
+            api_cpu = self.svc.api_cpu_s()
             body = {
                 "latents": self.latent_ids,
                 "weights": w.weights(),
@@ -352,6 +358,7 @@ class ServiceRun:
             downloaded = time.perf_counter()
             images = [_download(client, image["url"]) for image in job["result"]["images"]]
             detail["download_s"] = time.perf_counter() - downloaded
+            detail["api_cpu_s"] = self.svc.api_cpu_s() - api_cpu
         assert len(images) == w.n and all(png.startswith(b"\x89PNG") for png in images)
 
 
@@ -565,8 +572,8 @@ def report(data: dict) -> str:
         total = inv["wall_s"] + gen["wall_s"]
         throughput[key] = (k + n) / total
         lines.append(
-            f"| {label} | {inv['wall_s']:.2f} | {k / inv['wall_s']:.2f} | {gen['wall_s']:.2f} "
-            f"| {n / gen['wall_s']:.2f} | {throughput[key]:.2f} "
+            f"| {label} | {inv['wall_s']:.2f} | {_rate(k / inv['wall_s'])} | {gen['wall_s']:.2f} "
+            f"| {_rate(n / gen['wall_s'])} | {_rate(throughput[key])} "
             f"| {inv['cpu_s'] + gen['cpu_s']:.1f} |"
         )
     cached = data["cached_post_ms"]
@@ -587,9 +594,10 @@ def report(data: dict) -> str:
         "its whole inversion again.",
         f"- service overhead per job (end-to-end minus the engine's compute): invert "
         f"{overhead_inv:+.2f} s (worker busy {_s(service['invert']['detail'].get('worker_s'))}"
-        f"), mix {overhead_mix:+.2f} s (worker busy "
-        f"{_s(service['mix']['detail'].get('worker_s'))}, of which downloading the "
-        f"{n} PNGs {service['mix']['detail']['download_s']:.2f} s).",
+        f", API CPU {_s(service['invert']['detail'].get('api_cpu_s'))}), mix "
+        f"{overhead_mix:+.2f} s (worker busy {_s(service['mix']['detail'].get('worker_s'))}, "
+        f"API CPU {_s(service['mix']['detail'].get('api_cpu_s'))}; downloading the "
+        f"{n} PNGs took {service['mix']['detail']['download_s']:.2f} s of it).",
         f"- peak RSS: API **{memory['api_peak_rss_mib']:.0f} MiB** (target < 200 MB), "
         f"worker {memory['worker_peak_rss_mib']:.0f} MiB, benchmark process (baseline and "
         f"engine share its model) {memory['bench_peak_rss_mib']:.0f} MiB.",
@@ -597,6 +605,10 @@ def report(data: dict) -> str:
         "wall time / CPU time shows how much other load slowed a phase.",
     ]
     return "\n".join(lines)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.3g}"
 
 
 def _load(values) -> str:
@@ -625,7 +637,11 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=9, help="cached POST /latents timings")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--report", type=Path, help="only print the report of a --json file")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return
     data = run(args)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str))

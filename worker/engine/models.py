@@ -178,7 +178,9 @@ def load_model(
     if name == TINY_MODEL_NAME:
         pipe = _load_pipeline(name, ensure_tiny_model(cache_dir or DEFAULT_TINY_DIR), torch_dtype)
     elif name == SD15_RANDOM_MODEL_NAME:
-        pipe = build_sd15_random_pipeline().to(dtype=torch_dtype)
+        pipe = build_sd15_random_pipeline()  # float32
+        if torch_dtype != torch.float32:
+            pipe = pipe.to(dtype=torch_dtype)
     else:
         pipe = _load_pipeline(name, _resolve_source(name), torch_dtype)
     pipe = pipe.to(torch_device)
