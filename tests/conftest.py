@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from helpers import (
     WEBHOOK_SECRET,
     free_port,
     make_s3_storage,
+    service_environment,
     start_process,
     stop_process,
     wait_for_http,
@@ -132,17 +132,18 @@ def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def service_env(redis_server: str, s3_server: str, service_data_dir: Path) -> dict[str, str]:
     storage = make_s3_storage(s3_server)
-    return dict(os.environ) | {
-        "LATENTMIX_MODEL": "tiny",
-        "LATENTMIX_DATA_DIR": str(service_data_dir),
-        "REDIS_URL": redis_server,
-        "LATENTMIX_S3_BUCKET": storage.bucket,
-        "LATENTMIX_S3_ENDPOINT_URL": s3_server,
-        "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
-        "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
-        "LATENTMIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "HF_HUB_OFFLINE": "1",
-    }
+    return service_environment(
+        **{
+            "LATENTMIX_MODEL": "tiny",
+            "LATENTMIX_DATA_DIR": str(service_data_dir),
+            "REDIS_URL": redis_server,
+            "LATENTMIX_S3_BUCKET": storage.bucket,
+            "LATENTMIX_S3_ENDPOINT_URL": s3_server,
+            "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
+            "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
+            "LATENTMIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

@@ -179,3 +179,16 @@ def upload_random_latents(client, count: int, seed: int) -> list[str]:
         ]["id"]
         for _ in range(count)
     ]
+
+
+def service_environment(**settings: str) -> dict[str, str]:
+    """This process's environment without any LATENTMIX_* or REDIS_URL setting of the
+    caller's, plus `settings`: what a service process under test starts with."""
+    import os
+
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LATENTMIX_") and key != "REDIS_URL"
+    }
+    return inherited | {"HF_HUB_OFFLINE": "1"} | settings

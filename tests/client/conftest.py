@@ -5,12 +5,19 @@ for the whole tests/client package."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, make_s3_storage, png_bytes, start_process, stop_process, wait_ready
+from helpers import (
+    free_port,
+    make_s3_storage,
+    png_bytes,
+    service_environment,
+    start_process,
+    stop_process,
+    wait_ready,
+)
 from redis import Redis
 
 CLIENT_REDIS_DB = 7  # apart from the other suites' database 0
@@ -25,18 +32,19 @@ def service_url(redis_server, s3_server, tmp_path_factory) -> Iterator[str]:
         redis.flushdb()
     storage = make_s3_storage(s3_server)
     port = free_port()
-    env = os.environ | {
-        "LATENTMIX_MODEL": "tiny",
-        "LATENTMIX_DATA_DIR": str(data_dir),
-        "LATENTMIX_PORT": str(port),
-        "LATENTMIX_MAX_BATCH_SIZE": str(MAX_BATCH),
-        "REDIS_URL": redis_url,
-        "LATENTMIX_S3_BUCKET": storage.bucket,
-        "LATENTMIX_S3_ENDPOINT_URL": s3_server,
-        "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
-        "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = service_environment(
+        **{
+            "LATENTMIX_MODEL": "tiny",
+            "LATENTMIX_DATA_DIR": str(data_dir),
+            "LATENTMIX_PORT": str(port),
+            "LATENTMIX_MAX_BATCH_SIZE": str(MAX_BATCH),
+            "REDIS_URL": redis_url,
+            "LATENTMIX_S3_BUCKET": storage.bucket,
+            "LATENTMIX_S3_ENDPOINT_URL": s3_server,
+            "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
+            "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
+        }
+    )
     logs = [data_dir / "worker.log", data_dir / "api.log"]
     processes = [
         start_process(["-m", "worker"], env, logs[0]),

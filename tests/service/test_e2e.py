@@ -3,7 +3,6 @@ process serving the tiny model, and the API under uvicorn; then the embedded mod
 (`latentmix up`) with the local store. Everything over HTTP, as a client sees it."""
 
 import io
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -11,7 +10,15 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from helpers import free_port, png_bytes, start_process, stop_process, wait_for, wait_ready
+from helpers import (
+    free_port,
+    png_bytes,
+    service_environment,
+    start_process,
+    stop_process,
+    wait_for,
+    wait_ready,
+)
 from PIL import Image
 from safetensors.numpy import load
 
@@ -168,16 +175,11 @@ def test_readiness_sees_the_worker(api):
 
 def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, service_data_dir):
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("LATENTMIX_") and key != "REDIS_URL"
-    } | {
-        "LATENTMIX_MODEL": "tiny",
-        "LATENTMIX_DATA_DIR": str(tmp_path / "data"),
-        "LATENTMIX_PORT": str(port),
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = service_environment(
+        LATENTMIX_MODEL="tiny",
+        LATENTMIX_DATA_DIR=str(tmp_path / "data"),
+        LATENTMIX_PORT=str(port),
+    )
     # Reuse the tiny model built for the session instead of building it again.
     (tmp_path / "data").mkdir()
     (service_data_dir / "models").mkdir(exist_ok=True)

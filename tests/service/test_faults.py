@@ -36,6 +36,7 @@ from helpers import (
     latent_file,
     make_s3_storage,
     png_bytes,
+    service_environment,
     wait_for,
     wait_for_http,
 )
@@ -70,24 +71,21 @@ class Stack:
         self.s3: subprocess.Popen | None = None
         self.api: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
-        self.env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("LATENTMIX_") and key != "REDIS_URL"
-        } | {
-            "LATENTMIX_MODEL": "tiny",
-            "LATENTMIX_DATA_DIR": str(root / "data"),
-            "LATENTMIX_PORT": str(self.api_port),
-            "REDIS_URL": self.redis_url,
-            "LATENTMIX_S3_BUCKET": self.bucket,
-            "LATENTMIX_S3_ENDPOINT_URL": self.s3_url,
-            "LATENTMIX_S3_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key_id"],
-            "LATENTMIX_S3_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_access_key"],
-            "LATENTMIX_WORKER_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
-            "LATENTMIX_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
-            "LATENTMIX_PRESIGN_EXPIRY_S": str(PRESIGN_EXPIRY_S),
-            "HF_HUB_OFFLINE": "1",
-        }
+        self.env = service_environment(
+            **{
+                "LATENTMIX_MODEL": "tiny",
+                "LATENTMIX_DATA_DIR": str(root / "data"),
+                "LATENTMIX_PORT": str(self.api_port),
+                "REDIS_URL": self.redis_url,
+                "LATENTMIX_S3_BUCKET": self.bucket,
+                "LATENTMIX_S3_ENDPOINT_URL": self.s3_url,
+                "LATENTMIX_S3_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key_id"],
+                "LATENTMIX_S3_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_access_key"],
+                "LATENTMIX_WORKER_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
+                "LATENTMIX_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
+                "LATENTMIX_PRESIGN_EXPIRY_S": str(PRESIGN_EXPIRY_S),
+            }
+        )
 
     # Redis: a real server with an append-only file, restarted on the same port.
 
