@@ -22,7 +22,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path) -> LoadedModel:
-    return load_model("tiny", device="cpu", cache_dir=tiny_model_dir)
+    return load_model("tiny", device="cpu", cache_dir=tiny_model_dir.parent)
 
 
 def synthetic_image(seed: int, width: int = 96, height: int = 80) -> Image.Image:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -89,7 +90,7 @@ def test_second_load_reuses_the_cached_tiny_model(tiny_model_dir, tiny_model, mo
         raise AssertionError("the tiny model was rebuilt")
 
     monkeypatch.setattr(models, "build_tiny_model", fail)
-    again = load_model("tiny", device="cpu", cache_dir=tiny_model_dir)
+    again = load_model("tiny", device="cpu", cache_dir=tiny_model_dir.parent)
     assert index.stat().st_mtime_ns == mtime
     assert torch.equal(again.pipe.unet.conv_out.weight, tiny_model.pipe.unet.conv_out.weight)
 
@@ -133,7 +134,7 @@ def test_load_model_with_uncached_hub_id_offline_names_the_env_var(monkeypatch):
 )
 def test_load_model_rejects_bad_options_naming_them(tiny_model_dir, option, value):
     with pytest.raises(ValueError, match=str(value)):
-        load_model("tiny", cache_dir=tiny_model_dir, **{option: value})
+        load_model("tiny", cache_dir=tiny_model_dir.parent, **{option: value})
 
 
 def test_describe_is_json_friendly(tiny_model):
@@ -157,7 +158,7 @@ def test_batch_sizes_and_prompt_cache_follow_the_options(tiny_model_dir):
     model = load_model(
         "tiny",
         device="cpu",
-        cache_dir=tiny_model_dir,
+        cache_dir=tiny_model_dir.parent,
         max_batch_size=8,
         vae_batch_size=2,
         prompt_cache_size=3,
@@ -167,7 +168,7 @@ def test_batch_sizes_and_prompt_cache_follow_the_options(tiny_model_dir):
 
 
 def test_compile_wraps_the_unet_in_place(tiny_model_dir):
-    model = load_model("tiny", device="cpu", cache_dir=tiny_model_dir, compile=True)
+    model = load_model("tiny", device="cpu", cache_dir=tiny_model_dir.parent, compile=True)
     # nn.Module.compile: same module and config, compiled call installed (compiles lazily).
     assert isinstance(model.pipe.unet, UNet2DConditionModel)
     assert model.pipe.unet._compiled_call_impl is not None
@@ -227,3 +228,16 @@ def test_sd15_random_loads_and_inverts_an_image():
     result = invert(model, [image], "a photo", InversionSettings(steps=1, size=64))
     assert result.latents.shape == (1, 4, 8, 8)
     assert torch.isfinite(result.latents).all()
+
+
+def test_tiny_lives_in_a_folder_of_its_own_inside_the_models_dir(tmp_path, tiny_model_dir):
+    # The worker passes `$LATENTMIX_DATA_DIR/models`, which may already hold other things
+    # (an earlier bug built the model into the folder itself and failed when it was not empty).
+    models = tmp_path / "models"
+    (models / "other").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, models / "tiny")
+
+    model = load_model("tiny", device="cpu", cache_dir=models)
+
+    assert model.name == "tiny"
+    assert sorted(p.name for p in models.iterdir()) == ["other", "tiny"]

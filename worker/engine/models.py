@@ -28,7 +28,7 @@ import torch
 
 TINY_MODEL_NAME = "tiny"
 SD15_RANDOM_MODEL_NAME = "sd15-random"
-DEFAULT_TINY_DIR = Path("data/models/tiny")  # relative to the working directory
+DEFAULT_MODELS_DIR = Path("data/models")  # built-in models; relative to the working directory
 TINY_SEED = 0
 MODEL_ENV_VAR = "LATENTMIX_MODEL"
 
@@ -163,7 +163,8 @@ def load_model(
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
     per device (`default_batch_sizes`). `compile` wraps the UNet with `torch.compile` (meant
     for CUDA; the first call of each batch shape pays the compilation). Raises
-    `ModelLoadError` when the weights cannot be found or read.
+    `ModelLoadError` when the weights cannot be found or read. `cache_dir` is the folder of
+    built-in models: "tiny" is built once into `cache_dir / "tiny"` (default `data/models`).
     """
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
@@ -176,7 +177,11 @@ def load_model(
     prompt_cache = PromptCache(prompt_cache_size)
 
     if name == TINY_MODEL_NAME:
-        pipe = _load_pipeline(name, ensure_tiny_model(cache_dir or DEFAULT_TINY_DIR), torch_dtype)
+        pipe = _load_pipeline(
+            name,
+            ensure_tiny_model((cache_dir or DEFAULT_MODELS_DIR) / TINY_MODEL_NAME),
+            torch_dtype,
+        )
     elif name == SD15_RANDOM_MODEL_NAME:
         pipe = build_sd15_random_pipeline()  # float32
         if torch_dtype != torch.float32:
