@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.images import encode_png
 from worker.engine.diffusion import InversionSettings, generate, invert
 from worker.engine.mixing import mix
 from worker.engine.models import LoadedModel, load_model
@@ -94,13 +95,7 @@ def _png_bytes(seed: int, size: int) -> bytes:
     pixels = np.stack([np.outer(ramp, ramp[::-1]) * c for c in colour], axis=-1) * 255
     x, y = rng.integers(0, size // 2, size=2)
     pixels[y : y + size // 4, x : x + size // 4] = rng.uniform(150, 255, size=3)
-    return _png(Image.fromarray(pixels.astype("uint8")))
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(Image.fromarray(pixels.astype("uint8")))
 
 
 def _open(data: bytes) -> Image.Image:
@@ -207,7 +202,8 @@ class BaselineRun:
         mixed = mix(self.latents, self.w.weights(), METHOD)
         with measured(time.process_time, out, "mix"):
             images = [
-                _png(self.baseline.generate(mixed[i : i + 1], self.w)) for i in range(len(mixed))
+                encode_png(self.baseline.generate(mixed[i : i + 1], self.w))
+                for i in range(len(mixed))
             ]
         assert len(images) == self.w.n
 
@@ -231,7 +227,7 @@ class EngineRun:
         mixed = mix(self.latents, w.weights(), METHOD)
         with measured(time.process_time, out, "mix"):
             images = generate(self.model, mixed, PROMPT, steps=w.steps, guidance_scale=w.guidance)
-            images = [_png(image) for image in images]
+            images = [encode_png(image) for image in images]
         assert len(images) == w.n
 
 

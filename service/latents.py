@@ -214,7 +214,3 @@ class LatentCatalog:
     def _is_live(self, job_id: str) -> bool:
         job = fetch_job(self.redis, job_id)
         return job is not None and not status_of(self.redis, job).is_terminal()
-
-
-def is_valid_id(value: str) -> bool:
-    return bool(ID_RE.fullmatch(value))

@@ -12,6 +12,7 @@ from PIL import Image
 from rq import get_current_job
 from rq.job import Job
 
+from service.images import encode_png
 from service.job_metrics import record_job_end
 from service.jobs import (
     JobStatus,
@@ -171,7 +172,7 @@ def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
         )
         _in_parallel(
             lambda index, image: ctx.storage.put(
-                image_key(entries[index]["id"]), _png(image), "image/png"
+                image_key(entries[index]["id"]), encode_png(image), "image/png"
             ),
             rows,
             images,
@@ -249,9 +250,3 @@ def _open_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

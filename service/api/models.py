@@ -1,6 +1,5 @@
 """Which model a request runs on."""
 
-from fastapi import HTTPException
 from redis import Redis
 
 from service.api.problems import problem
@@ -15,11 +14,8 @@ def resolve_model(requested: str | None, settings: Settings, redis: Redis) -> st
         return settings.model
     served = served_models(redis)
     if requested not in served:
-        raise _unknown_model(requested, served | {settings.model})
+        served_list = ", ".join(sorted(served | {settings.model}))
+        raise problem(
+            422, f"model {requested!r} is not served by any worker; served: {served_list}"
+        )
     return requested
-
-
-def _unknown_model(model: str, served: set[str]) -> HTTPException:
-    return problem(
-        422, f"model {model!r} is not served by any worker; served: {', '.join(sorted(served))}"
-    )

@@ -13,6 +13,7 @@ from rq.exceptions import InvalidJobOperation
 
 from service.api.deps import RedisDep, SettingsDep, StorageDep
 from service.api.problems import PROBLEM_RESPONSES, problem
+from service.images import encode_png
 from service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
 from service.latents import image_key
 from service.schemas import JobPublic
@@ -81,7 +82,7 @@ def get_job_grid(
     if not images:
         raise problem(404, f"job {job_id} has no images (yet)")
     tiles = [Image.open(io.BytesIO(storage.get(image_key(image["id"])))) for image in images]
-    return Response(_png(_contact_sheet(tiles, columns, tile)), media_type="image/png")
+    return Response(encode_png(_contact_sheet(tiles, columns, tile)), media_type="image/png")
 
 
 def _contact_sheet(tiles: list[Image.Image], columns: int, tile: int) -> Image.Image:
@@ -92,12 +93,6 @@ def _contact_sheet(tiles: list[Image.Image], columns: int, tile: int) -> Image.I
         thumbnail = image.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS)
         sheet.paste(thumbnail, ((index % columns) * tile, (index // columns) * tile))
     return sheet
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _view(redis, job_id: str) -> JobView:
