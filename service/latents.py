@@ -2,14 +2,15 @@
 records, and the claim that lets two concurrent requests compute a new latent only once.
 
 Storage layout (keys): `latents/{id}.safetensors` (one tensor named `latent`, [C, H, W]
-float32), `latents/{id}.json` (the record), `images/{id}.png`, `uploads/{sha256}`.
-The record is written after the tensor, so a record's existence means the data is
-complete ("write, then publish").
+float32, with the latent's record as JSON in the file's metadata), `images/{id}.png`,
+`uploads/{sha256}`. Tensor and record are one object, written once: a latent is stored
+completely or not at all, and one write publishes it.
 """
 
 import hashlib
 import json
 import re
+import struct
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,6 +31,9 @@ ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _CLAIM_KEY = "latentmix:latent-claim:{id}"
 _RECORD_CACHE_KEY = "latentmix:latent-record:{id}"
 RECORD_CACHE_TTL_S = 7 * 24 * 3600
+RECORD_METADATA = "latentmix.record"  # the record's key in the safetensors metadata
+# A record is read from the start of its latent file: the safetensors header comes first.
+_HEADER_READ_BYTES = 64 * 1024
 
 
 class InvalidLatent(ValueError):
@@ -70,16 +74,27 @@ def latent_key(latent_id: str) -> str:
     return f"latents/{latent_id}.safetensors"
 
 
-def record_key(latent_id: str) -> str:
-    return f"latents/{latent_id}.json"
-
-
 def image_key(image_id: str) -> str:
     return f"images/{image_id}.png"
 
 
-def encode_latent(array: np.ndarray) -> bytes:
-    return save_safetensors({LATENT_TENSOR: np.ascontiguousarray(array, dtype=np.float32)})
+def encode_latent(array: np.ndarray, record: "LatentRecord | None" = None) -> bytes:
+    """A safetensors file with the tensor `latent` and, if given, its record as metadata."""
+    metadata = {RECORD_METADATA: record.model_dump_json()} if record is not None else None
+    tensors = {LATENT_TENSOR: np.ascontiguousarray(array, dtype=np.float32)}
+    return save_safetensors(tensors, metadata=metadata)
+
+
+def header_size(data: bytes) -> int:
+    """Bytes of the safetensors header at the start of `data`, its 8-byte length included."""
+    (length,) = struct.unpack_from("<Q", data)
+    return 8 + length
+
+
+def stored_record(data: bytes) -> "LatentRecord":
+    """The record in a stored latent file's metadata (`data`: at least its header)."""
+    header = json.loads(data[8 : header_size(data)])
+    return LatentRecord.model_validate_json(header["__metadata__"][RECORD_METADATA])
 
 
 def decode_latent(data: bytes) -> np.ndarray:
@@ -148,25 +163,37 @@ class LatentCatalog:
         """The stored record, or None. Read through a copy in Redis: a cached latent's
         lookup (every repeated `POST /latents` image) is one Redis GET, not a storage read.
         Storage stays the source of truth; a record missing in Redis is copied over."""
-        cache_key = _RECORD_CACHE_KEY.format(id=latent_id)
-        cached = self.redis.get(cache_key)
+        cached = self.redis.get(_RECORD_CACHE_KEY.format(id=latent_id))
         if cached is not None:
             return LatentRecord.model_validate_json(cached)
+        key = latent_key(latent_id)
         try:
-            data = self.storage.get(record_key(latent_id))
+            data = self.storage.get(key, max_bytes=_HEADER_READ_BYTES)
+            if len(data) < header_size(data):  # a record longer than the first read
+                data = self.storage.get(key)
         except NotFound:
             return None
-        self.redis.set(cache_key, data, ex=RECORD_CACHE_TTL_S)
-        return LatentRecord.model_validate_json(data)
+        record = stored_record(data)
+        self._cache(record)
+        return record
 
     def load(self, latent_id: str) -> np.ndarray:
         return decode_latent(self.storage.get(latent_key(latent_id)))
 
-    def publish(self, record: LatentRecord, array: np.ndarray) -> None:
-        data = record.model_dump_json().encode()
-        self.storage.put(latent_key(record.id), encode_latent(array), "application/octet-stream")
-        self.storage.put(record_key(record.id), data, "application/json")
-        self.redis.set(_RECORD_CACHE_KEY.format(id=record.id), data, ex=RECORD_CACHE_TTL_S)
+    def publish(self, record: LatentRecord, array: np.ndarray) -> bool:
+        """Store the latent with its record, unless one is stored under its id already (ids
+        are content addresses: the stored one stays). Returns whether it was new."""
+        data = encode_latent(array, record)
+        if not self.storage.put(
+            latent_key(record.id), data, "application/octet-stream", if_absent=True
+        ):
+            return False
+        self._cache(record)
+        return True
+
+    def _cache(self, record: LatentRecord) -> None:
+        key = _RECORD_CACHE_KEY.format(id=record.id)
+        self.redis.set(key, record.model_dump_json(), ex=RECORD_CACHE_TTL_S)
 
     def claim(self, latent_id: str, job_id: str, ttl_s: int) -> str | None:
         """Make `job_id` the one job computing `latent_id`.

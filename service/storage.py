@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,16 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]+")
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600  # SigV4 presigned URLs are valid for at most 7 days
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 _MISSING_BUCKET_CODES = {"NoSuchBucket", "404", "NotFound"}
+_CONDITION_FAILED_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+# Storage calls are network round trips: independent ones are made side by side.
+STORAGE_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentmix-storage")
+
+
+def in_parallel(fn, *iterables) -> list:
+    """`fn` over the iterables on the storage I/O threads; results in order."""
+    return list(STORAGE_IO.map(fn, *iterables))
 
 
 class NotFound(KeyError):
@@ -50,12 +61,14 @@ class Storage(ABC):
     """A flat key -> bytes store."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Store `data` under `key`, replacing any previous object."""
+    def put(self, key: str, data: bytes, content_type: str, *, if_absent: bool = False) -> bool:
+        """Store `data` under `key`, replacing any previous object; with `if_absent`, only
+        if there is none (atomically). Returns whether `data` was stored."""
 
     @abstractmethod
-    def get(self, key: str) -> bytes:
-        """Return the bytes under `key`; raise NotFound if there are none."""
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Return the bytes under `key` (only the first `max_bytes`, if given); raise
+        NotFound if there are none."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -86,10 +99,11 @@ class LocalStorage(Storage):
     def path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
+    def put(self, key: str, data: bytes, content_type: str, *, if_absent: bool = False) -> bool:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write, then publish: a temp file in the same directory, fsynced, renamed over the key.
+        # Write, then publish: a temp file in the same directory, fsynced, then renamed over
+        # the key, or hard-linked to it, which fails if the key exists (create-if-absent).
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -97,15 +111,22 @@ class LocalStorage(Storage):
                 f.flush()
                 os.fchmod(f.fileno(), 0o644)
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
+            if not if_absent:
+                os.replace(tmp, target)
+            else:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    return False
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
         _fsync_dir(target.parent)
+        return True
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
-            return self.path(key).read_bytes()
+            with self.path(key).open("rb") as f:
+                return f.read(max_bytes if max_bytes is not None else -1)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(key) from None
 
@@ -210,14 +231,30 @@ class S3Storage(Storage):
     def object_key(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(
-            Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type
-        )
-
-    def get(self, key: str) -> bytes:
+    def put(self, key: str, data: bytes, content_type: str, *, if_absent: bool = False) -> bool:
+        # A conditional write (If-None-Match: *): S3 answers 412 if the key exists, and 409
+        # while another conditional write of the key is in flight. Either way, not ours.
+        condition = {"IfNoneMatch": "*"} if if_absent else {}
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.object_key(key),
+                Body=data,
+                ContentType=content_type,
+                **condition,
+            )
+        except ClientError as e:
+            if if_absent and _error_code(e) in _CONDITION_FAILED_CODES:
+                return False
+            raise
+        return True
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        byte_range = {"Range": f"bytes=0-{max_bytes - 1}"} if max_bytes else {}
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self.object_key(key), **byte_range
+            )
         except ClientError as e:
             if _error_code(e) in _MISSING_KEY_CODES:
                 raise NotFound(key) from None

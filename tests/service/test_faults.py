@@ -488,11 +488,11 @@ def test_a_persistent_s3_failure_is_an_error_after_a_bounded_number_of_tries(s3_
     assert len(proxy.seen) == 3
 
 
-def test_a_latent_whose_record_was_not_written_is_never_served(s3_server, flaky_s3, make_client):
-    """Write, then publish: the tensor lands, its record does not, so the latent does not
-    exist for the API: the upload is a 503 and every read of it a 404."""
+def test_a_latent_whose_write_failed_is_never_served(s3_server, flaky_s3, make_client):
+    """A latent and its record are one object: when its write fails, the upload is a 503
+    and the latent does not exist for the API, in any part."""
     bucket = make_s3_storage(s3_server).bucket
-    proxy = flaky_s3(lambda method, path: method == "PUT" and path.endswith(".json"))
+    proxy = flaky_s3(lambda method, path: method == "PUT" and path.endswith(".safetensors"))
     client = make_client(
         s3_bucket=bucket,
         s3_endpoint_url=proxy.url,
@@ -509,8 +509,9 @@ def test_a_latent_whose_record_was_not_written_is_never_served(s3_server, flaky_
 
     assert_problem(response, 503, "storage unavailable")
     assert int(response.headers["Retry-After"]) > 0
+    assert proxy.seen, "the write reached the store"
     written = make_s3_storage(s3_server, bucket=bucket)
-    assert written.exists(f"latents/{latent_id}.safetensors"), "the tensor was written first"
+    assert not written.exists(f"latents/{latent_id}.safetensors")
     assert_problem(client.get(f"/latents/{latent_id}"), 404, latent_id)
     assert_problem(client.get(f"/latents/{latent_id}/data"), 404, latent_id)
     assert_problem(client.post("/mix", json={"latents": [latent_id]}), 404, latent_id)

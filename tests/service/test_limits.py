@@ -292,10 +292,12 @@ def test_bad_mixes_are_rejected_naming_the_problem(mixable, body, status, phrase
 def test_latents_of_different_models_are_not_mixed(mixable):
     client, ids = mixable
     catalog = client.app.state.catalog
-    foreign = catalog.record(ids[0]).model_copy(update={"model": "other/model"})
+    foreign = catalog.record(ids[0]).model_copy(update={"id": "f" * 32, "model": "other/model"})
     catalog.publish(foreign, catalog.load(ids[0]))
 
-    assert_problem(client.post("/mix", json={"latents": ids}), 422, "different models")
+    assert_problem(
+        client.post("/mix", json={"latents": [ids[1], foreign.id]}), 422, "different models"
+    )
 
 
 def test_invalid_json_is_a_422_problem_naming_the_body(make_client):

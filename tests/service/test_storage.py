@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -77,6 +78,34 @@ def test_put_overwrites_an_existing_object(storage: Storage) -> None:
     assert storage.get(KEY) == b"second"
 
 
+def test_put_if_absent_stores_only_the_first_version(storage: Storage) -> None:
+    assert storage.put(KEY, b"first", "application/octet-stream", if_absent=True) is True
+    assert storage.put(KEY, b"second", "application/octet-stream", if_absent=True) is False
+    assert storage.get(KEY) == b"first"
+
+
+def test_local_concurrent_puts_if_absent_store_exactly_one(local_storage: LocalStorage) -> None:
+    # Local only: S3 makes the same promise for If-None-Match writes, but moto checks, then
+    # writes, so two racing writes can both succeed there.
+    versions = [f"version {i}".encode() for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        stored = list(
+            pool.map(
+                lambda data: local_storage.put(KEY, data, "text/plain", if_absent=True), versions
+            )
+        )
+    assert stored.count(True) == 1
+    assert local_storage.get(KEY) == versions[stored.index(True)]
+
+
+def test_get_with_max_bytes_returns_the_start_of_the_object(storage: Storage) -> None:
+    storage.put(KEY, b"0123456789", "application/octet-stream")
+    assert storage.get(KEY, max_bytes=4) == b"0123"
+    assert storage.get(KEY, max_bytes=100) == b"0123456789"
+    with pytest.raises(NotFound):
+        storage.get("never/written.bin", max_bytes=4)
+
+
 def test_empty_object_round_trips(storage: Storage) -> None:
     storage.put(KEY, b"", "application/octet-stream")
     assert storage.exists(KEY)
@@ -113,6 +142,7 @@ def test_local_put_leaves_no_temp_files(local_storage: LocalStorage) -> None:
     for key in keys:
         local_storage.put(key, b"x" * 1000, "application/octet-stream")
         local_storage.put(key, b"y" * 10, "application/octet-stream")
+        local_storage.put(key, b"z", "application/octet-stream", if_absent=True)
     files = sorted(p.relative_to(local_storage.root).as_posix() for p in _files(local_storage.root))
     assert files == sorted(keys)
 

@@ -35,6 +35,7 @@ from service.schemas import (
     LatentsCreated,
     WebhookUrl,
 )
+from service.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 
@@ -86,15 +87,20 @@ def create_latents(
     # Every file is checked before anything is claimed, stored or queued.
     image_data = [_read_image(upload, settings.max_image_pixels) for upload in images]
     latent_arrays = [_read_latent(upload) for upload in latents]
-    for upload, data, image_prompt in zip(images, image_data, prompts, strict=True):
-        inversion = {
-            "steps": inversion_steps,
-            "guidance_scale": guidance_scale,
-            "size": size,
-            "prompt": image_prompt,
-        }
-        latent_id = image_latent_id(data, model, inversion)
-        entry = _image_entry(catalog, latent_id, job_id, claim_ttl, upload.filename, planned)
+    inversion = {"steps": inversion_steps, "guidance_scale": guidance_scale, "size": size}
+    inversions = [inversion | {"prompt": p} for p in prompts]
+    latent_ids = [
+        image_latent_id(data, model, inversion)
+        for data, inversion in zip(image_data, inversions, strict=True)
+    ]
+    # A new image's lookup misses Redis and asks storage: those round trips side by side.
+    stored = in_parallel(lambda latent_id: catalog.record(latent_id) is not None, latent_ids)
+    for upload, data, image_prompt, latent_id, is_stored in zip(
+        images, image_data, prompts, latent_ids, stored, strict=True
+    ):
+        entry = _image_entry(
+            catalog, latent_id, is_stored, job_id, claim_ttl, upload.filename, planned
+        )
         if entry.job == job_id and latent_id not in planned:
             planned.add(latent_id)
             work.append({"latent_id": latent_id, "data": data, "prompt": image_prompt})
@@ -210,13 +216,14 @@ def _sniffed(data: bytes) -> str:
 def _image_entry(
     catalog: LatentCatalog,
     latent_id: str,
+    is_stored: bool,
     job_id: str,
     claim_ttl: int,
     filename: str | None,
     planned: set[str],
 ) -> LatentEntry:
     """Cached, pending on another job, or claimed for this request's job."""
-    if catalog.record(latent_id) is not None:
+    if is_stored:
         return LatentEntry(
             id=latent_id, status="ready", cached=True, job=None, filename=filename, source="image"
         )
@@ -272,18 +279,20 @@ def _store_uploaded_latent(
 
 
 def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion, webhook):
-    items = []
-    for item in work:
-        key = upload_key(item["data"])
-        storage.put(key, item["data"], "application/octet-stream")
-        items.append({"latent_id": item["latent_id"], "upload_key": key, "prompt": item["prompt"]})
-    engine_settings = {k: v for k, v in inversion.items() if k != "prompt"}
+    keys = [upload_key(item["data"]) for item in work]
+    in_parallel(
+        lambda key, item: storage.put(key, item["data"], "application/octet-stream"), keys, work
+    )
+    items = [
+        {"latent_id": item["latent_id"], "upload_key": key, "prompt": item["prompt"]}
+        for key, item in zip(keys, work, strict=True)
+    ]
     return enqueue(
         redis,
         settings,
         task=INVERT_TASK,
         model=model,
-        request={"items": items, "settings": engine_settings},
+        request={"items": items, "settings": inversion},
         job_id=job_id,
         webhook=webhook,
     )
