@@ -236,7 +236,7 @@ class LatentMixClient:
         return current
 
     def cancel(self, job: JobRef) -> Job:
-        """Cancel a queued job, or a running one at its next diffusion step."""
+        """Cancel a queued job, or a running one within a quarter second."""
         return Job.from_json(self._post(f"/jobs/{_id(job)}/cancel"))
 
     def iter_images(self, job: JobRef, *, timeout: float | None = None) -> Iterator[ImageResult]:

@@ -39,9 +39,10 @@ from rq.worker import DequeueStrategy
 from service.config import Settings
 from service.jobs import get_queue
 from service.latents import LatentCatalog
-from service.storage import Storage, storage_from_settings
+from service.storage import storage_from_settings
 from service.webhooks import webhook_queue
 from worker.engine.models import LoadedModel, load_model
+from worker.writer import OffloadedWrites
 
 log = logging.getLogger("latentmix.worker")
 
@@ -54,7 +55,7 @@ class WorkerContext:
 
     settings: Settings
     model: LoadedModel
-    storage: Storage
+    storage: OffloadedWrites
     redis: Redis
     catalog: LatentCatalog
 
@@ -82,7 +83,7 @@ def start(settings: Settings) -> WorkerContext:
         compile=settings.compile,
     )
     redis = Redis.from_url(settings.effective_redis_url)
-    storage = storage_from_settings(settings)
+    storage = OffloadedWrites(storage_from_settings(settings), settings)
     _context = WorkerContext(settings, model, storage, redis, LatentCatalog(storage, redis))
     log.info("model %s ready on %s (%s)", settings.model, model.device, model.dtype)
     return _context
@@ -107,6 +108,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
             logging_level="INFO",
             dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
         )
+    ctx.storage.close()
     if worker.device_lost:
         raise SystemExit(EXIT_DEVICE_LOST)
 

@@ -50,7 +50,7 @@ async def get_job(
 def cancel_job(
     job_id: JobIdPath, request: Request, redis: RedisDep, settings: SettingsDep
 ) -> JobPublic:
-    """Cancel a queued job now, or a running one at its next diffusion step."""
+    """Cancel a queued job now, or a running one within a quarter second (at a diffusion step)."""
     job = fetch_job(redis, job_id)
     if job is None:
         raise problem(404, f"job {job_id} not found")
@@ -59,7 +59,7 @@ def cancel_job(
         raise problem(409, f"job {job_id} already ended: {view.status}")
     request_cancel(redis, job_id, settings.failure_ttl_s)
     if view.status is JobStatus.queued:
-        # Started or canceled in between: the flag stops it at its next step.
+        # Started or canceled in between: the flag stops it at a diffusion step.
         with suppress(InvalidJobOperation):
             job.cancel(enqueue_dependents=True)
     return public_job(view_job(redis, job), request)
