@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from client import Job, LatentMixClient
 from service.images import encode_png
 from worker.engine.diffusion import InversionSettings, generate, invert
 from worker.engine.mixing import mix
@@ -320,40 +321,45 @@ class Service:
 
 
 class ServiceRun:
-    def __init__(self, client: httpx.Client, svc: Service, w: Workload, pngs: list[bytes]):
+    """The service as a user drives it: the project's client (`client.LatentMixClient`)
+    inverts, queues one mix job and downloads each image as soon as it is finished."""
+
+    def __init__(self, client: LatentMixClient, svc: Service, w: Workload, pngs: list[bytes]):
         self.client, self.svc, self.w, self.pngs = client, svc, w, pngs
 
     def invert(self, out: dict) -> None:
-        client = self.client
+        w = self.w
         with measured(self.svc.cpu_s, out, "invert") as detail:
             api_cpu = self.svc.api_cpu_s()
-            form = _inversion_form(self.w)
-            response = client.post("/latents", files=_files(self.pngs), data=form)
-            assert response.status_code == 202, response.text
-            self.latent_ids = [entry["id"] for entry in response.json()["latents"]]
-            job = _wait_job(client, response.json()["job"]["id"])
+            latents = self.client.invert(
+                self.pngs,
+                prompt=PROMPT,
+                inversion_steps=w.steps,
+                guidance_scale=w.guidance,
+                size=w.size,
+                wait=False,
+            )
+            jobs = {latent.job for latent in latents}
+            assert len(jobs) == 1 and None not in jobs, "expected one inversion job"
+            job = self.client.wait(jobs.pop())
+            self.latent_ids = [latent.id for latent in latents]
             detail["worker_s"] = _job_seconds(job)
             detail["api_cpu_s"] = self.svc.api_cpu_s() - api_cpu
 
     def mix(self, out: dict) -> None:
-        client, w = self.client, self.w
+        w = self.w
         with measured(self.svc.cpu_s, out, "mix") as detail:
             api_cpu = self.svc.api_cpu_s()
-            body = {
-                "latents": self.latent_ids,
-                "weights": w.weights(),
-                "method": METHOD,
-                "prompt": PROMPT,
-                "steps": w.steps,
-                "guidance_scale": w.guidance,
-            }
-            response = client.post("/mix", json=body)
-            assert response.status_code == 202, response.text
-            job = _wait_job(client, response.json()["id"])
-            detail["worker_s"] = _job_seconds(job)
-            downloaded = time.perf_counter()
-            images = [_download(client, image["url"]) for image in job["result"]["images"]]
-            detail["download_s"] = time.perf_counter() - downloaded
+            job = self.client.mix(
+                self.latent_ids,
+                w.weights(),
+                method=METHOD,
+                prompt=PROMPT,
+                steps=w.steps,
+                guidance_scale=w.guidance,
+            )
+            images = [self.client.image_bytes(image) for image in self.client.iter_images(job)]
+            detail["worker_s"] = _job_seconds(self.client.get_job(job))
             detail["api_cpu_s"] = self.svc.api_cpu_s() - api_cpu
         assert len(images) == w.n and all(png.startswith(b"\x89PNG") for png in images)
 
@@ -384,28 +390,11 @@ def _inversion_form(w: Workload) -> dict:
     }
 
 
-def _wait_job(client: httpx.Client, job_id: str) -> dict:
-    while True:
-        job = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            if job["status"] != "succeeded":
-                raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
-            return job
-
-
-def _job_seconds(job: dict) -> float | None:
+def _job_seconds(job: Job) -> float | None:
     """The worker's time on the job, from its started and finished timestamps."""
-    if not (job.get("started_at") and job.get("finished_at")):
+    if not (job.started_at and job.finished_at):
         return None
-    started = datetime.fromisoformat(job["started_at"])
-    finished = datetime.fromisoformat(job["finished_at"])
-    return (finished - started).total_seconds()
-
-
-def _download(client: httpx.Client, url: str) -> bytes:
-    response = client.get(url, follow_redirects=True)
-    response.raise_for_status()
-    return response.content
+    return (job.finished_at - job.started_at).total_seconds()
 
 
 def _free_port() -> int:
@@ -447,6 +436,7 @@ def run(args: argparse.Namespace) -> dict:
         tempfile.TemporaryDirectory(prefix="latentmix-bench-") as tmp,
         Service(args.model, Path(tmp), env) as svc,
         httpx.Client(base_url=svc.base_url, timeout=600) as client,
+        LatentMixClient(svc.base_url, timeout=600) as service_client,
     ):
         model = load_model(
             args.model,
@@ -461,7 +451,7 @@ def run(args: argparse.Namespace) -> dict:
 
         warmup = w.warmup(model.max_batch_size)
         warm_pngs = warmup.images(offset=1000)
-        for runner in _runners(baseline, model, client, svc, warmup, warm_pngs):
+        for runner in _runners(baseline, model, service_client, svc, warmup, warm_pngs):
             runner.invert({})
             runner.mix({})
         print("warm-up done", file=sys.stderr)
@@ -469,7 +459,7 @@ def run(args: argparse.Namespace) -> dict:
         for round_ in range(args.rounds):
             # Fresh images each round: the service would otherwise answer from its caches.
             pngs = w.images(offset=round_ * w.k)
-            runners = _runners(baseline, model, client, svc, w, pngs)
+            runners = _runners(baseline, model, service_client, svc, w, pngs)
             for phase in ("invert", "mix"):
                 for name, runner in zip(results, runners, strict=True):
                     getattr(runner, phase)(results[name])
@@ -592,8 +582,8 @@ def report(data: dict) -> str:
         f"{overhead_inv:+.2f} s (worker busy {_s(service['invert']['detail'].get('worker_s'))}"
         f", API CPU {_s(service['invert']['detail'].get('api_cpu_s'))}), mix "
         f"{overhead_mix:+.2f} s (worker busy {_s(service['mix']['detail'].get('worker_s'))}, "
-        f"API CPU {_s(service['mix']['detail'].get('api_cpu_s'))}; downloading the "
-        f"{n} PNGs took {service['mix']['detail']['download_s']:.2f} s of it).",
+        f"API CPU {_s(service['mix']['detail'].get('api_cpu_s'))}; the {n} PNGs are "
+        "downloaded as they are finished, the last ones after the job).",
         f"- peak RSS: API **{memory['api_peak_rss_mib']:.0f} MiB** (target < 200 MB), "
         f"worker {memory['worker_peak_rss_mib']:.0f} MiB, benchmark process (baseline and "
         f"engine share its model) {memory['bench_peak_rss_mib']:.0f} MiB.",
