@@ -35,7 +35,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_METHOD = "nin/chm"
 SCHEMES = ("dirichlet", "subset")
 LONG_POLL_S = 10.0  # GET /jobs/{id}?wait=S while nothing is shown
-STREAM_POLL_S = 0.5  # ... while a progress bar or an image stream wants news
+STREAM_POLL_S = 0.5  # ... while a progress bar wants news
 MAX_RETRY_AFTER_S = 30.0
 # One POST /latents carries at most this many images and bytes (the service's defaults
 # allow 64 files and 128 MiB per request).
@@ -203,10 +203,13 @@ class LatentMixClient:
     # Jobs
     # ---------------------------------------------------------------------------------------
 
-    def get_job(self, job: JobRef, *, wait: float = 0) -> Job:
-        """A job's state; `wait` holds the request until it ends or `wait` seconds pass."""
-        params = {"wait": wait} if wait else None
-        return Job.from_json(self._get_json(f"/jobs/{_id(job)}", params=params))
+    def get_job(self, job: JobRef, *, wait: float = 0, seen: int | None = None) -> Job:
+        """A job's state; `wait` holds the request until it ends or `wait` seconds pass
+        (or, with `seen`, until it has more than `seen` images)."""
+        params: dict[str, Any] = {"wait": wait} if wait else {}
+        if wait and seen is not None:
+            params["seen"] = seen
+        return Job.from_json(self._get_json(f"/jobs/{_id(job)}", params=params or None))
 
     def wait(
         self,
@@ -252,7 +255,8 @@ class LatentMixClient:
                     yield image
             if current.done:
                 break
-            current = self.get_job(current.id, wait=_hold(STREAM_POLL_S, deadline, current))
+            hold = _hold(LONG_POLL_S, deadline, current)
+            current = self.get_job(current.id, wait=hold, seen=len(seen))
         if current.status is not JobStatus.succeeded:
             raise JobFailed(current)
 

@@ -18,6 +18,7 @@ from service.api.reaper import run_reaper
 from service.api.routes import health, images, jobs, latents, mix
 from service.api.routes import metrics as metrics_route
 from service.config import Settings, get_settings
+from service.job_events import JobEvents
 from service.latents import LatentCatalog
 from service.metrics import Metrics
 from service.storage import storage_from_settings
@@ -40,11 +41,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage = storage_from_settings(settings)
         app.state.catalog = LatentCatalog(app.state.storage, app.state.redis)
         app.state.metrics = Metrics(app.state.redis)
-        reaper = asyncio.create_task(run_reaper(app.state.redis, settings.reaper_interval_s))
+        app.state.job_events = JobEvents(settings.effective_redis_url)
+        background = [
+            asyncio.create_task(run_reaper(app.state.redis, settings.reaper_interval_s)),
+            asyncio.create_task(app.state.job_events.run()),
+        ]
         yield
-        reaper.cancel()
-        with suppress(asyncio.CancelledError):
-            await reaper
+        for task in background:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
         app.state.redis.close()
 
     app = FastAPI(

@@ -19,6 +19,7 @@ from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
+from service.job_events import announce
 
 QUEUE_PREFIX = "latentmix:"
 INVERT_TASK = "worker.tasks.invert_images"
@@ -125,6 +126,7 @@ def append_partial_result(redis: Redis, job_id: str, images: list[dict], setting
         with redis.pipeline() as pipe:
             pipe.rpush(key, *(json.dumps(image) for image in images))
             pipe.expire(key, settings.result_ttl_s)
+            announce(pipe, job_id)
             pipe.execute()
 
 

@@ -37,6 +37,7 @@ from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
 from service.config import Settings
+from service.job_events import announce
 from service.jobs import get_queue
 from service.latents import LatentCatalog
 from service.storage import storage_from_settings
@@ -122,6 +123,10 @@ class LatentMixWorker(SimpleWorker):
         self.device = device
         self.device_lost = False
         self.push_exc_handler(self._after_job_failure)
+
+    def execute_job(self, job, queue) -> None:
+        super().execute_job(job, queue)
+        announce(self.connection, job.id)  # the job has ended: wake its long polls
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a started job's entries live without a heartbeat (RQ: timeout + 60 s)."""

@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 from redis import Redis
 
 from service.config import Settings
+from service.job_events import JobEvents
 from service.latents import LatentCatalog
 from service.metrics import Metrics
 from service.storage import Storage
@@ -31,8 +32,13 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_job_events(request: Request) -> JobEvents:
+    return request.app.state.job_events
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 CatalogDep = Annotated[LatentCatalog, Depends(get_catalog)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+JobEventsDep = Annotated[JobEvents, Depends(get_job_events)]

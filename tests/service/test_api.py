@@ -5,6 +5,8 @@ No worker runs here: jobs stay queued. End-to-end behaviour is in test_e2e.py.""
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,9 @@ from helpers import (
 )
 from safetensors.numpy import load
 
+from service.api.routes import jobs as jobs_routes
 from service.app import create_app
-from service.jobs import fetch_job
+from service.jobs import append_partial_result, fetch_job
 
 OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
 
@@ -239,6 +242,50 @@ def test_wait_returns_after_the_cap_for_unfinished_jobs(client):
     response = client.get(f"/jobs/{job['id']}", params={"wait": 30})
 
     assert response.json()["status"] == "queued"
+
+
+@pytest.fixture
+def announcements_only(monkeypatch):
+    """Long polls look at their job by themselves only every 60 s: within the 30 s they
+    hold, only an announcement on the job's channel can wake them."""
+    monkeypatch.setattr(jobs_routes, "FALLBACK_POLL_S", 60)
+
+
+def _after(seconds: float, action) -> None:
+    threading.Timer(seconds, action).start()
+
+
+def test_a_long_poll_answers_when_its_job_is_canceled(client, announcements_only):
+    job = post_images(client, png_bytes(1)).json()["job"]
+    _after(0.5, lambda: client.post(f"/jobs/{job['id']}/cancel"))
+
+    started = time.monotonic()
+    response = client.get(f"/jobs/{job['id']}", params={"wait": 30})
+
+    assert response.json()["status"] == "canceled"
+    assert time.monotonic() - started < 15, "woken by the announcement, not the 30 s cap"
+
+
+def test_a_long_poll_with_seen_answers_with_the_first_new_images(
+    client, settings, announcements_only
+):
+    job = post_images(client, png_bytes(1)).json()["job"]
+    redis = client.app.state.redis
+    image = {"id": "a" * 32, "latent": "b" * 32, "provenance": {"weights": [1.0]}}
+    # What a worker does when a batch is uploaded (the job stays queued here: no worker).
+    _after(0.5, lambda: append_partial_result(redis, job["id"], [image], settings))
+
+    started = time.monotonic()
+    first = client.get(f"/jobs/{job['id']}", params={"wait": 30, "seen": 0}).json()
+
+    assert time.monotonic() - started < 15, "woken by the announcement, not the 30 s cap"
+    assert first["status"] == "queued"
+    assert [entry["id"] for entry in first["result"]["images"]] == [image["id"]]
+    assert first["result"]["images"][0]["url"].endswith(f"/images/{image['id']}")
+    # Images beyond `seen` already there: no wait at all; `seen` without `wait`: no effect.
+    again = client.get(f"/jobs/{job['id']}", params={"wait": 30, "seen": 0}).json()
+    assert len(again["result"]["images"]) == 1
+    assert client.get(f"/jobs/{job['id']}", params={"seen": 5}).json()["status"] == "queued"
 
 
 def test_a_model_no_worker_serves_is_rejected(client):

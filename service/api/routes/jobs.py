@@ -11,9 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from rq.exceptions import InvalidJobOperation
 
-from service.api.deps import RedisDep, SettingsDep, StorageDep
+from service.api.deps import JobEventsDep, RedisDep, SettingsDep, StorageDep
 from service.api.problems import PROBLEM_RESPONSES, problem
 from service.images import encode_png
+from service.job_events import FALLBACK_POLL_S, announce
 from service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
 from service.latents import image_key
 from service.schemas import JobPublic
@@ -21,7 +22,6 @@ from service.schemas import JobPublic
 router = APIRouter(tags=["jobs"])
 
 JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
-POLL_INTERVAL_S = 0.1
 MAX_GRID_IMAGES = 256
 
 
@@ -31,17 +31,31 @@ async def get_job(
     request: Request,
     redis: RedisDep,
     settings: SettingsDep,
+    events: JobEventsDep,
     wait: Annotated[
         float, Query(ge=0, description="hold the request until the job ends or S seconds pass")
     ] = 0,
+    seen: Annotated[
+        int | None,
+        Query(ge=0, description="with wait: answer as soon as the job has more images than this"),
+    ] = None,
 ) -> JobPublic:
-    """A job's status, progress and result; `?wait=S` long-polls (S capped by the server)."""
+    """A job's status, progress and result; `?wait=S` long-polls (S capped by the server),
+    woken by the job's end or, with `seen`, by its new images."""
     deadline = time.monotonic() + min(wait, settings.max_wait_s)
-    while True:
-        view = await run_in_threadpool(_view, redis, job_id)
-        if view.status.is_terminal() or time.monotonic() >= deadline:
-            return public_job(view, request)
-        await asyncio.sleep(POLL_INTERVAL_S)
+    with events.watch(job_id) as changed:
+        while True:
+            changed.clear()  # before reading: a change after the read wakes the wait below
+            view = await run_in_threadpool(_view, redis, job_id)
+            left = deadline - time.monotonic()
+            if view.status.is_terminal() or _has_news(view, seen) or left <= 0:
+                return public_job(view, request)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, FALLBACK_POLL_S))
+
+
+def _has_news(view: JobView, seen: int | None) -> bool:
+    return seen is not None and len((view.result or {}).get("images") or []) > seen
 
 
 @router.post(
@@ -62,6 +76,7 @@ def cancel_job(
         # Started or canceled in between: the flag stops it at a diffusion step.
         with suppress(InvalidJobOperation):
             job.cancel(enqueue_dependents=True)
+        announce(redis, job_id)
     return public_job(view_job(redis, job), request)
 
 
