@@ -95,8 +95,13 @@ class OffloadedWrites(Storage):
 
 class _WriterProcess:
     def __init__(self, settings: dict[str, Any]) -> None:
+        # Its own session: a Ctrl-C meant for the worker (which finishes its job on the first
+        # one) must not kill the writes. The child exits when its stdin closes.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "worker.writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
         self.alive = True
         self._send_lock = threading.Lock()
