@@ -310,6 +310,21 @@ def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+# The settings storage_from_settings reads (what a process needs to open the same store).
+STORAGE_SETTINGS = {
+    "data_dir",
+    "s3_bucket",
+    "s3_endpoint_url",
+    "s3_public_endpoint_url",
+    "s3_region",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_addressing_style",
+    "s3_prefix",
+    "presign_expiry_s",
+}
+
+
 def storage_from_settings(settings: Settings) -> Storage:
     """S3 when a bucket is configured, else a directory under `data_dir`."""
     if settings.s3_bucket:

@@ -40,7 +40,6 @@ from service.config import Settings
 from service.job_events import announce
 from service.jobs import get_queue
 from service.latents import LatentCatalog
-from service.storage import storage_from_settings
 from service.webhooks import webhook_queue
 from worker.engine.models import LoadedModel, load_model
 from worker.writer import OffloadedWrites
@@ -84,7 +83,7 @@ def start(settings: Settings) -> WorkerContext:
         compile=settings.compile,
     )
     redis = Redis.from_url(settings.effective_redis_url)
-    storage = OffloadedWrites(storage_from_settings(settings), settings)
+    storage = OffloadedWrites(settings)
     _context = WorkerContext(settings, model, storage, redis, LatentCatalog(storage, redis))
     log.info("model %s ready on %s (%s)", settings.model, model.device, model.dtype)
     return _context

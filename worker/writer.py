@@ -27,21 +27,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
 from service.config import Settings
-from service.storage import Storage, storage_from_settings, validate_key
+from service.storage import STORAGE_SETTINGS, Storage, storage_from_settings, validate_key
 
 _LENGTH = struct.Struct("<Q")
-STORAGE_SETTINGS = {
-    "data_dir",
-    "s3_bucket",
-    "s3_endpoint_url",
-    "s3_public_endpoint_url",
-    "s3_region",
-    "s3_access_key_id",
-    "s3_secret_access_key",
-    "s3_addressing_style",
-    "s3_prefix",
-    "presign_expiry_s",
-}
 WRITE_THREADS = 8  # writes the child makes side by side
 
 
@@ -50,11 +38,12 @@ class StorageWriteFailed(RuntimeError):
 
 
 class OffloadedWrites(Storage):
-    """`inner`'s reads in this process, its writes in a child process (started at once, and
-    again on the next write after it died)."""
+    """The configured store: its reads in this process, its writes in a child process
+    (started at once, and again on the next write after it died). Both build the store from
+    the same settings, so they always use the same one."""
 
-    def __init__(self, inner: Storage, settings: Settings) -> None:
-        self.inner = inner
+    def __init__(self, settings: Settings) -> None:
+        self.inner = storage_from_settings(settings)
         self._settings = settings.model_dump(mode="json", include=STORAGE_SETTINGS)
         self._lock = threading.Lock()
         self._child: _WriterProcess | None = _WriterProcess(self._settings)

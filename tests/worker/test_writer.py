@@ -11,14 +11,13 @@ import pytest
 from helpers import S3_TEST_CREDENTIALS, make_s3_storage
 
 from service.config import Settings
-from service.storage import LocalStorage, S3Storage
+from service.storage import S3Storage
 from worker.writer import OffloadedWrites, StorageWriteFailed
 
 
 @pytest.fixture
 def local_writes(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path)
-    storage = OffloadedWrites(LocalStorage(tmp_path / "store"), settings)
+    storage = OffloadedWrites(Settings(data_dir=tmp_path))
     yield storage
     storage.close()
 
@@ -59,17 +58,18 @@ def test_concurrent_writes_each_get_their_own_answer(local_writes):
 
 def test_writes_reach_s3(s3_server):
     s3 = make_s3_storage(s3_server)
-    writes = OffloadedWrites(s3, _s3_settings(s3, s3_server))
+    writes = OffloadedWrites(_s3_settings(s3, s3_server))
     try:
         assert writes.put("images/b.png", b"png bytes", "image/png") is True
         assert s3.get("images/b.png") == b"png bytes"
+        assert writes.get("images/b.png") == b"png bytes"  # reads: the same store
     finally:
         writes.close()
 
 
 def test_a_failed_write_raises_with_the_store_s_error(s3_server):
     s3 = make_s3_storage(s3_server)
-    writes = OffloadedWrites(s3, _s3_settings(s3, s3_server, bucket="never-created"))
+    writes = OffloadedWrites(_s3_settings(s3, s3_server, bucket="never-created"))
     try:
         with pytest.raises(StorageWriteFailed, match="NoSuchBucket"):
             writes.put("images/b.png", b"png bytes", "image/png")
