@@ -199,7 +199,7 @@ def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
         for latent, entry in zip(mixed, entries, strict=True)
     ]
 
-    def announce(rows: list[int]) -> None:
+    def list_finished(rows: list[int]) -> None:
         append_partial_result(ctx.redis, job.id, [entries[i] for i in rows], ctx.settings)
 
     def publish_batch(rows: list[int], images: list[Image.Image]) -> None:
@@ -207,14 +207,14 @@ def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
             ctx.storage.put(image_key(entries[index]["id"]), encode_png(image), "image/png")
 
         in_parallel(upload, rows, images)
-        announce(rows)
+        list_finished(rows)
 
     progress = _progress_reporter(ctx, job)
     with BatchPublisher() as publisher:
         batches = _rows_to_render(
             rendered,
             ctx.model.max_batch_size,
-            on_rendered=lambda rows: publisher.submit(functools.partial(announce, rows)),
+            on_rendered=lambda rows: publisher.submit(functools.partial(list_finished, rows)),
         )
         generated = 0
         for rows, planned in batches:

@@ -88,10 +88,9 @@ def create_latents(
     image_data = [_read_image(upload, settings.max_image_pixels) for upload in images]
     latent_arrays = [_read_latent(upload) for upload in latents]
     inversion = {"steps": inversion_steps, "guidance_scale": guidance_scale, "size": size}
-    inversions = [inversion | {"prompt": p} for p in prompts]
     latent_ids = [
-        image_latent_id(data, model, inversion)
-        for data, inversion in zip(image_data, inversions, strict=True)
+        image_latent_id(data, model, inversion | {"prompt": image_prompt})
+        for data, image_prompt in zip(image_data, prompts, strict=True)
     ]
     # A new image's lookup misses Redis and asks storage: those round trips side by side.
     stored = in_parallel(lambda latent_id: catalog.record(latent_id) is not None, latent_ids)
