@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     max_batch_size: int | None = None  # None: a per-device default
     vae_batch_size: int | None = None  # images per VAE call; None: a per-device default
     compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
+    # Decoded latents a worker keeps in memory (those it inverted, mixed or read), MiB; 0: none.
+    worker_latent_memory_mb: int = Field(default=256, ge=0)
 
     # Jobs.
     job_timeout_s: int = 3600

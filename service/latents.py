@@ -7,10 +7,13 @@ float32, with the latent's record as JSON in the file's metadata), `images/{id}.
 completely or not at all, and one write publishes it.
 """
 
+import contextlib
 import hashlib
 import json
 import re
 import struct
+import threading
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -153,11 +156,19 @@ class LatentRecord(BaseModel):
 
 
 class LatentCatalog:
-    """Ready latents live in storage; latents being computed are claimed in Redis."""
+    """Ready latents live in storage; latents being computed are claimed in Redis.
 
-    def __init__(self, storage: Storage, redis: Redis):
+    `memory`, if given, keeps decoded latents this process published or loaded (a worker
+    mixes what it just inverted, a morph mixes the same latents job after job). Ids are
+    content addresses and a stored latent never changes, so a kept copy never goes stale."""
+
+    def __init__(
+        self, storage: Storage, redis: Redis, memory: MutableMapping[str, np.ndarray] | None = None
+    ):
         self.storage = storage
         self.redis = redis
+        self._memory = memory
+        self._memory_lock = threading.Lock()  # loads run on several storage I/O threads
 
     def record(self, latent_id: str) -> LatentRecord | None:
         """The stored record, or None. Read through a copy in Redis: a cached latent's
@@ -178,7 +189,24 @@ class LatentCatalog:
         return record
 
     def load(self, latent_id: str) -> np.ndarray:
-        return decode_latent(self.storage.get(latent_key(latent_id)))
+        kept = self._recall(latent_id)
+        if kept is not None:
+            return kept.copy()  # callers may write to theirs
+        array = decode_latent(self.storage.get(latent_key(latent_id)))
+        self._remember(latent_id, array)
+        return array
+
+    def _recall(self, latent_id: str) -> np.ndarray | None:
+        if self._memory is None:
+            return None
+        with self._memory_lock:
+            return self._memory.get(latent_id)
+
+    def _remember(self, latent_id: str, array: np.ndarray) -> None:
+        if self._memory is None:
+            return
+        with self._memory_lock, contextlib.suppress(ValueError):  # larger than all of memory
+            self._memory[latent_id] = array.copy()
 
     def publish(self, record: LatentRecord, array: np.ndarray) -> bool:
         """Store the latent with its record, unless one is stored under its id already (ids
@@ -187,8 +215,9 @@ class LatentCatalog:
         if not self.storage.put(
             latent_key(record.id), data, "application/octet-stream", if_absent=True
         ):
-            return False
+            return False  # keep the stored one: it may differ in the last bits from `array`
         self._cache(record)
+        self._remember(record.id, array)
         return True
 
     def _cache(self, record: LatentRecord) -> None:

@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from cachetools import LRUCache
 from redis import Redis
 from rq import SimpleWorker
 from rq.executions import ExecutionRegistry
@@ -84,9 +85,17 @@ def start(settings: Settings) -> WorkerContext:
     )
     redis = Redis.from_url(settings.effective_redis_url)
     storage = OffloadedWrites(settings)
-    _context = WorkerContext(settings, model, storage, redis, LatentCatalog(storage, redis))
+    catalog = LatentCatalog(storage, redis, memory=_latent_memory(settings.worker_latent_memory_mb))
+    _context = WorkerContext(settings, model, storage, redis, catalog)
     log.info("model %s ready on %s (%s)", settings.model, model.device, model.dtype)
     return _context
+
+
+def _latent_memory(size_mb: int) -> LRUCache | None:
+    """Recently used latents, least recently used out first, bounded by their bytes."""
+    if not size_mb:
+        return None
+    return LRUCache(maxsize=size_mb * 2**20, getsizeof=lambda array: array.nbytes)
 
 
 def run(settings: Settings, *, burst: bool = False) -> None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from cachetools import LRUCache
 from redis import Redis
 from safetensors import safe_open
 
@@ -83,3 +84,58 @@ def test_publishing_a_stored_id_again_keeps_the_first_latent(catalog):
     catalog.redis.flushall()
     assert catalog.record(first.id) == first
     np.testing.assert_array_equal(catalog.load(first.id), ARRAY)
+
+
+@pytest.fixture
+def remembering(catalog) -> LatentCatalog:
+    """A catalog over the same store and Redis that keeps up to three 4x2x2 float32 latents
+    in memory, as a worker's does; `catalog` plays another process."""
+    memory = LRUCache(maxsize=3 * ARRAY.nbytes, getsizeof=lambda array: array.nbytes)
+    return LatentCatalog(catalog.storage, catalog.redis, memory=memory)
+
+
+def test_a_latent_this_process_published_loads_without_reading_storage(remembering):
+    record = published(remembering)
+    np.testing.assert_array_equal(remembering.load(record.id), ARRAY)
+    assert remembering.storage.reads == []
+
+
+def test_a_latent_another_process_published_is_read_from_storage_once(remembering, catalog):
+    record = published(catalog)
+    for _ in range(3):
+        np.testing.assert_array_equal(remembering.load(record.id), ARRAY)
+    assert remembering.storage.reads == [(latent_key(record.id), None)]
+
+
+def test_a_kept_latent_cannot_be_changed_through_what_load_returns(remembering):
+    record = published(remembering)
+    remembering.load(record.id)[:] = 0
+    np.testing.assert_array_equal(remembering.load(record.id), ARRAY)
+
+
+def test_a_latent_stored_before_is_kept_as_stored_not_as_published_again(remembering, catalog):
+    first = published(catalog)
+    other = ARRAY + 1e-6  # the same computation on another device: the last bits differ
+    record = LatentRecord.describe(first.id, other, model="tiny", source="upload")
+    assert remembering.publish(record, other) is False
+    np.testing.assert_array_equal(remembering.load(first.id), ARRAY)
+
+
+def test_the_least_recently_used_latents_leave_memory_first(remembering):
+    ids = [f"{i:032x}" for i in range(4)]
+    for latent_id in ids[:3]:
+        published(remembering, latent_id=latent_id)
+    remembering.load(ids[0])  # now the most recently used
+    published(remembering, latent_id=ids[3])  # memory holds three: ids[1] leaves
+    for latent_id in (ids[0], ids[2], ids[3], ids[1]):
+        np.testing.assert_array_equal(remembering.load(latent_id), ARRAY)
+    assert remembering.storage.reads == [(latent_key(ids[1]), None)]
+
+
+def test_a_latent_larger_than_the_memory_is_loaded_but_not_kept(remembering):
+    large = np.ones((4, 8, 8), np.float32)  # 16 times ARRAY, memory holds 3
+    record = LatentRecord.describe("d" * 32, large, model="tiny", source="upload")
+    assert remembering.publish(record, large) is True
+    for _ in range(2):
+        np.testing.assert_array_equal(remembering.load(record.id), large)
+    assert remembering.storage.reads == [(latent_key(record.id), None)] * 2
