@@ -129,14 +129,15 @@ def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     ctx, job = context(), get_current_job()
     items = request["items"]
     settings = InversionSettings(**request["settings"])
-    images = in_parallel(lambda item: _open_image(ctx.storage.get(item["upload_key"])), items)
+    # Fetched side by side; a batch waits only for its own images.
+    images = [STORAGE_IO.submit(_fetch_image, ctx, item["upload_key"]) for item in items]
     progress = _progress_reporter(ctx, job)
     batches = _in_batches(len(items), ctx.model.max_batch_size)
     with BatchPublisher() as publisher:
         for number, rows in enumerate(batches):
             result = invert(
                 ctx.model,
-                [images[i] for i in rows],
+                [images[i].result() for i in rows],
                 [items[i]["prompt"] for i in rows],
                 settings,
                 progress=_batch_progress(progress, number, len(batches)),
@@ -334,7 +335,7 @@ def _common(values):
     return distinct.pop() if len(distinct) == 1 else None
 
 
-def _open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
+def _fetch_image(ctx: WorkerContext, key: str) -> Image.Image:
+    image = Image.open(io.BytesIO(ctx.storage.get(key)))
     image.load()
     return image
