@@ -23,7 +23,7 @@ from worker.engine.diffusion import (
     prepare_images,
     sample,
 )
-from worker.engine.models import PromptCache
+from worker.engine.models import PromptCache, load_model
 
 PROMPT = "a photo of a cat"
 
@@ -441,3 +441,28 @@ def test_generate_rejects_a_prompt_count_that_does_not_match(tiny_model):
 def test_generate_rejects_bad_step_counts(tiny_model, steps):
     with pytest.raises(ValueError, match=str(steps)):
         generate(tiny_model, torch.zeros(1, 4, 8, 8), PROMPT, steps=steps)
+
+
+# Half-precision weights, as on CUDA, run on the CPU too: the relative error of the inverted
+# latents and the mean absolute pixel error of the images against float32 weights.
+LOW_PRECISION_ERRORS = {"float16": (0.02, 2.0), "bfloat16": (0.1, 8.0)}
+
+
+@pytest.mark.parametrize("dtype", sorted(LOW_PRECISION_ERRORS))
+def test_half_precision_weights_keep_the_latent_math_in_float32(
+    tiny_model, tiny_model_dir, images, dtype
+):
+    half = load_model("tiny", device="cpu", dtype=dtype, cache_dir=tiny_model_dir.parent)
+    assert half.pipe.unet.dtype == half.pipe.vae.dtype == getattr(torch, dtype)
+    settings = InversionSettings(steps=10, guidance_scale=3.0, size=64)
+    exact = invert(tiny_model, images, PROMPT, settings).latents
+    approximate = invert(half, images, PROMPT, settings).latents
+    assert approximate.dtype == torch.float32
+    latent_error, pixel_error = LOW_PRECISION_ERRORS[dtype]
+    assert ((approximate - exact).norm() / exact.norm()).item() < latent_error
+
+    def pixels(model) -> np.ndarray:
+        rendered = generate(model, exact, PROMPT, steps=10, guidance_scale=3.0)
+        return np.stack([np.asarray(image, np.float32) for image in rendered])
+
+    assert np.abs(pixels(half) - pixels(tiny_model)).mean() < pixel_error
