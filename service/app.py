@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = Metrics(app.state.redis)
         app.state.job_events = JobEvents(settings.effective_redis_url)
         background = [
-            asyncio.create_task(run_reaper(app.state.redis, settings.reaper_interval_s)),
+            asyncio.create_task(run_reaper(app.state.redis, settings)),
             asyncio.create_task(app.state.job_events.run()),
         ]
         yield

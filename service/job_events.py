@@ -4,8 +4,8 @@ Whoever changes a job in a way a long poll waits for (new images in its partial 
 its end, a cancel) announces it on the job's Redis channel. Each API process holds one
 pattern subscription (`JobEvents.run`) and wakes the `GET /jobs/{id}?wait=` requests
 watching that job. Pub/sub is fire-and-forget: a long poll still looks at its job every
-FALLBACK_POLL_S, so a missed notification (Redis reconnecting, a job failed by the reaper)
-costs latency, never an answer.
+FALLBACK_POLL_S, so a missed notification (while Redis reconnects, say) costs latency,
+never an answer.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.job_events import announce
+from service.job_metrics import record_job_end
+from service.webhooks import enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
 INVERT_TASK = "worker.tasks.invert_images"
@@ -109,6 +111,34 @@ def fetch_job(redis: Redis, job_id: str) -> Job | None:
         return Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:
         return None
+
+
+def report_job_end(
+    redis: Redis,
+    settings: Settings,
+    job: Job,
+    status: "JobStatus",
+    *,
+    error: str | None,
+    result: dict[str, Any] | None,
+    duration_s: float,
+) -> None:
+    """Count the job's end in the metrics and queue its webhook, if it has one. The worker
+    calls this when a job ends; the reaper for a job whose worker died before it could."""
+    job_type = JOB_TYPES.get(job.func_name, job.func_name)
+    waited = job.started_at - job.enqueued_at if job.started_at and job.enqueued_at else None
+    waited_s = waited.total_seconds() if waited else 0.0
+    record_job_end(redis, job_type, status.value, duration_s, waited_s)
+    if url := job.meta.get("webhook"):
+        payload = {
+            "id": job.id,
+            "type": job_type,
+            "model": model_of_queue(job.origin),
+            "status": status,
+            "error": error,
+            "result": result,
+        }
+        enqueue_delivery(redis, settings, url, payload)
 
 
 def cancel_requested(redis: Redis, job_id: str) -> bool:

@@ -17,12 +17,12 @@ from rq import get_current_job
 from rq.job import Job
 
 from service.images import encode_png
-from service.job_metrics import record_job_end
 from service.jobs import (
     JobStatus,
     append_partial_result,
     cancel_requested,
     fetch_job,
+    report_job_end,
     view_job,
 )
 from service.latents import (
@@ -32,7 +32,6 @@ from service.latents import (
     mixed_latent_id,
 )
 from service.storage import STORAGE_IO, in_parallel
-from service.webhooks import enqueue_delivery
 from worker.engine.diffusion import InversionResult, InversionSettings, generate, invert
 from worker.engine.mixing import mix
 from worker.runtime import WorkerContext, context
@@ -82,48 +81,32 @@ def _batch_progress(progress: Callable[[int, int], None], number: int, planned: 
     return lambda done, steps: progress(number * steps + done, planned * steps)
 
 
-def _observed(job_type: str):
+def _observed(task):
     """Count the job's end in the metrics and send its webhook, whatever the outcome."""
 
-    def decorate(task):
-        @functools.wraps(task)
-        def run(request: dict[str, Any]) -> dict[str, Any]:
-            ctx, job = context(), get_current_job()
-            started = time.monotonic()
-            outcome: dict[str, Any] = {"status": JobStatus.failed, "error": None, "result": None}
-            try:
-                outcome["result"] = task(request)
-                outcome["status"] = JobStatus.succeeded
-                return outcome["result"]
-            except JobCanceled:
-                outcome.update(status=JobStatus.canceled, error="canceled")
-                raise
-            except Exception as exc:
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
-                raise
-            finally:
-                _job_ended(ctx, job, job_type, time.monotonic() - started, **outcome)
+    @functools.wraps(task)
+    def run(request: dict[str, Any]) -> dict[str, Any]:
+        ctx, job = context(), get_current_job()
+        started = time.monotonic()
+        outcome: dict[str, Any] = {"status": JobStatus.failed, "error": None, "result": None}
+        try:
+            outcome["result"] = task(request)
+            outcome["status"] = JobStatus.succeeded
+            return outcome["result"]
+        except JobCanceled:
+            outcome.update(status=JobStatus.canceled, error="canceled")
+            raise
+        except Exception as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            duration_s = time.monotonic() - started
+            report_job_end(ctx.redis, ctx.settings, job, duration_s=duration_s, **outcome)
 
-        return run
-
-    return decorate
+    return run
 
 
-def _job_ended(ctx: WorkerContext, job: Job, job_type: str, duration_s: float, **outcome):
-    waited = job.started_at - job.enqueued_at if job.started_at and job.enqueued_at else None
-    record_job_end(
-        ctx.redis,
-        job_type,
-        outcome["status"].value,
-        duration_s,
-        waited.total_seconds() if waited else 0.0,
-    )
-    if url := job.meta.get("webhook"):
-        payload = {"id": job.id, "type": job_type, "model": ctx.settings.model} | outcome
-        enqueue_delivery(ctx.redis, ctx.settings, url, payload)
-
-
-@_observed("invert")
+@_observed
 def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     """Invert uploaded images into noise latents and publish them, batch by batch."""
     ctx, job = context(), get_current_job()
@@ -166,7 +149,7 @@ def _publish_inverted(ctx: WorkerContext, items: list[dict], result: InversionRe
     in_parallel(publish, items, result.latents)
 
 
-@_observed("mix")
+@_observed
 def mix_latents(request: dict[str, Any]) -> dict[str, Any]:
     """Mix input latents with each weight row, publish the mixes, generate their images.
 

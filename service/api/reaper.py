@@ -10,8 +10,10 @@ enqueues retries that have come due (webhook deliveries backing off), since the 
 run no RQ scheduler (it would fork them after torch is loaded).
 
 So a killed worker's job is `failed` at most heartbeat TTL + reaper interval (+ one
-Redis round trip) after the kill: 40 s with the defaults. With several API processes, a
-Redis lock lets one of them do each round.
+Redis round trip) after the kill: 40 s with the defaults. The reaper then does what the
+dead worker could not: it counts the job's end in the metrics, queues its webhook and
+wakes the job's long polls. With several API processes, a Redis lock lets one of them do
+each round.
 """
 
 import asyncio
@@ -20,11 +22,16 @@ import logging
 from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 from rq import Queue, worker_registration
+from rq.job import Job
 from rq.registry import clean_registries
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from service.api.problems import REDIS_ERRORS
+from service.config import Settings
+from service.job_events import announce
+from service.jobs import JOB_TYPES, WORKER_DIED, JobStatus, report_job_end
 
 LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
 LOCK_KEY = "latentmix:reaper-lock"
@@ -32,18 +39,31 @@ LOCK_KEY = "latentmix:reaper-lock"
 log = logging.getLogger("latentmix.reaper")
 
 
-def reap(redis: Redis) -> int:
+def reap(redis: Redis, settings: Settings) -> int:
     """One maintenance round over every LatentMix queue; returns the queues cleaned."""
     queues = [
         queue
         for queue in Queue.all(connection=redis, serializer=JSONSerializer)
         if queue.name.startswith(LATENTMIX_QUEUES)
     ]
+    abandoned: list[Job] = []
     for queue in queues:
-        clean_registries(queue)
+        # RQ calls the handlers for each job of a dead worker, then fails (or retries) it.
+        clean_registries(queue, exception_handlers=[lambda job, *_: abandoned.append(job)])
         worker_registration.clean_worker_registry(queue)
+    for job in abandoned:
+        if job.func_name in JOB_TYPES and not job.retries_left:  # not webhook deliveries
+            _report_abandoned(redis, settings, job)
     _enqueue_due_retries(redis, [queue.name for queue in queues])
     return len(queues)
+
+
+def _report_abandoned(redis: Redis, settings: Settings, job: Job) -> None:
+    ran_s = (now() - (job.started_at or now())).total_seconds()  # until its death was seen
+    report_job_end(
+        redis, settings, job, JobStatus.failed, error=WORKER_DIED, result=None, duration_s=ran_s
+    )
+    announce(redis, job.id)
 
 
 def _enqueue_due_retries(redis: Redis, queue_names: list[str]) -> None:
@@ -54,13 +74,14 @@ def _enqueue_due_retries(redis: Redis, queue_names: list[str]) -> None:
     scheduler.enqueue_scheduled_jobs()
 
 
-async def run_reaper(redis: Redis, interval_s: float) -> None:
-    """Reap every `interval_s` seconds until cancelled; Redis outages are waited out."""
+async def run_reaper(redis: Redis, settings: Settings) -> None:
+    """Reap every `reaper_interval_s` until cancelled; Redis outages are waited out."""
+    interval_s = settings.reaper_interval_s
     lock_ttl_ms = max(1, int(interval_s * 1000) - 50)
     while True:
         try:
             if await run_in_threadpool(redis.set, LOCK_KEY, 1, nx=True, px=lock_ttl_ms):
-                await run_in_threadpool(reap, redis)
+                await run_in_threadpool(reap, redis, settings)
         except REDIS_ERRORS as exc:
             log.warning("reaper: Redis unavailable (%s); retrying", exc)
         except Exception:

@@ -1,6 +1,6 @@
 """Fixtures for the API's hardening tests: apps with their own settings on a Redis database
 of their own (so a worker some other module left running never takes their jobs), served
-in-process or by a real uvicorn server on loopback."""
+in-process or by a real uvicorn server on loopback; and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,31 @@ def live_server(settings: Settings) -> Iterator[str]:
 @pytest.fixture
 def make_live_server(make_settings) -> Callable[..., AbstractContextManager[str]]:
     return lambda **overrides: live_server(make_settings(**overrides))
+
+
+class WebhookReceiver(BaseHTTPRequestHandler):
+    """Records each delivery; answers 500 to the first `fail_first` of them."""
+
+    deliveries: list[dict]
+    fail_first = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.deliveries.append({"headers": dict(self.headers), "body": body})
+        failing = len(self.deliveries) <= self.fail_first
+        self.send_response(500 if failing else 200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, type[WebhookReceiver]]]:
+    """A webhook receiver on loopback: its URL, and its handler class with the deliveries."""
+    handler = type("Receiver", (WebhookReceiver,), {"deliveries": [], "fail_first": 0})
+    server = HTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", handler
+    server.shutdown()

@@ -3,15 +3,13 @@ sampling with provenance, streamed results, the contact sheet, /metrics, webhook
 
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import numpy as np
 import pytest
-from helpers import WEBHOOK_SECRET, free_port, png_bytes, wait_for
+from helpers import WEBHOOK_SECRET, png_bytes, wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -153,35 +151,9 @@ def test_metrics_count_what_happened(api):
     assert after[("latentmix_queue_depth", (("queue", "latentmix:tiny"),))] == 0
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    """Records each delivery; answers 500 to the first `fail_first` of them."""
-
-    deliveries: list[dict]
-    fail_first = 0
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.deliveries.append({"headers": dict(self.headers), "body": body})
-        failing = len(self.deliveries) <= self.fail_first
-        self.send_response(500 if failing else 200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
-    handler = type("Receiver", (_Receiver,), {"deliveries": [], "fail_first": 1})
-    server = HTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", handler
-    server.shutdown()
-
-
 def test_a_webhook_receives_a_signed_call_retried_after_a_failure(api, class_latents, receiver):
     url, handler = receiver
+    handler.fail_first = 1
     body = {"latents": class_latents[:2], "steps": 4, "webhook": url}
     job_id = api.post("/mix", json=body).json()["id"]
     wait_for(api, job_id)

@@ -31,6 +31,7 @@ import pytest
 from botocore.exceptions import ClientError
 from helpers import (
     S3_TEST_CREDENTIALS,
+    WEBHOOK_SECRET,
     assert_problem,
     free_port,
     latent_file,
@@ -40,10 +41,13 @@ from helpers import (
     wait_for,
     wait_for_http,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
+from redis.client import PubSub
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from service.job_events import CHANNEL_PREFIX
 from service.latents import uploaded_latent_id
 from service.storage import S3Storage
 
@@ -84,6 +88,7 @@ class Stack:
                 "LATENTMIX_WORKER_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
                 "LATENTMIX_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
                 "LATENTMIX_PRESIGN_EXPIRY_S": str(PRESIGN_EXPIRY_S),
+                "LATENTMIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
             }
         )
 
@@ -219,15 +224,37 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
-def invert(client: httpx.Client, seed: int, steps: int = 4) -> tuple[list[str], dict]:
+def invert(
+    client: httpx.Client, seed: int, steps: int = 4, webhook: str | None = None
+) -> tuple[list[str], dict]:
+    form = {"inversion_steps": str(steps), "guidance_scale": "1"}
     response = client.post(
         "/latents",
         files=[("images", (f"image{seed}.png", png_bytes(seed), "image/png"))],
-        data={"inversion_steps": str(steps), "guidance_scale": "1"},
+        data=form | ({"webhook": webhook} if webhook else {}),
     )
     assert response.status_code == 202, response.text
     body = response.json()
     return [entry["id"] for entry in body["latents"]], body["job"]
+
+
+def announced(events: PubSub, timeout: float) -> bool:
+    """Whether a message (not a subscription confirmation) comes within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = events.get_message(timeout=left)
+        if message is not None and message["type"] == "message":
+            return True
+    return False
+
+
+def jobs_finished(client: httpx.Client, job_type: str, status: str) -> float:
+    """The `latentmix_jobs_finished` count of `/metrics` for this type and status."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.labels == {"type": job_type, "status": status}:
+                return sample.value
+    return 0.0
 
 
 def wait_until_running(client: httpx.Client, job_id: str, timeout: float = 60) -> None:
@@ -272,11 +299,15 @@ def test_jobs_and_results_cross_redis_as_json_never_pickles(stack, api):
 # --- a worker killed mid-job ----------------------------------------------------------------
 
 
-def test_a_killed_workers_job_fails_within_the_bound_and_queued_jobs_wait(stack, api):
-    latent_ids, running = invert(api, seed=11, steps=500)
+def test_a_killed_workers_job_fails_within_the_bound_and_queued_jobs_wait(stack, api, receiver):
+    hook_url, hook = receiver
+    latent_ids, running = invert(api, seed=11, steps=500, webhook=hook_url)
     _, queued = invert(api, seed=12)
     mix = api.post("/mix", json={"latents": latent_ids, "steps": 2}).json()
     wait_until_running(api, running["id"])
+    failed_before = jobs_finished(api, "invert", "failed")
+    events = stack.redis().pubsub()
+    events.subscribe(CHANNEL_PREFIX + running["id"])
 
     stack.kill_worker()
     killed_at = time.monotonic()
@@ -288,6 +319,9 @@ def test_a_killed_workers_job_fails_within_the_bound_and_queued_jobs_wait(stack,
     assert job["status"] == "failed", job
     assert "worker died" in job["error"]
     assert reaped_after < DEATH_BOUND_S
+    # The reaper does what the dead worker could not: wake the long polls, count the end.
+    assert announced(events, timeout=5), "no announcement of the job's end"
+    assert jobs_finished(api, "invert", "failed") == failed_before + 1
     assert api.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
     assert api.get(f"/latents/{latent_ids[0]}").json()["status"] == "failed"
     while api.get("/readyz").json()["workers"] > 0:
@@ -298,6 +332,14 @@ def test_a_killed_workers_job_fails_within_the_bound_and_queued_jobs_wait(stack,
     assert wait_for(api, queued["id"])["status"] == "succeeded"
     mixed = wait_for(api, mix["id"])
     assert mixed["status"] == "failed" and latent_ids[0] in mixed["error"], mixed
+    # ... and its webhook goes out (delivered by the next worker).
+    deadline = time.monotonic() + 30
+    while not hook.deliveries:
+        assert time.monotonic() < deadline, "no webhook for the dead worker's job"
+        time.sleep(0.1)
+    payload = json.loads(hook.deliveries[0]["body"])
+    assert payload["id"] == running["id"] and payload["type"] == "invert", payload
+    assert payload["status"] == "failed" and "worker died" in payload["error"], payload
     again = api.post(
         "/latents",
         files=[("images", ("image11.png", png_bytes(11), "image/png"))],
