@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from service.config import Settings
 from service.job_events import announce
 from service.job_metrics import record_job_end
-from service.webhooks import enqueue_delivery
+from service.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
 INVERT_TASK = "worker.tasks.invert_images"
@@ -29,6 +29,29 @@ MIX_TASK = "worker.tasks.mix_latents"
 JOB_TYPES = {INVERT_TASK: "invert", MIX_TASK: "mix"}
 CANCEL_KEY = "latentmix:cancel:{job_id}"
 PARTIAL_KEY = "latentmix:partial:{job_id}"
+
+
+# The functions a job may name. RQ imports and calls whatever function, and whatever
+# callbacks, a job stored in Redis names; workers and the reaper load jobs as LatentMixJob,
+# which runs only these and no callbacks, so write access to Redis is not code execution.
+TASKS = frozenset({INVERT_TASK, MIX_TASK, DELIVER_TASK})
+
+
+class UnknownTask(RuntimeError):
+    """A job names a function that is not a LatentMix task."""
+
+
+class LatentMixJob(Job):
+    """An RQ job that can run only a LatentMix task (`TASKS`), with no callbacks."""
+
+    @property
+    def func(self):
+        if self.func_name not in TASKS or self.instance is not None:
+            raise UnknownTask(f"{self.func_name!r} is not a LatentMix task; the job is refused")
+        return super().func
+
+    # The service sets no callbacks; a callback named in Redis is never imported.
+    success_callback = failure_callback = stopped_callback = property(lambda self: None)
 
 
 class JobStatus(StrEnum):

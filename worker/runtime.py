@@ -2,7 +2,8 @@
 
 SimpleWorker runs jobs in this process: the pipeline stays warm across jobs and nothing
 forks after torch (or CUDA) is up. RQ handles SIGTERM as a warm shutdown: the current
-job finishes, then the worker exits.
+job finishes, then the worker exits. Jobs are loaded as `LatentMixJob`: a job that names
+any other function than the service's tasks fails without anything being imported.
 
 Faults:
 
@@ -39,7 +40,7 @@ from rq.worker import DequeueStrategy
 
 from service.config import Settings
 from service.job_events import announce
-from service.jobs import get_queue
+from service.jobs import LatentMixJob, get_queue
 from service.latents import LatentCatalog
 from service.webhooks import webhook_queue
 from worker.engine.models import LoadedModel, load_model
@@ -107,6 +108,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     worker = LatentMixWorker(
         queues,
         connection=ctx.redis,
+        job_class=LatentMixJob,
         serializer=JSONSerializer,
         heartbeat_ttl_s=settings.worker_heartbeat_ttl_s,
         device=ctx.model.device,

@@ -31,7 +31,7 @@ from rq.utils import now
 from service.api.problems import REDIS_ERRORS
 from service.config import Settings
 from service.job_events import announce
-from service.jobs import JOB_TYPES, WORKER_DIED, JobStatus, report_job_end
+from service.jobs import JOB_TYPES, WORKER_DIED, JobStatus, LatentMixJob, report_job_end
 
 LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
 LOCK_KEY = "latentmix:reaper-lock"
@@ -43,7 +43,7 @@ def reap(redis: Redis, settings: Settings) -> int:
     """One maintenance round over every LatentMix queue; returns the queues cleaned."""
     queues = [
         queue
-        for queue in Queue.all(connection=redis, serializer=JSONSerializer)
+        for queue in Queue.all(connection=redis, job_class=LatentMixJob, serializer=JSONSerializer)
         if queue.name.startswith(LATENTMIX_QUEUES)
     ]
     abandoned: list[Job] = []

@@ -48,6 +48,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from service.job_events import CHANNEL_PREFIX
+from service.jobs import INVERT_TASK
 from service.latents import uploaded_latent_id
 from service.storage import S3Storage
 
@@ -267,16 +268,36 @@ def wait_until_running(client: httpx.Client, job_id: str, timeout: float = 60) -
 # --- a job that raises ---------------------------------------------------------------------
 
 
-def test_a_torch_error_fails_its_job_and_the_worker_takes_the_next_one(stack, api):
+def test_an_error_inside_a_task_fails_its_job_and_the_worker_takes_the_next_one(stack, api):
     worker_pid = stack.worker.pid
     queue = Queue("latentmix:tiny", connection=stack.redis(), serializer=JSONSerializer)
-    broken = queue.enqueue("torch.ones", -1, job_id=uuid.uuid4().hex)
+    item = {"upload_key": "uploads/vanished", "latent_id": "0" * 32, "prompt": ""}
+    request = {"items": [item], "settings": {"steps": 2, "guidance_scale": 1.0, "size": 64}}
+    broken = queue.enqueue(INVERT_TASK, request, job_id=uuid.uuid4().hex)
 
     failed = wait_for(api, broken.id)
 
     assert failed["status"] == "failed"
-    assert "RuntimeError" in failed["error"] and "negative dimension" in failed["error"]
-    _, job = invert(api, seed=1)
+    assert "NotFound" in failed["error"] and "uploads/vanished" in failed["error"], failed
+    assert_the_worker_goes_on(stack, api, worker_pid, seed=1)
+
+
+def test_a_job_naming_another_function_is_refused_and_the_worker_goes_on(stack, api, tmp_path):
+    worker_pid = stack.worker.pid
+    queue = Queue("latentmix:tiny", connection=stack.redis(), serializer=JSONSerializer)
+    target = tmp_path / "made-by-a-job"
+    foreign = queue.enqueue("os.mkdir", str(target), job_id=uuid.uuid4().hex)
+
+    failed = wait_for(api, foreign.id)
+
+    assert failed["status"] == "failed"
+    assert "'os.mkdir' is not a LatentMix task" in failed["error"], failed
+    assert not target.exists()
+    assert_the_worker_goes_on(stack, api, worker_pid, seed=3)
+
+
+def assert_the_worker_goes_on(stack: Stack, api: httpx.Client, worker_pid: int, seed: int):
+    _, job = invert(api, seed=seed)  # a new image: a job of its own
     assert wait_for(api, job["id"])["status"] == "succeeded"
     assert stack.worker.poll() is None and stack.worker.pid == worker_pid
 

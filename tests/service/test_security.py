@@ -1,14 +1,22 @@
-"""API keys, CORS and Idempotency-Key, against the app in-process on a real Redis."""
+"""API keys, CORS and Idempotency-Key, against the app in-process on a real Redis; jobs in
+Redis that name functions other than LatentMix tasks."""
 
 import hmac
 import json
+import os
 import uuid
 
 import pytest
 from helpers import assert_problem, png_bytes, upload_random_latents
+from redis import Redis
+from rq import Callback, Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from service.api import security
 from service.api.idempotency import PENDING_TTL_S, RECORD_KEY
+from service.jobs import INVERT_TASK, MIX_TASK, TASKS, LatentMixJob, UnknownTask
+from service.webhooks import DELIVER_TASK, deliver
 
 KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
 
@@ -273,3 +281,44 @@ def test_the_schema_documents_the_header_on_posts(make_client):
     for path in ("/mix", "/latents", "/jobs/{job_id}/cancel"):
         names = [p["name"] for p in schema["paths"][path]["post"].get("parameters", [])]
         assert "Idempotency-Key" in names, path
+
+
+# --- jobs in Redis name only LatentMix tasks ------------------------------------------------
+
+
+@pytest.fixture
+def stray_queue(redis_url) -> Queue:
+    """A queue no worker serves: jobs put there are only looked at by the test."""
+    redis = Redis.from_url(redis_url)
+    return Queue("latentmix-test-unserved", connection=redis, serializer=JSONSerializer)
+
+
+def loaded(job: Job, job_class: type[Job] = LatentMixJob) -> Job:
+    """The job as a worker (or the reaper) reads it back from Redis."""
+    return job_class.fetch(job.id, connection=job.connection, serializer=JSONSerializer)
+
+
+def test_a_job_naming_another_function_is_refused_before_it_is_imported(stray_queue):
+    job = stray_queue.enqueue("os.mkdir", "/tmp/never")
+    with pytest.raises(UnknownTask, match=r"'os\.mkdir' is not a LatentMix task"):
+        loaded(job).func  # noqa: B018 (the property imports the function)
+
+
+def test_the_latentmix_tasks_resolve(stray_queue):
+    job = stray_queue.enqueue(DELIVER_TASK, "http://127.0.0.1:9/hook", {})
+    assert loaded(job).func is deliver
+    assert {INVERT_TASK, MIX_TASK, DELIVER_TASK} == TASKS
+
+
+def test_callbacks_named_in_redis_are_never_imported(stray_queue):
+    job = stray_queue.enqueue(
+        DELIVER_TASK,
+        "http://127.0.0.1:9/hook",
+        {},
+        on_success=Callback("os.mkdir"),
+        on_failure=Callback("os.rmdir"),
+        on_stopped=Callback("os.remove"),
+    )
+    assert loaded(job, Job).failure_callback is os.rmdir  # what RQ itself would run
+    job = loaded(job)
+    assert job.success_callback is job.failure_callback is job.stopped_callback is None
