@@ -3,6 +3,7 @@
 Every variable is documented in README.md, section "Configuration".
 """
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     max_wait_s: float = 60.0  # cap for GET /jobs/{id}?wait=S
     max_mixes_per_request: int = 1000
     webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
+    # Networks webhooks may not reach (checked on every address a URL's host resolves to):
+    # by default link-local, which holds the cloud metadata endpoints. "" allows all.
+    webhook_blocked_networks: CommaList = Field(
+        default_factory=lambda: ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"]
+    )
 
     # Request limits (service/api/limits.py): bytes per uploaded file and per request body,
     # enforced while the body streams in; file parts per request; pixels per image.
@@ -76,7 +82,7 @@ class Settings(BaseSettings):
     worker_heartbeat_ttl_s: int = Field(default=30, ge=3)
     reaper_interval_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "webhook_blocked_networks", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -95,6 +101,16 @@ class Settings(BaseSettings):
                 f"key(s) at position {short} are shorter"
             )
         return keys
+
+    @field_validator("webhook_blocked_networks")
+    @classmethod
+    def _networks_parse(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not a network in CIDR notation: {network!r} ({exc})") from None
+        return networks
 
     @property
     def effective_redis_url(self) -> str:

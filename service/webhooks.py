@@ -6,12 +6,19 @@ GPU jobs), so a receiver that is down only delays it: RQ retries it after 1, 2, 
 Signature: `X-LatentMix-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`
 with `X-LatentMix-Timestamp: <unix seconds>`; receivers check it with `verify_signature`
 and reject old timestamps to stop replays.
+
+Destinations: a webhook URL is the client's, so a delivery never reaches an address in
+`LATENTMIX_WEBHOOK_BLOCKED_NETWORKS` (the cloud metadata endpoints by default): the host is
+resolved and every address checked right before connecting, and redirects are not followed.
 """
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -53,11 +60,47 @@ def enqueue_delivery(redis: Redis, settings: Settings, url: str, payload: dict[s
     )
 
 
+class WebhookRefused(RuntimeError):
+    """A webhook URL whose host lies in a blocked network."""
+
+
+def blocked_address(host: str, networks: list[str]) -> str | None:
+    """The first address `host` resolves to (an IP literal is its own) that lies in one of
+    `networks`, or None."""
+    blocked = [ipaddress.ip_network(network, strict=False) for network in networks]
+    if not blocked:
+        return None
+    for *_, sockaddr in socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP):
+        address = ipaddress.ip_address(sockaddr[0].split("%")[0])  # no IPv6 zone
+        candidates = [address, getattr(address, "ipv4_mapped", None)]
+        if any(a is not None and a in network for a in candidates for network in blocked):
+            return str(address)
+    return None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect could lead anywhere, blocked networks included: it fails the delivery."""
+
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def deliver(url: str, payload: dict[str, Any]) -> int:
-    """POST the signed payload; any non-2xx or network error raises, so RQ retries."""
-    secret = get_settings().webhook_secret
-    if secret is None:
+    """POST the signed payload; any non-2xx (a redirect too) or network error raises, so
+    RQ retries."""
+    settings = get_settings()
+    if settings.webhook_secret is None:
         raise RuntimeError("LATENTMIX_WEBHOOK_SECRET is not set on this worker")
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if address := blocked_address(host, settings.webhook_blocked_networks):
+        raise WebhookRefused(
+            f"webhook host {host} resolves to {address}, which is in a blocked network "
+            "(LATENTMIX_WEBHOOK_BLOCKED_NETWORKS)"
+        )
+    secret = settings.webhook_secret
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     timestamp = int(time.time())
     request = urllib.request.Request(  # noqa: S310 (http/https checked at job creation)
@@ -72,5 +115,5 @@ def deliver(url: str, payload: dict[str, Any]) -> int:
             "X-LatentMix-Signature": sign(secret.get_secret_value(), timestamp, body),
         },
     )
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+    with _OPENER.open(request, timeout=TIMEOUT_S) as response:
         return response.status
