@@ -10,6 +10,11 @@ Per (API key, Idempotency-Key) one Redis record, claimed with SET NX:
 - the same key with a different request (method, path, query or body): 422;
 - the same key while the first is still running: 409 with Retry-After.
 
+A crash between queueing a job and storing the answer would let a retry queue a second
+job. So a route that queues one takes its job id from `stable_job_id(request)`, the same for
+every retry of the same request under the same key, and answers with the job it finds
+under that id instead of queueing another.
+
 The fingerprint hashes method, path, query, media type and body. Multipart bodies are
 hashed part by part (name, filename, type, bytes) so that a client re-encoding the same
 form with a new random boundary still matches; JSON bodies are hashed canonically.
@@ -22,7 +27,7 @@ import logging
 import re
 import uuid
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 from starlette.datastructures import Headers
@@ -39,6 +44,7 @@ RECORD_KEY = "latentmix:idempotency:{digest}"
 PENDING_TTL_S = 120  # a claim outlives a crashed API process by at most this long
 MAX_STORED_BODY = 1 << 20
 REPLAYED_HEADER = "Idempotent-Replayed"
+_STATE = "latentmix.idempotency"  # the request's (key digest, fingerprint), for routes
 
 log = logging.getLogger("latentmix.api")
 
@@ -104,6 +110,15 @@ def _canonical_json(body: bytes) -> bytes | None:
         return None
 
 
+def stable_job_id(request: Request) -> str | None:
+    """A job id shared by every retry of this request under its Idempotency-Key (None
+    without a key). Call it after the body is read (FastAPI reads it before the route)."""
+    digest, fingerprint = request.scope.get("state", {}).get(_STATE, (None, None))
+    if digest is None or not fingerprint.complete:
+        return None
+    return hashlib.sha256(f"{digest}\n{fingerprint.hexdigest()}".encode()).hexdigest()[:32]
+
+
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp, ttl_s: int):
         self.app = app
@@ -130,6 +145,7 @@ class IdempotencyMiddleware:
             await unavailable("job queue", exc)(scope, receive, send)
             return
         fingerprint = _Fingerprint(scope)
+        scope.setdefault("state", {})[_STATE] = (digest, fingerprint)
         if claimed:
             await self._first(scope, receive, send, redis, record_key, claim, fingerprint)
         else:

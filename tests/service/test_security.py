@@ -184,6 +184,24 @@ def test_a_retried_post_returns_the_original_job(with_latents):
     assert len(client.app.state.redis.keys("rq:job:*")) == 1
 
 
+def test_a_retry_after_a_crash_that_lost_the_answer_finds_the_queued_job(with_latents):
+    client, ids = with_latents
+    headers = key()
+    first = client.post("/mix", json={"latents": ids}, headers=headers)
+    redis = client.app.state.redis
+    for record in redis.keys(RECORD_KEY.format(digest="*")):
+        redis.delete(record)  # as if the API died after queueing, before storing the answer
+
+    again = client.post("/mix", json={"latents": ids}, headers=headers)
+    other = client.post("/mix", json={"latents": ids[::-1]}, headers=headers)
+
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert other.status_code == 422  # the key now belongs to the request retried above
+    assert len(redis.keys("rq:job:*")) == 1
+    assert redis.lrange("rq:queue:latentmix:tiny", 0, -1) == [first.json()["id"].encode()]
+
+
 def test_without_a_key_every_post_is_a_new_job(with_latents):
     client, ids = with_latents
     first = client.post("/mix", json={"latents": ids}).json()

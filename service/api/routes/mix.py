@@ -5,6 +5,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
+from service.api.idempotency import stable_job_id
 from service.api.problems import PROBLEM_RESPONSES, problem
 from service.api.routes.jobs import public_job
 from service.api.webhooks import checked_webhook
@@ -42,6 +43,9 @@ def create_mix(
     rows = [[w / sum(row) for w in row] for row in rows]
     model, producers = _inputs(catalog, redis, body.latents)
     webhook = checked_webhook(body.webhook, settings)
+    job_id = stable_job_id(request) or uuid.uuid4().hex
+    if (earlier := fetch_job(redis, job_id)) is not None:  # queued by a try whose answer was lost
+        return public_job(view_job(redis, earlier), request)
     job = enqueue(
         redis,
         settings,
@@ -57,7 +61,7 @@ def create_mix(
             "producers": producers,
             "seed": body.sample.seed if body.sample else None,
         },
-        job_id=uuid.uuid4().hex,
+        job_id=job_id,
         depends_on=sorted(set(producers.values())) or None,
         webhook=webhook,
     )
