@@ -9,11 +9,13 @@ and reject old timestamps to stop replays.
 
 Destinations: a webhook URL is the client's, so a delivery never reaches an address in
 `LATENTMIX_WEBHOOK_BLOCKED_NETWORKS` (the cloud metadata endpoints by default): the host is
-resolved and every address checked right before connecting, and redirects are not followed.
+resolved once, every address checked, and the connection made to a checked address; no
+redirect is followed and no proxy used.
 """
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import socket
@@ -67,25 +69,72 @@ class WebhookRefused(RuntimeError):
 def blocked_address(host: str, networks: list[str]) -> str | None:
     """The first address `host` resolves to (an IP literal is its own) that lies in one of
     `networks`, or None."""
-    blocked = [ipaddress.ip_network(network, strict=False) for network in networks]
-    if not blocked:
-        return None
-    for *_, sockaddr in socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP):
-        address = ipaddress.ip_address(sockaddr[0].split("%")[0])  # no IPv6 zone
-        candidates = [address, getattr(address, "ipv4_mapped", None)]
-        if any(a is not None and a in network for a in candidates for network in blocked):
-            return str(address)
-    return None
+    return next((a for a in _resolve(host) if _in_any(a, networks)), None)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect could lead anywhere, blocked networks included: it fails the delivery."""
-
-    def redirect_request(self, *args, **kwargs) -> None:
-        return None
+def _resolve(host: str, port: int | None = None) -> list[str]:
+    infos = socket.getaddrinfo(host.strip("[]"), port, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(sockaddr[0] for *_, sockaddr in infos))
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+def _in_any(address: str, networks: list[str]) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])  # without an IPv6 zone
+    candidates = [ip, getattr(ip, "ipv4_mapped", None)]  # ::ffff:a.b.c.d is a.b.c.d
+    return any(
+        candidate is not None and candidate in ipaddress.ip_network(network, strict=False)
+        for candidate in candidates
+        for network in networks
+    )
+
+
+def _opener(networks: list[str]) -> urllib.request.OpenerDirector:
+    """urllib that connects only to addresses it has checked against `networks` (resolved
+    once, so a DNS answer that changes between check and connect cannot slip through),
+    follows no redirect (one could lead anywhere) and uses no proxy (it would resolve the
+    host itself)."""
+
+    def create_connection(address, timeout=None, source_address=None) -> socket.socket:
+        host, port = address
+        addresses = _resolve(host, port)
+        if blocked := next((a for a in addresses if _in_any(a, networks)), None):
+            raise WebhookRefused(
+                f"webhook host {host} resolves to {blocked}, which is in a blocked network "
+                "(LATENTMIX_WEBHOOK_BLOCKED_NETWORKS)"
+            )
+        error: OSError = OSError(f"{host} has no address")
+        for checked in addresses:
+            try:
+                return socket.create_connection((checked, port), timeout, source_address)
+            except OSError as exc:
+                error = exc
+        raise error
+
+    # http.client opens its sockets through the instance attribute `_create_connection`.
+    class Http(http.client.HTTPConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = create_connection
+
+    class Https(http.client.HTTPSConnection):  # certificate and SNI still name the host
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = create_connection
+
+    class HttpHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Http, req)
+
+    class HttpsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(Https, req, context=self._context)
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs) -> None:
+            return None  # urllib then raises HTTPError with the 3xx status
+
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), HttpHandler, HttpsHandler, NoRedirects
+    )
 
 
 def deliver(url: str, payload: dict[str, Any]) -> int:
@@ -94,12 +143,6 @@ def deliver(url: str, payload: dict[str, Any]) -> int:
     settings = get_settings()
     if settings.webhook_secret is None:
         raise RuntimeError("LATENTMIX_WEBHOOK_SECRET is not set on this worker")
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if address := blocked_address(host, settings.webhook_blocked_networks):
-        raise WebhookRefused(
-            f"webhook host {host} resolves to {address}, which is in a blocked network "
-            "(LATENTMIX_WEBHOOK_BLOCKED_NETWORKS)"
-        )
     secret = settings.webhook_secret
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     timestamp = int(time.time())
@@ -115,5 +158,5 @@ def deliver(url: str, payload: dict[str, Any]) -> int:
             "X-LatentMix-Signature": sign(secret.get_secret_value(), timestamp, body),
         },
     )
-    with _OPENER.open(request, timeout=TIMEOUT_S) as response:
+    with _opener(settings.webhook_blocked_networks).open(request, timeout=TIMEOUT_S) as response:
         return response.status

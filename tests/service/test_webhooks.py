@@ -4,9 +4,12 @@ each delivery (every address the host resolves to), and redirects are never foll
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import urllib.error
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -23,7 +26,7 @@ DEFAULT_BLOCKED = Settings().webhook_blocked_networks
     ("host", "networks", "expected"),
     [
         ("169.254.169.254", DEFAULT_BLOCKED, "169.254.169.254"),  # the cloud metadata endpoint
-        ("::ffff:169.254.169.254", DEFAULT_BLOCKED, "::ffff:a9fe:a9fe"),  # the same, as IPv6
+        ("::ffff:169.254.169.254", DEFAULT_BLOCKED, "::ffff:169.254.169.254"),  # as IPv6
         ("[fe80::1]", DEFAULT_BLOCKED, "fe80::1"),
         ("127.0.0.1", DEFAULT_BLOCKED, None),
         ("10.1.2.3", DEFAULT_BLOCKED, None),
@@ -73,12 +76,15 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def serve() -> Iterator:
-    """`serve(status=..., location=...)`: a recording HTTP server on loopback."""
+    """`serve(status=..., location=..., wrap=...)`: a recording HTTP server on loopback
+    (`wrap` wraps its listening socket, in TLS for instance)."""
     servers = []
 
-    def start(**attributes) -> tuple[str, type[Recorder]]:
+    def start(wrap=None, **attributes) -> tuple[str, type[Recorder]]:
         handler = type("Handler", (Recorder,), {"received": [], **attributes})
         server = HTTPServer(("127.0.0.1", free_port()), handler)
+        if wrap is not None:
+            server.socket = wrap(server.socket)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"127.0.0.1:{server.server_port}", handler
@@ -126,3 +132,89 @@ def test_a_redirect_fails_the_delivery_and_is_not_followed(serve, worker_setting
         deliver(f"http://{address}/hook", {"id": "j3"})
     assert refused.value.code == 307
     assert redirected_to.received == []
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(serve, worker_settings, monkeypatch):
+    address, receiver = serve()
+    port = int(address.rsplit(":", 1)[1])
+    worker_settings()
+    # A rebinding DNS server: a harmless answer first, the metadata endpoint after that.
+    answers = iter(["127.0.0.1", "169.254.169.254"])
+    resolve = socket.getaddrinfo
+
+    def rebinding(host, *args, **kwargs):
+        if host != "hook.example":
+            return resolve(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (next(answers), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    assert deliver(f"http://hook.example:{port}/hook", {"id": "j5"}) == 200
+    assert len(receiver.received) == 1
+    assert next(answers) == "169.254.169.254", "the host was resolved more than once"
+
+
+@pytest.fixture
+def tls_serve(serve, tmp_path) -> Iterator:
+    """`tls_serve()`: the recording server behind TLS, with a certificate for `localhost`;
+    returns its port, its handler and an SSL context that trusts the certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    def start() -> tuple[int, type[Recorder], ssl.SSLContext]:
+        address, handler = serve(
+            wrap=lambda sock: _server_context(cert_file, key_file).wrap_socket(
+                sock, server_side=True
+            )
+        )
+        trusting = ssl.create_default_context(cafile=str(cert_file))
+        return int(address.rsplit(":", 1)[1]), handler, trusting
+
+    return start
+
+
+def _server_context(cert_file, key_file) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def test_https_deliveries_verify_the_host_name_while_connecting_to_the_checked_address(
+    tls_serve, worker_settings, monkeypatch
+):
+    port, receiver, trusting = tls_serve()
+    worker_settings()
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        deliver(f"https://localhost:{port}/hook", {"id": "untrusted"})  # the system CAs
+
+    monkeypatch.setattr(ssl, "_create_default_https_context", lambda: trusting)
+    assert deliver(f"https://localhost:{port}/hook", {"id": "j6"}) == 200
+    assert json.loads(receiver.received[-1][1]) == {"id": "j6"}
+    with pytest.raises(urllib.error.URLError, match=r"not valid for '127\.0\.0\.1'"):
+        deliver(f"https://127.0.0.1:{port}/hook", {"id": "wrong name"})  # cert is for localhost
