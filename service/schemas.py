@@ -18,6 +18,8 @@ DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
 MAX_STEPS = 500
 MAX_GUIDANCE = 30.0
+# The text encoder reads 77 tokens; a longer prompt is truncated, so this only bounds waste.
+MAX_PROMPT_CHARS = 2000
 
 
 WebhookUrl = Annotated[
@@ -109,7 +111,9 @@ class MixCreate(BaseModel):
         description="lerp, slerp, fix/0, fix/m, fix/chm, nin/0, nin/m, nin/chm (fix, nin = /0)",
     )
     prompt: str | None = Field(
-        default=None, description="default: the prompt the inputs were inverted with"
+        default=None,
+        max_length=MAX_PROMPT_CHARS,
+        description="default: the prompt the inputs were inverted with",
     )
     guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     steps: int | None = Field(

@@ -93,6 +93,16 @@ def test_prompt_count_must_match_images(client):
     assert_problem(response, 422, "3 prompts for 2 images")
 
 
+def test_overlong_prompts_are_rejected_naming_the_limit(client, two_latents):
+    long = "a cat " * 400  # 2400 characters; the text encoder would read the first 77 tokens
+    response = post_images(client, png_bytes(1), png_bytes(2), prompt=["a dog", long])
+    assert_problem(response, 422, "prompt 1 has 2400 characters; the limit is 2000")
+    response = client.post("/mix", json={"latents": two_latents, "prompt": long})
+    assert_problem(response, 422, "prompt")
+    at_the_limit = client.post("/mix", json={"latents": two_latents, "prompt": long[:2000]})
+    assert at_the_limit.status_code == 202
+
+
 def test_out_of_range_settings_name_the_field(client):
     response = post_images(client, png_bytes(1), inversion_steps="0")
     assert_problem(response, 422, "inversion_steps")

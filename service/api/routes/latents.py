@@ -29,6 +29,7 @@ from service.schemas import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
     MAX_STEPS,
     LatentEntry,
     LatentPublic,
@@ -158,6 +159,11 @@ def get_latent_data(latent_id: LatentIdPath, catalog: CatalogDep, storage: Stora
 
 
 def _prompts_for(prompts: list[str], image_count: int) -> list[str]:
+    for index, prompt in enumerate(prompts):
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise problem(
+                422, f"prompt {index} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}"
+            )
     if len(prompts) <= 1:
         return (prompts or [""]) * image_count
     if len(prompts) != image_count:
