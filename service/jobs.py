@@ -140,7 +140,7 @@ def report_job_end(
     redis: Redis,
     settings: Settings,
     job: Job,
-    status: "JobStatus",
+    status: JobStatus,
     *,
     error: str | None,
     result: dict[str, Any] | None,
