@@ -69,7 +69,11 @@ class WebhookRefused(RuntimeError):
 def blocked_address(host: str, networks: list[str]) -> str | None:
     """The first address `host` resolves to (an IP literal is its own) that lies in one of
     `networks`, or None."""
-    return next((a for a in _resolve(host) if _in_any(a, networks)), None)
+    return _first_blocked(_resolve(host), networks)
+
+
+def _first_blocked(addresses: list[str], networks: list[str]) -> str | None:
+    return next((address for address in addresses if _in_any(address, networks)), None)
 
 
 def _resolve(host: str, port: int | None = None) -> list[str]:
@@ -96,7 +100,7 @@ def _opener(networks: list[str]) -> urllib.request.OpenerDirector:
     def create_connection(address, timeout=None, source_address=None) -> socket.socket:
         host, port = address
         addresses = _resolve(host, port)
-        if blocked := next((a for a in addresses if _in_any(a, networks)), None):
+        if blocked := _first_blocked(addresses, networks):
             raise WebhookRefused(
                 f"webhook host {host} resolves to {blocked}, which is in a blocked network "
                 "(LATENTMIX_WEBHOOK_BLOCKED_NETWORKS)"

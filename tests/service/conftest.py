@@ -87,16 +87,22 @@ def make_live_server(make_settings) -> Callable[..., AbstractContextManager[str]
 
 
 class WebhookReceiver(BaseHTTPRequestHandler):
-    """Records each delivery; answers 500 to the first `fail_first` of them."""
+    """Records each delivery (headers in lower case, body); answers 500 to the first
+    `fail_first` of them, then `status`, with `location` as its Location header if set."""
 
     deliveries: list[dict]
     fail_first = 0
+    status = 200
+    location: str | None = None
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.deliveries.append({"headers": dict(self.headers), "body": body})
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.deliveries.append({"headers": headers, "body": body})
         failing = len(self.deliveries) <= self.fail_first
-        self.send_response(500 if failing else 200)
+        self.send_response(500 if failing else self.status)
+        if self.location and not failing:
+            self.send_header("Location", self.location)
         self.end_headers()
 
     def log_message(self, *args):
@@ -104,11 +110,28 @@ class WebhookReceiver(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, type[WebhookReceiver]]]:
+def webhook_server() -> Iterator[Callable[..., tuple[str, type[WebhookReceiver]]]]:
+    """`webhook_server(wrap=None, **attributes)`: a new receiver on loopback, its handler
+    attributes set as given; returns its `host:port` and its handler class (with the
+    deliveries). `wrap` wraps the listening socket (in TLS, say)."""
+    servers: list[HTTPServer] = []
+
+    def start(wrap=None, **attributes) -> tuple[str, type[WebhookReceiver]]:
+        handler = type("Receiver", (WebhookReceiver,), {"deliveries": [], **attributes})
+        server = HTTPServer(("127.0.0.1", free_port()), handler)
+        if wrap is not None:
+            server.socket = wrap(server.socket)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_port}", handler
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def receiver(webhook_server) -> tuple[str, type[WebhookReceiver]]:
     """A webhook receiver on loopback: its URL, and its handler class with the deliveries."""
-    handler = type("Receiver", (WebhookReceiver,), {"deliveries": [], "fail_first": 0})
-    server = HTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", handler
-    server.shutdown()
+    address, handler = webhook_server()
+    return f"http://{address}/hook", handler

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import threading
 import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from helpers import assert_problem, free_port, png_bytes
+from conftest import WebhookReceiver
+from helpers import assert_problem, png_bytes
 
 from service.config import Settings
 from service.webhooks import WebhookRefused, blocked_address, deliver, verify_signature
@@ -54,46 +53,6 @@ def test_a_webhook_to_a_blocked_address_is_refused_at_submission(make_client):
     assert_problem(response, 422, "LATENTMIX_WEBHOOK_BLOCKED_NETWORKS")
 
 
-class Recorder(BaseHTTPRequestHandler):
-    """Records the POSTs it gets; answers with `status` and, if set, a Location header."""
-
-    status = 200
-    location: str | None = None
-    received: list[tuple[dict, bytes]]
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        self.received.append((headers, body))
-        self.send_response(self.status)
-        if self.location:
-            self.send_header("Location", self.location)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def serve() -> Iterator:
-    """`serve(status=..., location=..., wrap=...)`: a recording HTTP server on loopback
-    (`wrap` wraps its listening socket, in TLS for instance)."""
-    servers = []
-
-    def start(wrap=None, **attributes) -> tuple[str, type[Recorder]]:
-        handler = type("Handler", (Recorder,), {"received": [], **attributes})
-        server = HTTPServer(("127.0.0.1", free_port()), handler)
-        if wrap is not None:
-            server.socket = wrap(server.socket)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"127.0.0.1:{server.server_port}", handler
-
-    yield start
-    for server in servers:
-        server.shutdown()
-
-
 @pytest.fixture
 def worker_settings(monkeypatch) -> Iterator:
     """`worker_settings(**values)`: the settings `deliver` reads, as on a worker."""
@@ -105,37 +64,41 @@ def worker_settings(monkeypatch) -> Iterator:
     return use
 
 
-def test_a_delivery_is_signed(serve, worker_settings):
-    address, receiver = serve()
+def test_a_delivery_is_signed(webhook_server, worker_settings):
+    address, receiver = webhook_server()
     worker_settings()
     assert deliver(f"http://{address}/hook", {"id": "j1", "status": "succeeded"}) == 200
-    headers, body = receiver.received[0]
+    headers, body = receiver.deliveries[0]["headers"], receiver.deliveries[0]["body"]
     assert json.loads(body) == {"id": "j1", "status": "succeeded"}
     timestamp = int(headers["x-latentmix-timestamp"])
     assert verify_signature(SECRET, timestamp, body, headers["x-latentmix-signature"])
 
 
-def test_a_host_that_resolves_into_a_blocked_network_is_never_connected(serve, worker_settings):
-    address, receiver = serve()
+def test_a_host_that_resolves_into_a_blocked_network_is_never_connected(
+    webhook_server, worker_settings
+):
+    address, receiver = webhook_server()
     worker_settings(webhook_blocked_networks=["127.0.0.0/8", "::1/128"])
     port = address.rsplit(":", 1)[1]
     with pytest.raises(WebhookRefused, match=r"localhost resolves to (127\.0\.0\.1|::1)"):
         deliver(f"http://localhost:{port}/hook", {"id": "j2"})
-    assert receiver.received == []
+    assert receiver.deliveries == []
 
 
-def test_a_redirect_fails_the_delivery_and_is_not_followed(serve, worker_settings):
-    target, redirected_to = serve()
-    address, _ = serve(status=307, location=f"http://{target}/elsewhere")
+def test_a_redirect_fails_the_delivery_and_is_not_followed(webhook_server, worker_settings):
+    target, redirected_to = webhook_server()
+    address, _ = webhook_server(status=307, location=f"http://{target}/elsewhere")
     worker_settings()
     with pytest.raises(urllib.error.HTTPError) as refused:
         deliver(f"http://{address}/hook", {"id": "j3"})
     assert refused.value.code == 307
-    assert redirected_to.received == []
+    assert redirected_to.deliveries == []
 
 
-def test_the_connection_goes_to_the_address_that_was_checked(serve, worker_settings, monkeypatch):
-    address, receiver = serve()
+def test_the_connection_goes_to_the_address_that_was_checked(
+    webhook_server, worker_settings, monkeypatch
+):
+    address, receiver = webhook_server()
     port = int(address.rsplit(":", 1)[1])
     worker_settings()
     # A rebinding DNS server: a harmless answer first, the metadata endpoint after that.
@@ -149,12 +112,12 @@ def test_the_connection_goes_to_the_address_that_was_checked(serve, worker_setti
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     assert deliver(f"http://hook.example:{port}/hook", {"id": "j5"}) == 200
-    assert len(receiver.received) == 1
+    assert len(receiver.deliveries) == 1
     assert next(answers) == "169.254.169.254", "the host was resolved more than once"
 
 
 @pytest.fixture
-def tls_serve(serve, tmp_path) -> Iterator:
+def tls_serve(webhook_server, tmp_path) -> Iterator:
     """`tls_serve()`: the recording server behind TLS, with a certificate for `localhost`;
     returns its port, its handler and an SSL context that trusts the certificate."""
     from cryptography import x509
@@ -187,8 +150,8 @@ def tls_serve(serve, tmp_path) -> Iterator:
         )
     )
 
-    def start() -> tuple[int, type[Recorder], ssl.SSLContext]:
-        address, handler = serve(
+    def start() -> tuple[int, type[WebhookReceiver], ssl.SSLContext]:
+        address, handler = webhook_server(
             wrap=lambda sock: _server_context(cert_file, key_file).wrap_socket(
                 sock, server_side=True
             )
@@ -215,6 +178,6 @@ def test_https_deliveries_verify_the_host_name_while_connecting_to_the_checked_a
 
     monkeypatch.setattr(ssl, "_create_default_https_context", lambda: trusting)
     assert deliver(f"https://localhost:{port}/hook", {"id": "j6"}) == 200
-    assert json.loads(receiver.received[-1][1]) == {"id": "j6"}
+    assert json.loads(receiver.deliveries[-1]["body"]) == {"id": "j6"}
     with pytest.raises(urllib.error.URLError, match=r"not valid for '127\.0\.0\.1'"):
         deliver(f"https://127.0.0.1:{port}/hook", {"id": "wrong name"})  # cert is for localhost
