@@ -73,7 +73,8 @@ def blocked_address(host: str, networks: list[str]) -> str | None:
 
 
 def _first_blocked(addresses: list[str], networks: list[str]) -> str | None:
-    return next((address for address in addresses if _in_any(address, networks)), None)
+    parsed = [ipaddress.ip_network(network, strict=False) for network in networks]
+    return next((address for address in addresses if _in_any(address, parsed)), None)
 
 
 def _resolve(host: str, port: int | None = None) -> list[str]:
@@ -81,14 +82,10 @@ def _resolve(host: str, port: int | None = None) -> list[str]:
     return list(dict.fromkeys(sockaddr[0] for *_, sockaddr in infos))
 
 
-def _in_any(address: str, networks: list[str]) -> bool:
+def _in_any(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])  # without an IPv6 zone
     candidates = [ip, getattr(ip, "ipv4_mapped", None)]  # ::ffff:a.b.c.d is a.b.c.d
-    return any(
-        candidate is not None and candidate in ipaddress.ip_network(network, strict=False)
-        for candidate in candidates
-        for network in networks
-    )
+    return any(c is not None and c in network for c in candidates for network in networks)
 
 
 def _opener(networks: list[str]) -> urllib.request.OpenerDirector:
