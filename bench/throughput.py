@@ -294,9 +294,9 @@ class Service:
         """moto's S3 server with a fresh bucket; the service's settings for it."""
         from service.storage import S3Storage
 
-        s3_url = f"http://127.0.0.1:{_free_port()}"
-        port = s3_url.rsplit(":", 1)[1]
-        self._start("s3", ["-m", "moto.server", "-H", "127.0.0.1", "-p", port], {})
+        port = _free_port()
+        s3_url = f"http://127.0.0.1:{port}"
+        self._start("s3", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {})
         _wait_http(s3_url, 60, self.processes["s3"])
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
         credentials = {"access_key_id": "bench", "secret_access_key": "bench"}
