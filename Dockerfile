@@ -41,6 +41,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY worker/ worker/
+COPY client/ client/
 # Only the `api` extra: no torch, no diffusers. DL3013 reads `.[api]` as an unpinned PyPI
 # package; it is this source tree, and its dependency ranges live in pyproject.toml.
 # hadolint ignore=DL3013
@@ -55,6 +56,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY worker/ worker/
+COPY client/ client/
 # Repeating the pin keeps the resolver from ever swapping the torch installed above.
 # DL3013: `.[worker]` is this source tree (see the api stage), not a PyPI package.
 # hadolint ignore=DL3013
@@ -73,7 +75,7 @@ USER 10001:10001
 # SIGTERM is RQ's warm shutdown: the current job finishes, then the worker exits. Give the
 # container a long stop timeout (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "worker"]
+CMD ["latentmix", "worker"]
 
 # ---------------------------------------------------------------------------------- api ---
 FROM runtime AS api
@@ -85,4 +87,4 @@ EXPOSE 8000
 # python:3.11-slim has no curl: probe /healthz with the standard library.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LATENTMIX_PORT', '8000'), timeout=4)"]
-CMD ["python", "-m", "service"]
+CMD ["latentmix", "api"]

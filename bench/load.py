@@ -96,8 +96,8 @@ class Stack:
             "HF_HUB_OFFLINE": "1",
         }
         self.log = root / "stack.log"
-        self.processes = [self._spawn(["-m", "worker"], env) for _ in range(workers)]
-        self.processes.append(self._spawn(["-m", "service"], env))
+        self.processes = [self._spawn(["-m", "latentmix.worker"], env) for _ in range(workers)]
+        self.processes.append(self._spawn(["-m", "latentmix.service.api"], env))
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         with self.log.open("ab") as log:

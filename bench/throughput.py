@@ -49,11 +49,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from client import Job, LatentMixClient
-from service.images import encode_png
-from worker.engine.diffusion import InversionSettings, generate, invert
-from worker.engine.mixing import mix
-from worker.engine.models import LoadedModel, load_model
+from latentmix.client import Job, LatentMixClient
+from latentmix.service.images import encode_png
+from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
+from latentmix.worker.engine.mixing import mix
+from latentmix.worker.engine.models import LoadedModel, load_model
 
 PROMPT = "a photo of a cat"
 METHOD = "nin/chm"
@@ -271,8 +271,8 @@ class Service:
             **(self._start_s3() if self.store == "s3" else {}),
             **self.extra_env,
         }
-        self._start("worker", ["-m", "worker"], env)
-        self._start("api", ["-m", "service"], env)
+        self._start("worker", ["-m", "latentmix.worker"], env)
+        self._start("api", ["-m", "latentmix.service.api"], env)
         self.base_url = f"http://127.0.0.1:{api_port}"
         self._wait_ready(timeout=600)
         return self
@@ -292,7 +292,7 @@ class Service:
 
     def _start_s3(self) -> dict[str, str]:
         """moto's S3 server with a fresh bucket; the service's settings for it."""
-        from service.storage import S3Storage
+        from latentmix.service.storage import S3Storage
 
         port = _free_port()
         s3_url = f"http://127.0.0.1:{port}"

@@ -1,15 +1,23 @@
 """Python client of the LatentMix service (HTTP only, no torch) and `latentmix augment`.
 
-from client import LatentMixClient
+from latentmix.client import LatentMixClient
 
 with LatentMixClient("http://127.0.0.1:8000") as lm:
     latents = lm.invert(["cat1.jpg", "cat2.jpg"], prompt="a photo of a cat")
     paths = lm.download(lm.sample(latents, count=20, seed=7), "out/cat")
 """
 
-from client.api import DEFAULT_URL, LatentMixClient
-from client.errors import JobFailed, LatentMixError, ProblemError
-from client.models import ImageResult, Job, JobStatus, Latent, LatentInfo, Progress, Provenance
+from latentmix.client.api import DEFAULT_URL, LatentMixClient
+from latentmix.client.errors import JobFailed, LatentMixError, ProblemError
+from latentmix.client.models import (
+    ImageResult,
+    Job,
+    JobStatus,
+    Latent,
+    LatentInfo,
+    Progress,
+    Provenance,
+)
 
 __all__ = [
     "DEFAULT_URL",

@@ -1,6 +1,6 @@
 """`LatentMixClient`: the service's HTTP API as a few typed calls.
 
-    from client import LatentMixClient
+    from latentmix.client import LatentMixClient
 
     with LatentMixClient("http://127.0.0.1:8000") as lm:
         latents = lm.invert(["cat1.jpg", "cat2.jpg", "cat3.jpg"], prompt="a photo of a cat")
@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from client.errors import JobFailed, ProblemError
-from client.models import ImageResult, Job, JobStatus, Latent, LatentInfo
+from latentmix.client.errors import JobFailed, ProblemError
+from latentmix.client.models import ImageResult, Job, JobStatus, Latent, LatentInfo
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_METHOD = "nin/chm"

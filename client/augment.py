@@ -33,9 +33,9 @@ from typing import Any
 import httpx
 from tqdm.auto import tqdm
 
-from client.api import DEFAULT_METHOD, DEFAULT_URL, LatentMixClient
-from client.errors import JobFailed, LatentMixError, ProblemError
-from client.models import ImageResult, Job, Latent
+from latentmix.client.api import DEFAULT_METHOD, DEFAULT_URL, LatentMixClient
+from latentmix.client.errors import JobFailed, LatentMixError, ProblemError
+from latentmix.client.models import ImageResult, Job, Latent
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 PROVENANCE_FILE = "provenance.jsonl"
@@ -116,7 +116,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m client.augment ...`: the command without the `latentmix` front."""
+    """`python -m latentmix.client.augment ...`: the command without the `latentmix` front."""
     parser = argparse.ArgumentParser(prog="latentmix")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run(parser.parse_args(["augment", *(sys.argv[1:] if argv is None else argv)]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from client.models import Job
+    from latentmix.client.models import Job
 
 
 class LatentMixError(Exception):

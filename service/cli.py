@@ -5,8 +5,9 @@ persisting to the data directory) and uses a local directory as storage; then on
 workers and the API. Ctrl-C (or SIGTERM) stops the API, lets workers finish their current
 job, then stops Redis.
 
-`latentmix augment` is the client's command (client/augment.py, the `client` extra): it
-only talks HTTP to a running service.
+`latentmix api` and `latentmix worker` run one part each (as in the Docker images).
+`latentmix augment` is the client's command (client/augment.py, registered through the
+`latentmix.commands` entry points): it only talks HTTP to a running service.
 """
 
 import argparse
@@ -16,10 +17,15 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
+from importlib import import_module
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from service.config import Settings, get_settings
+from latentmix.service.config import Settings, get_settings
 
+COMMANDS_GROUP = "latentmix.commands"
+WORKER_COMMAND = ["-m", "latentmix.service.cli", "worker"]
+API_COMMAND = ["-m", "latentmix.service.cli", "api"]
 WORKER_STOP_TIMEOUT_S = 120
 API_STOP_TIMEOUT_S = 15
 
@@ -29,26 +35,44 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run Redis (embedded unless REDIS_URL), workers and API")
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    _add_augment(commands)
+    up.set_defaults(handler=lambda args: run_up(get_settings(), workers=args.workers))
+    api = commands.add_parser("api", help="run the HTTP API (uvicorn)")
+    api.set_defaults(handler=lambda _: _run_module("latentmix.service.api.__main__"))
+    worker = commands.add_parser("worker", help="run one worker for the configured model")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(handler=_run_worker)
+    _add_contributed_commands(commands)
     args = parser.parse_args(argv)
-    if args.command == "up":
-        sys.exit(run_up(get_settings(), workers=args.workers))
-    if args.command == "augment":
-        sys.exit(args.handler(args))
+    sys.exit(args.handler(args))
 
 
-def _add_augment(commands) -> None:
-    """`latentmix augment` (client/augment.py) needs the `client` extra; without it the
-    command is still listed and says what to install."""
-    try:
-        from client.augment import add_parser
-    except ImportError as exc:
-        missing = commands.add_parser("augment", help="needs: pip install 'latentmix[client]'")
-        missing.add_argument("rest", nargs=argparse.REMAINDER)
-        reason = f"latentmix augment needs the client extra ({exc}): pip install latentmix[client]"
-        missing.set_defaults(handler=lambda _: sys.exit(reason))
-        return
-    add_parser(commands)
+def _run_module(module: str) -> int:
+    import_module(module).main()
+    return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from latentmix.worker.__main__ import serve
+
+    serve(burst=args.burst)
+    return 0
+
+
+def _add_contributed_commands(commands) -> None:
+    """Commands other parts of the package register (entry points `latentmix.commands`),
+    e.g. the client's `augment`. One whose extra is not installed is still listed and says
+    what to install."""
+    for entry in entry_points(group=COMMANDS_GROUP):
+        try:
+            entry.load()(commands)
+        except ImportError as exc:
+            missing = commands.add_parser(entry.name, help="needs: pip install 'latentmix[client]'")
+            missing.add_argument("rest", nargs=argparse.REMAINDER)
+            reason = (
+                f"latentmix {entry.name} needs the client extra ({exc}): "
+                "pip install 'latentmix[client]'"
+            )
+            missing.set_defaults(handler=lambda _, reason=reason: sys.exit(reason))
 
 
 def run_up(settings: Settings, *, workers: int = 1) -> int:
@@ -57,8 +81,8 @@ def run_up(settings: Settings, *, workers: int = 1) -> int:
     with ExitStack() as stack:
         redis_url = settings.redis_url or stack.enter_context(_embedded_redis(settings.data_dir))
         env = os.environ | {"REDIS_URL": redis_url}
-        children = [_spawn("worker", ["-m", "worker"], env) for _ in range(workers)]
-        children.append(_spawn("api", ["-m", "service"], env))
+        children = [_spawn("worker", WORKER_COMMAND, env) for _ in range(workers)]
+        children.append(_spawn("api", API_COMMAND, env))
         storage = (
             f"s3://{settings.s3_bucket}" if settings.s3_bucket else settings.data_dir / "store"
         )
@@ -113,7 +137,7 @@ def _wait(children, stop: _StopFlag, env: dict[str, str]) -> int:
                 continue
             if name == "worker" and process.returncode == os.EX_TEMPFAIL:
                 print("latentmix: a worker lost its device; starting a new one", file=sys.stderr)
-                children[index] = _spawn("worker", ["-m", "worker"], env)
+                children[index] = _spawn("worker", WORKER_COMMAND, env)
                 continue
             print(f"latentmix: {name} exited with {process.returncode}", file=sys.stderr)
             return 1

@@ -17,15 +17,16 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
+from rq.utils import import_attribute
 
-from service.config import Settings
-from service.job_events import announce
-from service.job_metrics import record_job_end
-from service.webhooks import DELIVER_TASK, enqueue_delivery
+from latentmix.service.config import Settings
+from latentmix.service.job_events import announce
+from latentmix.service.job_metrics import record_job_end
+from latentmix.service.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
-INVERT_TASK = "worker.tasks.invert_images"
-MIX_TASK = "worker.tasks.mix_latents"
+INVERT_TASK = "latentmix.worker.tasks.invert_images"
+MIX_TASK = "latentmix.worker.tasks.mix_latents"
 JOB_TYPES = {INVERT_TASK: "invert", MIX_TASK: "mix"}
 CANCEL_KEY = "latentmix:cancel:{job_id}"
 PARTIAL_KEY = "latentmix:partial:{job_id}"
@@ -35,6 +36,18 @@ PARTIAL_KEY = "latentmix:partial:{job_id}"
 # callbacks, a job stored in Redis names; workers and the reaper load jobs as LatentMixJob,
 # which runs only these and no callbacks, so write access to Redis is not code execution.
 TASKS = frozenset({INVERT_TASK, MIX_TASK, DELIVER_TASK})
+# Task paths before the `latentmix` namespace (0.1): jobs queued by the previous release
+# still run after an upgrade. To be dropped in the release after next.
+LEGACY_TASKS = {
+    "worker.tasks.invert_images": INVERT_TASK,
+    "worker.tasks.mix_latents": MIX_TASK,
+    "service.webhooks.deliver": DELIVER_TASK,
+}
+
+
+def task_of(job: Job) -> str | None:
+    """The task path `job` runs, old names read as today's."""
+    return LEGACY_TASKS.get(job.func_name, job.func_name)
 
 
 class UnknownTask(RuntimeError):
@@ -46,9 +59,10 @@ class LatentMixJob(Job):
 
     @property
     def func(self):
-        if self.func_name not in TASKS or self.instance is not None:
+        task = task_of(self)
+        if task not in TASKS or self.instance is not None:
             raise UnknownTask(f"{self.func_name!r} is not a LatentMix task; the job is refused")
-        return super().func
+        return import_attribute(task)
 
     # The service sets no callbacks; a callback named in Redis is never imported.
     success_callback = failure_callback = stopped_callback = property(lambda self: None)
@@ -148,7 +162,7 @@ def report_job_end(
 ) -> None:
     """Count the job's end in the metrics and queue its webhook, if it has one. The worker
     calls this when a job ends; the reaper for a job whose worker died before it could."""
-    job_type = JOB_TYPES.get(job.func_name, job.func_name)
+    job_type = JOB_TYPES.get(task_of(job), job.func_name)
     waited = job.started_at - job.enqueued_at if job.started_at and job.enqueued_at else None
     waited_s = waited.total_seconds() if waited else 0.0
     record_job_end(redis, job_type, status.value, duration_s, waited_s)
@@ -224,7 +238,7 @@ def view_job(redis: Redis, job: Job) -> JobView:
         error = "canceled"
     return JobView(
         id=job.id,
-        type=JOB_TYPES.get(job.func_name, job.func_name),
+        type=JOB_TYPES.get(task_of(job), job.func_name),
         model=model_of_queue(job.origin),
         status=status,
         progress=dict(job.meta.get("progress") or {"done": 0, "total": 0}),

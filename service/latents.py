@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from service.jobs import fetch_job, status_of
-from service.storage import NotFound, Storage
+from latentmix.service.jobs import fetch_job, status_of
+from latentmix.service.storage import NotFound, Storage
 
 LATENT_TENSOR = "latent"
 LATENT_CHANNELS = 4  # Stable Diffusion 1.x/2.x VAE latents

@@ -21,9 +21,9 @@ from helpers import (
 )
 from redis import Redis
 
-from service.app import create_app
-from service.config import Settings
-from service.storage import LocalStorage, S3Storage
+from latentmix.service.api.app import create_app
+from latentmix.service.config import Settings
+from latentmix.service.storage import LocalStorage, S3Storage
 
 # --------------------------------------------------------------------------------------------
 # S3: moto's standalone server, one per session; a fresh bucket per test.
@@ -152,8 +152,8 @@ def service_url(service_env: dict[str, str], service_data_dir: Path) -> Iterator
     port = free_port()
     env = service_env | {"LATENTMIX_PORT": str(port)}
     logs = [service_data_dir / "worker.log", service_data_dir / "api.log"]
-    worker = start_process(["-m", "worker"], env, logs[0])
-    api = start_process(["-m", "service"], env, logs[1])
+    worker = start_process(["-m", "latentmix.worker"], env, logs[0])
+    api = start_process(["-m", "latentmix.service.api"], env, logs[1])
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base_url, timeout=120, processes=[worker, api], logs=logs)

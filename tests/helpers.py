@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from service.storage import S3Storage
+from latentmix.service.storage import S3Storage
 
 WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
 S3_TEST_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}

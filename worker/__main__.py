@@ -1,18 +1,22 @@
-"""`python -m worker`: one worker process serving the configured model's queue."""
+"""`latentmix worker` (or `python -m latentmix.worker`): one worker process serving the
+configured model's queue."""
 
 import argparse
 import logging
 
-from service.config import get_settings
-from worker.runtime import run
+from latentmix.service.config import get_settings
+from latentmix.worker.runtime import run
+
+
+def serve(*, burst: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(get_settings(), burst=burst)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="latentmix worker", description=__doc__)
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(get_settings(), burst=args.burst)
+    serve(burst=parser.parse_args().burst)
 
 
 if __name__ == "__main__":

@@ -38,13 +38,13 @@ from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
-from service.config import Settings
-from service.job_events import announce
-from service.jobs import LatentMixJob, get_queue
-from service.latents import LatentCatalog
-from service.webhooks import webhook_queue
-from worker.engine.models import LoadedModel, load_model
-from worker.writer import OffloadedWrites
+from latentmix.service.config import Settings
+from latentmix.service.job_events import announce
+from latentmix.service.jobs import LatentMixJob, get_queue
+from latentmix.service.latents import LatentCatalog
+from latentmix.service.webhooks import webhook_queue
+from latentmix.worker.engine.models import LoadedModel, load_model
+from latentmix.worker.writer import OffloadedWrites
 
 log = logging.getLogger("latentmix.worker")
 

@@ -16,8 +16,8 @@ from PIL import Image
 from rq import get_current_job
 from rq.job import Job
 
-from service.images import encode_png
-from service.jobs import (
+from latentmix.service.images import encode_png
+from latentmix.service.jobs import (
     JobStatus,
     append_partial_result,
     cancel_requested,
@@ -25,16 +25,16 @@ from service.jobs import (
     report_job_end,
     view_job,
 )
-from service.latents import (
+from latentmix.service.latents import (
     LatentRecord,
     image_id,
     image_key,
     mixed_latent_id,
 )
-from service.storage import STORAGE_IO, in_parallel
-from worker.engine.diffusion import InversionResult, InversionSettings, generate, invert
-from worker.engine.mixing import mix
-from worker.runtime import WorkerContext, context
+from latentmix.service.storage import STORAGE_IO, in_parallel
+from latentmix.worker.engine.diffusion import InversionResult, InversionSettings, generate, invert
+from latentmix.worker.engine.mixing import mix
+from latentmix.worker.runtime import WorkerContext, context
 
 
 class JobCanceled(Exception):

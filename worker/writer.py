@@ -26,8 +26,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-from service.config import Settings
-from service.storage import STORAGE_SETTINGS, Storage, storage_from_settings, validate_key
+from latentmix.service.config import Settings
+from latentmix.service.storage import STORAGE_SETTINGS, Storage, storage_from_settings, validate_key
 
 _LENGTH = struct.Struct("<Q")
 WRITE_THREADS = 8  # writes the child makes side by side
@@ -87,7 +87,7 @@ class _WriterProcess:
         # Its own session: a Ctrl-C meant for the worker (which finishes its job on the first
         # one) must not kill the writes. The child exits when its stdin closes.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.writer"],
+            [sys.executable, "-m", "latentmix.worker.writer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,

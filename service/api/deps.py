@@ -1,15 +1,15 @@
-"""Request dependencies as typed aliases; the objects live on app.state (see service.app)."""
+"""Request dependencies as typed aliases; the objects live on app.state (see service.api.app)."""
 
 from typing import Annotated
 
 from fastapi import Depends, Request
 from redis import Redis
 
-from service.config import Settings
-from service.job_events import JobEvents
-from service.latents import LatentCatalog
-from service.metrics import Metrics
-from service.storage import Storage
+from latentmix.service.api.metrics import Metrics
+from latentmix.service.config import Settings
+from latentmix.service.job_events import JobEvents
+from latentmix.service.latents import LatentCatalog
+from latentmix.service.storage import Storage
 
 
 def get_settings(request: Request) -> Settings:

@@ -34,9 +34,14 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.multipart import MultipartWalker, PartListener
-from service.api.problems import REDIS_ERRORS, RETRY_AFTER_S, problem_response, unavailable
-from service.api.security import principal_of
+from latentmix.service.api.multipart import MultipartWalker, PartListener
+from latentmix.service.api.problems import (
+    REDIS_ERRORS,
+    RETRY_AFTER_S,
+    problem_response,
+    unavailable,
+)
+from latentmix.service.api.security import principal_of
 
 HEADER = "Idempotency-Key"
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as in UUIDs or ULIDs

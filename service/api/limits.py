@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.multipart import MultipartWalker, PartListener
-from service.api.problems import problem_response
+from latentmix.service.api.multipart import MultipartWalker, PartListener
+from latentmix.service.api.problems import problem_response
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 from redis import Redis
 
-from service.api.problems import problem
-from service.config import Settings
-from service.jobs import served_models
+from latentmix.service.api.problems import problem
+from latentmix.service.config import Settings
+from latentmix.service.jobs import served_models
 
 
 def resolve_model(requested: str | None, settings: Settings, redis: Redis) -> str:

@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.storage import StorageUnavailable
+from latentmix.service.storage import StorageUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = 5

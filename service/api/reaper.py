@@ -28,10 +28,17 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from service.api.problems import REDIS_ERRORS
-from service.config import Settings
-from service.job_events import announce
-from service.jobs import JOB_TYPES, WORKER_DIED, JobStatus, LatentMixJob, report_job_end
+from latentmix.service.api.problems import REDIS_ERRORS
+from latentmix.service.config import Settings
+from latentmix.service.job_events import announce
+from latentmix.service.jobs import (
+    JOB_TYPES,
+    WORKER_DIED,
+    JobStatus,
+    LatentMixJob,
+    report_job_end,
+    task_of,
+)
 
 LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
 LOCK_KEY = "latentmix:reaper-lock"
@@ -52,7 +59,7 @@ def reap(redis: Redis, settings: Settings) -> int:
         clean_registries(queue, exception_handlers=[lambda job, *_: abandoned.append(job)])
         worker_registration.clean_worker_registry(queue)
     for job in abandoned:
-        if job.func_name in JOB_TYPES and not job.retries_left:  # not webhook deliveries
+        if task_of(job) in JOB_TYPES and not job.retries_left:  # not webhook deliveries
             _report_abandoned(redis, settings, job)
     _enqueue_due_retries(redis, [queue.name for queue in queues])
     return len(queues)

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.problems import problem_response
+from latentmix.service.api.problems import problem_response
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 PRINCIPAL_SCOPE_KEY = "latentmix.principal"

@@ -4,9 +4,9 @@ import ipaddress
 
 from pydantic import AnyHttpUrl
 
-from service.api.problems import problem
-from service.config import Settings
-from service.webhooks import blocked_address
+from latentmix.service.api.problems import problem
+from latentmix.service.config import Settings
+from latentmix.service.webhooks import blocked_address
 
 
 def checked_webhook(url: AnyHttpUrl | None, settings: Settings) -> str | None:

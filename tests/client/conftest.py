@@ -47,8 +47,8 @@ def service_url(redis_server, s3_server, tmp_path_factory) -> Iterator[str]:
     )
     logs = [data_dir / "worker.log", data_dir / "api.log"]
     processes = [
-        start_process(["-m", "worker"], env, logs[0]),
-        start_process(["-m", "service"], env, logs[1]),
+        start_process(["-m", "latentmix.worker"], env, logs[0]),
+        start_process(["-m", "latentmix.service.api"], env, logs[1]),
     ]
     base_url = f"http://127.0.0.1:{port}"
     try:

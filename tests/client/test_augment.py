@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from client.augment import Ledger
-from service.cli import main as latentmix
+from latentmix.client.augment import Ledger
+from latentmix.service.cli import main as latentmix
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +81,7 @@ def test_interrupted_augment_resumes_without_redoing_finished_images(
     out = tmp_path / "aug"
     args = augment_args(image_tree, out, service_url, "--per-class", "4", "--batch", "1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "latentmix.service.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,7 +7,7 @@ import pytest
 from helpers import png_bytes
 from PIL import Image
 
-from client import JobFailed, JobStatus, LatentMixClient, ProblemError
+from latentmix.client import JobFailed, JobStatus, LatentMixClient, ProblemError
 
 pytestmark = pytest.mark.e2e
 

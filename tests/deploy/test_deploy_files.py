@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
-from service.config import Settings
+from latentmix.service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -396,7 +396,7 @@ def test_pip_never_caches(stages: list[Stage]) -> None:
 
 @pytest.mark.parametrize(
     ("target", "command"),
-    [("api", '["python", "-m", "service"]'), ("worker", '["python", "-m", "worker"]')],
+    [("api", '["latentmix", "api"]'), ("worker", '["latentmix", "worker"]')],
 )
 def test_final_stages(stages: list[Stage], target: str, command: str) -> None:
     stage = next(s for s in stages if s.name == target)
@@ -412,7 +412,8 @@ def test_final_stages(stages: list[Stage], target: str, command: str) -> None:
 
 
 def test_copy_only_what_the_images_need(stages: list[Stage]) -> None:
-    allowed = {"pyproject.toml", "README.md", "service/", "worker/", "./"}
+    # client/ too: the package maps all three folders into `latentmix` (pyproject.toml).
+    allowed = {"pyproject.toml", "README.md", "service/", "worker/", "client/", "./"}
     for stage in stages:
         for keyword, args in stage.instructions:
             assert keyword != "ADD", "use COPY"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from worker.engine.models import LoadedModel, load_model
+from latentmix.worker.engine.models import LoadedModel, load_model
 
 UnetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine import diffusion
-from worker.engine.diffusion import (
+from latentmix.worker.engine import diffusion
+from latentmix.worker.engine.diffusion import (
     InversionSettings,
     ddim_schedule,
     decode_latents,
@@ -23,7 +23,7 @@ from worker.engine.diffusion import (
     prepare_images,
     sample,
 )
-from worker.engine.models import PromptCache, load_model
+from latentmix.worker.engine.models import PromptCache, load_model
 
 PROMPT = "a photo of a cat"
 

@@ -1,4 +1,4 @@
-"""Numeric tests for the latent-mixing math (worker.engine.mixing, worker.engine.methods)."""
+"""Numeric tests for the latent-mixing math (worker.engine.mixing, service.mix_methods)."""
 
 import itertools
 import math
@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from worker.engine.methods import (
+from latentmix.service.mix_methods import (
     DEFAULT_METHOD,
     MIX_METHODS,
     canonical_method,
     check_weights,
 )
-from worker.engine.mixing import mix
+from latentmix.worker.engine.mixing import mix
 
 NORM_METHODS = ("fix/0", "fix/m", "fix/chm", "nin/0", "nin/m", "nin/chm")
 REPRODUCING = ("lerp", "nin/0", "nin/m", "nin/chm")

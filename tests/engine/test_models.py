@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from worker.engine import models
-from worker.engine.models import (
+from latentmix.worker.engine import models
+from latentmix.worker.engine.models import (
     ModelLoadError,
     build_tiny_model,
     default_batch_sizes,
@@ -220,7 +220,7 @@ def test_sd15_random_networks_fit_together(tmp_path):
     reason="builds 1.07 billion parameters (about a minute, 4.5 GB); set LATENTMIX_BIG_TESTS=1",
 )
 def test_sd15_random_loads_and_inverts_an_image():
-    from worker.engine.diffusion import InversionSettings, invert
+    from latentmix.worker.engine.diffusion import InversionSettings, invert
 
     model = load_model("sd15-random", device="cpu")
     assert model.default_size == 512 and model.describe()["name"] == "sd15-random"

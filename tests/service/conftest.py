@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from helpers import free_port
 from redis import Redis
 
-from service.app import create_app
-from service.config import Settings
+from latentmix.service.api.app import create_app
+from latentmix.service.config import Settings
 
 HARDENING_DB = 2
 

@@ -21,9 +21,9 @@ from helpers import (
 )
 from safetensors.numpy import load
 
-from service.api.routes import jobs as jobs_routes
-from service.app import create_app
-from service.jobs import append_partial_result, fetch_job
+from latentmix.service.api.app import create_app
+from latentmix.service.api.routes import jobs as jobs_routes
+from latentmix.service.jobs import append_partial_result, fetch_job
 
 OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
 
@@ -317,13 +317,13 @@ def test_health_and_readiness(client):
 def test_committed_openapi_schema_matches_the_app(settings):
     committed = json.loads(OPENAPI_FILE.read_text())
     assert create_app(settings).openapi() == committed, (
-        "API changed: regenerate with `python -m service.openapi`"
+        "API changed: regenerate with `python -m service.api.openapi`"
     )
 
 
 def test_the_api_never_imports_torch():
     code = (
-        "import sys, service.app, service.cli; service.app.create_app(); "
+        "import sys, service.api.app, service.cli; service.api.app.create_app(); "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run(

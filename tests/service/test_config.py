@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from service.config import Settings
+from latentmix.service.config import Settings
 
 README = Path(__file__).parents[2] / "README.md"
 

@@ -187,7 +187,7 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
     base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "up.log"
 
-    up = start_process(["-m", "service.cli", "up"], env, log)
+    up = start_process(["-m", "latentmix.service.cli", "up"], env, log)
     try:
         wait_ready(base_url, timeout=120, processes=[up], logs=[log])
         with httpx.Client(base_url=base_url, timeout=60) as client:
@@ -200,7 +200,7 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
     finally:
         assert stop_process(up, signal.SIGINT, timeout=120) == 0, log.read_text()
 
-    up = start_process(["-m", "service.cli", "up"], env, log)
+    up = start_process(["-m", "latentmix.service.cli", "up"], env, log)
     try:
         wait_ready(base_url, timeout=120, processes=[up], logs=[log])
         with httpx.Client(base_url=base_url, timeout=60) as client:

@@ -47,10 +47,10 @@ from redis.client import PubSub
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from service.job_events import CHANNEL_PREFIX
-from service.jobs import INVERT_TASK
-from service.latents import uploaded_latent_id
-from service.storage import S3Storage
+from latentmix.service.job_events import CHANNEL_PREFIX
+from latentmix.service.jobs import INVERT_TASK
+from latentmix.service.latents import uploaded_latent_id
+from latentmix.service.storage import S3Storage
 
 pytestmark = pytest.mark.e2e
 
@@ -131,10 +131,10 @@ class Stack:
     # The service: API and worker in sessions of their own, so a kill takes their children.
 
     def start_api(self) -> None:
-        self.api = self._spawn(["-m", "service"], "api.log")
+        self.api = self._spawn(["-m", "latentmix.service.api"], "api.log")
 
     def start_worker(self) -> None:
-        self.worker = self._spawn(["-m", "worker"], "worker.log")
+        self.worker = self._spawn(["-m", "latentmix.worker"], "worker.log")
 
     def kill_worker(self) -> None:
         """SIGKILL to the worker's process group: no handler runs, nothing is cleaned up."""
@@ -310,7 +310,7 @@ def test_jobs_and_results_cross_redis_as_json_never_pickles(stack, api):
     payload = zlib.decompress(redis.hget(f"rq:job:{job['id']}", "data"))
     results = redis.xrange(f"rq:results:{job['id']}")
 
-    assert json.loads(payload)[0] == "worker.tasks.invert_images"
+    assert json.loads(payload)[0] == "latentmix.worker.tasks.invert_images"
     assert results, "no result stored"
     for _, fields in results:
         assert json.loads(base64.b64decode(fields[b"return_value"])) == {"latents": ids}
@@ -587,7 +587,7 @@ def test_a_latent_whose_write_failed_is_never_served(s3_server, flaky_s3, make_c
 def runtime_worker(redis_server):
     import torch
 
-    from worker.runtime import LatentMixWorker
+    from latentmix.worker.runtime import LatentMixWorker
 
     redis = Redis.from_url(redis_server)
     queue = Queue("latentmix:tiny", connection=redis, serializer=JSONSerializer)
@@ -606,7 +606,7 @@ def fail_job(worker, exc: BaseException) -> None:
 
 
 def test_a_worker_whose_device_broke_stops_after_recording_the_failure(runtime_worker, monkeypatch):
-    from worker import runtime
+    from latentmix.worker import runtime
 
     monkeypatch.setattr(runtime, "device_works", lambda device: False)
 
@@ -618,7 +618,7 @@ def test_a_worker_whose_device_broke_stops_after_recording_the_failure(runtime_w
 def test_out_of_memory_empties_the_cache_and_the_worker_goes_on(runtime_worker, monkeypatch):
     import torch
 
-    from worker import runtime
+    from latentmix.worker import runtime
 
     emptied = []
     monkeypatch.setattr(runtime, "empty_device_cache", emptied.append)
@@ -636,7 +636,7 @@ def test_an_ordinary_error_on_a_working_device_changes_nothing(runtime_worker):
 
 
 def test_latentmix_up_replaces_a_worker_that_lost_its_device(monkeypatch):
-    from service import cli
+    from latentmix.service import cli
 
     lost = subprocess.Popen([sys.executable, "-c", "import os; os._exit(os.EX_TEMPFAIL)"])
     lost.wait()
@@ -652,5 +652,5 @@ def test_latentmix_up_replaces_a_worker_that_lost_its_device(monkeypatch):
     children = [("worker", lost)]
 
     assert cli._wait(children, stop, env={}) == 0
-    assert spawned == [("worker", ["-m", "worker"])]
+    assert spawned == [("worker", cli.WORKER_COMMAND)]
     children[0][1].wait()

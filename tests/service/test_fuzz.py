@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.config import Settings
-from service.jobs import get_queue
+from latentmix.service.config import Settings
+from latentmix.service.jobs import get_queue
 
 OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
 CHECKS = [

@@ -6,8 +6,8 @@ from cachetools import LRUCache
 from redis import Redis
 from safetensors import safe_open
 
-from service.latents import LatentCatalog, LatentRecord, latent_key
-from service.storage import LocalStorage
+from latentmix.service.latents import LatentCatalog, LatentRecord, latent_key
+from latentmix.service.storage import LocalStorage
 
 
 class CountingStorage(LocalStorage):

@@ -13,10 +13,10 @@ from rq import Callback, Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service.api import security
-from service.api.idempotency import PENDING_TTL_S, RECORD_KEY
-from service.jobs import INVERT_TASK, MIX_TASK, TASKS, LatentMixJob, UnknownTask
-from service.webhooks import DELIVER_TASK, deliver
+from latentmix.service.api import security
+from latentmix.service.api.idempotency import PENDING_TTL_S, RECORD_KEY
+from latentmix.service.jobs import INVERT_TASK, MIX_TASK, TASKS, LatentMixJob, UnknownTask
+from latentmix.service.webhooks import DELIVER_TASK, deliver
 
 KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
 
@@ -98,7 +98,7 @@ def test_short_keys_are_refused_at_startup(make_settings):
 
 
 def test_keys_come_from_a_comma_separated_variable(monkeypatch):
-    from service.config import Settings
+    from latentmix.service.config import Settings
 
     monkeypatch.setenv("LATENTMIX_API_KEYS", f" {KEYS[0]} ,{KEYS[1]}")
     monkeypatch.setenv("LATENTMIX_CORS_ORIGINS", "https://a.example,https://b.example")

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from helpers import free_port, make_s3_storage
 
-from service.config import Settings
-from service.storage import (
+from latentmix.service.config import Settings
+from latentmix.service.storage import (
     LocalStorage,
     NotFound,
     S3Storage,

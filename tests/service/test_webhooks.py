@@ -14,8 +14,8 @@ import pytest
 from conftest import WebhookReceiver
 from helpers import assert_problem, png_bytes
 
-from service.config import Settings
-from service.webhooks import WebhookRefused, blocked_address, deliver, verify_signature
+from latentmix.service.config import Settings
+from latentmix.service.webhooks import WebhookRefused, blocked_address, deliver, verify_signature
 
 SECRET = "webhook-secret-for-these-tests"
 DEFAULT_BLOCKED = Settings().webhook_blocked_networks
@@ -59,7 +59,7 @@ def worker_settings(monkeypatch) -> Iterator:
 
     def use(**values) -> None:
         settings = Settings(webhook_secret=SECRET, **values)
-        monkeypatch.setattr("service.webhooks.get_settings", lambda: settings)
+        monkeypatch.setattr("latentmix.service.webhooks.get_settings", lambda: settings)
 
     return use
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import S3_TEST_CREDENTIALS, make_s3_storage
 
-from service.config import Settings
-from service.storage import S3Storage
-from worker.writer import OffloadedWrites, StorageWriteFailed
+from latentmix.service.config import Settings
+from latentmix.service.storage import S3Storage
+from latentmix.worker.writer import OffloadedWrites, StorageWriteFailed
 
 
 @pytest.fixture

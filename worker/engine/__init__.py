@@ -1,9 +1,9 @@
 """The latent engine, usable on its own: load a model, invert images into DDIM noise
 latents, mix latents, generate images.
 
-    from worker.engine import load_model, invert, mix, generate, InversionSettings
+    from latentmix.worker.engine import load_model, invert, mix, generate, InversionSettings
 
-Attributes load lazily, so `worker.engine.methods` (names and weight rules) can be
+Attributes load lazily, so `service.mix_methods` (names and weight rules) can be
 imported by the torch-free API without pulling in torch.
 """
 
@@ -11,24 +11,24 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "mix": "worker.engine.mixing",
-    "MIX_METHODS": "worker.engine.methods",
-    "DEFAULT_METHOD": "worker.engine.methods",
-    "load_model": "worker.engine.models",
-    "LoadedModel": "worker.engine.models",
-    "ModelLoadError": "worker.engine.models",
-    "invert": "worker.engine.diffusion",
-    "generate": "worker.engine.diffusion",
-    "sample": "worker.engine.diffusion",
-    "encode_images": "worker.engine.diffusion",
-    "decode_latents": "worker.engine.diffusion",
-    "InversionSettings": "worker.engine.diffusion",
-    "InversionResult": "worker.engine.diffusion",
+    "mix": "latentmix.worker.engine.mixing",
+    "MIX_METHODS": "latentmix.service.mix_methods",
+    "DEFAULT_METHOD": "latentmix.service.mix_methods",
+    "load_model": "latentmix.worker.engine.models",
+    "LoadedModel": "latentmix.worker.engine.models",
+    "ModelLoadError": "latentmix.worker.engine.models",
+    "invert": "latentmix.worker.engine.diffusion",
+    "generate": "latentmix.worker.engine.diffusion",
+    "sample": "latentmix.worker.engine.diffusion",
+    "encode_images": "latentmix.worker.engine.diffusion",
+    "decode_latents": "latentmix.worker.engine.diffusion",
+    "InversionSettings": "latentmix.worker.engine.diffusion",
+    "InversionResult": "latentmix.worker.engine.diffusion",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'worker.engine' has no attribute {name!r}")
+        raise AttributeError(f"module 'latentmix.worker.engine' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name]), name)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.engine.models import LoadedModel
+from latentmix.worker.engine.models import LoadedModel
 
 ProgressFn = Callable[[int, int], None]
 """Called with (done, total) UNet steps after each step; raising from it stops the run."""

@@ -3,7 +3,7 @@
 Equation numbers refer to Landolsi & Kahl, "Addressing degeneracies in latent
 interpolation for diffusion models" (formulas restored in shared/method.md,
 section 2). Method names and the edge-case rules are documented in
-`worker.engine.methods`.
+`latentmix.service.mix_methods`.
 """
 
 import math
@@ -11,13 +11,12 @@ from collections.abc import Sequence
 
 import torch
 
-from worker.engine.methods import (
-    CANCEL_RTOL,
-    DEFAULT_METHOD,
-    SLERP_PARALLEL_EPS,
-    canonical_method,
-    check_weights,
-)
+from latentmix.service.mix_methods import DEFAULT_METHOD, canonical_method, check_weights
+
+# fix/nin refuse to normalise a weighted sum this much shorter than its terms.
+CANCEL_RTOL = 1e-6
+# slerp angles (radians) this close to 0 use the lerp limit; this close to pi are refused.
+SLERP_PARALLEL_EPS = 1e-6
 
 Weights = torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from rq import Worker
 
-from service.api.deps import RedisDep, StorageDep
+from latentmix.service.api.deps import RedisDep, StorageDep
 
 router = APIRouter(tags=["health"])
 

@@ -5,10 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import RedirectResponse
 
-from service.api.deps import StorageDep
-from service.api.problems import PROBLEM_RESPONSES, problem
-from service.latents import ID_RE, image_key
-from service.storage import NotFound
+from latentmix.service.api.deps import StorageDep
+from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
+from latentmix.service.latents import ID_RE, image_key
+from latentmix.service.storage import NotFound
 
 router = APIRouter(tags=["images"])
 

@@ -11,13 +11,13 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from rq.exceptions import InvalidJobOperation
 
-from service.api.deps import JobEventsDep, RedisDep, SettingsDep, StorageDep
-from service.api.problems import PROBLEM_RESPONSES, problem
-from service.images import encode_png
-from service.job_events import FALLBACK_POLL_S, announce
-from service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
-from service.latents import image_key
-from service.schemas import JobPublic
+from latentmix.service.api.deps import JobEventsDep, RedisDep, SettingsDep, StorageDep
+from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
+from latentmix.service.api.schemas import JobPublic
+from latentmix.service.images import encode_png
+from latentmix.service.job_events import FALLBACK_POLL_S, announce
+from latentmix.service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
+from latentmix.service.latents import image_key
 
 router = APIRouter(tags=["jobs"])
 

@@ -8,24 +8,11 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
-from service.api.models import resolve_model
-from service.api.problems import PROBLEM_RESPONSES, problem
-from service.api.routes.jobs import public_job
-from service.api.webhooks import checked_webhook
-from service.jobs import INVERT_TASK, enqueue, fetch_job, view_job
-from service.latents import (
-    ID_RE,
-    InvalidLatent,
-    LatentCatalog,
-    LatentRecord,
-    decode_latent,
-    image_latent_id,
-    latent_key,
-    upload_key,
-    uploaded_latent_id,
-)
-from service.schemas import (
+from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
+from latentmix.service.api.models import resolve_model
+from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
+from latentmix.service.api.routes.jobs import public_job
+from latentmix.service.api.schemas import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     MAX_GUIDANCE,
@@ -36,7 +23,20 @@ from service.schemas import (
     LatentsCreated,
     WebhookUrl,
 )
-from service.storage import in_parallel
+from latentmix.service.api.webhooks import checked_webhook
+from latentmix.service.jobs import INVERT_TASK, enqueue, fetch_job, view_job
+from latentmix.service.latents import (
+    ID_RE,
+    InvalidLatent,
+    LatentCatalog,
+    LatentRecord,
+    decode_latent,
+    image_latent_id,
+    latent_key,
+    upload_key,
+    uploaded_latent_id,
+)
+from latentmix.service.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 
@@ -184,7 +184,7 @@ def _check_image(data: bytes, filename: str | None, max_pixels: int) -> None:
 
     The format is sniffed from the bytes, not the file name; only the allowed decoders
     ever see the data. The size is read from the header before anything is decoded, and
-    Pillow's decompression-bomb guard (an error, see service.app) is a 413 too. The image
+    Pillow's decompression-bomb guard (an error, see service.api.app) is a 413 too. The image
     is then fully decoded, so a truncated or corrupt file is refused here, not by a job."""
     unreadable = f"{filename!r} is not a readable PNG, JPEG or WebP image"
     try:

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import MetricsDep
+from latentmix.service.api.deps import MetricsDep
 
 router = APIRouter(tags=["metrics"])
 

@@ -4,16 +4,16 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
-from service.api.idempotency import stable_job_id
-from service.api.problems import PROBLEM_RESPONSES, problem
-from service.api.routes.jobs import public_job
-from service.api.webhooks import checked_webhook
-from service.jobs import MIX_TASK, enqueue, fetch_job, model_of_queue, view_job
-from service.latents import LatentCatalog
-from service.schemas import JobPublic, MixCreate, SampleSpec
-from worker.engine.methods import canonical_method, check_weights
-from worker.engine.sampling import sample_weights
+from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
+from latentmix.service.api.idempotency import stable_job_id
+from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
+from latentmix.service.api.routes.jobs import public_job
+from latentmix.service.api.schemas import JobPublic, MixCreate, SampleSpec
+from latentmix.service.api.webhooks import checked_webhook
+from latentmix.service.jobs import MIX_TASK, enqueue, fetch_job, model_of_queue, view_job
+from latentmix.service.latents import LatentCatalog
+from latentmix.service.mix_methods import canonical_method, check_weights
+from latentmix.service.weight_sampling import sample_weights
 
 router = APIRouter(tags=["mix"])
 

@@ -5,9 +5,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 
-from service.jobs import JobStatus
-from service.latents import ID_RE
-from worker.engine.methods import DEFAULT_METHOD
+from latentmix.service.jobs import JobStatus
+from latentmix.service.latents import ID_RE
+from latentmix.service.mix_methods import DEFAULT_METHOD
 
 LatentId = Annotated[
     str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])

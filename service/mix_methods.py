@@ -1,8 +1,9 @@
 """Mixing-method names and the weight rules, without torch.
 
 The FastAPI process imports this module to validate requests before a job is
-queued, so it must never import torch or numpy. The arithmetic lives in
-`worker.engine.mixing.mix`, which calls `check_weights` too: one set of rules.
+queued, so it must never import torch or numpy. The numeric tolerances named below
+(CANCEL_RTOL, SLERP_PARALLEL_EPS) live with the arithmetic in the worker. The arithmetic lives in
+`latentmix.worker.engine.mixing.mix`, which calls `check_weights` too: one set of rules.
 
 Methods (Landolsi & Kahl, "Addressing degeneracies in latent interpolation for
 diffusion models"; formulas in shared/method.md, section 2):
@@ -69,11 +70,6 @@ MIX_METHODS: tuple[str, ...] = (
 DEFAULT_METHOD = "nin/chm"
 
 _ALIASES = {"fix": "fix/0", "nin": "nin/0"}
-
-# fix/nin refuse to normalise a weighted sum this much shorter than its terms.
-CANCEL_RTOL = 1e-6
-# slerp angles (radians) this close to 0 use the lerp limit; this close to pi are refused.
-SLERP_PARALLEL_EPS = 1e-6
 
 
 def canonical_method(name: str) -> str:

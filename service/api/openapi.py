@@ -1,10 +1,10 @@
-"""`python -m service.openapi`: write the app's OpenAPI schema to openapi/openapi.json."""
+"""`python -m service.api.openapi`: write the app's OpenAPI schema to openapi/openapi.json."""
 
 import json
 from pathlib import Path
 
-from service.app import create_app
-from service.config import Settings
+from latentmix.service.api.app import create_app
+from latentmix.service.config import Settings
 
 SCHEMA_FILE = Path(__file__).parents[1] / "openapi" / "openapi.json"
 

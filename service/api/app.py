@@ -9,19 +9,18 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from redis import Redis
 
-from service import metrics
-from service.api import problems, security
-from service.api.idempotency import IdempotencyMiddleware
-from service.api.idempotency import document as document_idempotency
-from service.api.limits import BodyLimitMiddleware, RequestLimits
-from service.api.reaper import run_reaper
-from service.api.routes import health, images, jobs, latents, mix
-from service.api.routes import metrics as metrics_route
-from service.config import Settings, get_settings
-from service.job_events import JobEvents
-from service.latents import LatentCatalog
-from service.metrics import Metrics
-from service.storage import storage_from_settings
+from latentmix.service.api import metrics, problems, security
+from latentmix.service.api.idempotency import IdempotencyMiddleware
+from latentmix.service.api.idempotency import document as document_idempotency
+from latentmix.service.api.limits import BodyLimitMiddleware, RequestLimits
+from latentmix.service.api.metrics import Metrics
+from latentmix.service.api.reaper import run_reaper
+from latentmix.service.api.routes import health, images, jobs, latents, mix
+from latentmix.service.api.routes import metrics as metrics_route
+from latentmix.service.config import Settings, get_settings
+from latentmix.service.job_events import JobEvents
+from latentmix.service.latents import LatentCatalog
+from latentmix.service.storage import storage_from_settings
 
 
 def _operation_id(route: APIRoute) -> str:
