@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from http.server import HTTPServer
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from helpers import (
     WEBHOOK_SECRET,
+    WebhookReceiver,
     free_port,
+    live_server,
     make_s3_storage,
     service_environment,
     start_process,
@@ -24,6 +29,13 @@ from redis import Redis
 from latentmix.service.api.app import create_app
 from latentmix.service.config import Settings
 from latentmix.service.storage import LocalStorage, S3Storage
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests run last: their session-wide workers (Redis database 0) must not
+    take the jobs of the in-process API tests that share that database."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
 
 # --------------------------------------------------------------------------------------------
 # S3: moto's standalone server, one per session; a fresh bucket per test.
@@ -161,3 +173,86 @@ def service_url(service_env: dict[str, str], service_data_dir: Path) -> Iterator
     finally:
         stop_process(api)
         stop_process(worker)
+
+
+# --------------------------------------------------------------------------------------------
+# Apps with their own settings on a Redis database of their own (so a worker some other test
+# left running never takes their jobs), served in-process or by a real uvicorn server.
+# --------------------------------------------------------------------------------------------
+
+HARDENING_DB = 2
+
+
+@pytest.fixture
+def own_redis_url(redis_server: str) -> str:
+    """The session's Redis server, database 2, emptied for this test."""
+    url = f"{redis_server.rsplit('/', 1)[0]}/{HARDENING_DB}"
+    client = Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture
+def make_settings(own_redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for the tiny model on `own_redis_url` and a local store, with overrides."""
+
+    def make(**overrides) -> Settings:
+        values = {"redis_url": own_redis_url, "data_dir": tmp_path / "data", "model": "tiny"}
+        return Settings(**(values | overrides))
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
+    """`make_client(**settings)`: a started TestClient; unexpected errors become 500s."""
+    clients: list[TestClient] = []
+
+    def make(**overrides) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_live_server(make_settings) -> Callable[..., AbstractContextManager[str]]:
+    return lambda **overrides: live_server(make_settings(**overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# Webhook receivers: HTTP servers on loopback that record deliveries.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[Callable[..., tuple[str, type[WebhookReceiver]]]]:
+    """`webhook_server(wrap=None, **attributes)`: a new receiver on loopback, its handler
+    attributes set as given; returns its `host:port` and its handler class (with the
+    deliveries). `wrap` wraps the listening socket (in TLS, say)."""
+    servers: list[HTTPServer] = []
+
+    def start(wrap=None, **attributes) -> tuple[str, type[WebhookReceiver]]:
+        handler = type("Receiver", (WebhookReceiver,), {"deliveries": [], **attributes})
+        server = HTTPServer(("127.0.0.1", free_port()), handler)
+        if wrap is not None:
+            server.socket = wrap(server.socket)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_port}", handler
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def receiver(webhook_server) -> tuple[str, type[WebhookReceiver]]:
+    """A webhook receiver on loopback: its URL, and its handler class with the deliveries."""
+    address, handler = webhook_server()
+    return f"http://{address}/hook", handler

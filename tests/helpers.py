@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 
+from latentmix.service.config import Settings
 from latentmix.service.storage import S3Storage
 
 WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
@@ -192,3 +197,51 @@ def service_environment(**settings: str) -> dict[str, str]:
         if not key.startswith("LATENTMIX_") and key != "REDIS_URL"
     }
     return inherited | {"HF_HUB_OFFLINE": "1"} | settings
+
+
+class WebhookReceiver(BaseHTTPRequestHandler):
+    """Records each delivery (headers in lower case, body); answers 500 to the first
+    `fail_first` of them, then `status`, with `location` as its Location header if set."""
+
+    deliveries: list[dict]
+    fail_first = 0
+    status = 200
+    location: str | None = None
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.deliveries.append({"headers": headers, "body": body})
+        failing = len(self.deliveries) <= self.fail_first
+        self.send_response(500 if failing else self.status)
+        if self.location and not failing:
+            self.send_header("Location", self.location)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app under a real uvicorn server on a loopback port; yields its base URL."""
+    import uvicorn
+
+    from latentmix.service.api.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

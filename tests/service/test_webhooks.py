@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import WebhookReceiver
-from helpers import assert_problem, png_bytes
+from helpers import WebhookReceiver, assert_problem, png_bytes
 
 from latentmix.service.config import Settings
 from latentmix.service.webhooks import WebhookRefused, blocked_address, deliver, verify_signature

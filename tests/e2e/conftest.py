@@ -24,8 +24,8 @@ CLIENT_REDIS_DB = 7  # apart from the other suites' database 0
 MAX_BATCH = 2  # worker batch: a mix of a few images finishes in several batches (streaming)
 
 
-@pytest.fixture(scope="package")
-def service_url(redis_server, s3_server, tmp_path_factory) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def client_service_url(redis_server, s3_server, tmp_path_factory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("client-service")
     redis_url = f"{redis_server.rsplit('/', 1)[0]}/{CLIENT_REDIS_DB}"
     with Redis.from_url(redis_url) as redis:

@@ -25,7 +25,7 @@ from latentmix.service.api.app import create_app
 from latentmix.service.api.routes import jobs as jobs_routes
 from latentmix.service.jobs import append_partial_result, fetch_job
 
-OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
+OPENAPI_FILE = Path(__file__).parents[3] / "openapi" / "openapi.json"
 
 
 def post_images(client, *images: bytes, **form):

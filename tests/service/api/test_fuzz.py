@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import live_server
+from helpers import live_server
 from hypothesis import HealthCheck, settings
 from redis import Redis
 from rq import SimpleWorker
@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 from latentmix.service.config import Settings
 from latentmix.service.jobs import get_queue
 
-OPENAPI_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
+OPENAPI_FILE = Path(__file__).parents[3] / "openapi" / "openapi.json"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
