@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -37,25 +36,24 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     up.set_defaults(handler=lambda args: run_up(get_settings(), workers=args.workers))
     api = commands.add_parser("api", help="run the HTTP API (uvicorn)")
-    api.set_defaults(handler=lambda _: _run_module("latentmix.service.api.__main__"))
+    api.set_defaults(handler=lambda _: _become("latentmix.service.api"))
     worker = commands.add_parser("worker", help="run one worker for the configured model")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    worker.set_defaults(handler=_run_worker)
+    worker.set_defaults(handler=lambda args: _become("latentmix.worker", *_burst(args)))
     _add_contributed_commands(commands)
     args = parser.parse_args(argv)
     sys.exit(args.handler(args))
 
 
-def _run_module(module: str) -> int:
-    import_module(module).main()
-    return 0
+def _become(module: str, *args: str) -> int:
+    """Replace this process with `python -m module`: the launcher never imports the API
+    or the worker (the layers stay one-way), and signals reach the process itself."""
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])  # noqa: S606 (no shell)
+    return 1  # not reached
 
 
-def _run_worker(args: argparse.Namespace) -> int:
-    from latentmix.worker.__main__ import serve
-
-    serve(burst=args.burst)
-    return 0
+def _burst(args: argparse.Namespace) -> list[str]:
+    return ["--burst"] if args.burst else []
 
 
 def _add_contributed_commands(commands) -> None:

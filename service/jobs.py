@@ -1,4 +1,5 @@
-"""The job contract between the API and the workers: queues, task names, statuses.
+"""Jobs on RQ: queues, statuses, enqueueing, progress and results (what each job type's
+request and result hold is in service/contract.py).
 
 Jobs go through RQ with the JSON serializer (no pickles in Redis) and are enqueued by
 dotted path, so the API never imports the worker's torch code. Each model has its own
@@ -12,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job
 from rq.job import JobStatus as RQStatus
@@ -20,14 +21,12 @@ from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 
 from latentmix.service.config import Settings
+from latentmix.service.contract import INVERT, JOB_TYPES, MIX, Contract, JobType
 from latentmix.service.job_events import announce
 from latentmix.service.job_metrics import record_job_end
 from latentmix.service.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
-INVERT_TASK = "latentmix.worker.tasks.invert_images"
-MIX_TASK = "latentmix.worker.tasks.mix_latents"
-JOB_TYPES = {INVERT_TASK: "invert", MIX_TASK: "mix"}
 CANCEL_KEY = "latentmix:cancel:{job_id}"
 PARTIAL_KEY = "latentmix:partial:{job_id}"
 
@@ -35,12 +34,13 @@ PARTIAL_KEY = "latentmix:partial:{job_id}"
 # The functions a job may name. RQ imports and calls whatever function, and whatever
 # callbacks, a job stored in Redis names; workers and the reaper load jobs as LatentMixJob,
 # which runs only these and no callbacks, so write access to Redis is not code execution.
-TASKS = frozenset({INVERT_TASK, MIX_TASK, DELIVER_TASK})
+TASKS = frozenset({*JOB_TYPES, DELIVER_TASK})
 # Task paths before the `latentmix` namespace (0.1): jobs queued by the previous release
-# still run after an upgrade. To be dropped in the release after next.
+# still run after an upgrade (their requests too: see worker/tasks/mix.py). To be dropped
+# in the release after next.
 LEGACY_TASKS = {
-    "worker.tasks.invert_images": INVERT_TASK,
-    "worker.tasks.mix_latents": MIX_TASK,
+    "worker.tasks.invert_images": INVERT.task,
+    "worker.tasks.mix_latents": MIX.task,
     "service.webhooks.deliver": DELIVER_TASK,
 }
 
@@ -48,6 +48,16 @@ LEGACY_TASKS = {
 def task_of(job: Job) -> str | None:
     """The task path `job` runs, old names read as today's."""
     return LEGACY_TASKS.get(job.func_name, job.func_name)
+
+
+def job_type_of(job: Job) -> JobType | None:
+    """The job's type, or None for a job that is not an inversion or a mix (a delivery)."""
+    return JOB_TYPES.get(task_of(job))
+
+
+def type_name(job: Job) -> str:
+    job_type = job_type_of(job)
+    return job_type.name if job_type else job.func_name
 
 
 class UnknownTask(RuntimeError):
@@ -106,40 +116,32 @@ def get_queue(redis: Redis, model: str) -> Queue:
     return Queue(queue_name(model), connection=redis, serializer=JSONSerializer)
 
 
-def served_models(redis: Redis) -> set[str]:
-    """Models that at least one live worker serves (RQ keeps worker registrations fresh)."""
-    models = set()
-    for worker in Worker.all(connection=redis):
-        for name in worker.queue_names():
-            if model := model_of_queue(name):
-                models.add(model)
-    return models
-
-
 def enqueue(
     redis: Redis,
     settings: Settings,
     *,
-    task: str,
+    job_type: JobType,
     model: str,
-    request: dict[str, Any],
+    request: Contract,
     job_id: str,
     depends_on: list[str] | None = None,
     webhook: str | None = None,
 ) -> Job:
-    """Enqueue `task(request)` on `model`'s queue. Dependencies may fail: the task then
-    reports which input is missing instead of waiting forever."""
+    """Enqueue `job_type`'s task with `request` on `model`'s queue. Dependencies may fail:
+    the task then reports which input is missing instead of waiting forever."""
+    if not isinstance(request, job_type.request):
+        raise TypeError(f"a {job_type.name} job takes a {job_type.request.__name__}")
     dependency = Dependency(jobs=depends_on, allow_failure=True) if depends_on else None
     return get_queue(redis, model).enqueue(
-        task,
-        request,
+        job_type.task,
+        request.model_dump(mode="json"),
         job_id=job_id,
         depends_on=dependency,
         job_timeout=settings.job_timeout_s,
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
         meta={"progress": {"done": 0, "total": 0}, "webhook": webhook},
-        description=f"{JOB_TYPES[task]} on {model}",
+        description=f"{job_type.name} on {model}",
     )
 
 
@@ -162,7 +164,7 @@ def report_job_end(
 ) -> None:
     """Count the job's end in the metrics and queue its webhook, if it has one. The worker
     calls this when a job ends; the reaper for a job whose worker died before it could."""
-    job_type = JOB_TYPES.get(task_of(job), job.func_name)
+    job_type = type_name(job)
     waited = job.started_at - job.enqueued_at if job.started_at and job.enqueued_at else None
     waited_s = waited.total_seconds() if waited else 0.0
     record_job_end(redis, job_type, status.value, duration_s, waited_s)
@@ -238,7 +240,7 @@ def view_job(redis: Redis, job: Job) -> JobView:
         error = "canceled"
     return JobView(
         id=job.id,
-        type=JOB_TYPES.get(task_of(job), job.func_name),
+        type=type_name(job),
         model=model_of_queue(job.origin),
         status=status,
         progress=dict(job.meta.get("progress") or {"done": 0, "total": 0}),

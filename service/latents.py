@@ -1,8 +1,9 @@
 """Latents as the service stores them: content-addressed ids, safetensors data, metadata
 records, and the claim that lets two concurrent requests compute a new latent only once.
 
-Storage layout (keys): `latents/{id}.safetensors` (one tensor named `latent`, [C, H, W]
-float32, with the latent's record as JSON in the file's metadata), `images/{id}.png`,
+Storage layout (keys): `latents/{id}.safetensors` (the tensor `latent`, [C, H, W] float32,
+plus the inversion method's auxiliary state as tensors named `aux.*`, e.g. EDICT's second
+latent, with the latent's record as JSON in the file's metadata), `images/{id}.png`,
 `uploads/{sha256}`. Tensor and record are one object, written once: a latent is stored
 completely or not at all, and one write publishes it.
 """
@@ -10,7 +11,6 @@ completely or not at all, and one write publishes it.
 import contextlib
 import hashlib
 import json
-import re
 import struct
 import threading
 from collections.abc import MutableMapping
@@ -29,8 +29,7 @@ from latentmix.service.jobs import fetch_job, status_of
 from latentmix.service.storage import NotFound, Storage
 
 LATENT_TENSOR = "latent"
-LATENT_CHANNELS = 4  # Stable Diffusion 1.x/2.x VAE latents
-ID_RE = re.compile(r"^[0-9a-f]{32}$")
+AUX_PREFIX = "aux."  # auxiliary state tensors: `aux.{name}`
 _CLAIM_KEY = "latentmix:latent-claim:{id}"
 _RECORD_CACHE_KEY = "latentmix:latent-record:{id}"
 RECORD_CACHE_TTL_S = 7 * 24 * 3600
@@ -41,32 +40,6 @@ _HEADER_READ_BYTES = 64 * 1024
 
 class InvalidLatent(ValueError):
     """An uploaded or stored latent file that is not what the service accepts."""
-
-
-def _content_id(kind: str, payload: bytes = b"", **fields: Any) -> str:
-    digest = hashlib.sha256(kind.encode())
-    digest.update(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(payload)
-    return digest.hexdigest()[:32]
-
-
-def image_latent_id(image: bytes, model: str, settings: dict[str, Any]) -> str:
-    """Same image bytes, model and inversion settings -> same id."""
-    return _content_id("image", image, model=model, settings=settings)
-
-
-def uploaded_latent_id(array: np.ndarray, model: str) -> str:
-    return _content_id("upload", array.tobytes(), model=model, shape=list(array.shape))
-
-
-def mixed_latent_id(inputs: list[str], weights: list[float], method: str) -> str:
-    return _content_id("mix", inputs=inputs, weights=weights, method=method)
-
-
-def image_id(latent_id: str, prompt: str, steps: int, guidance_scale: float) -> str:
-    return _content_id(
-        "render", latent=latent_id, prompt=prompt, steps=steps, guidance_scale=guidance_scale
-    )
 
 
 def upload_key(data: bytes) -> str:
@@ -81,10 +54,16 @@ def image_key(image_id: str) -> str:
     return f"images/{image_id}.png"
 
 
-def encode_latent(array: np.ndarray, record: "LatentRecord | None" = None) -> bytes:
-    """A safetensors file with the tensor `latent` and, if given, its record as metadata."""
+def encode_latent(
+    array: np.ndarray,
+    record: "LatentRecord | None" = None,
+    aux: dict[str, np.ndarray] | None = None,
+) -> bytes:
+    """A safetensors file with the tensor `latent`, the `aux.*` tensors, and, if given, the
+    record as metadata. Auxiliary tensors keep their dtype (float16 state stays small)."""
     metadata = {RECORD_METADATA: record.model_dump_json()} if record is not None else None
     tensors = {LATENT_TENSOR: np.ascontiguousarray(array, dtype=np.float32)}
+    tensors |= {AUX_PREFIX + name: np.ascontiguousarray(v) for name, v in (aux or {}).items()}
     return save_safetensors(tensors, metadata=metadata)
 
 
@@ -100,27 +79,37 @@ def stored_record(data: bytes) -> "LatentRecord":
     return LatentRecord.model_validate_json(header["__metadata__"][RECORD_METADATA])
 
 
-def decode_latent(data: bytes) -> np.ndarray:
-    """Parse and check a latent file: one tensor named `latent`, [4, H, W], finite.
+def decode_latent(data: bytes, channels: int | None = None) -> np.ndarray:
+    """Parse and check a latent file's tensor `latent`: [C, H, W] (C = `channels` when
+    given: the model card's), float, finite.
 
     safetensors is a plain header plus raw bytes: nothing is ever unpickled."""
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, OverflowError) as exc:
-        raise InvalidLatent(f"not a safetensors file ({exc})") from None
+    tensors = _load_tensors(data)
     if LATENT_TENSOR not in tensors:
         found = ", ".join(sorted(tensors)) or "none"
         raise InvalidLatent(f"expected one tensor named '{LATENT_TENSOR}', found: {found}")
     array = tensors[LATENT_TENSOR]
-    if array.ndim != 3 or array.shape[0] != LATENT_CHANNELS:
-        raise InvalidLatent(
-            f"latent must have shape [{LATENT_CHANNELS}, H, W], got {list(array.shape)}"
-        )
+    if array.ndim != 3 or (channels is not None and array.shape[0] != channels):
+        expected = "C" if channels is None else str(channels)
+        raise InvalidLatent(f"latent must have shape [{expected}, H, W], got {list(array.shape)}")
     if not np.issubdtype(array.dtype, np.floating):
         raise InvalidLatent(f"latent must be a float tensor, got {array.dtype}")
     if not np.isfinite(array).all():
         raise InvalidLatent("latent contains NaN or infinite values")
     return array.astype(np.float32)
+
+
+def decode_aux(data: bytes) -> dict[str, np.ndarray]:
+    """The `aux.*` tensors of a latent file, by name without the prefix."""
+    tensors = _load_tensors(data)
+    return {k.removeprefix(AUX_PREFIX): v for k, v in tensors.items() if k.startswith(AUX_PREFIX)}
+
+
+def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, OverflowError) as exc:
+        raise InvalidLatent(f"not a safetensors file ({exc})") from None
 
 
 def latent_stats(array: np.ndarray) -> dict[str, Any]:
@@ -146,8 +135,10 @@ class LatentRecord(BaseModel):
     channel_means: list[float]
     parents: list[str] | None = None
     weights: list[float] | None = None
-    method: str | None = None
+    method: str | None = None  # mixes: the mixing method
     prompt: str | None = None
+    inversion: str | None = None  # inverted images: the inversion method
+    aux: dict[str, list[int]] = Field(default_factory=dict)  # auxiliary tensors' shapes
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -208,10 +199,17 @@ class LatentCatalog:
         with self._memory_lock, contextlib.suppress(ValueError):  # larger than all of memory
             self._memory[latent_id] = array.copy()
 
-    def publish(self, record: LatentRecord, array: np.ndarray) -> bool:
-        """Store the latent with its record, unless one is stored under its id already (ids
-        are content addresses: the stored one stays). Returns whether it was new."""
-        data = encode_latent(array, record)
+    def load_aux(self, latent_id: str) -> dict[str, np.ndarray]:
+        """The latent's auxiliary state (empty for most methods)."""
+        return decode_aux(self.storage.get(latent_key(latent_id)))
+
+    def publish(
+        self, record: LatentRecord, array: np.ndarray, aux: dict[str, np.ndarray] | None = None
+    ) -> bool:
+        """Store the latent with its record and auxiliary state, unless one is stored under
+        its id already (ids are content addresses: the stored one stays). Returns whether
+        it was new."""
+        data = encode_latent(array, record, aux)
         if not self.storage.put(
             latent_key(record.id), data, "application/octet-stream", if_absent=True
         ):

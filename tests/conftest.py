@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from helpers import (
+    TINY_CARD,
     WEBHOOK_SECRET,
     WebhookReceiver,
     free_port,
@@ -28,6 +29,7 @@ from redis import Redis
 
 from latentmix.service.api.app import create_app
 from latentmix.service.config import Settings
+from latentmix.service.model_cards import CARDS_KEY
 from latentmix.service.storage import LocalStorage, S3Storage
 
 
@@ -125,6 +127,10 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
+    """The API in-process; the tiny model's card is known (as after a worker loaded it),
+    but no worker serves it."""
+    with Redis.from_url(settings.redis_url) as redis:
+        redis.hset(CARDS_KEY, TINY_CARD.model, TINY_CARD.model_dump_json())
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -210,7 +216,10 @@ def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**overrides) -> TestClient:
-        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False)
+        settings = make_settings(**overrides)
+        with Redis.from_url(settings.redis_url) as redis:
+            redis.hset(CARDS_KEY, TINY_CARD.model, TINY_CARD.model_dump_json())
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         return client

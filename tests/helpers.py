@@ -14,10 +14,25 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 
 from latentmix.service.config import Settings
+from latentmix.service.contract import ModelCard
 from latentmix.service.storage import S3Storage
 
 WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
 S3_TEST_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
+
+
+# The card a worker serving the built-in tiny model publishes (its values are checked
+# against the loaded model in tests/worker/test_runtime.py).
+TINY_CARD = ModelCard(
+    model="tiny",
+    family="stable-diffusion",
+    latent_channels=4,
+    vae_scale_factor=8,
+    default_size=64,
+    default_guidance=7.5,
+    prediction_type="epsilon",
+    inversion_methods=("ddim",),
+)
 
 
 def free_port() -> int:

@@ -39,9 +39,11 @@ from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
 from latentmix.service.config import Settings
+from latentmix.service.contract import DEFAULT_GUIDANCE, ModelCard
 from latentmix.service.job_events import announce
 from latentmix.service.jobs import LatentMixJob, get_queue
 from latentmix.service.latents import LatentCatalog
+from latentmix.service.model_cards import keep_serving, publish_card, stop_serving
 from latentmix.service.webhooks import webhook_queue
 from latentmix.worker.engine.models import LoadedModel, load_model
 from latentmix.worker.writer import OffloadedWrites
@@ -67,7 +69,7 @@ _context: WorkerContext | None = None
 
 def context() -> WorkerContext:
     if _context is None:
-        raise RuntimeError("worker context not started: run tasks through `python -m worker`")
+        raise RuntimeError("worker context not started: run tasks through `latentmix worker`")
     return _context
 
 
@@ -113,15 +115,34 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         heartbeat_ttl_s=settings.worker_heartbeat_ttl_s,
         device=ctx.model.device,
     )
-    with Heartbeat(worker, settings.worker_heartbeat_ttl_s):
-        worker.work(
-            burst=burst,
-            logging_level="INFO",
-            dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
-        )
+    # Served from now on: /readyz and GET /models count this worker while its heartbeat lives.
+    publish_card(ctx.redis, model_card(ctx), worker.name, settings.worker_heartbeat_ttl_s)
+    try:
+        with Heartbeat(worker, settings.worker_heartbeat_ttl_s):
+            worker.work(
+                burst=burst,
+                logging_level="INFO",
+                dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+            )
+    finally:
+        stop_serving(ctx.redis, worker.name)
     ctx.storage.close()
     if worker.device_lost:
         raise SystemExit(EXIT_DEVICE_LOST)
+
+
+def model_card(ctx: WorkerContext) -> ModelCard:
+    """The card of the loaded model, as the API reads it."""
+    description = ctx.model.describe()
+    return ModelCard(
+        **description
+        | {
+            "model": ctx.settings.model,
+            "family": "stable-diffusion",
+            "default_guidance": DEFAULT_GUIDANCE,
+            "inversion_methods": ("ddim",),
+        }
+    )
 
 
 class LatentMixWorker(SimpleWorker):
@@ -209,6 +230,7 @@ class Heartbeat:
         executions = list(worker.executions.values())
         with worker.connection.pipeline(transaction=False) as pipe:
             pipe.expire(worker.key, ttl)
+            keep_serving(pipe, worker.name, ttl)
             for execution in executions:
                 job = execution.job
                 started = StartedJobRegistry(job.origin, connection=worker.connection)

@@ -1,10 +1,11 @@
-"""Which model a request runs on."""
+"""Which model a request runs on, and its card."""
 
 from redis import Redis
 
 from latentmix.service.api.problems import problem
 from latentmix.service.config import Settings
-from latentmix.service.jobs import served_models
+from latentmix.service.contract import ModelCard
+from latentmix.service.model_cards import model_card, served_models
 
 
 def resolve_model(requested: str | None, settings: Settings, redis: Redis) -> str:
@@ -14,8 +15,14 @@ def resolve_model(requested: str | None, settings: Settings, redis: Redis) -> st
         return settings.model
     served = served_models(redis)
     if requested not in served:
-        served_list = ", ".join(sorted(served | {settings.model}))
+        served_list = ", ".join(sorted({*served, settings.model}))
         raise problem(
             422, f"model {requested!r} is not served by any worker; served: {served_list}"
         )
     return requested
+
+
+def card_of(model: str, redis: Redis) -> ModelCard | None:
+    """The model's card; None while no worker has ever served it (requests are then
+    checked by the worker, which refuses what does not fit its model)."""
+    return model_card(redis, model)

@@ -32,12 +32,11 @@ from latentmix.service.api.problems import REDIS_ERRORS
 from latentmix.service.config import Settings
 from latentmix.service.job_events import announce
 from latentmix.service.jobs import (
-    JOB_TYPES,
     WORKER_DIED,
     JobStatus,
     LatentMixJob,
+    job_type_of,
     report_job_end,
-    task_of,
 )
 
 LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
@@ -59,7 +58,7 @@ def reap(redis: Redis, settings: Settings) -> int:
         clean_registries(queue, exception_handlers=[lambda job, *_: abandoned.append(job)])
         worker_registration.clean_worker_registry(queue)
     for job in abandoned:
-        if task_of(job) in JOB_TYPES and not job.retries_left:  # not webhook deliveries
+        if job_type_of(job) and not job.retries_left:  # not webhook deliveries
             _report_abandoned(redis, settings, job)
     _enqueue_due_retries(redis, [queue.name for queue in queues])
     return len(queues)

@@ -5,21 +5,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 
+from latentmix.service.contract import (
+    DEFAULT_GUIDANCE,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_STEPS,
+)
+from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
-from latentmix.service.latents import ID_RE
 from latentmix.service.mix_methods import DEFAULT_METHOD
 
 LatentId = Annotated[
     str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])
 ]
-
-# Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
-MAX_STEPS = 500
-MAX_GUIDANCE = 30.0
-# The text encoder reads 77 tokens; a longer prompt is truncated, so this only bounds waste.
-MAX_PROMPT_CHARS = 2000
 
 
 WebhookUrl = Annotated[
@@ -31,6 +29,15 @@ WebhookUrl = Annotated[
 class Progress(BaseModel):
     done: int
     total: int
+
+
+class PlannedImage(BaseModel):
+    """An image a mix job will produce, known when the job is queued."""
+
+    id: str
+    latent: str = Field(description="the mixed latent's id")
+    weights: list[float] = Field(description="the row's weights, normalised to sum 1")
+    url: str
 
 
 class JobPublic(BaseModel):
@@ -46,6 +53,9 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None = Field(
         description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
         "prompt, steps, guidance_scale}"
+    )
+    planned: list[PlannedImage] | None = Field(
+        default=None, description="POST /mix: the images the job will produce, in order"
     )
 
 
@@ -82,6 +92,10 @@ class LatentPublic(BaseModel):
     weights: list[float] | None = None
     method: str | None = None
     prompt: str | None = None
+    inversion: str | None = Field(default=None, description="the inversion method")
+    aux: dict[str, list[int]] | None = Field(
+        default=None, description="auxiliary state tensors (in /data as aux.*) and shapes"
+    )
     created_at: datetime | None = None
 
 

@@ -47,9 +47,9 @@ from redis.client import PubSub
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from latentmix.service.contract import INVERT
+from latentmix.service.ids import uploaded_latent_id
 from latentmix.service.job_events import CHANNEL_PREFIX
-from latentmix.service.jobs import INVERT_TASK
-from latentmix.service.latents import uploaded_latent_id
 from latentmix.service.storage import S3Storage
 
 pytestmark = pytest.mark.e2e
@@ -273,7 +273,7 @@ def test_an_error_inside_a_task_fails_its_job_and_the_worker_takes_the_next_one(
     queue = Queue("latentmix:tiny", connection=stack.redis(), serializer=JSONSerializer)
     item = {"upload_key": "uploads/vanished", "latent_id": "0" * 32, "prompt": ""}
     request = {"items": [item], "settings": {"steps": 2, "guidance_scale": 1.0, "size": 64}}
-    broken = queue.enqueue(INVERT_TASK, request, job_id=uuid.uuid4().hex)
+    broken = queue.enqueue(INVERT.task, request, job_id=uuid.uuid4().hex)
 
     failed = wait_for(api, broken.id)
 
@@ -310,7 +310,7 @@ def test_jobs_and_results_cross_redis_as_json_never_pickles(stack, api):
     payload = zlib.decompress(redis.hget(f"rq:job:{job['id']}", "data"))
     results = redis.xrange(f"rq:results:{job['id']}")
 
-    assert json.loads(payload)[0] == "latentmix.worker.tasks.invert_images"
+    assert json.loads(payload)[0] == INVERT.task
     assert results, "no result stored"
     for _, fields in results:
         assert json.loads(base64.b64decode(fields[b"return_value"])) == {"latents": ids}

@@ -56,7 +56,8 @@ def test_delete_removes_the_object(storage: Storage) -> None:
 
 
 def test_delete_of_a_missing_key_is_not_an_error(storage: Storage) -> None:
-    storage.delete("never/written.bin")
+    assert storage.delete("never/written.bin") is None  # no NotFound
+    assert not storage.exists("never/written.bin")
 
 
 def test_get_of_a_missing_key_raises_not_found(storage: Storage) -> None:
@@ -126,7 +127,9 @@ def test_invalid_keys_are_rejected(storage: Storage, key: str) -> None:
 
 
 def test_check_passes_for_a_usable_store(storage: Storage) -> None:
-    storage.check()
+    assert storage.check() is None  # raises when the store cannot be used
+    storage.put(KEY, b"x", "image/png")
+    assert storage.check() is None and storage.get(KEY) == b"x"
 
 
 # Local store.
@@ -228,8 +231,11 @@ def test_s3_check_raises_for_a_missing_bucket(s3_server: str) -> None:
 
 
 def test_s3_ensure_bucket_is_idempotent(s3_storage: S3Storage) -> None:
+    s3_storage.put(KEY, b"kept", "image/png")
+    s3_storage.ensure_bucket()  # the bucket exists already: nothing happens to it
     s3_storage.ensure_bucket()
-    s3_storage.check()
+    assert s3_storage.check() is None
+    assert s3_storage.get(KEY) == b"kept"
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
-"""GET /healthz (process alive), GET /readyz (Redis, storage and a worker reachable)."""
+"""GET /healthz (process alive), GET /readyz (Redis, storage and a worker with its model
+loaded)."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from rq import Worker
 
 from latentmix.service.api.deps import RedisDep, StorageDep
+from latentmix.service.model_cards import served_models
 
 router = APIRouter(tags=["health"])
 
@@ -17,13 +18,20 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
 def readyz(redis: RedisDep, storage: StorageDep) -> JSONResponse:
-    """Redis, storage and at least one worker are reachable."""
+    """Redis and storage are reachable, and at least one live worker has its model loaded
+    (a worker still loading, or one that died, does not count)."""
     checks = {"redis": _check(redis.ping), "storage": _check(storage.check)}
-    workers = Worker.count(connection=redis) if checks["redis"] == "ok" else 0
-    checks["workers"] = "ok" if workers else "no worker registered"
+    models = served_models(redis) if checks["redis"] == "ok" else {}
+    workers = sum(models.values())
+    checks["workers"] = "ok" if workers else "no worker with a loaded model"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks, "workers": workers},
+        {
+            "status": "ready" if ready else "not ready",
+            "checks": checks,
+            "workers": workers,
+            "models": models,
+        },
         status_code=200 if ready else 503,
     )
 

@@ -7,7 +7,8 @@ from fastapi.responses import RedirectResponse
 
 from latentmix.service.api.deps import StorageDep
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
-from latentmix.service.latents import ID_RE, image_key
+from latentmix.service.ids import ID_RE
+from latentmix.service.latents import image_key
 from latentmix.service.storage import NotFound
 
 router = APIRouter(tags=["images"])

@@ -9,39 +9,39 @@ from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from PIL import Image, UnidentifiedImageError
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
-from latentmix.service.api.models import resolve_model
+from latentmix.service.api.models import card_of, resolve_model
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
-from latentmix.service.api.schemas import (
+from latentmix.service.api.schemas import LatentEntry, LatentPublic, LatentsCreated, WebhookUrl
+from latentmix.service.api.webhooks import checked_webhook
+from latentmix.service.contract import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
+    INVERT,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
-    LatentEntry,
-    LatentPublic,
-    LatentsCreated,
-    WebhookUrl,
+    InversionSettings,
+    InvertItem,
+    InvertRequest,
+    ModelCard,
 )
-from latentmix.service.api.webhooks import checked_webhook
-from latentmix.service.jobs import INVERT_TASK, enqueue, fetch_job, view_job
+from latentmix.service.ids import ID_RE, image_latent_id, uploaded_latent_id
+from latentmix.service.jobs import enqueue, fetch_job, view_job
 from latentmix.service.latents import (
-    ID_RE,
     InvalidLatent,
     LatentCatalog,
     LatentRecord,
     decode_latent,
-    image_latent_id,
     latent_key,
     upload_key,
-    uploaded_latent_id,
 )
 from latentmix.service.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
-MIN_LATENT_SIDE, MAX_LATENT_SIDE = 64 // 8, 2048 // 8  # the `size` range, in latent cells
+MIN_SIZE, MAX_SIZE = 64, 2048  # image sides in pixels; uploaded latents likewise
 LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
 
 
@@ -61,7 +61,8 @@ def create_latents(
     metrics: MetricsDep,
     images: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")] = [],  # noqa: B006
     latents: Annotated[
-        list[UploadFile], File(description="safetensors files, one tensor `latent` [4, H, W]")
+        list[UploadFile],
+        File(description="safetensors files, one tensor `latent` [C, H, W] (C: the model's)"),
     ] = [],  # noqa: B006
     prompt: Annotated[
         list[str], Form(description="one prompt for all images, or one per image")
@@ -70,7 +71,8 @@ def create_latents(
     inversion_steps: Annotated[int, Form(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS,
     guidance_scale: Annotated[float, Form(ge=0.0, le=MAX_GUIDANCE)] = DEFAULT_GUIDANCE,
     size: Annotated[
-        int | None, Form(ge=64, le=2048, multiple_of=8, description="default: the model's")
+        int | None,
+        Form(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="default: the model's"),
     ] = None,
     webhook: Annotated[WebhookUrl | None, Form()] = None,
 ) -> LatentsCreated:
@@ -79,6 +81,8 @@ def create_latents(
         raise problem(422, "send at least one file part named 'images' or 'latents'")
     prompts = _prompts_for(prompt, len(images))
     model = resolve_model(model, settings, redis)
+    card = card_of(model, redis)
+    _check_size(size, card)
     webhook_url = checked_webhook(webhook, settings)
     job_id = uuid.uuid4().hex
     claim_ttl = settings.job_timeout_s + 600
@@ -87,10 +91,10 @@ def create_latents(
     planned: set[str] = set()
     # Every file is checked before anything is claimed, stored or queued.
     image_data = [_read_image(upload, settings.max_image_pixels) for upload in images]
-    latent_arrays = [_read_latent(upload) for upload in latents]
-    inversion = {"steps": inversion_steps, "guidance_scale": guidance_scale, "size": size}
+    latent_arrays = [_read_latent(upload, card) for upload in latents]
+    inversion = InversionSettings(steps=inversion_steps, guidance_scale=guidance_scale, size=size)
     latent_ids = [
-        image_latent_id(data, model, inversion | {"prompt": image_prompt})
+        image_latent_id(data, model, inversion.id_fields() | {"prompt": image_prompt})
         for data, image_prompt in zip(image_data, prompts, strict=True)
     ]
     # A new image's lookup misses Redis and asks storage: those round trips side by side.
@@ -246,20 +250,32 @@ def _image_entry(
     )
 
 
-def _read_latent(upload: UploadFile) -> np.ndarray:
-    """A latent file as `decode_latent` checks it, with a spatial size the models accept."""
+def _check_size(size: int | None, card: ModelCard | None) -> None:
+    if size is not None and card is not None and size % card.vae_scale_factor:
+        raise problem(
+            422,
+            f"size {size} is not a multiple of {card.vae_scale_factor} pixels, the latent cell "
+            f"of model {card.model!r}",
+        )
+
+
+def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
+    """A latent file as `decode_latent` checks it, with the model's channels and a spatial
+    size the model accepts (images of MIN_SIZE to MAX_SIZE pixels)."""
+    channels = card.latent_channels if card else None
     try:
-        array = decode_latent(upload.file.read())
+        array = decode_latent(upload.file.read(), channels)
     except InvalidLatent as exc:
-        raise problem(422, f"{upload.filename!r}: {exc}") from None
+        model = f" for model {card.model!r}" if card else ""
+        raise problem(422, f"{upload.filename!r}: {exc}{model}") from None
+    scale = card.vae_scale_factor if card else 8
+    smallest, largest = MIN_SIZE // scale, MAX_SIZE // scale
     height, width = array.shape[1:]
-    if not (
-        MIN_LATENT_SIDE <= height <= MAX_LATENT_SIDE and MIN_LATENT_SIDE <= width <= MAX_LATENT_SIDE
-    ):
+    if not (smallest <= height <= largest and smallest <= width <= largest):
         raise problem(
             422,
             f"{upload.filename!r}: latent is {height}x{width}; each side must be in "
-            f"[{MIN_LATENT_SIDE}, {MAX_LATENT_SIDE}] (images of 64 to 2048 pixels)",
+            f"[{smallest}, {largest}] (images of {MIN_SIZE} to {MAX_SIZE} pixels)",
         )
     return array
 
@@ -289,15 +305,15 @@ def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion,
         lambda key, item: storage.put(key, item["data"], "application/octet-stream"), keys, work
     )
     items = [
-        {"latent_id": item["latent_id"], "upload_key": key, "prompt": item["prompt"]}
+        InvertItem(latent_id=item["latent_id"], upload_key=key, prompt=item["prompt"])
         for key, item in zip(keys, work, strict=True)
     ]
     return enqueue(
         redis,
         settings,
-        task=INVERT_TASK,
+        job_type=INVERT,
         model=model,
-        request={"items": items, "settings": inversion},
+        request=InvertRequest(items=items, settings=inversion),
         job_id=job_id,
         webhook=webhook,
     )

@@ -1,6 +1,7 @@
 """POST /mix: mix latents with weights and generate an image per mix."""
 
 import uuid
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 
@@ -8,9 +9,18 @@ from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, Setting
 from latentmix.service.api.idempotency import stable_job_id
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
-from latentmix.service.api.schemas import JobPublic, MixCreate, SampleSpec
+from latentmix.service.api.schemas import JobPublic, MixCreate, PlannedImage, SampleSpec
 from latentmix.service.api.webhooks import checked_webhook
-from latentmix.service.jobs import MIX_TASK, enqueue, fetch_job, model_of_queue, view_job
+from latentmix.service.contract import (
+    DEFAULT_STEPS,
+    INVERT,
+    MIX,
+    InvertRequest,
+    MixRequest,
+    plan_mix,
+    shared_value,
+)
+from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_queue, view_job
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
 from latentmix.service.weight_sampling import sample_weights
@@ -27,7 +37,8 @@ def create_mix(
     catalog: CatalogDep,
     metrics: MetricsDep,
 ) -> JobPublic:
-    """Queue a mix job; latents still being inverted are waited for."""
+    """Queue a mix job; latents still being inverted are waited for. The answer lists the
+    images the job will produce (ids and URLs), known before it runs."""
     mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
     if mixes > settings.max_mixes_per_request:
         raise problem(
@@ -39,34 +50,41 @@ def create_mix(
         check_weights(rows, len(body.latents), method)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
-    # Normalised once here: [1, 1] and [0.5, 0.5] are the same mix, with the same ids.
-    rows = [[w / sum(row) for w in row] for row in rows]
-    model, producers = _inputs(catalog, redis, body.latents)
+    inputs = _inputs(catalog, redis, body.latents)
+    mix = plan_mix(
+        latents=body.latents,
+        rows=rows,
+        method=method,
+        prompt=body.prompt if body.prompt is not None else (shared_value(inputs.prompts) or ""),
+        steps=body.steps or shared_value(inputs.steps) or DEFAULT_STEPS,
+        guidance_scale=body.guidance_scale,
+        seed=body.sample.seed if body.sample else None,
+        producers=inputs.producers,
+    )
     webhook = checked_webhook(body.webhook, settings)
     job_id = stable_job_id(request) or uuid.uuid4().hex
-    if (earlier := fetch_job(redis, job_id)) is not None:  # queued by a try whose answer was lost
-        return public_job(view_job(redis, earlier), request)
-    job = enqueue(
-        redis,
-        settings,
-        task=MIX_TASK,
-        model=model or settings.model,
-        request={
-            "latents": body.latents,
-            "weights": rows,
-            "method": method,
-            "prompt": body.prompt,
-            "steps": body.steps,
-            "guidance_scale": body.guidance_scale,
-            "producers": producers,
-            "seed": body.sample.seed if body.sample else None,
-        },
-        job_id=job_id,
-        depends_on=sorted(set(producers.values())) or None,
-        webhook=webhook,
+    job = fetch_job(redis, job_id)  # queued by a try whose answer was lost
+    if job is None:
+        job = enqueue(
+            redis,
+            settings,
+            job_type=MIX,
+            model=inputs.model or settings.model,
+            request=mix,
+            job_id=job_id,
+            depends_on=sorted(set(inputs.producers.values())) or None,
+            webhook=webhook,
+        )
+        metrics.jobs_submitted.labels("mix").inc()
+    return public_job(view_job(redis, job), request).model_copy(
+        update={"planned": [_planned(mix, index, request) for index in range(len(mix.rows))]}
     )
-    metrics.jobs_submitted.labels("mix").inc()
-    return public_job(view_job(redis, job), request)
+
+
+def _planned(mix: MixRequest, index: int, request: Request) -> PlannedImage:
+    row = mix.rows[index]
+    url = str(request.url_for("get_image", image_id=row.image))
+    return PlannedImage(id=row.image, latent=row.latent, weights=row.weights, url=url)
 
 
 def _weight_rows(weights, count: int, sample: SampleSpec | None = None) -> list[list[float]]:
@@ -88,25 +106,50 @@ def _weight_rows(weights, count: int, sample: SampleSpec | None = None) -> list[
     return [weights]
 
 
-def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> tuple[str | None, dict]:
-    """Check every input exists (ready or pending) and shares one model and shape.
+@dataclass
+class _Inputs:
+    """What the API knows of a mix's inputs: their model, prompts and inversion steps, and
+    the jobs still producing some of them."""
 
-    Returns the model and, for pending inputs, the job that produces each."""
-    models, shapes, producers = set(), set(), {}
+    model: str | None = None
+    prompts: list[str | None] = field(default_factory=list)
+    steps: list[int | None] = field(default_factory=list)
+    producers: dict[str, str] = field(default_factory=dict)
+
+
+def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
+    """Check every input exists (ready or pending) and shares one model and shape; read
+    each one's prompt and steps from its record, or from the request of its pending job."""
+    inputs, models, shapes = _Inputs(), set(), set()
     for latent_id in latent_ids:
         record = catalog.record(latent_id)
         if record is not None:
             models.add(record.model)
             shapes.add(tuple(record.shape))
+            inputs.prompts.append(record.prompt)
+            inputs.steps.append(record.settings.get("steps"))
             continue
         holder = catalog.pending_job(latent_id)
         job = fetch_job(redis, holder) if holder else None
         if job is None:
             raise problem(404, f"latent {latent_id} not found")
         models.add(model_of_queue(job.origin))
-        producers[latent_id] = job.id
+        inputs.producers[latent_id] = job.id
+        prompt, steps = _pending_settings(job, latent_id)
+        inputs.prompts.append(prompt)
+        inputs.steps.append(steps)
     if len(models) > 1:
         raise problem(422, f"latents from different models cannot be mixed: {sorted(models)}")
     if len(shapes) > 1:
         raise problem(422, f"latents of different shapes cannot be mixed: {sorted(shapes)}")
-    return next(iter(models)), producers
+    inputs.model = next(iter(models))
+    return inputs
+
+
+def _pending_settings(job, latent_id: str) -> tuple[str | None, int | None]:
+    """The prompt and steps a pending inversion job was asked to use for `latent_id`."""
+    if job_type_of(job) is not INVERT:
+        return None, None
+    inversion = InvertRequest.model_validate(job.args[0])
+    prompt = next((item.prompt for item in inversion.items if item.latent_id == latent_id), None)
+    return prompt, inversion.settings.steps

@@ -12,18 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import (
-    PROBLEM_JSON,
+    TINY_CARD,
     assert_problem,
     latent_file,
     png_bytes,
     upload_latent,
     upload_random_latents,
 )
+from redis import Redis
 from safetensors.numpy import load
 
 from latentmix.service.api.app import create_app
 from latentmix.service.api.routes import jobs as jobs_routes
+from latentmix.service.contract import MixRequest
+from latentmix.service.ids import image_id, mixed_latent_id
 from latentmix.service.jobs import append_partial_result, fetch_job
+from latentmix.service.model_cards import CARDS_KEY, publish_card, stop_serving
 
 OPENAPI_FILE = Path(__file__).parents[3] / "openapi" / "openapi.json"
 
@@ -198,8 +202,7 @@ def test_non_finite_weights_are_rejected(client, two_latents):
         content=json.dumps({"latents": two_latents, "weights": [float("nan"), 1.0]}),
         headers={"content-type": "application/json"},
     )
-    assert response.status_code == 422
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    assert_problem(response, 422, "weights row 0, entry 0 is not finite: nan")
 
 
 def test_slerp_needs_two_latents(client, two_latents):
@@ -310,20 +313,76 @@ def test_health_and_readiness(client):
     assert ready.json()["checks"] == {
         "redis": "ok",
         "storage": "ok",
-        "workers": "no worker registered",
+        "workers": "no worker with a loaded model",
     }
+
+
+def test_ready_means_a_live_worker_with_its_model_loaded(client, settings):
+    redis = Redis.from_url(settings.redis_url)
+    # A registration left by a dead RQ worker, or one still loading its model, counts not.
+    redis.sadd("rq:workers", "rq:worker:dead")
+    assert client.get("/readyz").status_code == 503
+
+    publish_card(redis, TINY_CARD, "w1", ttl_s=30)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["workers"] == 1 and ready.json()["models"] == {"tiny": 1}
+
+    stop_serving(redis, "w1")
+    assert client.get("/readyz").status_code == 503
+    publish_card(redis, TINY_CARD, "w2", ttl_s=1)  # a killed worker: its heartbeat stops
+    time.sleep(1.2)
+    assert client.get("/readyz").status_code == 503
+
+
+def test_models_lists_the_served_models_with_their_cards(client, settings):
+    redis = Redis.from_url(settings.redis_url)
+    sd3 = TINY_CARD.model_copy(update={"model": "tiny-sd3", "latent_channels": 16})
+    for worker in ("a", "b"):
+        publish_card(redis, sd3, worker, ttl_s=30)
+
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+
+    assert models["tiny"] == {
+        "name": "tiny",
+        "workers": 0,
+        "default": True,
+        "card": TINY_CARD.model_dump(mode="json"),
+    }
+    assert models["tiny-sd3"]["workers"] == 2 and not models["tiny-sd3"]["default"]
+    assert models["tiny-sd3"]["card"]["latent_channels"] == 16
+
+
+def test_uploaded_latents_are_checked_against_the_models_card(client, settings):
+    redis = Redis.from_url(settings.redis_url)
+    sd3 = TINY_CARD.model_copy(update={"model": "tiny-sd3", "latent_channels": 16})
+    publish_card(redis, sd3, "worker", ttl_s=30)
+    four, sixteen = np.ones((4, 8, 8), np.float32), np.ones((16, 8, 8), np.float32)
+
+    refused = upload_latent(client, four, model="tiny-sd3")
+    accepted = upload_latent(client, sixteen, model="tiny-sd3")
+
+    assert_problem(refused, 422, "[16, H, W]", "got [4, 8, 8]", "tiny-sd3")
+    assert accepted.status_code == 200, accepted.text
+    assert_problem(upload_latent(client, sixteen), 422, "[4, H, W]", "'tiny'")
+
+
+def test_without_a_card_any_channel_count_is_left_to_the_worker(client, settings):
+    Redis.from_url(settings.redis_url).delete(CARDS_KEY)
+    response = upload_latent(client, np.ones((16, 8, 8), np.float32))
+    assert response.status_code == 200, response.text
 
 
 def test_committed_openapi_schema_matches_the_app(settings):
     committed = json.loads(OPENAPI_FILE.read_text())
     assert create_app(settings).openapi() == committed, (
-        "API changed: regenerate with `python -m service.api.openapi`"
+        "API changed: regenerate with `python -m latentmix.service.api.openapi`"
     )
 
 
 def test_the_api_never_imports_torch():
     code = (
-        "import sys, service.api.app, service.cli; service.api.app.create_app(); "
+        "import sys, latentmix.service.api.app as app, latentmix.service.cli; app.create_app(); "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run(
@@ -356,4 +415,33 @@ def test_weight_rows_are_normalised_once_in_the_api(client, two_latents):
 
     job = fetch_job(client.app.state.redis, job_id)
 
-    assert job.args[0]["weights"] == [[0.25, 0.75]]
+    assert MixRequest.model_validate(job.args[0]).weights == [[0.25, 0.75]]
+
+
+def test_a_mix_answers_with_the_ids_it_will_produce(client, two_latents):
+    rows = [[2, 6], [1, 3], [1, 1]]  # the first two are the same mix
+    answer = client.post("/mix", json={"latents": two_latents, "weights": rows}).json()
+
+    planned = answer["planned"]
+    latent_ids = [mixed_latent_id(two_latents, w, "nin/chm") for w in ([0.25, 0.75], [0.5, 0.5])]
+    # Uploaded latents carry no prompt or steps: the defaults apply ("", 50 steps).
+    image_ids = [image_id(latent, "", 50, 7.5) for latent in latent_ids]
+    assert [p["latent"] for p in planned] == [latent_ids[0], latent_ids[0], latent_ids[1]]
+    assert [p["id"] for p in planned] == [image_ids[0], image_ids[0], image_ids[1]]
+    assert [p["weights"] for p in planned] == [[0.25, 0.75], [0.25, 0.75], [0.5, 0.5]]
+    assert planned[0]["url"].endswith(f"/images/{image_ids[0]}")
+    request = MixRequest.model_validate(fetch_job(client.app.state.redis, answer["id"]).args[0])
+    assert [row.image for row in request.rows] == [p["id"] for p in planned]
+
+
+def test_a_mix_of_pending_inversions_takes_their_prompt_and_steps(client):
+    form = {"prompt": "a red fox", "inversion_steps": "12"}
+    pending = post_images(client, png_bytes(1), png_bytes(2), **form).json()
+    inputs = [entry["id"] for entry in pending["latents"]]
+
+    answer = client.post("/mix", json={"latents": inputs}).json()
+
+    request = MixRequest.model_validate(fetch_job(client.app.state.redis, answer["id"]).args[0])
+    assert (request.prompt, request.steps) == ("a red fox", 12)
+    assert request.producers == dict.fromkeys(inputs, pending["job"]["id"])
+    assert answer["planned"][0]["id"] == image_id(request.rows[0].latent, "a red fox", 12, 7.5)

@@ -3,7 +3,7 @@ whatever schemathesis generates, valid or not, the API never answers 5xx and eve
 matches the schema (status documented, content type declared, body valid).
 
 The API runs under a real uvicorn server on loopback, on a real Redis and a local store.
-A worker is registered but never works, so /readyz is 200 (a 503 there would be its
+A worker's model card is published but no worker works, so /readyz is 200 (a 503 there would be its
 documented answer, not a fault) and jobs stay queued. Examples are derandomized: the same
 cases on every run.
 """
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from helpers import live_server
+from helpers import TINY_CARD, live_server
 from hypothesis import HealthCheck, settings
 from redis import Redis
-from rq import SimpleWorker
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -25,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from latentmix.service.config import Settings
-from latentmix.service.jobs import get_queue
+from latentmix.service.model_cards import publish_card
 
 OPENAPI_FILE = Path(__file__).parents[3] / "openapi" / "openapi.json"
 CHECKS = [
@@ -44,7 +43,7 @@ def base_url(redis_server: str, tmp_path_factory) -> Iterator[str]:
     redis_url = f"{redis_server.rsplit('/', 1)[0]}/{FUZZ_DB}"
     redis = Redis.from_url(redis_url)
     redis.flushdb()
-    SimpleWorker([get_queue(redis, "tiny")], connection=redis).register_birth()
+    publish_card(redis, TINY_CARD, "fuzz-worker", ttl_s=3600)  # serves, never works
     fuzz_settings = Settings(
         redis_url=redis_url,
         data_dir=tmp_path_factory.mktemp("fuzz"),

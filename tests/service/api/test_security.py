@@ -2,6 +2,7 @@
 Redis that name functions other than LatentMix tasks."""
 
 import hmac
+import importlib
 import json
 import os
 import uuid
@@ -15,7 +16,8 @@ from rq.serializers import JSONSerializer
 
 from latentmix.service.api import security
 from latentmix.service.api.idempotency import PENDING_TTL_S, RECORD_KEY
-from latentmix.service.jobs import INVERT_TASK, MIX_TASK, TASKS, LatentMixJob, UnknownTask
+from latentmix.service.contract import INVERT, MIX
+from latentmix.service.jobs import TASKS, LatentMixJob, UnknownTask
 from latentmix.service.webhooks import DELIVER_TASK, deliver
 
 KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
@@ -325,7 +327,21 @@ def test_a_job_naming_another_function_is_refused_before_it_is_imported(stray_qu
 def test_the_latentmix_tasks_resolve(stray_queue):
     job = stray_queue.enqueue(DELIVER_TASK, "http://127.0.0.1:9/hook", {})
     assert loaded(job).func is deliver
-    assert {INVERT_TASK, MIX_TASK, DELIVER_TASK} == TASKS
+    assert {INVERT.task, MIX.task, DELIVER_TASK} == TASKS
+
+
+@pytest.mark.parametrize(
+    ("old_name", "task"),
+    [
+        ("worker.tasks.invert_images", INVERT.task),
+        ("worker.tasks.mix_latents", MIX.task),
+        ("service.webhooks.deliver", DELIVER_TASK),
+    ],
+)
+def test_jobs_queued_under_the_previous_release_names_run_todays_tasks(stray_queue, old_name, task):
+    job = loaded(stray_queue.enqueue(old_name, {}))
+    module, name = task.rsplit(".", 1)
+    assert job.func is getattr(importlib.import_module(module), name)
 
 
 def test_callbacks_named_in_redis_are_never_imported(stray_queue):

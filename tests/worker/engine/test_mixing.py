@@ -422,10 +422,16 @@ def test_latents_of_different_shapes_cannot_be_stacked_for_mix():
 # --- check_weights on plain lists (what the API calls) -------------------------------------
 
 
-def test_check_weights_accepts_valid_plain_lists():
-    check_weights([[0.2, 0.8]], 2, "slerp")
-    check_weights([[1, 0, 0], [0.1, 0.2, 0.3]], 3, "nin/chm")
-    check_weights([[5]], 1, "fix")
+@pytest.mark.parametrize(
+    ("rows", "k", "method"),
+    [([[0.2, 0.8]], 2, "slerp"), ([[1, 0, 0], [0.1, 0.2, 0.3]], 3, "nin/chm"), ([[5]], 1, "fix")],
+)
+def test_check_weights_accepts_valid_plain_lists_and_mix_uses_them(rows, k, method):
+    assert check_weights(rows, k, method) is None  # no ValueError
+    latents = _latents(k)
+    mixed = mix(latents, rows, method)
+    assert mixed.shape == (len(rows), *latents.shape[1:])
+    assert torch.isfinite(mixed).all()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,225 @@
+"""The typed job contract between the API and the workers.
+
+Each job type has one request model and one result model, and one row in `JOB_TYPES`
+(name -> task path -> request model). The API builds a request with everything
+deterministic already resolved (weights validated and normalised, ids computed, prompt and
+steps taken from the inputs); the task parses it with the same model, so both sides agree
+on every field and its default, and a request that does not fit is refused by name.
+
+Torch-free: the API imports it. Defaults of the diffusion settings live here and nowhere
+else.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from latentmix.service.ids import image_id, mixed_latent_id
+
+# Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_INVERSION = "ddim"
+MAX_STEPS = 500
+MAX_GUIDANCE = 30.0
+# The text encoder reads 77 tokens; a longer prompt is truncated, so this only bounds waste.
+MAX_PROMPT_CHARS = 2000
+
+
+class Contract(BaseModel):
+    """A message between the API and a worker: immutable, and no field it does not know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- model cards ------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    """What a worker publishes about the model it serves (worker/engine's card as JSON);
+    the API validates requests against it. Fields beyond these (device, dtype, batch sizes)
+    are kept as they come."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    model: str
+    family: str
+    latent_channels: int
+    vae_scale_factor: int
+    default_size: int
+    default_guidance: float
+    prediction_type: str
+    inversion_methods: tuple[str, ...]
+
+
+# --- invert -----------------------------------------------------------------------------
+
+
+class InversionSettings(Contract):
+    """How images are inverted; part of every inverted latent's id."""
+
+    method: str = DEFAULT_INVERSION
+    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    size: int | None = None  # image side in pixels; None: the model's default
+
+    def id_fields(self) -> dict[str, Any]:
+        """What the latent id covers. `ddim` leaves the method out, so the ids of latents
+        inverted before methods existed stay valid (their cache keeps working)."""
+        fields = self.model_dump()
+        if self.method == DEFAULT_INVERSION:
+            del fields["method"]
+        return fields
+
+
+class InvertItem(Contract):
+    latent_id: str
+    upload_key: str
+    prompt: str
+
+
+class InvertRequest(Contract):
+    items: list[InvertItem] = Field(min_length=1)
+    settings: InversionSettings
+
+
+class InvertResult(Contract):
+    latents: list[str]
+
+
+# --- mix --------------------------------------------------------------------------------
+
+
+class MixRow(Contract):
+    """One weight row of a mix job and the ids it produces (computed by the API)."""
+
+    weights: list[float]  # normalised: they sum to 1
+    latent: str  # the mixed latent's id
+    image: str  # its image's id
+
+
+class MixRequest(Contract):
+    """A mix job, resolved by the API: normalised weight rows and their ids."""
+
+    latents: list[str] = Field(min_length=1)
+    method: str
+    prompt: str
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE)
+    seed: int | None = None
+    rows: list[MixRow] = Field(min_length=1)
+    producers: dict[str, str] = Field(default_factory=dict)  # pending input -> its job
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MixRequest":
+        for index, row in enumerate(self.rows):
+            if len(row.weights) != len(self.latents):
+                raise ValueError(
+                    f"weight row {index} has {len(row.weights)} entries for "
+                    f"{len(self.latents)} latents"
+                )
+        return self
+
+    @property
+    def weights(self) -> list[list[float]]:
+        return [row.weights for row in self.rows]
+
+    def image(self, index: int) -> "MixImage":
+        """Row `index` as the result shows it."""
+        row = self.rows[index]
+        provenance = Provenance(
+            inputs=self.latents,
+            method=self.method,
+            prompt=self.prompt,
+            seed=self.seed,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            weights=row.weights,
+        )
+        return MixImage(id=row.image, latent=row.latent, provenance=provenance)
+
+
+def plan_mix(
+    *,
+    latents: list[str],
+    rows: list[list[float]],
+    method: str,
+    prompt: str,
+    steps: int,
+    guidance_scale: float,
+    seed: int | None = None,
+    producers: dict[str, str] | None = None,
+) -> MixRequest:
+    """The mix job for validated weight `rows`: each normalised once (so [1, 1] and
+    [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids."""
+    planned = []
+    for row in rows:
+        weights = [w / sum(row) for w in row]
+        latent = mixed_latent_id(latents, weights, method)
+        image = image_id(latent, prompt, steps, guidance_scale)
+        planned.append(MixRow(weights=weights, latent=latent, image=image))
+    return MixRequest(
+        latents=latents,
+        method=method,
+        prompt=prompt,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        rows=planned,
+        producers=producers or {},
+    )
+
+
+class Provenance(Contract):
+    """How one mixed image was made: enough to make it again."""
+
+    inputs: list[str]
+    method: str
+    prompt: str
+    seed: int | None
+    steps: int
+    guidance_scale: float
+    weights: list[float]
+
+
+class MixImage(Contract):
+    """One image of a mix job: its id, the mixed latent's id, its provenance."""
+
+    id: str
+    latent: str
+    provenance: Provenance
+
+
+class MixResult(Contract):
+    latents: list[str]
+    images: list[MixImage]
+    method: str
+    prompt: str
+    seed: int | None
+    steps: int
+    guidance_scale: float
+
+
+def shared_value(values):
+    """The one value all `values` share, or None (e.g. the inputs' common prompt)."""
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str  # as the API shows it
+    task: str  # dotted path of the RQ task
+    request: type[Contract]
+    result: type[Contract]
+
+
+INVERT = JobType(
+    "invert", "latentmix.worker.tasks.invert.invert_images", InvertRequest, InvertResult
+)
+MIX = JobType("mix", "latentmix.worker.tasks.mix.mix_latents", MixRequest, MixResult)
+JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX)}

@@ -1,0 +1,83 @@
+"""The job contract: what the API resolves before queueing, and what a worker refuses."""
+
+import pytest
+from pydantic import ValidationError
+
+from latentmix.service.contract import (
+    INVERT,
+    JOB_TYPES,
+    MIX,
+    InversionSettings,
+    InvertRequest,
+    MixRequest,
+    plan_mix,
+    shared_value,
+)
+from latentmix.service.ids import image_id, image_latent_id, mixed_latent_id
+
+IDS = [f"{i:032x}" for i in range(3)]
+
+
+def test_each_job_type_has_one_task_and_one_request_model():
+    assert {INVERT.task: INVERT, MIX.task: MIX} == JOB_TYPES
+    assert (INVERT.request, MIX.request) == (InvertRequest, MixRequest)
+
+
+def test_plan_mix_normalises_each_row_and_computes_its_ids():
+    mix = plan_mix(
+        latents=IDS[:2],
+        rows=[[2, 6], [1, 1]],
+        method="nin/chm",
+        prompt="a fox",
+        steps=20,
+        guidance_scale=5.0,
+        seed=3,
+    )
+
+    assert mix.weights == [[0.25, 0.75], [0.5, 0.5]]
+    latent = mixed_latent_id(IDS[:2], [0.25, 0.75], "nin/chm")
+    assert mix.rows[0].latent == latent
+    assert mix.rows[0].image == image_id(latent, "a fox", 20, 5.0)
+    provenance = mix.image(1).provenance
+    assert (provenance.inputs, provenance.weights, provenance.seed) == (IDS[:2], [0.5, 0.5], 3)
+
+
+def test_a_mix_request_whose_rows_do_not_fit_its_inputs_is_refused():
+    mix = plan_mix(
+        latents=IDS[:2], rows=[[1, 1]], method="lerp", prompt="", steps=10, guidance_scale=1.0
+    )
+    broken = mix.model_dump() | {"latents": IDS}
+
+    with pytest.raises(ValidationError, match="weight row 0 has 2 entries for 3 latents"):
+        MixRequest.model_validate(broken)
+
+
+def test_contract_messages_refuse_fields_they_do_not_know():
+    mix = plan_mix(
+        latents=IDS[:1], rows=[[1]], method="lerp", prompt="", steps=10, guidance_scale=1.0
+    )
+    with pytest.raises(ValidationError, match="wieghts"):
+        MixRequest.model_validate(mix.model_dump() | {"wieghts": [1]})
+
+
+def test_ddim_latent_ids_are_those_of_the_previous_release():
+    settings = InversionSettings(steps=10, guidance_scale=7.5, size=None)
+    before_methods = {"steps": 10, "guidance_scale": 7.5, "size": None, "prompt": "p"}
+
+    assert settings.id_fields() | {"prompt": "p"} == before_methods
+    assert image_latent_id(b"png", "tiny", settings.id_fields() | {"prompt": "p"}) == (
+        image_latent_id(b"png", "tiny", before_methods)
+    )
+
+
+def test_other_inversion_methods_get_other_ids():
+    ddim = InversionSettings(steps=10).id_fields()
+    other = InversionSettings(method="edict", steps=10).id_fields()
+    assert other["method"] == "edict"
+    assert image_latent_id(b"png", "tiny", ddim) != image_latent_id(b"png", "tiny", other)
+
+
+def test_shared_value_is_the_value_all_share_or_none():
+    assert shared_value(["a", "a"]) == "a"
+    assert shared_value(["a", "b"]) is None
+    assert shared_value([]) is None

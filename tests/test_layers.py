@@ -1,0 +1,80 @@
+"""The import rules that keep the layers one-way, read from the source (no imports run):
+
+- `service/` outside `service/api/` is the torch-free ground floor both processes share: it
+  never imports `latentmix.worker` or `latentmix.service.api`;
+- `worker/` never imports `latentmix.service.api` (the HTTP process);
+- `client/` talks HTTP only: it imports neither the service nor the worker;
+- everything imports the package by its installed name, `latentmix.*`, never the folders.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("service", "worker", "client")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every import in `path`, relative imports made absolute."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = "latentmix." + ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{module}".rstrip(".")
+            found.append((node.lineno, module))
+    return found
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def violations(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in files
+        for line, module in imported_modules(path)
+        if any(module == f or module.startswith(f + ".") for f in forbidden)
+    ]
+
+
+def test_the_shared_service_layer_imports_neither_the_worker_nor_the_api():
+    shared = [p for p in sources("service") if "api" not in p.relative_to(ROOT).parts[1:2]]
+    assert shared, "no service sources found"
+    assert violations(shared, ("latentmix.worker", "latentmix.service.api")) == []
+
+
+def test_the_worker_never_imports_the_api():
+    assert violations(sources("worker"), ("latentmix.service.api",)) == []
+
+
+def test_the_client_imports_only_itself_of_latentmix():
+    assert violations(sources("client"), ("latentmix.service", "latentmix.worker")) == []
+
+
+@pytest.mark.parametrize("folder", [*FOLDERS, "tests", "bench"])
+def test_code_imports_the_installed_namespace_never_the_folders(folder: str):
+    assert violations(sources(folder), FOLDERS) == []
+
+
+def test_the_rule_catches_a_reintroduced_worker_import(tmp_path: Path, monkeypatch):
+    fake_root = tmp_path
+    (fake_root / "service").mkdir()
+    bad = fake_root / "service" / "bad.py"
+    bad.write_text("from worker.engine import mix\nfrom latentmix.worker.tasks import mix\n")
+    monkeypatch.setattr(f"{__name__}.ROOT", fake_root)
+
+    found = violations([bad], ("latentmix.worker", *FOLDERS))
+
+    assert found == [
+        "service/bad.py:1 imports worker.engine",
+        "service/bad.py:2 imports latentmix.worker.tasks",
+    ]

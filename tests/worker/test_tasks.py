@@ -1,0 +1,134 @@
+"""The task adapters' own logic, without a model: batching, progress, cancellation, the
+order in which a mix's rows are rendered, and the previous release's requests."""
+
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+from redis import Redis
+
+from latentmix.service.contract import MixRequest, plan_mix
+from latentmix.service.jobs import request_cancel
+from latentmix.worker.tasks import mix as mix_task
+from latentmix.worker.tasks.mix import rows_to_render
+from latentmix.worker.tasks.reporting import (
+    JobCanceled,
+    batch_progress,
+    in_batches,
+    progress_reporter,
+)
+
+IDS = [f"{i:032x}" for i in range(3)]
+
+
+def done(value: bool) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def render_plan(stored: list[bool], size: int) -> tuple[list, list]:
+    """(batches with their planned count, the calls of on_rendered) for rows whose image is
+    stored (True) or not."""
+    rendered: list[list[int]] = []
+    batches = list(rows_to_render([done(s) for s in stored], size, rendered.append))
+    return batches, rendered
+
+
+def test_rows_are_rendered_in_batches_of_the_given_size():
+    batches, rendered = render_plan([False] * 5, size=2)
+    assert batches == [([0, 1], 3), ([2, 3], 3), ([4], 3)]
+    assert rendered == []
+
+
+def test_rows_rendered_before_are_announced_together_and_never_rendered_again():
+    batches, rendered = render_plan([True, False, True, False, True], size=2)
+    assert batches == [([1, 3], 2)]
+    assert rendered == [[0, 2], [4]]
+
+
+def test_a_mix_rendered_entirely_before_renders_nothing():
+    batches, rendered = render_plan([True, True, True], size=2)
+    assert batches == []
+    assert rendered == [[0, 1, 2]]
+
+
+def test_the_planned_batch_count_shrinks_as_stored_rows_turn_up():
+    batches, _ = render_plan([False, False, True, True, False], size=2)
+    # After the first batch, three rows are unknown (two more batches planned); two of
+    # them turn out stored, so the last batch is the second of two.
+    assert batches == [([0, 1], 3), ([4], 2)]
+
+
+def test_in_batches_covers_every_row_once():
+    assert in_batches(5, 2) == [[0, 1], [2, 3], [4]]
+    assert in_batches(0, 4) == []
+
+
+def test_batch_progress_counts_steps_over_all_planned_batches():
+    seen = []
+    report = batch_progress(lambda done, total: seen.append((done, total)), number=1, planned=3)
+    report(4, 10)
+    assert seen == [(14, 30)]
+
+
+class FakeJob(SimpleNamespace):
+    def save_meta(self) -> None:
+        self.saves += 1
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Redis:
+    return Redis.from_url(redis_url)
+
+
+def test_progress_is_saved_at_most_every_interval_and_always_at_the_end(redis):
+    job = FakeJob(id="job-1", meta={}, saves=0)
+    report = progress_reporter(redis, job)
+
+    for step in range(1, 11):
+        report(step, 10)
+
+    assert job.meta["progress"] == {"done": 10, "total": 10}
+    assert job.saves == 2  # the first step and the last; the others fall in one interval
+
+
+def test_a_canceled_job_stops_at_its_next_report(redis):
+    job = FakeJob(id="job-2", meta={}, saves=0)
+    report = progress_reporter(redis, job)
+    report(1, 10)
+    request_cancel(redis, "job-2", ttl_s=60)
+
+    with pytest.raises(JobCanceled, match="job-2 canceled"):
+        report(10, 10)
+
+
+def test_a_mix_request_of_the_previous_release_is_upgraded(monkeypatch):
+    records = {
+        latent_id: SimpleNamespace(id=latent_id, prompt="a cat", settings={"steps": 20})
+        for latent_id in IDS[:2]
+    }
+    monkeypatch.setattr(mix_task, "context", lambda: None)
+    monkeypatch.setattr(mix_task, "_ready_record", lambda ctx, i, producer: records[i])
+    legacy = {
+        "latents": IDS[:2],
+        "weights": [[0.25, 0.75]],
+        "method": "nin/chm",
+        "prompt": None,
+        "steps": None,
+        "guidance_scale": 7.5,
+        "producers": {},
+        "seed": None,
+    }
+
+    upgraded = MixRequest.model_validate(mix_task._upgrade(legacy))
+
+    assert upgraded == plan_mix(
+        latents=IDS[:2],
+        rows=[[0.25, 0.75]],
+        method="nin/chm",
+        prompt="a cat",
+        steps=20,
+        guidance_scale=7.5,
+    )
+    assert mix_task._upgrade(upgraded.model_dump()) == upgraded.model_dump()

@@ -1,0 +1,79 @@
+"""The invert job: uploaded images -> noise latents, published batch by batch."""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import torch
+from PIL import Image
+from rq.job import Job
+
+from latentmix.service.contract import InversionSettings as ContractSettings
+from latentmix.service.contract import InvertItem, InvertRequest, InvertResult
+from latentmix.service.latents import LatentRecord
+from latentmix.service.storage import STORAGE_IO, in_parallel
+from latentmix.worker.engine.diffusion import InversionResult, InversionSettings, invert
+from latentmix.worker.runtime import WorkerContext
+from latentmix.worker.tasks.reporting import (
+    BatchPublisher,
+    batch_progress,
+    in_batches,
+    progress_reporter,
+    task,
+)
+
+
+@task(InvertRequest)
+def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> InvertResult:
+    """Invert uploaded images into noise latents and publish them, batch by batch."""
+    items = request.items
+    settings = _engine_settings(request.settings)
+    # Fetched side by side; a batch waits only for its own images.
+    images = [STORAGE_IO.submit(_fetch_image, ctx, item.upload_key) for item in items]
+    progress = progress_reporter(ctx.redis, job)
+    batches = in_batches(len(items), ctx.model.max_batch_size)
+    with BatchPublisher() as publisher:
+        for number, rows in enumerate(batches):
+            result = invert(
+                ctx.model,
+                [images[i].result() for i in rows],
+                [items[i].prompt for i in rows],
+                settings,
+                progress=batch_progress(progress, number, len(batches)),
+            )
+            batch_items = [items[i] for i in rows]
+            publisher.submit(functools.partial(_publish_inverted, ctx, batch_items, result))
+    latent_ids = [item.latent_id for item in items]
+    # Claims of a failed job stay until they expire: GET /latents/{id} then reports the
+    # failure, and a new request takes the claim over (LatentCatalog.claim).
+    ctx.catalog.release(latent_ids, job.id)
+    return InvertResult(latents=latent_ids)
+
+
+def _engine_settings(settings: ContractSettings) -> InversionSettings:
+    if settings.method != "ddim":
+        raise ValueError(f"unknown inversion method {settings.method!r}; this worker runs: ddim")
+    return InversionSettings(settings.steps, settings.guidance_scale, settings.size)
+
+
+def _publish_inverted(ctx: WorkerContext, items: list[InvertItem], result: InversionResult):
+    def publish(item: InvertItem, latent: torch.Tensor) -> None:
+        record = LatentRecord.describe(
+            item.latent_id,
+            latent.numpy(),
+            model=ctx.settings.model,
+            source="image",
+            settings=result.settings,
+            prompt=item.prompt,
+            inversion="ddim",
+        )
+        ctx.catalog.publish(record, latent.numpy())
+
+    in_parallel(publish, items, result.latents)
+
+
+def _fetch_image(ctx: WorkerContext, key: str) -> Image.Image:
+    image = Image.open(io.BytesIO(ctx.storage.get(key)))
+    image.load()
+    return image

@@ -1,0 +1,184 @@
+"""The mix job: input latents x weight rows -> mixed latents and their images."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from PIL import Image
+from rq.job import Job
+
+from latentmix.service.contract import (
+    DEFAULT_STEPS,
+    MixImage,
+    MixRequest,
+    MixResult,
+    plan_mix,
+    shared_value,
+)
+from latentmix.service.images import encode_png
+from latentmix.service.jobs import append_partial_result, fetch_job, view_job
+from latentmix.service.latents import LatentRecord, image_key
+from latentmix.service.storage import STORAGE_IO, in_parallel
+from latentmix.worker.engine.diffusion import generate
+from latentmix.worker.engine.mixing import mix
+from latentmix.worker.runtime import WorkerContext, context
+from latentmix.worker.tasks.reporting import (
+    BatchPublisher,
+    batch_progress,
+    progress_reporter,
+    task,
+)
+
+
+class LatentUnavailable(RuntimeError):
+    """An input latent of a mix is missing (its inversion failed or was canceled)."""
+
+
+def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """A mix request queued by release 0.1 (weights, no ids) as today's MixRequest: its
+    prompt and steps default from the inputs' records, as 0.1's worker did."""
+    if "rows" in raw:
+        return raw
+    ctx = context()
+    producers = raw.get("producers") or {}
+    records = [_ready_record(ctx, i, producers.get(i)) for i in raw["latents"]]
+    prompt = raw.get("prompt")
+    steps = raw.get("steps") or shared_value(r.settings.get("steps") for r in records)
+    return plan_mix(
+        latents=raw["latents"],
+        rows=raw["weights"],
+        method=raw["method"],
+        prompt=prompt if prompt is not None else (shared_value(r.prompt for r in records) or ""),
+        steps=steps or DEFAULT_STEPS,
+        guidance_scale=raw["guidance_scale"],
+        seed=raw.get("seed"),
+        producers=producers,
+    ).model_dump()
+
+
+@task(MixRequest, upgrade=_upgrade)
+def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
+    """Mix input latents with each weight row, publish the mixes, generate their images.
+
+    Images are generated batch by batch; each finished batch is uploaded while the next one
+    computes, then appended to the job's partial result, so clients can download while the
+    job runs. A mix rendered before (same latent, prompt and settings) is not rendered
+    again: it is appended at once."""
+    records = [_ready_record(ctx, i, request.producers.get(i)) for i in request.latents]
+    _check_compatible(records, ctx.settings.model)
+    stack = torch.stack(in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
+    mixed = mix(stack, request.weights, request.method)
+    images = [request.image(index) for index in range(len(request.rows))]
+    # The mixed latents are stored while the first batches generate.
+    rendered = [
+        STORAGE_IO.submit(_publish_mix, ctx, latent, image)
+        for latent, image in zip(mixed, images, strict=True)
+    ]
+
+    def list_finished(rows: list[int]) -> None:
+        finished = [images[i].model_dump(mode="json") for i in rows]
+        append_partial_result(ctx.redis, job.id, finished, ctx.settings)
+
+    def publish_batch(rows: list[int], pictures: list[Image.Image]) -> None:
+        def upload(index: int, picture: Image.Image) -> None:
+            ctx.storage.put(image_key(images[index].id), encode_png(picture), "image/png")
+
+        in_parallel(upload, rows, pictures)
+        list_finished(rows)
+
+    progress = progress_reporter(ctx.redis, job)
+    with BatchPublisher() as publisher:
+        batches = rows_to_render(
+            rendered,
+            ctx.model.max_batch_size,
+            on_rendered=lambda rows: publisher.submit(functools.partial(list_finished, rows)),
+        )
+        generated = 0
+        for rows, planned in batches:
+            pictures = generate(
+                ctx.model,
+                mixed[rows],
+                request.prompt,
+                steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                progress=batch_progress(progress, generated, planned),
+            )
+            publisher.submit(functools.partial(publish_batch, rows, pictures))
+            generated += 1
+        if generated:  # fewer batches than planned when the last rows were rendered before
+            progress(generated * request.steps, generated * request.steps)
+    return MixResult(
+        latents=[image.latent for image in images],
+        images=images,
+        method=request.method,
+        prompt=request.prompt,
+        seed=request.seed,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+    )
+
+
+def rows_to_render(
+    rendered: list[Future], size: int, on_rendered: Callable[[list[int]], None]
+) -> Iterator[tuple[list[int], int]]:
+    """Batches of the rows whose image is not stored yet, each as soon as its rows are
+    known, with the number of batches planned so far (rows not yet known count as to be
+    rendered). The rows whose image is stored go to `on_rendered`, together, before the
+    next batch."""
+    batch: list[int] = []
+    stored: list[int] = []
+    yielded = 0
+    for index, future in enumerate(rendered):
+        (stored if future.result() else batch).append(index)
+        unknown = len(rendered) - index - 1
+        if stored and (len(batch) == size or not unknown):
+            on_rendered(stored)
+            stored = []
+        if len(batch) == size or (batch and not unknown):
+            yield batch, yielded + 1 + math.ceil(unknown / size)
+            yielded += 1
+            batch = []
+
+
+def _publish_mix(ctx: WorkerContext, latent: torch.Tensor, image: MixImage) -> bool:
+    """Store one mixed latent as a latent in its own right; return whether its image is
+    stored already. Images are stored only after their latent: a new latent has none."""
+    record = LatentRecord.describe(
+        image.latent,
+        latent.numpy(),
+        model=ctx.settings.model,
+        source="mix",
+        parents=image.provenance.inputs,
+        weights=image.provenance.weights,
+        method=image.provenance.method,
+        prompt=image.provenance.prompt,
+    )
+    if ctx.catalog.publish(record, latent.numpy()):
+        return False
+    return ctx.storage.exists(image_key(image.id))
+
+
+def _ready_record(ctx: WorkerContext, latent_id: str, producer_id: str | None) -> LatentRecord:
+    """The input's record, or an error that says why it is missing."""
+    record = ctx.catalog.record(latent_id)
+    if record is not None:
+        return record
+    reason = "it is not stored"
+    if producer_id and (producer := fetch_job(ctx.redis, producer_id)) is not None:
+        view = view_job(ctx.redis, producer)
+        reason = f"its {view.type} job {producer_id} ended {view.status}: {view.error}"
+    raise LatentUnavailable(f"latent {latent_id} is not available: {reason}")
+
+
+def _check_compatible(records: list[LatentRecord], model: str) -> None:
+    shapes = {tuple(r.shape) for r in records}
+    if len(shapes) > 1:
+        raise ValueError(f"latents have different shapes: {sorted(shapes)}")
+    foreign = [r.id for r in records if r.model != model]
+    if foreign:
+        raise ValueError(f"latents {foreign} belong to another model than {model}")
