@@ -5,12 +5,14 @@ process serving the tiny model, and the API under uvicorn; then the embedded mod
 import io
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 from helpers import (
+    TINY_CARD,
     free_port,
     png_bytes,
     service_environment,
@@ -20,7 +22,12 @@ from helpers import (
     wait_ready,
 )
 from PIL import Image
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 from safetensors.numpy import load
+
+from latentmix.service.ids import mixed_latent_id
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +72,7 @@ def test_invert_mix_and_fetch_images_over_s3(api):
 
     meta = api.get(f"/latents/{latent_ids[0]}").json()
     assert meta["status"] == "ready" and meta["model"] == "tiny"
+    assert meta["inversion"] == "ddim" and meta["aux"] == {}
     assert meta["shape"] == [4, TINY_SIZE // 8, TINY_SIZE // 8]
     assert meta["settings"]["steps"] == int(STEPS)
     data = load(api.get(f"/latents/{latent_ids[0]}/data").content)["latent"]
@@ -131,6 +139,9 @@ def test_mixing_latents_still_being_inverted_waits_for_them(api):
 
     mixed = wait_for(api, response.json()["id"])
     assert mixed["status"] == "succeeded", mixed
+    planned = response.json()["planned"]  # known before the inputs existed
+    assert [image["id"] for image in mixed["result"]["images"]] == [p["id"] for p in planned]
+    assert mixed["result"]["latents"] == [p["latent"] for p in planned]
     parent = api.get(f"/latents/{mixed['result']['latents'][0]}").json()
     assert parent["source"] == "mix" and parent["parents"] == latent_ids
 
@@ -209,3 +220,42 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
     finally:
         assert stop_process(up, signal.SIGINT, timeout=120) == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_workers_publish_their_models_card(api):
+    models = {model["name"]: model for model in api.get("/models").json()["models"]}
+    ready = api.get("/readyz").json()
+
+    assert models["tiny"]["workers"] >= 1 and models["tiny"]["default"]
+    card = models["tiny"]["card"]
+    assert {key: card[key] for key in TINY_CARD.model_dump(mode="json")} == TINY_CARD.model_dump(
+        mode="json"
+    )
+    assert card["device"] == "cpu" and card["dtype"] == "float32"
+    assert ready["models"]["tiny"] == models["tiny"]["workers"]
+
+
+def test_a_mix_queued_by_the_previous_release_still_runs(api, service_env):
+    latent_ids, job = invert(api, png_bytes(61), png_bytes(62))
+    wait_for(api, job["id"])
+    redis = Redis.from_url(service_env["REDIS_URL"])
+    queue = Queue("latentmix:tiny", connection=redis, serializer=JSONSerializer)
+    request_of_0_1 = {
+        "latents": latent_ids,
+        "weights": [[0.5, 0.5]],
+        "method": "nin/chm",
+        "prompt": None,
+        "steps": 4,
+        "guidance_scale": 1.0,
+        "producers": {},
+        "seed": None,
+    }
+    legacy = queue.enqueue("worker.tasks.mix_latents", request_of_0_1, job_id=uuid.uuid4().hex)
+
+    done = wait_for(api, legacy.id)
+
+    assert done["status"] == "succeeded", done
+    assert done["type"] == "mix"
+    expected = mixed_latent_id(latent_ids, [0.5, 0.5], "nin/chm")
+    assert done["result"]["latents"] == [expected]
+    assert fetch_png(api, done["result"]["images"][0]["url"]).size == (TINY_SIZE, TINY_SIZE)
