@@ -17,8 +17,10 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job
 from rq.job import JobStatus as RQStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
+from rq.utils import now as rq_now
 
 from latentmix.service.config import Settings
 from latentmix.service.contract import INVERT, JOB_TYPES, MIX, Contract, JobType
@@ -28,6 +30,7 @@ from latentmix.service.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
 CANCEL_KEY = "latentmix:cancel:{job_id}"
+ENDED_KEY = "latentmix:job-ended:{job_id}"  # set by whoever reports the job's end first
 PARTIAL_KEY = "latentmix:partial:{job_id}"
 
 
@@ -161,9 +164,14 @@ def report_job_end(
     error: str | None,
     result: dict[str, Any] | None,
     duration_s: float,
-) -> None:
-    """Count the job's end in the metrics and queue its webhook, if it has one. The worker
-    calls this when a job ends; the reaper for a job whose worker died before it could."""
+) -> bool:
+    """Count the job's end in the metrics and queue its webhook, if it has one, exactly
+    once: the worker calls this when a job ends; for a job whose worker died, whoever
+    fails it (the API's reaper, or a new worker's startup cleanup) calls it too. Returns
+    whether this call was the one that reported."""
+    ended = ENDED_KEY.format(job_id=job.id)
+    if not redis.set(ended, rq_now().isoformat(), nx=True, ex=settings.result_ttl_s):
+        return False
     job_type = type_name(job)
     waited = job.started_at - job.enqueued_at if job.started_at and job.enqueued_at else None
     waited_s = waited.total_seconds() if waited else 0.0
@@ -178,6 +186,38 @@ def report_job_end(
             "result": result,
         }
         enqueue_delivery(redis, settings, url, payload)
+    return True
+
+
+def report_abandoned(redis: Redis, settings: Settings, job: Job) -> None:
+    """Report the end of a job RQ failed because its worker died (AbandonedJobError), and
+    wake its long polls. Webhook deliveries and jobs RQ will retry are not reported."""
+    if job_type_of(job) is None or job.retries_left:
+        return
+    ran_s = (rq_now() - (job.started_at or rq_now())).total_seconds()  # until seen dead
+    report_job_end(
+        redis, settings, job, JobStatus.failed, error=WORKER_DIED, result=None, duration_s=ran_s
+    )
+    announce(redis, job.id)
+
+
+def mark_canceled(redis: Redis, job: Job) -> None:
+    """Move a job that stopped at a cancel request from RQ's failed registry to its
+    canceled one, so RQ's own tools (rq info, dashboards) count it as the API does."""
+    with redis.pipeline() as pipe:
+        FailedJobRegistry(job.origin, connection=redis).remove(job, pipeline=pipe)
+        CanceledJobRegistry(job.origin, connection=redis).add(job, pipeline=pipe)
+        job.set_status(RQStatus.CANCELED, pipeline=pipe)
+        pipe.execute()
+
+
+def ended_at(redis: Redis, job: Job) -> datetime | None:
+    """When the job ended: RQ's record, or for jobs RQ ended without one (canceled while
+    queued, failed because their worker died) when their end was reported."""
+    if job.ended_at is not None:
+        return job.ended_at
+    reported = redis.get(ENDED_KEY.format(job_id=job.id))
+    return datetime.fromisoformat(reported.decode()) if reported else None
 
 
 def cancel_requested(redis: Redis, job_id: str) -> bool:
@@ -246,7 +286,7 @@ def view_job(redis: Redis, job: Job) -> JobView:
         progress=dict(job.meta.get("progress") or {"done": 0, "total": 0}),
         created_at=job.created_at,
         started_at=job.started_at,
-        finished_at=job.ended_at if status.is_terminal() else None,
+        finished_at=ended_at(redis, job) if status.is_terminal() else None,
         error=error,
         result=_result(redis, job, status, result),
     )

@@ -32,6 +32,7 @@ import torch
 from cachetools import LRUCache
 from redis import Redis
 from rq import SimpleWorker
+from rq.exceptions import AbandonedJobError
 from rq.executions import ExecutionRegistry
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -41,7 +42,13 @@ from rq.worker import DequeueStrategy
 from latentmix.service.config import Settings
 from latentmix.service.contract import DEFAULT_GUIDANCE, ModelCard
 from latentmix.service.job_events import announce
-from latentmix.service.jobs import LatentMixJob, get_queue
+from latentmix.service.jobs import (
+    LatentMixJob,
+    cancel_requested,
+    get_queue,
+    mark_canceled,
+    report_abandoned,
+)
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.model_cards import keep_serving, publish_card, stop_serving
 from latentmix.service.webhooks import webhook_queue
@@ -112,7 +119,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         connection=ctx.redis,
         job_class=LatentMixJob,
         serializer=JSONSerializer,
-        heartbeat_ttl_s=settings.worker_heartbeat_ttl_s,
+        settings=settings,
         device=ctx.model.device,
     )
     # Served from now on: /readyz and GET /models count this worker while its heartbeat lives.
@@ -148,22 +155,39 @@ def model_card(ctx: WorkerContext) -> ModelCard:
 class LatentMixWorker(SimpleWorker):
     """SimpleWorker with a short job heartbeat TTL and a device check after failures."""
 
-    def __init__(self, *args, heartbeat_ttl_s: int, device: torch.device, **kwargs):
+    def __init__(self, *args, settings: Settings, device: torch.device, **kwargs):
         super().__init__(*args, **kwargs)
-        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.settings = settings
+        self.heartbeat_ttl_s = settings.worker_heartbeat_ttl_s
         self.device = device
         self.device_lost = False
         self.push_exc_handler(self._after_job_failure)
+        self.push_exc_handler(self._report_abandoned)
 
     def execute_job(self, job, queue) -> None:
         super().execute_job(job, queue)
         announce(self.connection, job.id)  # the job has ended: wake its long polls
 
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kw):
+        """RQ fails a job that raised; one stopped at a cancel request ends `canceled`."""
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, **kw)
+        if cancel_requested(self.connection, job.id):
+            mark_canceled(self.connection, job)
+
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a started job's entries live without a heartbeat (RQ: timeout + 60 s)."""
         return self.heartbeat_ttl_s
 
+    def _report_abandoned(self, job, exc_type, exc_value, traceback) -> bool:
+        """RQ's registry cleanup, run by this worker at start and now and then, fails the
+        jobs of dead workers (AbandonedJobError): report them as the reaper would."""
+        if exc_type is AbandonedJobError:
+            report_abandoned(self.connection, self.settings, job)
+        return True
+
     def _after_job_failure(self, job, exc_type, exc_value, traceback) -> bool:
+        if exc_type is AbandonedJobError:
+            return True  # another worker's job: this device is fine
         if isinstance(exc_value, torch.OutOfMemoryError):
             log.warning("job %s ran out of device memory; emptying the cache", job.id)
             empty_device_cache(self.device)

@@ -12,7 +12,9 @@ run no RQ scheduler (it would fork them after torch is loaded).
 So a killed worker's job is `failed` at most heartbeat TTL + reaper interval (+ one
 Redis round trip) after the kill: 40 s with the defaults. The reaper then does what the
 dead worker could not: it counts the job's end in the metrics, queues its webhook and
-wakes the job's long polls. With several API processes, a Redis lock lets one of them do
+wakes the job's long polls. A new worker's startup cleanup may fail the job first; it
+reports it the same way (worker/runtime.py), and `report_job_end` makes sure only one of
+them counts it. With several API processes, a Redis lock lets one of them do
 each round.
 """
 
@@ -26,18 +28,10 @@ from rq.job import Job
 from rq.registry import clean_registries
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
-from rq.utils import now
 
 from latentmix.service.api.problems import REDIS_ERRORS
 from latentmix.service.config import Settings
-from latentmix.service.job_events import announce
-from latentmix.service.jobs import (
-    WORKER_DIED,
-    JobStatus,
-    LatentMixJob,
-    job_type_of,
-    report_job_end,
-)
+from latentmix.service.jobs import LatentMixJob, report_abandoned
 
 LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
 LOCK_KEY = "latentmix:reaper-lock"
@@ -58,18 +52,9 @@ def reap(redis: Redis, settings: Settings) -> int:
         clean_registries(queue, exception_handlers=[lambda job, *_: abandoned.append(job)])
         worker_registration.clean_worker_registry(queue)
     for job in abandoned:
-        if job_type_of(job) and not job.retries_left:  # not webhook deliveries
-            _report_abandoned(redis, settings, job)
+        report_abandoned(redis, settings, job)
     _enqueue_due_retries(redis, [queue.name for queue in queues])
     return len(queues)
-
-
-def _report_abandoned(redis: Redis, settings: Settings, job: Job) -> None:
-    ran_s = (now() - (job.started_at or now())).total_seconds()  # until its death was seen
-    report_job_end(
-        redis, settings, job, JobStatus.failed, error=WORKER_DIED, result=None, duration_s=ran_s
-    )
-    announce(redis, job.id)
 
 
 def _enqueue_due_retries(redis: Redis, queue_names: list[str]) -> None:

@@ -47,6 +47,7 @@ from redis.client import PubSub
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from latentmix.service.config import Settings
 from latentmix.service.contract import INVERT
 from latentmix.service.ids import uploaded_latent_id
 from latentmix.service.job_events import CHANNEL_PREFIX
@@ -595,7 +596,7 @@ def runtime_worker(redis_server):
         [queue],
         connection=redis,
         serializer=JSONSerializer,
-        heartbeat_ttl_s=30,
+        settings=Settings(redis_url=redis_server, worker_heartbeat_ttl_s=30),
         device=torch.device("cpu"),
     )
 

@@ -24,6 +24,7 @@ from helpers import (
 from PIL import Image
 from redis import Redis
 from rq import Queue
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
 from safetensors.numpy import load
 
@@ -159,7 +160,7 @@ def test_mixed_latents_can_be_mixed_again(api):
     assert wait_for(api, again.json()["id"])["status"] == "succeeded"
 
 
-def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api):
+def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api, service_env):
     latent_ids, job = invert(api, png_bytes(51), png_bytes(52), steps="500")
     mix_job = api.post("/mix", json={"latents": latent_ids}).json()
     deadline = time.monotonic() + 60
@@ -170,8 +171,12 @@ def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api):
     assert api.post(f"/jobs/{job['id']}/cancel").status_code == 202
 
     canceled = wait_for(api, job["id"])
-    assert canceled["status"] == "canceled"
+    assert canceled["status"] == "canceled" and canceled["finished_at"] is not None
     assert 1 <= canceled["progress"]["done"] < canceled["progress"]["total"]
+    # RQ's own tools (rq info, dashboards) count it as canceled too, not as failed.
+    redis = Redis.from_url(service_env["REDIS_URL"])
+    assert job["id"] in CanceledJobRegistry("latentmix:tiny", connection=redis).get_job_ids()
+    assert job["id"] not in FailedJobRegistry("latentmix:tiny", connection=redis).get_job_ids()
     failed = wait_for(api, mix_job["id"])
     assert failed["status"] == "failed"
     assert latent_ids[0] in failed["error"] and "canceled" in failed["error"]

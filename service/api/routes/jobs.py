@@ -16,7 +16,14 @@ from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.schemas import JobPublic
 from latentmix.service.images import encode_png
 from latentmix.service.job_events import FALLBACK_POLL_S, announce
-from latentmix.service.jobs import JobStatus, JobView, fetch_job, request_cancel, view_job
+from latentmix.service.jobs import (
+    JobStatus,
+    JobView,
+    fetch_job,
+    report_job_end,
+    request_cancel,
+    view_job,
+)
 from latentmix.service.latents import image_key
 
 router = APIRouter(tags=["jobs"])
@@ -76,6 +83,16 @@ def cancel_job(
         # Started or canceled in between: the flag stops it at a diffusion step.
         with suppress(InvalidJobOperation):
             job.cancel(enqueue_dependents=True)
+            # No worker will see it: its end (metrics, webhook) is reported here.
+            report_job_end(
+                redis,
+                settings,
+                job,
+                JobStatus.canceled,
+                error="canceled",
+                result=None,
+                duration_s=0.0,
+            )
         announce(redis, job_id)
     return public_job(view_job(redis, job), request)
 

@@ -26,6 +26,7 @@ from latentmix.service.api.app import create_app
 from latentmix.service.api.routes import jobs as jobs_routes
 from latentmix.service.contract import MixRequest
 from latentmix.service.ids import image_id, mixed_latent_id
+from latentmix.service.job_metrics import JOBS_KEY
 from latentmix.service.jobs import append_partial_result, fetch_job
 from latentmix.service.model_cards import CARDS_KEY, publish_card, stop_serving
 
@@ -234,8 +235,11 @@ def test_canceling_a_queued_job(client):
 
     assert canceled.status_code == 202
     assert canceled.json()["status"] == "canceled"
-    assert client.get(f"/jobs/{job['id']}").json()["status"] == "canceled"
+    seen = client.get(f"/jobs/{job['id']}").json()
+    assert seen["status"] == "canceled" and seen["finished_at"] is not None
     assert_problem(client.post(f"/jobs/{job['id']}/cancel"), 409, "already ended")
+    # No worker ever sees it: its end is counted by the API, once.
+    assert client.app.state.redis.hget(JOBS_KEY, "invert|canceled") == b"1"
 
 
 def test_a_canceled_inversion_frees_its_latents_for_a_new_request(client):

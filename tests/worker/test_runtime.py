@@ -1,0 +1,78 @@
+"""The worker process's bookkeeping, without a model: a dead worker's job is reported
+exactly once, whoever fails it first."""
+
+import pytest
+import torch
+from redis import Redis
+from rq.job import JobStatus as RQStatus
+from rq.registry import StartedJobRegistry
+
+from latentmix.service.api.reaper import reap
+from latentmix.service.config import Settings
+from latentmix.service.contract import MIX, plan_mix
+from latentmix.service.job_metrics import JOBS_KEY
+from latentmix.service.jobs import WORKER_DIED, LatentMixJob, enqueue, get_queue, view_job
+from latentmix.worker.runtime import LatentMixWorker
+
+IDS = [f"{i:032x}" for i in range(2)]
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, model="tiny")
+
+
+@pytest.fixture
+def redis(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url)
+
+
+def abandoned_job(redis: Redis, settings: Settings):
+    """A mix job that a worker started and then died on: its heartbeat entry expired."""
+    request = plan_mix(
+        latents=IDS, rows=[[1, 1]], method="lerp", prompt="", steps=2, guidance_scale=1.0
+    )
+    job = enqueue(redis, settings, job_type=MIX, model="tiny", request=request, job_id="a" * 32)
+    get_queue(redis, "tiny").remove(job)
+    job.set_status(RQStatus.STARTED)
+    registry = StartedJobRegistry(job.origin, connection=redis, job_class=LatentMixJob)
+    redis.zadd(registry.key, {f"{job.id}:dead-execution": 1})  # expired long ago
+    return job
+
+
+def failed_mixes(redis: Redis) -> int:
+    return int(redis.hget(JOBS_KEY, "mix|failed") or 0)
+
+
+def new_worker(redis: Redis, settings: Settings) -> LatentMixWorker:
+    queue = get_queue(redis, "tiny")
+    return LatentMixWorker(
+        [queue],
+        connection=redis,
+        job_class=LatentMixJob,
+        serializer=queue.serializer,
+        settings=settings,
+        device=torch.device("cpu"),
+    )
+
+
+def test_a_new_workers_cleanup_reports_a_dead_workers_job_once(redis, settings):
+    job = abandoned_job(redis, settings)
+
+    new_worker(redis, settings).clean_registries()  # at its start, before the reaper
+    reap(redis, settings)  # the reaper comes too late: the job has been failed already
+
+    assert failed_mixes(redis) == 1
+    view = view_job(redis, LatentMixJob.fetch(job.id, connection=redis, serializer=job.serializer))
+    assert view.status == "failed" and view.error == WORKER_DIED
+    assert view.finished_at is not None
+
+
+def test_the_reaper_reports_a_dead_workers_job_once(redis, settings):
+    abandoned_job(redis, settings)
+
+    reap(redis, settings)
+    new_worker(redis, settings).clean_registries()
+    reap(redis, settings)
+
+    assert failed_mixes(redis) == 1
