@@ -1,4 +1,5 @@
-"""`python -m service.api.openapi`: write the app's OpenAPI schema to openapi/openapi.json."""
+"""`python -m latentmix.service.api.openapi`: write the app's OpenAPI schema to openapi/openapi.json
+(the repository's, from an editable install)."""
 
 import json
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 from latentmix.service.api.app import create_app
 from latentmix.service.config import Settings
 
-SCHEMA_FILE = Path(__file__).parents[1] / "openapi" / "openapi.json"
+SCHEMA_FILE = Path(__file__).parents[2] / "openapi" / "openapi.json"
 
 
 def render() -> str:
