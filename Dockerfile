@@ -3,6 +3,7 @@
 # LatentMix images; two final targets from one file:
 #   docker build --target api    -t latentmix-api .     # torch-free FastAPI front end
 #   docker build --target worker -t latentmix-worker .  # GPU worker (Diffusers + CUDA torch)
+#   docker build --target rq-dashboard .                # RQ's dashboard (docker-compose.yml)
 # Plain `docker build .` builds the last stage, `api` (the small one).
 #
 # Both targets start from the same python:3.11-slim base. The worker does NOT use an
@@ -76,6 +77,20 @@ USER 10001:10001
 # container a long stop timeout (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
 CMD ["latentmix", "worker"]
+
+# ------------------------------------------------------------------------- rq-dashboard ---
+# RQ's web dashboard for docker-compose.yml, from pip with a tested combination: rq-dashboard
+# 0.9.0 imports `six` without declaring it, and reads our jobs only with its JSON serializer
+# (compose sets RQ_DASHBOARD_JSON=true; tests/deploy start the same command from pip).
+FROM base AS rq-dashboard-build
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir "rq-dashboard==0.9.0" "rq==3.0.0" "six==1.17.0"
+
+FROM runtime AS rq-dashboard
+COPY --from=rq-dashboard-build /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 9181
+CMD ["rq-dashboard", "--port", "9181"]
 
 # ---------------------------------------------------------------------------------- api ---
 FROM runtime AS api

@@ -5,11 +5,13 @@ import argparse
 import logging
 
 from latentmix.service.config import get_settings
+from latentmix.worker.quiet import quiet_libraries
 from latentmix.worker.runtime import run
 
 
 def serve(*, burst: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_libraries()
     run(get_settings(), burst=burst)
 
 

@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from redis import Redis
 
-from latentmix.service.api import metrics, problems, security
+from latentmix.service.api import docs, metrics, problems, security
 from latentmix.service.api.idempotency import IdempotencyMiddleware
 from latentmix.service.api.idempotency import document as document_idempotency
 from latentmix.service.api.limits import BodyLimitMiddleware, RequestLimits
@@ -59,7 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "generate images.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # docs.install serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
+    docs.install(app)
     problems.install(app)
     metrics.install(app)
     for module in (latents, mix, jobs, images, models, metrics_route):
