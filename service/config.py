@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Abandoned jobs: a worker's heartbeat keeps its running job alive for this long; the
     # API's reaper fails jobs whose heartbeat stopped (a killed worker) every interval.
     worker_heartbeat_ttl_s: int = Field(default=30, ge=3)
+    # A worker retries each Redis command with backoff for this long before giving up, so a
+    # busy worker rides out a Redis restart; past it, its job fails naming Redis.
+    worker_redis_outage_s: float = Field(default=120.0, ge=0)
     reaper_interval_s: float = Field(default=10.0, gt=0)
 
     @field_validator("api_keys", "cors_origins", "webhook_blocked_networks", mode="before")

@@ -26,14 +26,20 @@ Faults:
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
 from cachetools import LRUCache
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import SimpleWorker
 from rq.exceptions import AbandonedJobError
 from rq.executions import ExecutionRegistry
+from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
@@ -43,11 +49,13 @@ from latentmix.service.config import Settings
 from latentmix.service.contract import DEFAULT_GUIDANCE, ModelCard
 from latentmix.service.job_events import announce
 from latentmix.service.jobs import (
+    JobStatus,
     LatentMixJob,
     cancel_requested,
     get_queue,
     mark_canceled,
     report_abandoned,
+    report_job_end,
 )
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.model_cards import keep_serving, publish_card, stop_serving
@@ -58,6 +66,8 @@ from latentmix.worker.writer import OffloadedWrites
 log = logging.getLogger("latentmix.worker")
 
 EXIT_DEVICE_LOST = os.EX_TEMPFAIL  # 75: "restart me"; `latentmix up` does
+REDIS_BACKOFF_CAP_S = 8.0
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass
@@ -93,12 +103,28 @@ def start(settings: Settings) -> WorkerContext:
         vae_batch_size=settings.vae_batch_size,
         compile=settings.compile,
     )
-    redis = Redis.from_url(settings.effective_redis_url)
+    redis = patient_redis(settings)
     storage = OffloadedWrites(settings)
     catalog = LatentCatalog(storage, redis, memory=_latent_memory(settings.worker_latent_memory_mb))
     _context = WorkerContext(settings, model, storage, redis, catalog)
     log.info("model %s ready on %s (%s)", settings.model, model.device, model.dtype)
     return _context
+
+
+def patient_redis(settings: Settings) -> Redis:
+    """Redis whose commands are retried with exponential backoff (0.5 s doubling up to
+    REDIS_BACKOFF_CAP_S) for about `worker_redis_outage_s`: a job that computes through a
+    Redis restart reports its progress and result once Redis is back, instead of failing
+    and taking the worker down with it."""
+    retries, waited = 0, 0.0
+    while waited < settings.worker_redis_outage_s:
+        retries += 1
+        waited += min(REDIS_BACKOFF_CAP_S, 0.25 * 2**retries)
+    return Redis.from_url(
+        settings.effective_redis_url,
+        retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.25), retries),
+        retry_on_error=list(REDIS_ERRORS),
+    )
 
 
 def _latent_memory(size_mb: int) -> LRUCache | None:
@@ -165,8 +191,35 @@ class LatentMixWorker(SimpleWorker):
         self.push_exc_handler(self._report_abandoned)
 
     def execute_job(self, job, queue) -> None:
-        super().execute_job(job, queue)
+        try:
+            super().execute_job(job, queue)
+        except REDIS_ERRORS as exc:
+            # Redis stayed away past worker_redis_outage_s, even for RQ's bookkeeping of
+            # the job's end: wait for it, then fail the job naming Redis (not "worker died").
+            self._fail_after_outage(job, queue, exc)
         announce(self.connection, job.id)  # the job has ended: wake its long polls
+
+    def _fail_after_outage(self, job, queue, exc: Exception) -> None:
+        log.error("job %s: Redis unreachable (%s); waiting for it to come back", job.id, exc)
+        while True:
+            try:
+                self.connection.ping()
+                break
+            except REDIS_ERRORS:
+                time.sleep(REDIS_BACKOFF_CAP_S)
+        cause = redis_outage_error(self.settings, exc)
+        job.refresh()
+        if job.get_status() == RQStatus.STARTED:
+            self.handle_job_failure(job, queue, exc_string=cause)
+            report_job_end(
+                self.connection,
+                self.settings,
+                job,
+                JobStatus.failed,
+                error=cause,
+                result=None,
+                duration_s=0.0,
+            )
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kw):
         """RQ fails a job that raised; one stopped at a cancel request ends `canceled`."""
@@ -201,6 +254,14 @@ class LatentMixWorker(SimpleWorker):
             self.device_lost = True
             self._stop_requested = True
         return True  # let RQ's other handlers run too
+
+
+def redis_outage_error(settings: Settings, exc: Exception) -> str:
+    """The error of a job that Redis left: names Redis and the bound it waited."""
+    return (
+        f"RedisUnavailable: Redis was unreachable for over {settings.worker_redis_outage_s:g} s "
+        f"(LATENTMIX_WORKER_REDIS_OUTAGE_S) while the job ran: {exc}"
+    )
 
 
 def device_works(device: torch.device) -> bool:

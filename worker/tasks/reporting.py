@@ -17,7 +17,7 @@ from rq.job import Job
 
 from latentmix.service.contract import Contract
 from latentmix.service.jobs import JobStatus, cancel_requested, report_job_end
-from latentmix.worker.runtime import WorkerContext, context
+from latentmix.worker.runtime import REDIS_ERRORS, WorkerContext, context, log, redis_outage_error
 
 
 class JobCanceled(Exception):
@@ -81,12 +81,18 @@ def task(request_model: type[Contract], upgrade: Callable[[dict], dict] | None =
             except JobCanceled:
                 outcome.update(status=JobStatus.canceled, error="canceled")
                 raise
+            except REDIS_ERRORS as exc:
+                outcome["error"] = redis_outage_error(ctx.settings, exc)
+                raise
             except Exception as exc:
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
                 raise
             finally:
                 duration_s = time.monotonic() - started
-                report_job_end(ctx.redis, ctx.settings, job, duration_s=duration_s, **outcome)
+                try:
+                    report_job_end(ctx.redis, ctx.settings, job, duration_s=duration_s, **outcome)
+                except REDIS_ERRORS:  # the worker reports it once Redis is back
+                    log.warning("job %s: its end could not be reported yet", job.id)
 
         return rq_task
 
