@@ -32,8 +32,9 @@ from latentmix.service.latents import (
     mixed_latent_id,
 )
 from latentmix.service.storage import STORAGE_IO, in_parallel
-from latentmix.worker.engine.diffusion import InversionResult, InversionSettings, generate, invert
+from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
 from latentmix.worker.engine.mixing import mix
+from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext, context
 
 
@@ -134,7 +135,7 @@ def invert_images(request: dict[str, Any]) -> dict[str, Any]:
     return {"latents": latent_ids}
 
 
-def _publish_inverted(ctx: WorkerContext, items: list[dict], result: InversionResult) -> None:
+def _publish_inverted(ctx: WorkerContext, items: list[dict], result: Inverted) -> None:
     def publish(item: dict[str, Any], latent: torch.Tensor) -> None:
         record = LatentRecord.describe(
             item["latent_id"],
@@ -146,7 +147,7 @@ def _publish_inverted(ctx: WorkerContext, items: list[dict], result: InversionRe
         )
         ctx.catalog.publish(record, latent.numpy())
 
-    in_parallel(publish, items, result.latents)
+    in_parallel(publish, items, result.latent)
 
 
 @_observed

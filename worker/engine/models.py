@@ -1,14 +1,14 @@
-"""Loading Stable Diffusion pipelines: hub ids, local directories and the built-in random
+"""Loading diffusion pipelines: hub ids, local diffusers directories and the built-in random
 models (`random_models.py`).
 
 `load_model` is called once per worker process (load once, run many). It returns a
-`LoadedModel`: the diffusers `StableDiffusionPipeline` with a `DDIMScheduler`, plus the
-device, dtype, batch sizes and the text-embedding cache the engine needs.
+`LoadedModel`: the diffusers pipeline with its family's sampler (a `DDIMScheduler` for Stable
+Diffusion), the `ModelFamily` that drives it, plus the device, dtype, batch sizes and the
+text-embedding cache the engine needs.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,12 @@ from typing import Any
 
 import torch
 
+from latentmix.worker.engine.families import (
+    ModelCard,
+    ModelFamily,
+    family_for_source,
+    family_of,
+)
 from latentmix.worker.engine.random_models import (
     RANDOM_MODELS,
     TINY_MODEL_NAME,
@@ -87,10 +93,11 @@ class PromptCache:
 
 @dataclass
 class LoadedModel:
-    """A Stable Diffusion pipeline ready for inversion and generation."""
+    """A diffusion pipeline ready for inversion and generation."""
 
     name: str  # what the user asked for: hub id, local path or "tiny"
-    pipe: Any  # diffusers.StableDiffusionPipeline with a DDIMScheduler
+    pipe: Any  # e.g. diffusers.StableDiffusionPipeline with a DDIMScheduler
+    family: ModelFamily  # what drives `pipe`: encoders, denoiser, prediction type
     device: torch.device
     dtype: torch.dtype
     default_size: int  # image side in pixels the model was trained at
@@ -102,30 +109,21 @@ class LoadedModel:
     )
 
     @property
+    def card(self) -> ModelCard:
+        return self.family.card(self)
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side (8 for Stable Diffusion)."""
-        return int(self.pipe.vae_scale_factor)
+        return self.card.vae_scale_factor
 
     @property
     def latent_channels(self) -> int:
-        return int(self.pipe.unet.config.in_channels)
+        return self.card.latent_channels
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary for health endpoints and logs."""
-        return {
-            "name": self.name,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "default_size": self.default_size,
-            "max_batch_size": self.max_batch_size,
-            "vae_batch_size": self.vae_batch_size,
-            "compiled": self.compiled,
-            "attention": type(_first_attention_processor(self.pipe.unet)).__name__,
-            "latent_channels": self.latent_channels,
-            "vae_scale_factor": self.vae_scale_factor,
-            "scheduler": type(self.pipe.scheduler).__name__,
-            "prediction_type": self.pipe.scheduler.config.prediction_type,
-        }
+        return self.card.as_dict()
 
 
 def load_model(
@@ -139,7 +137,7 @@ def load_model(
     compile: bool = False,
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
 ) -> LoadedModel:
-    """Load `name` (hub id, local diffusers directory, "tiny" or "sd15-random") with DDIM.
+    """Load `name` (hub id, local diffusers directory, "tiny" or "sd15-random").
 
     device "auto": CUDA when available, else CPU. dtype "auto": float16 on CUDA, float32 on
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
@@ -170,13 +168,15 @@ def load_model(
     pipe = pipe.to(torch_device)
     _optimize_for_device(pipe, torch_device, compile=compile)
     pipe.set_progress_bar_config(disable=True)
+    family = family_of(pipe)
 
     return LoadedModel(
         name=name,
         pipe=pipe,
+        family=family,
         device=torch_device,
         dtype=torch_dtype,
-        default_size=int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor),
+        default_size=family.native_size(pipe),
         max_batch_size=max_batch_size,
         vae_batch_size=vae_batch_size,
         compiled=compile,
@@ -221,11 +221,6 @@ def _optimize_for_device(pipe: Any, device: torch.device, *, compile: bool) -> N
         pipe.unet.compile(fullgraph=True)
 
 
-def _first_attention_processor(unet: Any) -> Any:
-    processors = getattr(unet, "attn_processors", {})
-    return next(iter(processors.values()), None)
-
-
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,18 +253,11 @@ def _resolve_source(name: str) -> str:
 
 
 def _load_pipeline(name: str, source: str | Path, dtype: torch.dtype) -> Any:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
+    """The pipeline at `source`, loaded by the family its model_index.json names."""
     try:
-        with warnings.catch_warnings():
-            # Newer diffusers renamed `torch_dtype` to `dtype`; the old name works everywhere.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-            )
+        pipe = family_for_source(source).load_pipeline(str(source), dtype)
     except Exception as exc:  # diffusers raises OSError, ValueError, HF hub errors...
         raise ModelLoadError(_load_error_message(name, f"{type(exc).__name__}: {exc}")) from exc
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 

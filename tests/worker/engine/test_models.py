@@ -226,8 +226,8 @@ def test_sd15_random_loads_and_inverts_an_image():
     assert model.default_size == 512 and model.describe()["name"] == "sd15-random"
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     result = invert(model, [image], "a photo", InversionSettings(steps=1, size=64))
-    assert result.latents.shape == (1, 4, 8, 8)
-    assert torch.isfinite(result.latents).all()
+    assert result.latent.shape == (1, 4, 8, 8)
+    assert torch.isfinite(result.latent).all()
 
 
 def test_tiny_lives_in_a_folder_of_its_own_inside_the_models_dir(tmp_path, tiny_model_dir):
