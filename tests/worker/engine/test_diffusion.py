@@ -24,6 +24,7 @@ from latentmix.worker.engine.families import stable_diffusion
 from latentmix.worker.engine.images import prepare_images
 from latentmix.worker.engine.inversion.ddim import ddim_schedule
 from latentmix.worker.engine.models import PromptCache, load_model
+from latentmix.worker.engine.results import Inverted
 
 PROMPT = "a photo of a cat"
 
@@ -91,6 +92,36 @@ def test_inversion_settings_record_what_was_run(tiny_model, images):
         "scheduler": "DDIMScheduler",
         "start_timestep": 901,
     }
+
+
+def test_invert_returns_the_ddim_latent_with_nothing_aside(tiny_model, images):
+    result = invert(tiny_model, images[:2], PROMPT, InversionSettings(steps=2))
+    assert isinstance(result, Inverted)
+    assert (result.method, result.aux, len(result)) == ("ddim", {}, 2)
+    second = result.rows(1, 2)
+    assert torch.equal(second.latent, result.latent[1:2])
+    assert second.settings == result.settings
+
+
+def test_generate_from_an_inverted_equals_generate_from_its_latent(tiny_model, images):
+    result = invert(tiny_model, images[:2], PROMPT, InversionSettings(steps=3))
+    from_inverted = generate(tiny_model, result, PROMPT, steps=3)
+    from_tensor = generate(tiny_model, result.latent, PROMPT, steps=3)
+    for ours, theirs in zip(from_inverted, from_tensor, strict=True):
+        assert ours.tobytes() == theirs.tobytes()
+    embeddings = encode_prompts(tiny_model, PROMPT)
+    first_row = sample(tiny_model, result.rows(0, 1), embeddings, steps=3)
+    assert torch.equal(first_row, sample(tiny_model, result.latent[:1], embeddings, steps=3))
+
+
+def test_records_name_the_method_only_when_it_is_not_ddim():
+    assert "method" not in InversionSettings().as_dict()
+    assert InversionSettings(method="edict").as_dict()["method"] == "edict"
+
+
+def test_invert_rejects_an_unknown_method_naming_the_allowed_ones(tiny_model, images):
+    with pytest.raises(ValueError, match=r"'nope'.*'ddim' \(stable-diffusion\)"):
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="nope"))
 
 
 @pytest.fixture
