@@ -39,6 +39,45 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
+def _sd_unet_config(
+    *, block_out_channels: tuple[int, ...], layers_per_block: int, text_dim: int, latent_side: int
+) -> dict[str, Any]:
+    """Stable Diffusion's UNet layout at other widths: cross-attention to the text in every
+    block but the lowest-resolution one, attention heads of 8 channels, 4 latent channels."""
+    attention_blocks = len(block_out_channels) - 1
+    return {
+        "sample_size": latent_side,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": layers_per_block,
+        "block_out_channels": block_out_channels,
+        "down_block_types": ("CrossAttnDownBlock2D",) * attention_blocks + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * attention_blocks,
+        "cross_attention_dim": text_dim,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
+
+
+def _sd_vae_config(
+    *, block_out_channels: tuple[int, ...], layers_per_block: int, norm_groups: int, size: int
+) -> dict[str, Any]:
+    """Stable Diffusion's VAE layout at other widths: four blocks (three 2x downsamplings,
+    so vae_scale_factor 8) and 4 latent channels; `size` is the image side in pixels."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": block_out_channels,
+        "layers_per_block": layers_per_block,
+        "latent_channels": 4,
+        "norm_num_groups": norm_groups,
+        "sample_size": size,
+        "scaling_factor": 0.18215,
+    }
+
+
 @dataclass(frozen=True)
 class RandomModelSpec:
     """Component configs of a Stable-Diffusion-shaped pipeline with seeded random weights.
@@ -52,31 +91,12 @@ class RandomModelSpec:
 
 
 TINY = RandomModelSpec(
-    unet={
-        "sample_size": 8,  # latent side: 64 px / 8
-        "in_channels": 4,
-        "out_channels": 4,
-        "layers_per_block": 1,
-        "block_out_channels": (32, 64),
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": 32,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    # Four blocks -> three 2x downsamplings -> vae_scale_factor 8, as in SD.
-    vae={
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
-        "block_out_channels": (8, 8, 16, 16),
-        "layers_per_block": 1,
-        "latent_channels": 4,
-        "norm_num_groups": 8,
-        "sample_size": 64,
-        "scaling_factor": 0.18215,
-    },
+    unet=_sd_unet_config(
+        block_out_channels=(32, 64), layers_per_block=1, text_dim=32, latent_side=8
+    ),
+    vae=_sd_vae_config(
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_groups=8, size=64
+    ),
     text_encoder={
         "hidden_size": 32,
         "intermediate_size": 37,
@@ -90,30 +110,12 @@ TINY = RandomModelSpec(
 # Stable Diffusion 1.5's component configs (stable-diffusion-v1-5: unet/, vae/ config.json;
 # text_encoder/ is CLIP ViT-L/14's text tower). Defaults the configs leave out are diffusers'.
 SD15_RANDOM = RandomModelSpec(
-    unet={
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "layers_per_block": 2,
-        "block_out_channels": (320, 640, 1280, 1280),
-        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    vae={
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
-        "block_out_channels": (128, 256, 512, 512),
-        "layers_per_block": 2,
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    },
+    unet=_sd_unet_config(
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, text_dim=768, latent_side=64
+    ),
+    vae=_sd_vae_config(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_groups=32, size=512
+    ),
     text_encoder={
         "vocab_size": 49408,
         "hidden_size": 768,
