@@ -12,7 +12,7 @@ ProgressFn = Callable[[int, int], None]
 """Called with (done, total) denoiser steps after each step; raising from it stops the run."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Inverted:
     """Images inverted into the latents generation starts from.
 
@@ -24,7 +24,7 @@ class Inverted:
 
     latent: torch.Tensor  # float32, CPU, [B, C, size / f, size / f]
     aux: dict[str, torch.Tensor] = field(default_factory=dict)  # each [B, ...]
-    method: str = "ddim"
+    method: str  # the name in inversion.INVERSION_METHODS that made it, and samples it
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
