@@ -229,7 +229,7 @@ class EngineRun:
         settings = InversionSettings(steps=w.steps, guidance_scale=w.guidance, size=w.size)
         with measured(time.process_time, out, "invert"):
             images = [_open(data) for data in self.pngs]
-            self.latents = invert(self.model, images, PROMPT, settings).latents
+            self.latents = invert(self.model, images, PROMPT, settings).latent
 
     def mix(self, out: dict) -> None:
         w = self.w

@@ -46,7 +46,7 @@ from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
 from latentmix.service.config import Settings
-from latentmix.service.contract import DEFAULT_GUIDANCE, ModelCard
+from latentmix.service.contract import ModelCard
 from latentmix.service.job_events import announce
 from latentmix.service.jobs import (
     JobStatus,
@@ -165,17 +165,8 @@ def run(settings: Settings, *, burst: bool = False) -> None:
 
 
 def model_card(ctx: WorkerContext) -> ModelCard:
-    """The card of the loaded model, as the API reads it."""
-    description = ctx.model.describe()
-    return ModelCard(
-        **description
-        | {
-            "model": ctx.settings.model,
-            "family": "stable-diffusion",
-            "default_guidance": DEFAULT_GUIDANCE,
-            "inversion_methods": ("ddim",),
-        }
-    )
+    """The loaded model's card (worker/engine/families), as the API reads it."""
+    return ModelCard(**ctx.model.card.as_dict() | {"model": ctx.settings.model})
 
 
 class LatentMixWorker(SimpleWorker):

@@ -1,5 +1,6 @@
-"""The latent engine, usable on its own: load a model, invert images into DDIM noise
-latents, mix latents, generate images.
+"""The latent engine, usable on its own: load a model, invert images into noise latents
+(DDIM today; `inversion/` holds the methods, `families/` the model families), mix latents,
+generate images.
 
     from latentmix.worker.engine import load_model, invert, mix, generate, InversionSettings
 
@@ -22,8 +23,13 @@ _EXPORTS = {
     "sample": "latentmix.worker.engine.diffusion",
     "encode_images": "latentmix.worker.engine.diffusion",
     "decode_latents": "latentmix.worker.engine.diffusion",
+    "encode_prompts": "latentmix.worker.engine.diffusion",
     "InversionSettings": "latentmix.worker.engine.diffusion",
-    "InversionResult": "latentmix.worker.engine.diffusion",
+    "Inverted": "latentmix.worker.engine.results",
+    "ModelCard": "latentmix.worker.engine.families.base",
+    "Conditioning": "latentmix.worker.engine.families.base",
+    "INVERSION_METHODS": "latentmix.worker.engine.inversion",
+    "get_inversion": "latentmix.worker.engine.inversion",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,24 +1,14 @@
-"""Loading Stable Diffusion pipelines, and the built-in tiny test model.
+"""Loading diffusion pipelines: hub ids, local diffusers directories and the built-in random
+models (`random_models.py`).
 
 `load_model` is called once per worker process (load once, run many). It returns a
-`LoadedModel`: the diffusers `StableDiffusionPipeline` with a `DDIMScheduler`, plus the
-device, dtype, batch sizes and the text-embedding cache the engine needs.
-
-Two built-in models have random weights and need no download:
-
-- `"tiny"`: Stable-Diffusion-shaped and small, built offline from configs and cached on disk;
-  tests and CPU demos use it.
-- `"sd15-random"`: exactly Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L/14 text
-  encoder) with seeded random weights, built in memory. It costs the same compute as the real
-  model, so benchmarks use it where the weights cannot be downloaded.
+`LoadedModel`: the diffusers pipeline with its family's sampler (a `DDIMScheduler` for Stable
+Diffusion), the `ModelFamily` that drives it, plus the device, dtype, batch sizes and the
+text-embedding cache the engine needs.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,25 +16,23 @@ from typing import Any
 
 import torch
 
-TINY_MODEL_NAME = "tiny"
-SD15_RANDOM_MODEL_NAME = "sd15-random"
+from latentmix.worker.engine.families import (
+    ModelCard,
+    ModelFamily,
+    family_for_source,
+    family_of,
+)
+from latentmix.worker.engine.random_models import (
+    RANDOM_MODELS,
+    TINY_MODEL_NAME,
+    build_random_pipeline,
+    ensure_tiny_model,
+)
+
 DEFAULT_MODELS_DIR = Path("data/models")  # built-in models; relative to the working directory
-TINY_SEED = 0
 MODEL_ENV_VAR = "LATENTMIX_MODEL"
 
 DEFAULT_PROMPT_CACHE_SIZE = 1024  # prompts; an SD 1.5 embedding is 77 x 768 values
-
-# SD 1.5's scheduler config (runwayml/stable-diffusion-v1-5, scheduler/scheduler_config.json).
-SD15_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
 
 _DTYPES = {
     "float32": torch.float32,
@@ -105,10 +93,11 @@ class PromptCache:
 
 @dataclass
 class LoadedModel:
-    """A Stable Diffusion pipeline ready for inversion and generation."""
+    """A diffusion pipeline ready for inversion and generation."""
 
     name: str  # what the user asked for: hub id, local path or "tiny"
-    pipe: Any  # diffusers.StableDiffusionPipeline with a DDIMScheduler
+    pipe: Any  # e.g. diffusers.StableDiffusionPipeline with a DDIMScheduler
+    family: ModelFamily  # what drives `pipe`: encoders, denoiser, prediction type
     device: torch.device
     dtype: torch.dtype
     default_size: int  # image side in pixels the model was trained at
@@ -120,30 +109,21 @@ class LoadedModel:
     )
 
     @property
+    def card(self) -> ModelCard:
+        return self.family.card(self)
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side (8 for Stable Diffusion)."""
-        return int(self.pipe.vae_scale_factor)
+        return self.card.vae_scale_factor
 
     @property
     def latent_channels(self) -> int:
-        return int(self.pipe.unet.config.in_channels)
+        return self.card.latent_channels
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary for health endpoints and logs."""
-        return {
-            "name": self.name,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "default_size": self.default_size,
-            "max_batch_size": self.max_batch_size,
-            "vae_batch_size": self.vae_batch_size,
-            "compiled": self.compiled,
-            "attention": type(_first_attention_processor(self.pipe.unet)).__name__,
-            "latent_channels": self.latent_channels,
-            "vae_scale_factor": self.vae_scale_factor,
-            "scheduler": type(self.pipe.scheduler).__name__,
-            "prediction_type": self.pipe.scheduler.config.prediction_type,
-        }
+        return self.card.as_dict()
 
 
 def load_model(
@@ -157,7 +137,7 @@ def load_model(
     compile: bool = False,
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
 ) -> LoadedModel:
-    """Load `name` (hub id, local diffusers directory, "tiny" or "sd15-random") with DDIM.
+    """Load `name` (hub id, local diffusers directory, "tiny" or "sd15-random").
 
     device "auto": CUDA when available, else CPU. dtype "auto": float16 on CUDA, float32 on
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
@@ -177,13 +157,10 @@ def load_model(
     prompt_cache = PromptCache(prompt_cache_size)
 
     if name == TINY_MODEL_NAME:
-        pipe = _load_pipeline(
-            name,
-            ensure_tiny_model((cache_dir or DEFAULT_MODELS_DIR) / TINY_MODEL_NAME),
-            torch_dtype,
-        )
-    elif name == SD15_RANDOM_MODEL_NAME:
-        pipe = build_sd15_random_pipeline()  # float32
+        tiny_dir = ensure_tiny_model((cache_dir or DEFAULT_MODELS_DIR) / TINY_MODEL_NAME)
+        pipe = _load_pipeline(name, tiny_dir, torch_dtype)
+    elif name in RANDOM_MODELS:
+        pipe = build_random_pipeline(RANDOM_MODELS[name])  # float32
         if torch_dtype != torch.float32:
             pipe = pipe.to(dtype=torch_dtype)
     else:
@@ -191,13 +168,15 @@ def load_model(
     pipe = pipe.to(torch_device)
     _optimize_for_device(pipe, torch_device, compile=compile)
     pipe.set_progress_bar_config(disable=True)
+    family = family_of(pipe)
 
     return LoadedModel(
         name=name,
         pipe=pipe,
+        family=family,
         device=torch_device,
         dtype=torch_dtype,
-        default_size=int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor),
+        default_size=family.native_size(pipe),
         max_batch_size=max_batch_size,
         vae_batch_size=vae_batch_size,
         compiled=compile,
@@ -242,11 +221,6 @@ def _optimize_for_device(pipe: Any, device: torch.device, *, compile: bool) -> N
         pipe.unet.compile(fullgraph=True)
 
 
-def _first_attention_processor(unet: Any) -> Any:
-    processors = getattr(unet, "attn_processors", {})
-    return next(iter(processors.values()), None)
-
-
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -279,18 +253,11 @@ def _resolve_source(name: str) -> str:
 
 
 def _load_pipeline(name: str, source: str | Path, dtype: torch.dtype) -> Any:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
+    """The pipeline at `source`, loaded by the family its model_index.json names."""
     try:
-        with warnings.catch_warnings():
-            # Newer diffusers renamed `torch_dtype` to `dtype`; the old name works everywhere.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-            )
+        pipe = family_for_source(source).load_pipeline(str(source), dtype)
     except Exception as exc:  # diffusers raises OSError, ValueError, HF hub errors...
         raise ModelLoadError(_load_error_message(name, f"{type(exc).__name__}: {exc}")) from exc
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 
@@ -301,275 +268,3 @@ def _load_error_message(name: str, reason: str) -> str:
         f"or '{TINY_MODEL_NAME}' for the built-in random test model. With HF_HUB_OFFLINE=1 a hub "
         "id must already be in the local Hugging Face cache (HF_HOME)."
     )
-
-
-# --- the tiny model ---------------------------------------------------------------------
-
-
-def ensure_tiny_model(path: Path) -> Path:
-    """Build the tiny model at `path` unless a complete one is already there."""
-    path = Path(path)
-    if (path / "model_index.json").is_file():
-        return path
-    return build_tiny_model(path)
-
-
-def build_tiny_model(path: Path) -> Path:
-    """Build a Stable-Diffusion-shaped pipeline with seeded random weights at `path`.
-
-    Fully offline: configs only, tokenizer vocabulary generated here. Written to a temporary
-    sibling directory and renamed into place, so concurrent workers never see half a model;
-    if another process wins the race its copy is kept (the builds are identical).
-    """
-    from diffusers import StableDiffusionPipeline
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        tokenizer = _build_tiny_tokenizer(tmp / "_tokenizer_src")
-        with torch.random.fork_rng(devices=[]):
-            pipe = StableDiffusionPipeline(
-                vae=_seeded(_build_tiny_vae),
-                text_encoder=_seeded(lambda: _build_tiny_text_encoder(tokenizer)),
-                tokenizer=tokenizer,
-                unet=_seeded(_build_tiny_unet),
-                scheduler=_build_ddim_scheduler(),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-        shutil.rmtree(tmp / "_tokenizer_src")
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        try:
-            tmp.rename(path)
-        except OSError:
-            if not (path / "model_index.json").is_file():
-                raise  # not a lost race: a real error
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _seeded(build):
-    torch.manual_seed(TINY_SEED)
-    return build()
-
-
-def _build_ddim_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(**SD15_SCHEDULER_CONFIG)
-
-
-def _build_tiny_unet():
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(
-        sample_size=8,  # latent side: 64 px / 8
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    _calm_noise_estimate(unet)
-    return unet
-
-
-def _build_tiny_vae():
-    from diffusers import AutoencoderKL
-
-    # Four blocks -> three 2x downsamplings -> vae_scale_factor 8, as in SD.
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
-
-
-def _build_tiny_text_encoder(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config).eval()
-
-
-# --- the SD-1.5-sized random model ------------------------------------------------------
-
-# Stable Diffusion 1.5's component configs (stable-diffusion-v1-5: unet/, vae/ config.json;
-# text_encoder/ is CLIP ViT-L/14's text tower). Defaults the configs leave out are diffusers'.
-SD15_UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
-SD15_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
-SD15_TEXT_CONFIG: dict[str, Any] = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 768,
-}
-
-
-def build_sd15_random_pipeline() -> Any:
-    """Stable Diffusion 1.5's architecture with seeded random weights, in memory (float32).
-
-    About 1.07 billion parameters (UNet 860M, VAE 84M, text encoder 123M): the same compute
-    per step as the real model. Nothing is written to disk; building takes tens of seconds on
-    a CPU. The tokenizer is the tiny model's byte-level one (its ids fit CLIP's vocabulary);
-    the outputs are noise, so only the shapes and the cost are meaningful.
-    """
-    from diffusers import StableDiffusionPipeline
-
-    with tempfile.TemporaryDirectory(prefix="sd15-random-tokenizer-") as tmp:
-        tokenizer = _build_tiny_tokenizer(Path(tmp) / "tokenizer")
-    with torch.random.fork_rng(devices=[]):
-        return StableDiffusionPipeline(
-            vae=_seeded(_build_sd15_vae),
-            text_encoder=_seeded(lambda: _build_sd15_text_encoder(tokenizer)),
-            tokenizer=tokenizer,
-            unet=_seeded(_build_sd15_unet),
-            scheduler=_build_ddim_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-
-
-def _build_sd15_unet():
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
-    _calm_noise_estimate(unet)
-    return unet
-
-
-def _build_sd15_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(**SD15_VAE_CONFIG)
-
-
-def _build_sd15_text_encoder(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        **SD15_TEXT_CONFIG,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config).eval()
-
-
-def _calm_noise_estimate(unet) -> None:
-    """Shrink a random UNet's output layer so its noise estimate is small and smooth.
-
-    A random UNet's eps swings wildly with its input, which breaks DDIM's assumption that eps
-    varies slowly along the trajectory (round trips then miss by ~30x the latent). Scaled
-    down, eps behaves like a trained model's.
-    """
-    if unet.conv_out.weight.is_meta:
-        return
-    with torch.no_grad():
-        unet.conv_out.weight.mul_(0.01)
-        unet.conv_out.bias.mul_(0.01)
-
-
-# --- the tiny model's tokenizer, shared by both random models --------------------------
-
-_TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "tree", "red", "blue", "an")
-
-
-def _build_tiny_tokenizer(directory: Path):
-    """A byte-level BPE CLIPTokenizer from a small generated vocab.json + merges.txt."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _tiny_vocab_and_merges()
-    directory.mkdir(parents=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
-    merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
-    (directory / "merges.txt").write_text(merges_text, "utf-8")
-    return CLIPTokenizer.from_pretrained(directory, model_max_length=77)
-
-
-def _tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's layout: 256 byte symbols, their "</w>" forms, merge results, special tokens."""
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols]
-    merges: list[tuple[str, str]] = []
-    for word in _TINY_WORDS:
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        while len(pieces) > 1:  # merge left to right; every result joins the vocabulary
-            pair = (pieces[0], pieces[1])
-            merged = pieces[0] + pieces[1]
-            if pair not in merges:
-                merges.append(pair)
-            if merged not in tokens:
-                tokens.append(merged)
-            pieces = [merged, *pieces[2:]]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(tokens)}, merges
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return dict(sorted(mapping.items()))

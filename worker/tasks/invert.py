@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import io
 
-import torch
 from PIL import Image
 from rq.job import Job
 
@@ -13,7 +12,8 @@ from latentmix.service.contract import InversionSettings as ContractSettings
 from latentmix.service.contract import InvertItem, InvertRequest, InvertResult
 from latentmix.service.latents import LatentRecord
 from latentmix.service.storage import STORAGE_IO, in_parallel
-from latentmix.worker.engine.diffusion import InversionResult, InversionSettings, invert
+from latentmix.worker.engine.diffusion import InversionSettings, invert
+from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import (
     BatchPublisher,
@@ -52,25 +52,31 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
 
 
 def _engine_settings(settings: ContractSettings) -> InversionSettings:
-    if settings.method != "ddim":
-        raise ValueError(f"unknown inversion method {settings.method!r}; this worker runs: ddim")
-    return InversionSettings(settings.steps, settings.guidance_scale, settings.size)
+    return InversionSettings(
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        size=settings.size,
+        method=settings.method,
+    )
 
 
-def _publish_inverted(ctx: WorkerContext, items: list[InvertItem], result: InversionResult):
-    def publish(item: InvertItem, latent: torch.Tensor) -> None:
+def _publish_inverted(ctx: WorkerContext, items: list[InvertItem], result: Inverted) -> None:
+    def publish(index: int, item: InvertItem) -> None:
+        latent = result.latent[index].numpy()
+        aux = {name: state[index].numpy() for name, state in result.aux.items()}
         record = LatentRecord.describe(
             item.latent_id,
-            latent.numpy(),
+            latent,
             model=ctx.settings.model,
             source="image",
             settings=result.settings,
             prompt=item.prompt,
-            inversion="ddim",
+            inversion=result.method,
+            aux={name: list(state.shape) for name, state in aux.items()},
         )
-        ctx.catalog.publish(record, latent.numpy())
+        ctx.catalog.publish(record, latent, aux)
 
-    in_parallel(publish, items, result.latents)
+    in_parallel(publish, range(len(items)), items)
 
 
 def _fetch_image(ctx: WorkerContext, key: str) -> Image.Image:

@@ -11,19 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from latentmix.worker.engine import diffusion
 from latentmix.worker.engine.diffusion import (
     InversionSettings,
-    ddim_schedule,
     decode_latents,
     encode_images,
     encode_prompts,
     generate,
     invert,
-    prepare_images,
     sample,
 )
+from latentmix.worker.engine.families import stable_diffusion
+from latentmix.worker.engine.images import prepare_images
+from latentmix.worker.engine.inversion.ddim import ddim_schedule
 from latentmix.worker.engine.models import PromptCache, load_model
+from latentmix.worker.engine.results import Inverted
 
 PROMPT = "a photo of a cat"
 
@@ -37,7 +38,7 @@ def round_trip(model, images, steps: int, guidance_scale: float = 1.0) -> tuple[
     settings = InversionSettings(steps=steps, guidance_scale=guidance_scale)
     result = invert(model, images, PROMPT, settings)
     embeddings = encode_prompts(model, [PROMPT] * len(images))
-    x0 = sample(model, result.latents, embeddings, steps=steps, guidance_scale=guidance_scale)
+    x0 = sample(model, result.latent, embeddings, steps=steps, guidance_scale=guidance_scale)
     return relative_error(x0, encode_images(model, images, result.settings["size"])), result
 
 
@@ -76,9 +77,9 @@ def test_prepare_images_rejects_sizes_not_a_multiple_of_8(images, size):
 @pytest.mark.parametrize("size", [64, 48])
 def test_latents_are_an_eighth_of_the_image_size(tiny_model, images, size):
     result = invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, size=size))
-    assert result.latents.shape == (1, 4, size // 8, size // 8)
-    assert result.latents.dtype == torch.float32
-    assert result.latents.device == torch.device("cpu")
+    assert result.latent.shape == (1, 4, size // 8, size // 8)
+    assert result.latent.dtype == torch.float32
+    assert result.latent.device == torch.device("cpu")
 
 
 def test_inversion_settings_record_what_was_run(tiny_model, images):
@@ -93,6 +94,36 @@ def test_inversion_settings_record_what_was_run(tiny_model, images):
     }
 
 
+def test_invert_returns_the_ddim_latent_with_nothing_aside(tiny_model, images):
+    result = invert(tiny_model, images[:2], PROMPT, InversionSettings(steps=2))
+    assert isinstance(result, Inverted)
+    assert (result.method, result.aux, len(result)) == ("ddim", {}, 2)
+    second = result.rows(1, 2)
+    assert torch.equal(second.latent, result.latent[1:2])
+    assert second.settings == result.settings
+
+
+def test_generate_from_an_inverted_equals_generate_from_its_latent(tiny_model, images):
+    result = invert(tiny_model, images[:2], PROMPT, InversionSettings(steps=3))
+    from_inverted = generate(tiny_model, result, PROMPT, steps=3)
+    from_tensor = generate(tiny_model, result.latent, PROMPT, steps=3)
+    for ours, theirs in zip(from_inverted, from_tensor, strict=True):
+        assert ours.tobytes() == theirs.tobytes()
+    embeddings = encode_prompts(tiny_model, PROMPT)
+    first_row = sample(tiny_model, result.rows(0, 1), embeddings, steps=3)
+    assert torch.equal(first_row, sample(tiny_model, result.latent[:1], embeddings, steps=3))
+
+
+def test_records_name_the_method_only_when_it_is_not_ddim():
+    assert "method" not in InversionSettings().as_dict()
+    assert InversionSettings(method="edict").as_dict()["method"] == "edict"
+
+
+def test_invert_rejects_an_unknown_method_naming_the_allowed_ones(tiny_model, images):
+    with pytest.raises(ValueError, match=r"'nope'.*'ddim' \(stable-diffusion\)"):
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="nope"))
+
+
 @pytest.fixture
 def fresh_cache_model(tiny_model):
     """The tiny model with an empty prompt cache of its own."""
@@ -103,13 +134,13 @@ def fresh_cache_model(tiny_model):
 def encoded_texts(monkeypatch) -> list[list[str]]:
     """Every batch of texts that reaches the text encoder."""
     encoded: list[list[str]] = []
-    original = diffusion._encode_texts
+    original = stable_diffusion._encode_texts
 
     def record(model, texts):
         encoded.append(list(texts))
         return original(model, texts)
 
-    monkeypatch.setattr(diffusion, "_encode_texts", record)
+    monkeypatch.setattr(stable_diffusion, "_encode_texts", record)
     return encoded
 
 
@@ -209,7 +240,7 @@ def test_zero_unet_round_trip_is_exact(tiny_model, images, replace_unet):
     a_start = float(tiny_model.pipe.scheduler.alphas_cumprod[981])
     a_final = float(tiny_model.pipe.scheduler.final_alpha_cumprod)
     expected = x0 * math.sqrt(a_start / a_final)
-    assert relative_error(result.latents, expected) < 1e-6
+    assert relative_error(result.latent, expected) < 1e-6
 
 
 def test_round_trip_is_exact_when_eps_depends_only_on_timestep_and_prompt(
@@ -286,23 +317,23 @@ def test_batched_and_one_by_one_runs_agree(tiny_model, images, unet_calls):
     batched = invert(batched_model, images, prompts, settings)
     assert [c["batch"] for c in unet_calls] == [4] * 4 + [2] * 4  # CFG doubles each chunk
     singles = [
-        invert(tiny_model, [im], [p], settings).latents
+        invert(tiny_model, [im], [p], settings).latent
         for im, p in zip(images, prompts, strict=True)
     ]
     one_by_one = torch.cat(singles)
-    torch.testing.assert_close(batched.latents, one_by_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.latent, one_by_one, rtol=1e-4, atol=1e-5)
 
     embeddings = encode_prompts(tiny_model, prompts)
-    batched_x0 = sample(batched_model, batched.latents, embeddings, steps=4)
+    batched_x0 = sample(batched_model, batched.latent, embeddings, steps=4)
     single_x0 = [
-        sample(tiny_model, batched.latents[i : i + 1], embeddings.rows(i, i + 1), steps=4)
+        sample(tiny_model, batched.latent[i : i + 1], embeddings.rows(i, i + 1), steps=4)
         for i in range(3)
     ]
     torch.testing.assert_close(batched_x0, torch.cat(single_x0), rtol=1e-4, atol=1e-5)
 
-    batched_images = generate(batched_model, batched.latents, prompts, steps=4)
+    batched_images = generate(batched_model, batched.latent, prompts, steps=4)
     single_images = [
-        generate(tiny_model, batched.latents[i : i + 1], prompts[i], steps=4)[0] for i in range(3)
+        generate(tiny_model, batched.latent[i : i + 1], prompts[i], steps=4)[0] for i in range(3)
     ]
     for ours, theirs in zip(batched_images, single_images, strict=True):
         difference = np.asarray(ours, np.int16) - np.asarray(theirs, np.int16)
@@ -322,7 +353,7 @@ def test_guidance_and_prompt_change_the_inverted_latent(tiny_model, images):
 
     def latents(prompt: str, guidance_scale: float) -> torch.Tensor:
         settings = InversionSettings(steps=10, guidance_scale=guidance_scale)
-        return invert(tiny_model, images[:1], prompt, settings).latents
+        return invert(tiny_model, images[:1], prompt, settings).latent
 
     base = latents(PROMPT, 7.5)
     assert relative_error(latents(PROMPT, 7.5), base) == 0.0  # deterministic
@@ -333,7 +364,7 @@ def test_guidance_and_prompt_change_the_inverted_latent(tiny_model, images):
 def test_guidance_and_prompt_change_the_generated_latent(tiny_model, images):
     """Measured from an inverted latent: relative change 0.39 (guidance) and 0.38 (prompt)."""
     settings = InversionSettings(steps=10)
-    latents = invert(tiny_model, images[:1], PROMPT, settings).latents
+    latents = invert(tiny_model, images[:1], PROMPT, settings).latent
 
     def x0(prompt: str, guidance_scale: float) -> torch.Tensor:
         embeddings = encode_prompts(tiny_model, [prompt])
@@ -455,8 +486,8 @@ def test_half_precision_weights_keep_the_latent_math_in_float32(
     half = load_model("tiny", device="cpu", dtype=dtype, cache_dir=tiny_model_dir.parent)
     assert half.pipe.unet.dtype == half.pipe.vae.dtype == getattr(torch, dtype)
     settings = InversionSettings(steps=10, guidance_scale=3.0, size=64)
-    exact = invert(tiny_model, images, PROMPT, settings).latents
-    approximate = invert(half, images, PROMPT, settings).latents
+    exact = invert(tiny_model, images, PROMPT, settings).latent
+    approximate = invert(half, images, PROMPT, settings).latent
     assert approximate.dtype == torch.float32
     latent_error, pixel_error = LOW_PRECISION_ERRORS[dtype]
     assert ((approximate - exact).norm() / exact.norm()).item() < latent_error

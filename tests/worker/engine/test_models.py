@@ -14,13 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from latentmix.worker.engine import models
+from latentmix.worker.engine import random_models
 from latentmix.worker.engine.models import (
     ModelLoadError,
-    build_tiny_model,
     default_batch_sizes,
     load_model,
 )
+from latentmix.worker.engine.random_models import SD15_RANDOM, build_tiny_model
 
 WEIGHT_FILES = (
     "unet/diffusion_pytorch_model.safetensors",
@@ -40,7 +40,7 @@ def test_tiny_model_has_stable_diffusion_structure(tiny_model):
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     assert isinstance(pipe.tokenizer, CLIPTokenizer)
     assert isinstance(pipe.scheduler, DDIMScheduler)
-    for key, value in models.SD15_SCHEDULER_CONFIG.items():
+    for key, value in random_models.SD15_SCHEDULER_CONFIG.items():
         assert pipe.scheduler.config[key] == value, key
     assert tiny_model.default_size == 64
     assert tiny_model.device == torch.device("cpu")
@@ -56,8 +56,8 @@ def test_tiny_vae_maps_64_pixels_to_an_8x8_latent(tiny_model):
 
 
 def test_tiny_tokenizer_vocabulary_is_byte_level_and_closed_under_merges():
-    vocab, merges = models._tiny_vocab_and_merges()
-    byte_symbols = list(models._bytes_to_unicode().values())
+    vocab, merges = random_models.tiny_vocab_and_merges()
+    byte_symbols = list(random_models.bytes_to_unicode().values())
     assert len(set(byte_symbols)) == 256
     for symbol in byte_symbols:
         assert symbol in vocab and symbol + "</w>" in vocab
@@ -89,7 +89,7 @@ def test_second_load_reuses_the_cached_tiny_model(tiny_model_dir, tiny_model, mo
     def fail(path: Path) -> Path:
         raise AssertionError("the tiny model was rebuilt")
 
-    monkeypatch.setattr(models, "build_tiny_model", fail)
+    monkeypatch.setattr(random_models, "build_tiny_model", fail)
     again = load_model("tiny", device="cpu", cache_dir=tiny_model_dir.parent)
     assert index.stat().st_mtime_ns == mtime
     assert torch.equal(again.pipe.unet.conv_out.weight, tiny_model.pipe.unet.conv_out.weight)
@@ -180,12 +180,12 @@ def test_compile_wraps_the_unet_in_place(tiny_model_dir):
 
 def _sd15_components_on_meta(tmp_path):
     """The three networks of sd15-random without memory or init time (meta tensors)."""
-    tokenizer = models._build_tiny_tokenizer(tmp_path / "tokenizer")
+    tokenizer = random_models.build_tokenizer(tmp_path / "tokenizer")
     with torch.device("meta"):
         return (
-            models._build_sd15_unet(),
-            models._build_sd15_vae(),
-            models._build_sd15_text_encoder(tokenizer),
+            random_models.build_unet(SD15_RANDOM),
+            random_models.build_vae(SD15_RANDOM),
+            random_models.build_text_encoder(SD15_RANDOM, tokenizer),
         )
 
 
@@ -226,8 +226,8 @@ def test_sd15_random_loads_and_inverts_an_image():
     assert model.default_size == 512 and model.describe()["name"] == "sd15-random"
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     result = invert(model, [image], "a photo", InversionSettings(steps=1, size=64))
-    assert result.latents.shape == (1, 4, 8, 8)
-    assert torch.isfinite(result.latents).all()
+    assert result.latent.shape == (1, 4, 8, 8)
+    assert torch.isfinite(result.latent).all()
 
 
 def test_tiny_lives_in_a_folder_of_its_own_inside_the_models_dir(tmp_path, tiny_model_dir):

@@ -1,0 +1,117 @@
+"""What the engine needs from a model family: the `ModelFamily` protocol, the `Conditioning`
+it encodes prompts into and the `ModelCard` it describes a loaded model with.
+
+A family knows its pipeline (VAE, text encoders, denoiser, prediction type); the inversion
+methods (`worker/engine/inversion/`) know the sampler. Stable Diffusion 1.x/2.x is the one
+family today (`stable_diffusion.py`); SD 3.5 would be a second file next to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from latentmix.worker.engine.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning per batch row, plus the empty prompt's for guidance.
+
+    `pooled` and `extra` leave room for families that need more than one sequence of
+    embeddings (SD 3: pooled CLIP embeddings; SDXL: extra time ids); each of their tensors
+    has one row per latent and is sliced with the rows.
+    """
+
+    cond: torch.Tensor  # [B, L, D], one row per latent
+    uncond: torch.Tensor  # [1, L, D], embedding of ""
+    pooled: torch.Tensor | None = None  # [B, P]
+    uncond_pooled: torch.Tensor | None = None  # [1, P], pooled embedding of ""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # each [B, ...]
+
+    def __len__(self) -> int:
+        return self.cond.shape[0]
+
+    def rows(self, start: int, stop: int) -> Conditioning:
+        return Conditioning(
+            cond=self.cond[start:stop],
+            uncond=self.uncond,
+            pooled=None if self.pooled is None else self.pooled[start:stop],
+            uncond_pooled=self.uncond_pooled,
+            extra={name: value[start:stop] for name, value in self.extra.items()},
+        )
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A loaded model described for health endpoints, logs and validation; JSON via as_dict."""
+
+    family: str
+    name: str  # what the user asked for: hub id, local path or "tiny"
+    latent_channels: int
+    vae_scale_factor: int  # pixels per latent cell along each side
+    default_size: int  # image side in pixels the model was trained at
+    default_guidance: float
+    prediction_type: str
+    inversion_methods: tuple[str, ...]
+    scheduler: str
+    attention: str
+    device: str
+    dtype: str
+    max_batch_size: int
+    vae_batch_size: int
+    compiled: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "inversion_methods": list(self.inversion_methods)}
+
+
+class ModelFamily(Protocol):
+    """One kind of pipeline (Stable Diffusion 1.x/2.x, SD 3, ...), stateless: every method
+    takes the `LoadedModel` it works on."""
+
+    name: str  # e.g. "stable-diffusion"
+    pipeline_classes: tuple[str, ...]  # diffusers pipeline class names this family loads
+    default_guidance: float
+
+    def load_pipeline(self, source: str, dtype: torch.dtype) -> Any:
+        """The pipeline from a hub id or local directory, with the family's sampler."""
+        ...
+
+    def native_size(self, pipe: Any) -> int:
+        """The image side in pixels the model was trained at."""
+        ...
+
+    def card(self, model: LoadedModel) -> ModelCard: ...
+
+    def encode_images(
+        self, model: LoadedModel, images: Sequence[Image.Image], size: int
+    ) -> torch.Tensor:
+        """Clean latents x0, float32 CPU [B, C, size / f, size / f]."""
+        ...
+
+    def decode_latents(self, model: LoadedModel, x0: torch.Tensor) -> list[Image.Image]: ...
+
+    def encode_prompts(self, model: LoadedModel, prompts: Sequence[str]) -> Conditioning: ...
+
+    def predict(
+        self,
+        model: LoadedModel,
+        x: torch.Tensor,
+        timestep: int,
+        conditioning: Conditioning,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The denoiser's output at `timestep` with classifier-free guidance, float32."""
+        ...
+
+    def to_noise(
+        self, model: LoadedModel, output: torch.Tensor, x: torch.Tensor, timestep: int
+    ) -> torch.Tensor:
+        """`predict`'s output as the noise estimate eps a DDIM-type sampler steps with."""
+        ...

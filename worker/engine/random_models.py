@@ -1,0 +1,295 @@
+"""The built-in models with seeded random weights; they need no download.
+
+- `"tiny"`: Stable-Diffusion-shaped and small, built offline from configs and cached on disk;
+  tests and CPU demos use it.
+- `"sd15-random"`: exactly Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L/14 text
+  encoder) with seeded random weights, built in memory. It costs the same compute as the real
+  model, so benchmarks use it where the weights cannot be downloaded.
+
+Both come from one builder, `build_random_pipeline(spec)`; a `RandomModelSpec` holds the
+component configs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+TINY_MODEL_NAME = "tiny"
+SD15_RANDOM_MODEL_NAME = "sd15-random"
+TINY_SEED = 0
+
+# SD 1.5's scheduler config (runwayml/stable-diffusion-v1-5, scheduler/scheduler_config.json).
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def _sd_unet_config(
+    *, block_out_channels: tuple[int, ...], layers_per_block: int, text_dim: int, latent_side: int
+) -> dict[str, Any]:
+    """Stable Diffusion's UNet layout at other widths: cross-attention to the text in every
+    block but the lowest-resolution one, attention heads of 8 channels, 4 latent channels."""
+    attention_blocks = len(block_out_channels) - 1
+    return {
+        "sample_size": latent_side,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": layers_per_block,
+        "block_out_channels": block_out_channels,
+        "down_block_types": ("CrossAttnDownBlock2D",) * attention_blocks + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * attention_blocks,
+        "cross_attention_dim": text_dim,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
+
+
+def _sd_vae_config(
+    *, block_out_channels: tuple[int, ...], layers_per_block: int, norm_groups: int, size: int
+) -> dict[str, Any]:
+    """Stable Diffusion's VAE layout at other widths: four blocks (three 2x downsamplings,
+    so vae_scale_factor 8) and 4 latent channels; `size` is the image side in pixels."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": block_out_channels,
+        "layers_per_block": layers_per_block,
+        "latent_channels": 4,
+        "norm_num_groups": norm_groups,
+        "sample_size": size,
+        "scaling_factor": 0.18215,
+    }
+
+
+@dataclass(frozen=True)
+class RandomModelSpec:
+    """Component configs of a Stable-Diffusion-shaped pipeline with seeded random weights.
+
+    `text_encoder` is a CLIPTextConfig without the token ids, which come from the tokenizer
+    (as does `vocab_size` when left out)."""
+
+    unet: Mapping[str, Any]
+    vae: Mapping[str, Any]
+    text_encoder: Mapping[str, Any]
+
+
+TINY = RandomModelSpec(
+    unet=_sd_unet_config(
+        block_out_channels=(32, 64), layers_per_block=1, text_dim=32, latent_side=8
+    ),
+    vae=_sd_vae_config(
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_groups=8, size=64
+    ),
+    text_encoder={
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "projection_dim": 32,
+    },
+)
+
+# Stable Diffusion 1.5's component configs (stable-diffusion-v1-5: unet/, vae/ config.json;
+# text_encoder/ is CLIP ViT-L/14's text tower). Defaults the configs leave out are diffusers'.
+SD15_RANDOM = RandomModelSpec(
+    unet=_sd_unet_config(
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, text_dim=768, latent_side=64
+    ),
+    vae=_sd_vae_config(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_groups=32, size=512
+    ),
+    text_encoder={
+        "vocab_size": 49408,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+    },
+)
+
+RANDOM_MODELS: dict[str, RandomModelSpec] = {
+    TINY_MODEL_NAME: TINY,
+    SD15_RANDOM_MODEL_NAME: SD15_RANDOM,
+}
+
+
+# --- building -----------------------------------------------------------------------------
+
+
+def build_random_pipeline(spec: RandomModelSpec) -> Any:
+    """A StableDiffusionPipeline with `spec`'s shapes and seeded random weights (float32).
+
+    Each network is initialised right after seeding with TINY_SEED, so a build is identical
+    every time and does not disturb the caller's random state. The tokenizer is the tiny
+    byte-level one (its ids fit CLIP's vocabulary too).
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    with tempfile.TemporaryDirectory(prefix="latentmix-tokenizer-") as tmp:
+        tokenizer = build_tokenizer(Path(tmp) / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        return StableDiffusionPipeline(
+            vae=_seeded(lambda: build_vae(spec)),
+            text_encoder=_seeded(lambda: build_text_encoder(spec, tokenizer)),
+            tokenizer=tokenizer,
+            unet=_seeded(lambda: build_unet(spec)),
+            scheduler=DDIMScheduler(**SD15_SCHEDULER_CONFIG),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def build_unet(spec: RandomModelSpec) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**spec.unet)
+    _calm_noise_estimate(unet)
+    return unet
+
+
+def build_vae(spec: RandomModelSpec) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**spec.vae)
+
+
+def build_text_encoder(spec: RandomModelSpec, tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        **{"vocab_size": len(tokenizer), **spec.text_encoder},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval()
+
+
+_Built = TypeVar("_Built")
+
+
+def _seeded(build: Callable[[], _Built]) -> _Built:
+    torch.manual_seed(TINY_SEED)
+    return build()
+
+
+def _calm_noise_estimate(unet: Any) -> None:
+    """Shrink a random UNet's output layer so its noise estimate is small and smooth.
+
+    A random UNet's eps swings wildly with its input, which breaks DDIM's assumption that eps
+    varies slowly along the trajectory (round trips then miss by ~30x the latent). Scaled
+    down, eps behaves like a trained model's.
+    """
+    if unet.conv_out.weight.is_meta:
+        return
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(0.01)
+        unet.conv_out.bias.mul_(0.01)
+
+
+# --- the tiny model on disk ---------------------------------------------------------------
+
+
+def ensure_tiny_model(path: Path) -> Path:
+    """Build the tiny model at `path` unless a complete one is already there."""
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        return path
+    return build_tiny_model(path)
+
+
+def build_tiny_model(path: Path) -> Path:
+    """Build the tiny pipeline and save it at `path` (safetensors).
+
+    Fully offline: configs only, tokenizer vocabulary generated here. Written to a temporary
+    sibling directory and renamed into place, so concurrent workers never see half a model;
+    if another process wins the race its copy is kept (the builds are identical).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        build_random_pipeline(TINY).save_pretrained(tmp, safe_serialization=True)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not (path / "model_index.json").is_file():
+                raise  # not a lost race: a real error
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# --- the byte-level tokenizer both models share -------------------------------------------
+
+_TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "tree", "red", "blue", "an")
+
+
+def build_tokenizer(directory: Path) -> Any:
+    """A byte-level BPE CLIPTokenizer from a small generated vocab.json + merges.txt."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tiny_vocab_and_merges()
+    directory.mkdir(parents=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+    merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    (directory / "merges.txt").write_text(merges_text, "utf-8")
+    return CLIPTokenizer.from_pretrained(directory, model_max_length=77)
+
+
+def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's layout: 256 byte symbols, their "</w>" forms, merge results, special tokens."""
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[tuple[str, str]] = []
+    for word in _TINY_WORDS:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:  # merge left to right; every result joins the vocabulary
+            pair = (pieces[0], pieces[1])
+            merged = pieces[0] + pieces[1]
+            if pair not in merges:
+                merges.append(pair)
+            if merged not in tokens:
+                tokens.append(merged)
+            pieces = [merged, *pieces[2:]]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(mapping.items()))
