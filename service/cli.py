@@ -21,7 +21,7 @@ import time
 from importlib import import_module
 from importlib.metadata import entry_points
 
-from latentmix.service.config import Settings, get_settings
+from latentmix.service.config import Settings, get_settings, redacted
 from latentmix.service.info import format_info, service_info
 from latentmix.service.stack import ServiceStack, StackError
 
@@ -119,9 +119,9 @@ def run_info(settings: Settings, *, as_json: bool = False) -> int:
         with Redis.from_url(url) as redis:
             info = service_info(redis)
     except RedisConnectionError as exc:
-        print(f"latentmix: no Redis at {url} ({exc}); is the service up?", file=sys.stderr)
+        print(f"latentmix: no Redis at {redacted(url)} ({exc}); is it up?", file=sys.stderr)
         return 1
-    print(json.dumps(info, indent=2) if as_json else format_info(info, url))
+    print(json.dumps(info, indent=2) if as_json else format_info(info, redacted(url)))
     return 0
 
 

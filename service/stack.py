@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentmix.service.config import Settings
+from latentmix.service.config import Settings, redacted
 
 WORKER_COMMAND = ["-m", "latentmix.service.cli", "worker"]
 API_COMMAND = ["-m", "latentmix.service.cli", "api"]
@@ -365,10 +365,7 @@ class ServiceStack:
     def environment(self, **overrides: str) -> dict[str, str]:
         """What a child starts with: the base environment, the settings, `overrides`."""
         return (
-            self.base_env
-            | self.settings.environment()
-            | {"REDIS_URL": self.redis_url}
-            | (overrides)
+            self.base_env | self.settings.environment() | {"REDIS_URL": self.redis_url} | overrides
         )
 
     def wait_ready(self, timeout: float = 600) -> None:
@@ -406,7 +403,7 @@ class ServiceStack:
             if self.settings.s3_bucket
             else str(self.settings.data_dir.resolve() / "store")
         )
-        redis = f"{self.redis_url} ({'embedded' if self.embedded_redis else 'external'})"
+        redis = f"{redacted(self.redis_url)} ({'embedded' if self.embedded_redis else 'external'})"
         devices = ", ".join(self._device(i) for i in range(len(self.slots) or self.worker_count))
         rows = [
             ("API", f"{self.api_url}  (docs: {self.api_url}/docs)"),
