@@ -11,9 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers import (
-    free_port,
     png_bytes,
-    service_environment,
     start_process,
     stop_process,
     wait_for,
@@ -173,18 +171,10 @@ def test_readiness_sees_the_worker(api):
     assert ready.json()["workers"] >= 1
 
 
-def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, service_data_dir):
-    port = free_port()
-    env = service_environment(
-        LATENTMIX_MODEL="tiny",
-        LATENTMIX_DATA_DIR=str(tmp_path / "data"),
-        LATENTMIX_PORT=str(port),
-    )
-    # Reuse the tiny model built for the session instead of building it again.
-    (tmp_path / "data").mkdir()
-    (service_data_dir / "models").mkdir(exist_ok=True)
-    (tmp_path / "data" / "models").symlink_to(service_data_dir / "models")
-    base_url = f"http://127.0.0.1:{port}"
+def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, up_environment):
+    env = up_environment
+    base_url = f"http://127.0.0.1:{env['LATENTMIX_PORT']}"
+    redis_url = f"redis://127.0.0.1:{env['LATENTMIX_EMBEDDED_REDIS_PORT']}/0"
     log = tmp_path / "up.log"
 
     up = start_process(["-m", "latentmix.service.cli", "up"], env, log)
@@ -208,4 +198,15 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
             assert client.get(f"/jobs/{mixed['id']}").json()["status"] == "succeeded"
     finally:
         assert stop_process(up, signal.SIGINT, timeout=120) == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    # Both starts printed the same URLs: the embedded Redis keeps its port.
+    banners = [line for line in output.splitlines() if line.strip().startswith(("API", "Redis"))]
+    assert (
+        banners
+        == [
+            f"  API       {base_url}  (docs: {base_url}/docs)",
+            f"  Redis     {redis_url} (embedded)",
+        ]
+        * 2
+    )
