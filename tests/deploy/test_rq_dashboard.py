@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -22,10 +21,12 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from helpers import free_port, wait_for_http
+from helpers import free_port
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
+
+from latentmix.service.stack import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "latentmix:tiny"
@@ -63,7 +64,7 @@ def test_the_dockerfile_pins_what_the_tests_run():
 
 
 @pytest.fixture
-def dashboard(own_redis_url: str) -> Iterator[str]:
+def dashboard(own_redis_url: str, tmp_path: Path) -> Iterator[str]:
     """The compose service's command and environment, on the test Redis; its base URL."""
     _, cmd = dashboard_stage()
     program, *args = json.loads(cmd)
@@ -71,19 +72,15 @@ def dashboard(own_redis_url: str) -> Iterator[str]:
     environment = {k: str(v) for k, v in dashboard_service()["environment"].items()}
     environment["RQ_DASHBOARD_REDIS_URL"] = own_redis_url
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rq_dashboard", *args, "--bind", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, **environment},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [sys.executable, "-m", "rq_dashboard", *args, "--bind", "127.0.0.1", "--port", str(port)]
+    dashboard = Child("rq-dashboard", argv, {**os.environ, **environment}, tmp_path / "rqd.log")
     url = f"http://127.0.0.1:{port}"
+    dashboard.start()
     try:
-        wait_for_http(url + "/", timeout=30, process=process)
+        dashboard.wait_http(url + "/", timeout=30)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        dashboard.stop(timeout=10)
 
 
 def test_the_dashboard_shows_a_finished_latentmix_job(dashboard: str, own_redis_url: str):

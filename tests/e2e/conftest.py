@@ -1,7 +1,8 @@
-"""The service as the client sees it: a worker serving the tiny model and the API under
-uvicorn, on the session's Redis (a database of their own) and a fresh bucket of the
-session's moto S3 server (so images answer with redirects to presigned URLs). Started once
-for the whole tests/client package."""
+"""The service as a client sees it, one for the whole session, shared by the end-to-end
+modules: a ServiceStack (service/stack.py) with one worker serving the tiny model and the
+API under uvicorn, on the session's Redis (a database of its own) and a fresh bucket of the
+session's moto S3 server (so images answer with redirects to presigned URLs). Modules that
+stop or kill parts of the service start their own stack (test_faults, test_up)."""
 
 from __future__ import annotations
 
@@ -10,53 +11,70 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    WEBHOOK_SECRET,
     free_port,
     make_s3_storage,
     png_bytes,
     service_environment,
-    start_process,
-    stop_process,
-    wait_ready,
 )
 from redis import Redis
 
-CLIENT_REDIS_DB = 7  # apart from the other suites' database 0
+from latentmix.service.config import Settings
+from latentmix.service.stack import ServiceStack
+
+SERVICE_REDIS_DB = 7  # apart from the in-process tests' databases 0 and 2
 MAX_BATCH = 2  # worker batch: a mix of a few images finishes in several batches (streaming)
 
 
 @pytest.fixture(scope="session")
-def client_service_url(redis_server, s3_server, tmp_path_factory) -> Iterator[str]:
-    data_dir = tmp_path_factory.mktemp("client-service")
-    redis_url = f"{redis_server.rsplit('/', 1)[0]}/{CLIENT_REDIS_DB}"
+def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data dir for the session's service, so the tiny model is built once."""
+    return tmp_path_factory.mktemp("service-data")
+
+
+@pytest.fixture(scope="session")
+def service_stack(
+    redis_server: str, s3_server: str, service_data_dir: Path
+) -> Iterator[ServiceStack]:
+    redis_url = f"{redis_server.rsplit('/', 1)[0]}/{SERVICE_REDIS_DB}"
     with Redis.from_url(redis_url) as redis:
         redis.flushdb()
-    storage = make_s3_storage(s3_server)
-    port = free_port()
-    env = service_environment(
-        **{
-            "LATENTMIX_MODEL": "tiny",
-            "LATENTMIX_DATA_DIR": str(data_dir),
-            "LATENTMIX_PORT": str(port),
-            "LATENTMIX_MAX_BATCH_SIZE": str(MAX_BATCH),
-            "REDIS_URL": redis_url,
-            "LATENTMIX_S3_BUCKET": storage.bucket,
-            "LATENTMIX_S3_ENDPOINT_URL": s3_server,
-            "LATENTMIX_S3_ACCESS_KEY_ID": "testing",
-            "LATENTMIX_S3_SECRET_ACCESS_KEY": "testing",
-        }
+    settings = Settings(
+        model="tiny",
+        data_dir=service_data_dir,
+        port=free_port(),
+        redis_url=redis_url,
+        s3_bucket=make_s3_storage(s3_server).bucket,
+        s3_endpoint_url=s3_server,
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+        webhook_secret=WEBHOOK_SECRET,
+        max_batch_size=MAX_BATCH,
     )
-    logs = [data_dir / "worker.log", data_dir / "api.log"]
-    processes = [
-        start_process(["-m", "latentmix.worker"], env, logs[0]),
-        start_process(["-m", "latentmix.service.api"], env, logs[1]),
-    ]
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, timeout=120, processes=processes, logs=logs)
-        yield base_url
-    finally:
-        for process in reversed(processes):
-            stop_process(process)
+    with ServiceStack(settings, env=service_environment()) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def service_url(service_stack: ServiceStack) -> str:
+    """Base URL of the session's API, with one worker behind it."""
+    return service_stack.api_url
+
+
+@pytest.fixture
+def up_environment(tmp_path: Path, service_data_dir: Path) -> dict[str, str]:
+    """The environment of a `latentmix up` of the tiny model in its own data dir (with the
+    session's model cache, so the tiny model is not built again), on free ports."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (service_data_dir / "models").mkdir(exist_ok=True)
+    (data_dir / "models").symlink_to(service_data_dir / "models")
+    return service_environment(
+        LATENTMIX_MODEL="tiny",
+        LATENTMIX_DATA_DIR=str(data_dir),
+        LATENTMIX_PORT=str(free_port()),
+        LATENTMIX_EMBEDDED_REDIS_PORT=str(free_port()),
+    )
 
 
 @pytest.fixture

@@ -57,10 +57,10 @@ def check_output(out: Path, tree: Path, per_class: int) -> list[dict]:
 
 
 def test_augment_writes_per_class_images_with_matching_provenance(
-    client_service_url, image_tree, tmp_path
+    service_url, image_tree, tmp_path
 ):
     out = tmp_path / "aug"
-    args = augment_args(image_tree, out, client_service_url, "--per-class", "3", "--batch", "2")
+    args = augment_args(image_tree, out, service_url, "--per-class", "3", "--batch", "2")
 
     assert run_cli(args) == 0
 
@@ -76,10 +76,10 @@ def test_augment_writes_per_class_images_with_matching_provenance(
 
 
 def test_interrupted_augment_resumes_without_redoing_finished_images(
-    client_service_url, image_tree, tmp_path
+    service_url, image_tree, tmp_path
 ):
     out = tmp_path / "aug"
-    args = augment_args(image_tree, out, client_service_url, "--per-class", "4", "--batch", "1")
+    args = augment_args(image_tree, out, service_url, "--per-class", "4", "--batch", "1")
     process = subprocess.Popen(
         [sys.executable, "-m", "latentmix.service.cli", *args],
         stdout=subprocess.PIPE,
@@ -113,9 +113,7 @@ def test_interrupted_augment_resumes_without_redoing_finished_images(
     # The resumed set is the set an uninterrupted run makes.
     fresh = tmp_path / "fresh"
     assert (
-        run_cli(
-            augment_args(image_tree, fresh, client_service_url, "--per-class", "4", "--batch", "1")
-        )
+        run_cli(augment_args(image_tree, fresh, service_url, "--per-class", "4", "--batch", "1"))
         == 0
     )
     assert sorted(snapshot(fresh)) == sorted(snapshot(out))

@@ -17,8 +17,8 @@ TINY_SIZE = 64
 
 
 @pytest.fixture
-def lm(client_service_url):
-    with LatentMixClient(client_service_url) as client:
+def lm(service_url):
+    with LatentMixClient(service_url) as client:
         yield client
 
 

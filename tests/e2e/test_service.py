@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from helpers import (
     TINY_CARD,
-    free_port,
     png_bytes,
-    service_environment,
     start_process,
     stop_process,
     wait_for,
@@ -160,7 +158,7 @@ def test_mixed_latents_can_be_mixed_again(api):
     assert wait_for(api, again.json()["id"])["status"] == "succeeded"
 
 
-def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api, service_env):
+def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api, service_stack):
     latent_ids, job = invert(api, png_bytes(51), png_bytes(52), steps="500")
     mix_job = api.post("/mix", json={"latents": latent_ids}).json()
     deadline = time.monotonic() + 60
@@ -174,7 +172,7 @@ def test_canceling_a_running_job_fails_the_mix_waiting_on_it(api, service_env):
     assert canceled["status"] == "canceled" and canceled["finished_at"] is not None
     assert 1 <= canceled["progress"]["done"] < canceled["progress"]["total"]
     # RQ's own tools (rq info, dashboards) count it as canceled too, not as failed.
-    redis = Redis.from_url(service_env["REDIS_URL"])
+    redis = Redis.from_url(service_stack.redis_url)
     assert job["id"] in CanceledJobRegistry("latentmix:tiny", connection=redis).get_job_ids()
     assert job["id"] not in FailedJobRegistry("latentmix:tiny", connection=redis).get_job_ids()
     failed = wait_for(api, mix_job["id"])
@@ -189,18 +187,10 @@ def test_readiness_sees_the_worker(api):
     assert ready.json()["workers"] >= 1
 
 
-def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, service_data_dir):
-    port = free_port()
-    env = service_environment(
-        LATENTMIX_MODEL="tiny",
-        LATENTMIX_DATA_DIR=str(tmp_path / "data"),
-        LATENTMIX_PORT=str(port),
-    )
-    # Reuse the tiny model built for the session instead of building it again.
-    (tmp_path / "data").mkdir()
-    (service_data_dir / "models").mkdir(exist_ok=True)
-    (tmp_path / "data" / "models").symlink_to(service_data_dir / "models")
-    base_url = f"http://127.0.0.1:{port}"
+def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, up_environment):
+    env = up_environment
+    base_url = f"http://127.0.0.1:{env['LATENTMIX_PORT']}"
+    redis_url = f"redis://127.0.0.1:{env['LATENTMIX_EMBEDDED_REDIS_PORT']}/0"
     log = tmp_path / "up.log"
 
     up = start_process(["-m", "latentmix.service.cli", "up"], env, log)
@@ -224,7 +214,18 @@ def test_embedded_mode_runs_everything_and_keeps_data_across_restarts(tmp_path, 
             assert client.get(f"/jobs/{mixed['id']}").json()["status"] == "succeeded"
     finally:
         assert stop_process(up, signal.SIGINT, timeout=120) == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    # Both starts printed the same URLs: the embedded Redis keeps its port.
+    banners = [line for line in output.splitlines() if line.strip().startswith(("API", "Redis"))]
+    assert (
+        banners
+        == [
+            f"  API       {base_url}  (docs: {base_url}/docs)",
+            f"  Redis     {redis_url} (embedded)",
+        ]
+        * 2
+    )
 
 
 def test_workers_publish_their_models_card(api):
@@ -240,10 +241,10 @@ def test_workers_publish_their_models_card(api):
     assert ready["models"]["tiny"] == models["tiny"]["workers"]
 
 
-def test_a_mix_queued_by_the_previous_release_still_runs(api, service_env):
+def test_a_mix_queued_by_the_previous_release_still_runs(api, service_stack):
     latent_ids, job = invert(api, png_bytes(61), png_bytes(62))
     wait_for(api, job["id"])
-    redis = Redis.from_url(service_env["REDIS_URL"])
+    redis = Redis.from_url(service_stack.redis_url)
     queue = Queue("latentmix:tiny", connection=redis, serializer=JSONSerializer)
     request_of_0_1 = {
         "latents": latent_ids,
