@@ -3,7 +3,8 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from latentmix.service.contract import (
     DEFAULT_GUIDANCE,
@@ -24,6 +25,36 @@ WebhookUrl = Annotated[
     AnyHttpUrl,
     Field(description="receives a signed POST when the job ends (needs LATENTMIX_WEBHOOK_SECRET)"),
 ]
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: a field it does not know is refused by name (a typo such as
+    `wieghts` must not silently fall back to a default). The schema says
+    `additionalProperties: false`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(key) for key in data if key not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_field",
+                    "{unknown}; allowed: {allowed}",
+                    {
+                        "unknown": unknown_fields(unknown),
+                        "allowed": ", ".join(cls.model_fields),
+                    },
+                )
+        return data
+
+
+def unknown_fields(names: list[str]) -> str:
+    """`unknown field 'a'` or `unknown fields 'a', 'b'`."""
+    listed = ", ".join(repr(name) for name in names)
+    return f"unknown field{'s' if len(names) > 1 else ''} {listed}"
 
 
 class Progress(BaseModel):
@@ -99,7 +130,7 @@ class LatentPublic(BaseModel):
     created_at: datetime | None = None
 
 
-class SampleSpec(BaseModel):
+class SampleSpec(RequestBody):
     """Seeded weights for many mixes, instead of explicit weights."""
 
     count: int = Field(ge=1, description="number of mixes (one image each)")
@@ -113,7 +144,7 @@ class SampleSpec(BaseModel):
     seed: int = Field(default=0, ge=0, lt=2**63, description="same seed, same weights and images")
 
 
-class MixCreate(BaseModel):
+class MixCreate(RequestBody):
     latents: list[LatentId] = Field(min_length=1, max_length=256, description="input latent ids")
     weights: list[float] | list[list[float]] | None = Field(
         default=None,
