@@ -145,7 +145,11 @@ class SampleSpec(RequestBody):
 
 
 class MixCreate(RequestBody):
-    latents: list[LatentId] = Field(min_length=1, max_length=256, description="input latent ids")
+    latents: list[LatentId] = Field(
+        min_length=1,
+        description="input latent ids; at most the server's max_latents_per_mix (GET /limits, "
+        "LATENTMIX_MAX_LATENTS_PER_MIX)",
+    )
     weights: list[float] | list[list[float]] | None = Field(
         default=None,
         description="one weight per latent for one mix, or a list of such rows for many "
@@ -172,3 +176,21 @@ class MixCreate(RequestBody):
         if self.weights is not None and self.sample is not None:
             raise ValueError("give either weights or sample, not both")
         return self
+
+
+class LimitsPublic(BaseModel):
+    """What one request may ask of this server; a client checks its plan against these
+    before doing any work. Sizes in bytes."""
+
+    max_latents_per_mix: int = Field(description="input latents of one POST /mix")
+    max_mixes_per_request: int = Field(description="weight rows or sample.count of one POST /mix")
+    max_files: int = Field(description="file parts of one POST /latents")
+    max_upload_bytes: int = Field(description="bytes of one uploaded file")
+    max_request_bytes: int = Field(description="bytes of one request body")
+    max_image_pixels: int = Field(description="width x height of one uploaded image")
+    min_image_size: int = Field(description="smallest `size` (image side in pixels)")
+    max_image_size: int = Field(description="largest `size` (image side in pixels)")
+    max_prompt_chars: int = Field(description="characters of one prompt")
+    max_steps: int = Field(description="inversion or generation steps")
+    max_guidance: float = Field(description="guidance_scale")
+    max_wait_s: float = Field(description="longest hold of GET /jobs/{id}?wait=S")

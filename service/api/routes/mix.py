@@ -39,10 +39,18 @@ def create_mix(
 ) -> JobPublic:
     """Queue a mix job; latents still being inverted are waited for. The answer lists the
     images the job will produce (ids and URLs), known before it runs."""
+    if len(body.latents) > settings.max_latents_per_mix:
+        raise problem(
+            422,
+            f"{len(body.latents)} latents in one mix; the limit is {settings.max_latents_per_mix} "
+            "(LATENTMIX_MAX_LATENTS_PER_MIX)",
+        )
     mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
     if mixes > settings.max_mixes_per_request:
         raise problem(
-            422, f"{mixes} mixes in one request; the limit is {settings.max_mixes_per_request}"
+            422,
+            f"{mixes} mixes in one request; the limit is {settings.max_mixes_per_request} "
+            "(LATENTMIX_MAX_MIXES_PER_REQUEST)",
         )
     try:
         method = canonical_method(body.method)
