@@ -14,12 +14,22 @@ from latentmix.service.contract import (
 )
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
-from latentmix.service.mix_methods import DEFAULT_METHOD
+from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
 
 LatentId = Annotated[
     str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])
 ]
 
+
+# The largest integer every JSON reader holds exactly: OpenAPI tools read bounds as doubles,
+# so a bound of 2**63 would let them generate seeds the API refuses.
+MAX_SEED = 2**53 - 1
+
+# One weight per input latent. Negative weights are refused by the route, naming the entry
+# (service/mix_methods.py); the schema says so with `minimum`.
+WeightRow = Annotated[
+    list[Annotated[float, Field(json_schema_extra={"minimum": 0})]], Field(min_length=1)
+]
 
 WebhookUrl = Annotated[
     AnyHttpUrl,
@@ -141,16 +151,29 @@ class SampleSpec(RequestBody):
     )
     alpha: float = Field(default=1.0, gt=0, le=1000, description="dirichlet concentration")
     k: int | None = Field(default=None, ge=1, description="subset size; default all latents")
-    seed: int = Field(default=0, ge=0, lt=2**63, description="same seed, same weights and images")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="same seed, same weights and images"
+    )
 
 
 class MixCreate(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        # weights and sample exclude each other (either may be null).
+        json_schema_extra={
+            "not": {
+                "required": ["weights", "sample"],
+                "properties": {"weights": {"type": "array"}, "sample": {"type": "object"}},
+            }
+        },
+    )
+
     latents: list[LatentId] = Field(
         min_length=1,
         description="input latent ids; at most the server's max_latents_per_mix (GET /limits, "
         "LATENTMIX_MAX_LATENTS_PER_MIX)",
     )
-    weights: list[float] | list[list[float]] | None = Field(
+    weights: WeightRow | Annotated[list[WeightRow], Field(min_length=1)] | None = Field(
         default=None,
         description="one weight per latent for one mix, or a list of such rows for many "
         "mixes (one image each); rows are normalised to sum 1; default uniform",
@@ -158,6 +181,7 @@ class MixCreate(RequestBody):
     method: str = Field(
         default=DEFAULT_METHOD,
         description="lerp, slerp, fix/0, fix/m, fix/chm, nin/0, nin/m, nin/chm (fix, nin = /0)",
+        json_schema_extra={"enum": [*MIX_METHODS, *METHOD_ALIASES]},
     )
     prompt: str | None = Field(
         default=None,

@@ -83,6 +83,16 @@ async def known_form_fields(request: Request) -> None:
     responses={200: {"model": LatentsCreated, "description": "every latent already known"}}
     | PROBLEM_RESPONSES,
     dependencies=[Depends(known_form_fields)],
+    # At least one file part, of either name (the route says so with a 422, the schema here).
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"anyOf": [{"required": ["images"]}, {"required": ["latents"]}]}
+                }
+            }
+        }
+    },
 )
 def create_latents(
     response: Response,
@@ -91,10 +101,15 @@ def create_latents(
     storage: StorageDep,
     catalog: CatalogDep,
     metrics: MetricsDep,
-    images: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")] = [],  # noqa: B006
+    images: Annotated[
+        list[UploadFile], File(min_length=1, description="PNG, JPEG or WebP images")
+    ] = [],  # noqa: B006
     latents: Annotated[
         list[UploadFile],
-        File(description="safetensors files, one tensor `latent` [C, H, W] (C: the model's)"),
+        File(
+            min_length=1,
+            description="safetensors files, one tensor `latent` [C, H, W] (C: the model's)",
+        ),
     ] = [],  # noqa: B006
     prompt: Annotated[
         list[str], Form(description="one prompt for all images, or one per image")

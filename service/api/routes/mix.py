@@ -45,6 +45,9 @@ def create_mix(
             f"{len(body.latents)} latents in one mix; the limit is {settings.max_latents_per_mix} "
             "(LATENTMIX_MAX_LATENTS_PER_MIX)",
         )
+    # Then the inputs (their number is bounded now): a latent that does not exist (404) says
+    # more than weights that do not fit it. Then the rows, bounded before any is drawn.
+    inputs = _inputs(catalog, redis, body.latents)
     mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
     if mixes > settings.max_mixes_per_request:
         raise problem(
@@ -58,7 +61,6 @@ def create_mix(
         check_weights(rows, len(body.latents), method)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
-    inputs = _inputs(catalog, redis, body.latents)
     mix = plan_mix(
         latents=body.latents,
         rows=rows,

@@ -163,3 +163,22 @@ def test_limits_lists_every_request_limit_as_configured(make_client):
 
 def test_the_default_latents_per_mix_is_4096(client):
     assert client.get("/limits").json()["max_latents_per_mix"] == 4096
+
+
+# --- what the schema promises, the API accepts --------------------------------------------------
+
+
+def test_the_schema_requires_a_file_part_and_non_empty_weight_rows():
+    schema = json.loads(OPENAPI_FILE.read_text())
+    upload = schema["paths"]["/latents"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["anyOf"] == [{"required": ["images"]}, {"required": ["latents"]}]
+    weights = schema["components"]["schemas"]["MixCreate"]["properties"]["weights"]["anyOf"]
+    row, rows = weights[0], weights[1]
+    assert row["minItems"] == 1 and row["items"]["minimum"] == 0
+    assert rows["minItems"] == 1 and rows["items"]["minItems"] == 1
+
+
+def test_weights_and_sample_together_are_refused_without_a_value_error_prefix(client):
+    body = {"latents": ["a" * 32], "weights": [1], "sample": {"count": 1}}
+    problem = assert_problem(client.post("/mix", json=body), 422)
+    assert problem["detail"] == "body: give either weights or sample, not both"
