@@ -163,12 +163,8 @@ class LatentMixClient:
         """Queue a mix job: one image for a weight list, one per row for a list of rows,
         the uniform centroid for None. Latents still being inverted are waited for."""
         body: dict[str, Any] = {"latents": [_id(latent) for latent in latents], "method": method}
-        mixes = 1
         if weights is not None:
             body["weights"] = [list(row) if _is_row(row) else row for row in weights]
-            if body["weights"] and _is_row(body["weights"][0]):
-                mixes = len(body["weights"])
-        check_mix(self.limits(), len(body["latents"]), mixes)
         return self._submit_mix(body, prompt, guidance_scale, steps)
 
     def sample(
@@ -199,7 +195,6 @@ class LatentMixClient:
             if value is not None:
                 sample[key] = value
         body = {"latents": [_id(latent) for latent in latents], "method": method, "sample": sample}
-        check_mix(self.limits(), len(body["latents"]), count)
         return self._submit_mix(body, prompt, guidance_scale, steps)
 
     def _submit_mix(
@@ -444,20 +439,6 @@ def _image_part(image: ImageInput, index: int) -> tuple[str, bytes, str]:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return path.name, path.read_bytes(), content_type
     raise TypeError(f"expected a path, PIL image or bytes, got {type(image).__name__}")
-
-
-def check_mix(limits: Limits, latents: int, mixes: int) -> None:
-    """Raise LimitExceeded unless one POST /mix of `latents` inputs and `mixes` rows fits."""
-    if latents > limits.max_latents_per_mix:
-        raise LimitExceeded(
-            f"{latents} latents in one mix; the service's limit is "
-            f"{limits.max_latents_per_mix} (max_latents_per_mix)"
-        )
-    if mixes > limits.max_mixes_per_request:
-        raise LimitExceeded(
-            f"{mixes} mixes in one request; the service's limit is "
-            f"{limits.max_mixes_per_request} (max_mixes_per_request): split them"
-        )
 
 
 def check_invert(limits: Limits, files: list[tuple[str, bytes]], prompts: list[str] | None) -> None:

@@ -11,7 +11,7 @@ import pytest
 from helpers import TINY_CARD, live_server, png_bytes
 from redis import Redis
 
-from latentmix.client import LatentMixClient, LimitExceeded, Limits
+from latentmix.client import LatentMixClient, Limits
 from latentmix.client.augment import EXIT_USAGE
 from latentmix.client.augment import main as augment
 from latentmix.service.model_cards import CARDS_KEY
@@ -99,15 +99,9 @@ def test_invert_splits_images_into_requests_of_at_most_max_files(server):
     assert len({latent.id for latent in latents}) == 5
 
 
-def test_mixes_over_the_limits_are_refused_before_they_are_sent(server):
-    with (
-        server(max_latents_per_mix=3, max_mixes_per_request=2) as (url, _),
-        LatentMixClient(url) as lm,
-    ):
-        assert lm.limits() == Limits(
-            max_latents_per_mix=3, max_mixes_per_request=2, max_wait_s=60.0
-        )
-        with pytest.raises(LimitExceeded, match="4 latents in one mix; the service's limit is 3"):
-            lm.mix(["0" * 32] * 4)
-        with pytest.raises(LimitExceeded, match="3 mixes in one request"):
-            lm.sample(["0" * 32] * 2, 3)
+def test_the_client_reads_the_limits_once(server):
+    settings = {"max_latents_per_mix": 3, "max_mixes_per_request": 2}
+    with server(**settings) as (url, _), LatentMixClient(url) as lm:
+        limits = lm.limits()
+        assert lm.limits() is limits
+    assert limits == Limits(max_latents_per_mix=3, max_mixes_per_request=2, max_wait_s=60.0)
