@@ -131,8 +131,9 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
     """Check every input exists (ready or pending) and shares one model and shape; read
     each one's prompt and steps from its record, or from the request of its pending job."""
     inputs, models, shapes = _Inputs(), set(), set()
-    for latent_id in latent_ids:
-        record = catalog.record(latent_id)
+    cached = catalog.cached_records(latent_ids)
+    for latent_id, record in zip(latent_ids, cached, strict=True):
+        record = record or catalog.record(latent_id)  # not in Redis: storage says
         if record is not None:
             models.add(record.model)
             shapes.add(tuple(record.shape))
