@@ -8,13 +8,14 @@ with LatentMixClient("http://127.0.0.1:8000") as lm:
 """
 
 from latentmix.client.api import DEFAULT_URL, LatentMixClient
-from latentmix.client.errors import JobFailed, LatentMixError, ProblemError
+from latentmix.client.errors import JobFailed, LatentMixError, LimitExceeded, ProblemError
 from latentmix.client.models import (
     ImageResult,
     Job,
     JobStatus,
     Latent,
     LatentInfo,
+    Limits,
     Progress,
     Provenance,
 )
@@ -29,6 +30,8 @@ __all__ = [
     "LatentInfo",
     "LatentMixClient",
     "LatentMixError",
+    "LimitExceeded",
+    "Limits",
     "ProblemError",
     "Progress",
     "Provenance",

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from latentmix.client.errors import JobFailed, ProblemError
-from latentmix.client.models import ImageResult, Job, JobStatus, Latent, LatentInfo
+from latentmix.client.errors import JobFailed, LimitExceeded, ProblemError
+from latentmix.client.models import ImageResult, Job, JobStatus, Latent, LatentInfo, Limits
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_METHOD = "nin/chm"
@@ -37,10 +37,11 @@ SCHEMES = ("dirichlet", "subset")
 LONG_POLL_S = 10.0  # GET /jobs/{id}?wait=S while nothing is shown
 STREAM_POLL_S = 0.5  # ... while a progress bar wants news
 MAX_RETRY_AFTER_S = 30.0
-# One POST /latents carries at most this many images and bytes (the service's defaults
-# allow 64 files and 128 MiB per request).
+# One POST /latents carries at most this many images and bytes, and no more than the
+# service's limits allow (GET /limits: by default 64 files and 128 MiB per request).
 INVERT_CHUNK_FILES = 32
 INVERT_CHUNK_BYTES = 64 * 2**20
+PART_OVERHEAD_BYTES = 1024  # a file part's headers and boundary, generously
 
 ImageInput = str | os.PathLike[str] | Image.Image | bytes
 LatentRef = str | Latent
@@ -72,6 +73,7 @@ class LatentMixClient:
         )
         self.base_url = base_url.rstrip("/")
         self.retries = retries
+        self._limits: Limits | None = None
 
     def __enter__(self) -> LatentMixClient:
         return self
@@ -109,6 +111,8 @@ class LatentMixClient:
         if not files:
             raise ValueError("invert needs at least one image")
         prompts = _prompt_list(prompt, len(files))
+        limits = self.limits()
+        check_invert(limits, [(name, content) for name, content, _ in files], prompts)
         form = {
             key: str(value)
             for key, value in (
@@ -120,7 +124,12 @@ class LatentMixClient:
             if value is not None
         }
         latents: list[Latent] = []
-        for chunk in _chunks([len(content) for _, content, _ in files]):
+        sizes = [len(content) + PART_OVERHEAD_BYTES for _, content, _ in files]
+        if prompts is not None:
+            sizes = [size + len(text.encode()) for size, text in zip(sizes, prompts, strict=True)]
+        max_files = min(INVERT_CHUNK_FILES, limits.max_files)
+        max_bytes = min(INVERT_CHUNK_BYTES, limits.max_request_bytes - PART_OVERHEAD_BYTES)
+        for chunk in _chunks(sizes, max_files, max_bytes):
             fields: dict[str, Any] = dict(form)
             if prompts is not None:
                 fields["prompt"] = prompts[chunk] if len(set(prompts)) > 1 else prompts[0]
@@ -312,8 +321,20 @@ class LatentMixClient:
         return paths
 
     # ---------------------------------------------------------------------------------------
-    # Health
+    # Health and limits
     # ---------------------------------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        """`GET /limits`: what one request may ask of the service (asked once per client;
+        a service too old to say gets release 0.1's limits)."""
+        if self._limits is None:
+            try:
+                self._limits = Limits.from_json(self._get_json("/limits"))
+            except ProblemError as exc:
+                if exc.status != 404:
+                    raise
+                self._limits = Limits()
+        return self._limits
 
     def health(self) -> dict[str, Any]:
         """`GET /healthz`: the API process answers."""
@@ -393,8 +414,9 @@ def _problem(response: httpx.Response) -> ProblemError:
     if detail is None and not body:
         detail = response.text[:500] or None
     retry_after = response.headers.get("Retry-After")
+    status = body.get("status")  # /readyz's 503 has a status too: "not ready"
     return ProblemError(
-        int(body.get("status") or response.status_code),
+        status if isinstance(status, int) else response.status_code,
         str(body.get("title") or response.reason_phrase),
         detail if detail is None else str(detail),
         type=str(body.get("type") or "about:blank"),
@@ -419,13 +441,51 @@ def _image_part(image: ImageInput, index: int) -> tuple[str, bytes, str]:
     raise TypeError(f"expected a path, PIL image or bytes, got {type(image).__name__}")
 
 
-def _chunks(sizes: list[int]) -> Iterator[slice]:
-    """Consecutive runs of files within INVERT_CHUNK_FILES and INVERT_CHUNK_BYTES."""
+def check_invert(limits: Limits, files: list[tuple[str, bytes]], prompts: list[str] | None) -> None:
+    """Raise LimitExceeded if a file or prompt can never be sent within the service's
+    limits (many files are not a problem: `invert` splits them into requests)."""
+    for name, content in files:
+        check_file(limits, name, len(content), image_pixels(content))
+    for index, text in enumerate(prompts or []):
+        if len(text) > limits.max_prompt_chars:
+            raise LimitExceeded(
+                f"prompt {index} has {len(text)} characters; the service's limit is "
+                f"{limits.max_prompt_chars} (max_prompt_chars)"
+            )
+
+
+def check_file(limits: Limits, name: str, size: int, pixels: int | None) -> None:
+    """Raise LimitExceeded unless an image file of `size` bytes and `pixels` pixels (None:
+    not known) can be uploaded."""
+    largest = min(limits.max_upload_bytes, limits.max_request_bytes - 2 * PART_OVERHEAD_BYTES)
+    if size > largest:
+        raise LimitExceeded(
+            f"{name!r} has {size} bytes; the service takes at most {largest} per file "
+            "(max_upload_bytes, max_request_bytes)"
+        )
+    if pixels is not None and pixels > limits.max_image_pixels:
+        raise LimitExceeded(
+            f"{name!r} has {pixels} pixels; the service's limit is "
+            f"{limits.max_image_pixels} (max_image_pixels)"
+        )
+
+
+def image_pixels(source: bytes | str | os.PathLike[str]) -> int | None:
+    """Width x height from an image's header (nothing is decoded); None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            width, height = image.size
+    except Exception:
+        return None  # not an image Pillow reads: the service says what is wrong with it
+    return width * height
+
+
+def _chunks(sizes: list[int], max_files: int, max_bytes: int) -> Iterator[slice]:
+    """Consecutive runs of at most `max_files` files and `max_bytes` bytes (a larger file
+    goes alone)."""
     start, total = 0, 0
     for index, size in enumerate(sizes):
-        if index > start and (
-            index - start >= INVERT_CHUNK_FILES or total + size > INVERT_CHUNK_BYTES
-        ):
+        if index > start and (index - start >= max_files or total + size > max_bytes):
             yield slice(start, index)
             start, total = index, 0
         total += size

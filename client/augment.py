@@ -33,9 +33,15 @@ from typing import Any
 import httpx
 from tqdm.auto import tqdm
 
-from latentmix.client.api import DEFAULT_METHOD, DEFAULT_URL, LatentMixClient
-from latentmix.client.errors import JobFailed, LatentMixError, ProblemError
-from latentmix.client.models import ImageResult, Job, Latent
+from latentmix.client.api import (
+    DEFAULT_METHOD,
+    DEFAULT_URL,
+    LatentMixClient,
+    check_file,
+    image_pixels,
+)
+from latentmix.client.errors import JobFailed, LatentMixError, LimitExceeded, ProblemError
+from latentmix.client.models import ImageResult, Job, Latent, Limits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 PROVENANCE_FILE = "provenance.jsonl"
@@ -142,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
-        except UsageError as exc:
+        except (UsageError, LimitExceeded) as exc:
             return _fail(str(exc), EXIT_USAGE)
         except (ProblemError, JobFailed) as exc:
             augmenter.cancel()
@@ -262,6 +268,51 @@ def _check_subsets(image_class: ImageClass, k: int, per_class: int) -> None:
             f"{math.comb(n, k)} different mixes, fewer than --per-class {per_class}; "
             "use --scheme dirichlet or another --k"
         )
+
+
+def check_limits(plan: Plan, classes: list[ImageClass], limits: Limits) -> None:
+    """Raise UsageError if a request the plan needs could not pass the service's limits:
+    checked before anything is inverted, so a run never fails halfway on a limit. Images
+    are split into requests of at most `max_files`; mixes are batched by --batch."""
+    settings = plan.settings
+    if settings["batch"] > limits.max_mixes_per_request:
+        raise UsageError(
+            f"--batch {settings['batch']} is over the service's limit of "
+            f"{limits.max_mixes_per_request} mixes per request; use a smaller --batch"
+        )
+    for name, value, limit in (
+        ("--steps", settings["steps"], limits.max_steps),
+        ("--inversion-steps", settings["inversion_steps"], limits.max_steps),
+        ("--guidance-scale", settings["guidance_scale"], limits.max_guidance),
+    ):
+        if value is not None and value > limit:
+            raise UsageError(f"{name} {value} is over the service's limit of {limit}")
+    size = settings["size"]
+    if size is not None and not limits.min_image_size <= size <= limits.max_image_size:
+        raise UsageError(
+            f"--size {size}: the service takes sizes from {limits.min_image_size} to "
+            f"{limits.max_image_size} pixels"
+        )
+    for image_class in classes:
+        count = len(image_class.sources)
+        if count > limits.max_latents_per_mix:
+            raise UsageError(
+                f"class {image_class.name!r} has {count} images; the service mixes at most "
+                f"{limits.max_latents_per_mix} latents per request (its "
+                "LATENTMIX_MAX_LATENTS_PER_MIX): raise that limit, or split the class into "
+                "folders of at most that many images"
+            )
+        if len(image_class.prompt) > limits.max_prompt_chars:
+            raise UsageError(
+                f"class {image_class.name!r}: its prompt has {len(image_class.prompt)} "
+                f"characters; the service's limit is {limits.max_prompt_chars}"
+            )
+        for source in image_class.sources:
+            path = plan.data / source
+            try:
+                check_file(limits, source.as_posix(), path.stat().st_size, image_pixels(path))
+            except LimitExceeded as exc:
+                raise UsageError(f"class {image_class.name!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +447,9 @@ class Augmenter:
                 "jobs wait in its queue until one starts",
                 file=sys.stderr,
             )
+        check_limits(
+            plan, list({batch.cls.name: batch.cls for batch in todo}.values()), self.lm.limits()
+        )
         latents = self.invert({batch.cls.name: batch.cls for batch in todo}.values())
         with tqdm(
             total=target, initial=already, unit="img", desc="augment", disable=not self.progress

@@ -38,6 +38,11 @@ class ProblemError(LatentMixError):
         super().__init__(f"{status} {title}" + (f": {detail}" if detail else ""))
 
 
+class LimitExceeded(LatentMixError, ValueError):
+    """A request would pass one of the service's limits (`GET /limits`): refused by the
+    client before anything is sent."""
+
+
 class JobFailed(LatentMixError):
     """A job ended failed or canceled; `job.error` says why."""
 

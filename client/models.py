@@ -20,6 +20,30 @@ class JobStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the service (`GET /limits`); sizes in bytes. The
+    defaults are those of a service too old to say (release 0.1)."""
+
+    max_latents_per_mix: int = 256
+    max_mixes_per_request: int = 1000
+    max_files: int = 64
+    max_upload_bytes: int = 32 * 2**20
+    max_request_bytes: int = 128 * 2**20
+    max_image_pixels: int = 4096 * 4096
+    min_image_size: int = 64
+    max_image_size: int = 2048
+    max_prompt_chars: int = 2000
+    max_steps: int = 500
+    max_guidance: float = 30.0
+    max_wait_s: float = 60.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Limits:
+        names = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass(frozen=True)
 class Latent:
     """One latent of a `POST /latents` answer: ready, or pending on `job`."""
 

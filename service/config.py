@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     result_ttl_s: int = 7 * 24 * 3600
     failure_ttl_s: int = 7 * 24 * 3600
     max_wait_s: float = 60.0  # cap for GET /jobs/{id}?wait=S
-    max_mixes_per_request: int = 1000
+    max_mixes_per_request: int = Field(default=1000, ge=1)
+    # Input latents of one mix request (the pool a `subset` sample draws from, or K).
+    max_latents_per_mix: int = Field(default=4096, ge=2)
     webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
     # Networks webhooks may not reach (checked on every address a URL's host resolves to):
     # by default link-local, which holds the cloud metadata endpoints. "" allows all.

@@ -155,7 +155,8 @@ def plan_mix(
     [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids."""
     planned = []
     for row in rows:
-        weights = [w / sum(row) for w in row]
+        total = sum(row)
+        weights = [w / total for w in row]
         latent = mixed_latent_id(latents, weights, method)
         image = image_id(latent, prompt, steps, guidance_scale)
         planned.append(MixRow(weights=weights, latent=latent, image=image))

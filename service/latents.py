@@ -36,6 +36,7 @@ RECORD_CACHE_TTL_S = 7 * 24 * 3600
 RECORD_METADATA = "latentmix.record"  # the record's key in the safetensors metadata
 # A record is read from the start of its latent file: the safetensors header comes first.
 _HEADER_READ_BYTES = 64 * 1024
+_RECORDS_PER_READ = 1000  # record copies per Redis MGET
 
 
 class InvalidLatent(ValueError):
@@ -178,6 +179,19 @@ class LatentCatalog:
         record = stored_record(data)
         self._cache(record)
         return record
+
+    def cached_records(self, latent_ids: list[str]) -> list[LatentRecord | None]:
+        """The Redis copies of these records (None where there is none: ask `record`), read
+        in one round trip per thousand; a mix of thousands of latents looks them all up."""
+        found: list[LatentRecord | None] = []
+        for start in range(0, len(latent_ids), _RECORDS_PER_READ):
+            chunk = latent_ids[start : start + _RECORDS_PER_READ]
+            cached = self.redis.mget([_RECORD_CACHE_KEY.format(id=i) for i in chunk])
+            found += [
+                LatentRecord.model_validate_json(data) if data is not None else None
+                for data in cached
+            ]
+        return found
 
     def load(self, latent_id: str) -> np.ndarray:
         kept = self._recall(latent_id)

@@ -69,13 +69,13 @@ MIX_METHODS: tuple[str, ...] = (
 )
 DEFAULT_METHOD = "nin/chm"
 
-_ALIASES = {"fix": "fix/0", "nin": "nin/0"}
+METHOD_ALIASES = {"fix": "fix/0", "nin": "nin/0"}
 
 
 def canonical_method(name: str) -> str:
     """Return the canonical method name (`fix` -> `fix/0`, `nin` -> `nin/0`)."""
     if isinstance(name, str):
-        name = _ALIASES.get(name, name)
+        name = METHOD_ALIASES.get(name, name)
         if name in MIX_METHODS:
             return name
     allowed = ", ".join(MIX_METHODS)

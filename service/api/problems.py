@@ -78,11 +78,19 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
-        {"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]}
+        {"field": ".".join(str(part) for part in e["loc"]), "message": _message(e)}
         for e in exc.errors()
     ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem_response(422, detail, errors=errors)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's message, without the `Value error, ` it puts before a validator's own."""
+    message = error["msg"]
+    if error.get("type") == "value_error":
+        message = message.removeprefix("Value error, ")
+    return message
 
 
 async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,8 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from latentmix.service.contract import (
     DEFAULT_GUIDANCE,
@@ -13,17 +14,57 @@ from latentmix.service.contract import (
 )
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
-from latentmix.service.mix_methods import DEFAULT_METHOD
+from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
 
 LatentId = Annotated[
     str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])
 ]
 
 
+# The largest integer every JSON reader holds exactly: OpenAPI tools read bounds as doubles,
+# so a bound of 2**63 would let them generate seeds the API refuses.
+MAX_SEED = 2**53 - 1
+
+# One weight per input latent. Negative weights are refused by the route, naming the entry
+# (service/mix_methods.py); the schema says so with `minimum`.
+WeightRow = Annotated[
+    list[Annotated[float, Field(json_schema_extra={"minimum": 0})]], Field(min_length=1)
+]
+
 WebhookUrl = Annotated[
     AnyHttpUrl,
     Field(description="receives a signed POST when the job ends (needs LATENTMIX_WEBHOOK_SECRET)"),
 ]
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: a field it does not know is refused by name (a typo such as
+    `wieghts` must not silently fall back to a default). The schema says
+    `additionalProperties: false`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(key) for key in data if key not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_field",
+                    "{unknown}; allowed: {allowed}",
+                    {
+                        "unknown": unknown_fields(unknown),
+                        "allowed": ", ".join(cls.model_fields),
+                    },
+                )
+        return data
+
+
+def unknown_fields(names: list[str]) -> str:
+    """`unknown field 'a'` or `unknown fields 'a', 'b'`."""
+    listed = ", ".join(repr(name) for name in names)
+    return f"unknown field{'s' if len(names) > 1 else ''} {listed}"
 
 
 class Progress(BaseModel):
@@ -99,7 +140,7 @@ class LatentPublic(BaseModel):
     created_at: datetime | None = None
 
 
-class SampleSpec(BaseModel):
+class SampleSpec(RequestBody):
     """Seeded weights for many mixes, instead of explicit weights."""
 
     count: int = Field(ge=1, description="number of mixes (one image each)")
@@ -110,12 +151,29 @@ class SampleSpec(BaseModel):
     )
     alpha: float = Field(default=1.0, gt=0, le=1000, description="dirichlet concentration")
     k: int | None = Field(default=None, ge=1, description="subset size; default all latents")
-    seed: int = Field(default=0, ge=0, lt=2**63, description="same seed, same weights and images")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="same seed, same weights and images"
+    )
 
 
-class MixCreate(BaseModel):
-    latents: list[LatentId] = Field(min_length=1, max_length=256, description="input latent ids")
-    weights: list[float] | list[list[float]] | None = Field(
+class MixCreate(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        # weights and sample exclude each other (either may be null).
+        json_schema_extra={
+            "not": {
+                "required": ["weights", "sample"],
+                "properties": {"weights": {"type": "array"}, "sample": {"type": "object"}},
+            }
+        },
+    )
+
+    latents: list[LatentId] = Field(
+        min_length=1,
+        description="input latent ids; at most the server's max_latents_per_mix (GET /limits, "
+        "LATENTMIX_MAX_LATENTS_PER_MIX)",
+    )
+    weights: WeightRow | Annotated[list[WeightRow], Field(min_length=1)] | None = Field(
         default=None,
         description="one weight per latent for one mix, or a list of such rows for many "
         "mixes (one image each); rows are normalised to sum 1; default uniform",
@@ -123,6 +181,7 @@ class MixCreate(BaseModel):
     method: str = Field(
         default=DEFAULT_METHOD,
         description="lerp, slerp, fix/0, fix/m, fix/chm, nin/0, nin/m, nin/chm (fix, nin = /0)",
+        json_schema_extra={"enum": [*MIX_METHODS, *METHOD_ALIASES]},
     )
     prompt: str | None = Field(
         default=None,
@@ -141,3 +200,21 @@ class MixCreate(BaseModel):
         if self.weights is not None and self.sample is not None:
             raise ValueError("give either weights or sample, not both")
         return self
+
+
+class LimitsPublic(BaseModel):
+    """What one request may ask of this server; a client checks its plan against these
+    before doing any work. Sizes in bytes."""
+
+    max_latents_per_mix: int = Field(description="input latents of one POST /mix")
+    max_mixes_per_request: int = Field(description="weight rows or sample.count of one POST /mix")
+    max_files: int = Field(description="file parts of one POST /latents")
+    max_upload_bytes: int = Field(description="bytes of one uploaded file")
+    max_request_bytes: int = Field(description="bytes of one request body")
+    max_image_pixels: int = Field(description="width x height of one uploaded image")
+    min_image_size: int = Field(description="smallest `size` (image side in pixels)")
+    max_image_size: int = Field(description="largest `size` (image side in pixels)")
+    max_prompt_chars: int = Field(description="characters of one prompt")
+    max_steps: int = Field(description="inversion or generation steps")
+    max_guidance: float = Field(description="guidance_scale")
+    max_wait_s: float = Field(description="longest hold of GET /jobs/{id}?wait=S")

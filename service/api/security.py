@@ -5,7 +5,8 @@ With `LATENTMIX_API_KEYS` set, every request but the health probes needs
 length, every configured key checked). Unset, the API is open. A pure ASGI middleware does
 the check, so it covers every path (docs, schema and 404s included) and runs before any
 body is read. The OpenAPI schema declares the bearer scheme through a dependency that
-only documents it.
+only documents it: required when keys are configured, optional (`security: [{apiKey: []},
+{}]`) when they are not, so the schema is true of the server that serves it.
 
 CORS is off unless `LATENTMIX_CORS_ORIGINS` lists origins.
 """
@@ -87,6 +88,8 @@ def install(app: FastAPI, keys: list[SecretStr], cors_origins: list[str]) -> Non
     """Add the API key check, then CORS outside it (preflights carry no credentials)."""
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys)
+    else:
+        _document_optional_keys(app)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -95,3 +98,20 @@ def install(app: FastAPI, keys: list[SecretStr], cors_origins: list[str]) -> Non
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Retry-After", "Location", "Idempotent-Replayed"],
         )
+
+
+def _document_optional_keys(app: FastAPI) -> None:
+    """Without keys a bearer token is accepted and ignored: the schema says auth is optional."""
+    build = app.openapi
+    required = [{bearer_scheme.scheme_name: []}]
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if operation.get("security") == required:
+                        operation["security"] = [*required, {}]
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -53,6 +53,21 @@ def test_a_record_only_in_storage_is_found_and_then_cached(catalog):
     assert catalog.storage.reads == [(latent_key(record.id), 64 * 1024)]
 
 
+def test_many_records_are_looked_up_in_a_few_redis_round_trips(catalog, monkeypatch):
+    records = [published(catalog, f"{i:032x}") for i in range(5)]
+    catalog.redis.delete(f"latentmix:latent-record:{records[2].id}")  # only in storage
+    monkeypatch.setattr("latentmix.service.latents._RECORDS_PER_READ", 2)
+    reads = []
+    mget = catalog.redis.mget
+    monkeypatch.setattr(catalog.redis, "mget", lambda keys: reads.append(keys) or mget(keys))
+
+    found = catalog.cached_records([*(r.id for r in records), "f" * 32])
+
+    assert found == [*records[:2], None, *records[3:], None]
+    assert [len(keys) for keys in reads] == [2, 2, 2]
+    assert catalog.storage.reads == []
+
+
 def test_a_record_longer_than_the_first_read_is_read_whole(catalog):
     parents = [f"{i:032x}" for i in range(3000)]  # about 100 KB of JSON
     record = published(catalog, source="mix", parents=parents, weights=[1 / 3000] * 3000)

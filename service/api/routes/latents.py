@@ -5,14 +5,20 @@ import uuid
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Request, Response, UploadFile
 from PIL import Image, UnidentifiedImageError
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
 from latentmix.service.api.models import card_of, resolve_model
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
-from latentmix.service.api.schemas import LatentEntry, LatentPublic, LatentsCreated, WebhookUrl
+from latentmix.service.api.schemas import (
+    LatentEntry,
+    LatentPublic,
+    LatentsCreated,
+    WebhookUrl,
+    unknown_fields,
+)
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import (
     DEFAULT_GUIDANCE,
@@ -43,6 +49,31 @@ router = APIRouter(tags=["latents"])
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 MIN_SIZE, MAX_SIZE = 64, 2048  # image sides in pixels; uploaded latents likewise
 LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
+# The form fields of POST /latents, as create_latents declares them.
+FORM_FIELDS = (
+    "images",
+    "latents",
+    "prompt",
+    "model",
+    "inversion_steps",
+    "guidance_scale",
+    "size",
+    "webhook",
+)
+
+
+async def known_form_fields(request: Request) -> None:
+    """Refuse form parts whose name POST /latents does not know (a typo such as `promt`
+    must not silently fall back to a default). The form is parsed already: this reads
+    FastAPI's cached copy."""
+    if "multipart/form-data" not in request.headers.get("content-type", "") and (
+        "application/x-www-form-urlencoded" not in request.headers.get("content-type", "")
+    ):
+        return
+    form = await request.form()
+    unknown = [name for name in dict.fromkeys(form.keys()) if name not in FORM_FIELDS]
+    if unknown:
+        raise problem(422, f"{unknown_fields(unknown)}; allowed: {', '.join(FORM_FIELDS)}")
 
 
 @router.post(
@@ -51,6 +82,17 @@ LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
     response_model=LatentsCreated,
     responses={200: {"model": LatentsCreated, "description": "every latent already known"}}
     | PROBLEM_RESPONSES,
+    dependencies=[Depends(known_form_fields)],
+    # At least one file part, of either name (the route says so with a 422, the schema here).
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"anyOf": [{"required": ["images"]}, {"required": ["latents"]}]}
+                }
+            }
+        }
+    },
 )
 def create_latents(
     response: Response,
@@ -59,10 +101,15 @@ def create_latents(
     storage: StorageDep,
     catalog: CatalogDep,
     metrics: MetricsDep,
-    images: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")] = [],  # noqa: B006
+    images: Annotated[
+        list[UploadFile], File(min_length=1, description="PNG, JPEG or WebP images")
+    ] = [],  # noqa: B006
     latents: Annotated[
         list[UploadFile],
-        File(description="safetensors files, one tensor `latent` [C, H, W] (C: the model's)"),
+        File(
+            min_length=1,
+            description="safetensors files, one tensor `latent` [C, H, W] (C: the model's)",
+        ),
     ] = [],  # noqa: B006
     prompt: Annotated[
         list[str], Form(description="one prompt for all images, or one per image")

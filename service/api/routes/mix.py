@@ -39,10 +39,21 @@ def create_mix(
 ) -> JobPublic:
     """Queue a mix job; latents still being inverted are waited for. The answer lists the
     images the job will produce (ids and URLs), known before it runs."""
+    if len(body.latents) > settings.max_latents_per_mix:
+        raise problem(
+            422,
+            f"{len(body.latents)} latents in one mix; the limit is {settings.max_latents_per_mix} "
+            "(LATENTMIX_MAX_LATENTS_PER_MIX)",
+        )
+    # Then the inputs (their number is bounded now): a latent that does not exist (404) says
+    # more than weights that do not fit it. Then the rows, bounded before any is drawn.
+    inputs = _inputs(catalog, redis, body.latents)
     mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
     if mixes > settings.max_mixes_per_request:
         raise problem(
-            422, f"{mixes} mixes in one request; the limit is {settings.max_mixes_per_request}"
+            422,
+            f"{mixes} mixes in one request; the limit is {settings.max_mixes_per_request} "
+            "(LATENTMIX_MAX_MIXES_PER_REQUEST)",
         )
     try:
         method = canonical_method(body.method)
@@ -50,7 +61,6 @@ def create_mix(
         check_weights(rows, len(body.latents), method)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
-    inputs = _inputs(catalog, redis, body.latents)
     mix = plan_mix(
         latents=body.latents,
         rows=rows,
@@ -121,8 +131,9 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
     """Check every input exists (ready or pending) and shares one model and shape; read
     each one's prompt and steps from its record, or from the request of its pending job."""
     inputs, models, shapes = _Inputs(), set(), set()
-    for latent_id in latent_ids:
-        record = catalog.record(latent_id)
+    cached = catalog.cached_records(latent_ids)
+    for latent_id, record in zip(latent_ids, cached, strict=True):
+        record = record or catalog.record(latent_id)  # not in Redis: storage says
         if record is not None:
             models.add(record.model)
             shapes.add(tuple(record.shape))

@@ -110,14 +110,23 @@ def test_keys_come_from_a_comma_separated_variable(monkeypatch):
     assert KEYS[0] not in repr(settings)
 
 
-def test_the_schema_declares_the_bearer_scheme(make_client):
+def test_the_schema_declares_the_bearer_scheme_optional_without_keys(make_client):
     schema = make_client().get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["apiKey"] == {
         "type": "http",
         "scheme": "bearer",
         "description": security.bearer_scheme.model.description,
     }
+    assert schema["paths"]["/mix"]["post"]["security"] == [{"apiKey": []}, {}]
+    assert schema["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}, {}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_the_schema_declares_the_bearer_scheme_required_with_keys(make_client):
+    client = make_client(api_keys=",".join(KEYS))
+    schema = client.get("/openapi.json", headers=bearer(KEYS[0])).json()
     assert schema["paths"]["/mix"]["post"]["security"] == [{"apiKey": []}]
+    assert schema["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}]
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
