@@ -184,33 +184,35 @@ class LatentMixWorker(SimpleWorker):
     def execute_job(self, job, queue) -> None:
         try:
             super().execute_job(job, queue)
-        except REDIS_ERRORS as exc:
-            # Redis stayed away past worker_redis_outage_s, even for RQ's bookkeeping of
-            # the job's end: wait for it, then fail the job naming Redis (not "worker died").
-            self._fail_after_outage(job, queue, exc)
+        except REDIS_ERRORS as exc:  # RQ's own bookkeeping of the job's end
+            log.error("job %s: Redis unreachable as it ended (%s)", job.id, exc)
+        self._settle(job, queue)
         announce(self.connection, job.id)  # the job has ended: wake its long polls
 
-    def _fail_after_outage(self, job, queue, exc: Exception) -> None:
-        log.error("job %s: Redis unreachable (%s); waiting for it to come back", job.id, exc)
+    def _settle(self, job, queue) -> None:
+        """A job whose end RQ could not record (Redis stayed away past
+        worker_redis_outage_s) is still marked started: once Redis is back, fail it naming
+        Redis, rather than leaving the reaper to call it "worker died"."""
         while True:
             try:
-                self.connection.ping()
+                status = job.get_status(refresh=True)
                 break
             except REDIS_ERRORS:
+                log.warning("job %s: waiting for Redis to record its end", job.id)
                 time.sleep(REDIS_BACKOFF_CAP_S)
-        cause = redis_outage_error(self.settings, exc)
-        job.refresh()
-        if job.get_status() == RQStatus.STARTED:
-            self.handle_job_failure(job, queue, exc_string=cause)
-            report_job_end(
-                self.connection,
-                self.settings,
-                job,
-                JobStatus.failed,
-                error=cause,
-                result=None,
-                duration_s=0.0,
-            )
+        if status != RQStatus.STARTED:
+            return
+        cause = f"{RedisUnavailable.__name__}: {redis_outage_error(self.settings)}"
+        self.handle_job_failure(job, queue, exc_string=cause)
+        report_job_end(
+            self.connection,
+            self.settings,
+            job,
+            JobStatus.failed,
+            error=cause,
+            result=None,
+            duration_s=0.0,
+        )
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kw):
         """RQ fails a job that raised; one stopped at a cancel request ends `canceled`."""
@@ -247,11 +249,15 @@ class LatentMixWorker(SimpleWorker):
         return True  # let RQ's other handlers run too
 
 
-def redis_outage_error(settings: Settings, exc: Exception) -> str:
-    """The error of a job that Redis left: names Redis and the bound it waited."""
+class RedisUnavailable(RuntimeError):
+    """Redis stayed away longer than a worker waits for it (a job's error names it)."""
+
+
+def redis_outage_error(settings: Settings) -> str:
+    """What a job that Redis left says: Redis, and how long the worker waited for it."""
     return (
-        f"RedisUnavailable: Redis was unreachable for over {settings.worker_redis_outage_s:g} s "
-        f"(LATENTMIX_WORKER_REDIS_OUTAGE_S) while the job ran: {exc}"
+        f"Redis was unreachable for over {settings.worker_redis_outage_s:g} s "
+        "(LATENTMIX_WORKER_REDIS_OUTAGE_S) while the job ran"
     )
 
 

@@ -67,25 +67,28 @@ class Stack(ServiceStack):
     """The service (embedded Redis with an append-only file, so it survives a restart; the
     API; one worker) and its own moto S3 server, as processes that tests stop and start."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, **overrides):
         self.root = root
         self.s3_port = free_port()
         self.s3_url = f"http://127.0.0.1:{self.s3_port}"
         self.bucket = f"faults-{uuid.uuid4().hex[:12]}"
         self.s3: Child | None = None
         settings = Settings(
-            model="tiny",
-            data_dir=root / "data",
-            port=free_port(),
-            embedded_redis_port=free_port(),
-            s3_bucket=self.bucket,
-            s3_endpoint_url=self.s3_url,
-            s3_access_key_id=S3_TEST_CREDENTIALS["access_key_id"],
-            s3_secret_access_key=S3_TEST_CREDENTIALS["secret_access_key"],
-            worker_heartbeat_ttl_s=HEARTBEAT_TTL_S,
-            reaper_interval_s=REAPER_INTERVAL_S,
-            presign_expiry_s=PRESIGN_EXPIRY_S,
-            webhook_secret=WEBHOOK_SECRET,
+            **{
+                "model": "tiny",
+                "data_dir": root / "data",
+                "port": free_port(),
+                "embedded_redis_port": free_port(),
+                "s3_bucket": self.bucket,
+                "s3_endpoint_url": self.s3_url,
+                "s3_access_key_id": S3_TEST_CREDENTIALS["access_key_id"],
+                "s3_secret_access_key": S3_TEST_CREDENTIALS["secret_access_key"],
+                "worker_heartbeat_ttl_s": HEARTBEAT_TTL_S,
+                "reaper_interval_s": REAPER_INTERVAL_S,
+                "presign_expiry_s": PRESIGN_EXPIRY_S,
+                "webhook_secret": WEBHOOK_SECRET,
+            }
+            | overrides
         )
         super().__init__(
             settings,
@@ -125,15 +128,29 @@ class Stack(ServiceStack):
             self.s3.stop(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("faults"))
+def started(stack: Stack) -> Iterator[Stack]:
     try:
         stack.start_s3()
         stack.start(ready_timeout=120)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    yield from started(Stack(tmp_path_factory.mktemp("faults")))
+
+
+# Redis outages: a worker waits REDIS_OUTAGE_S (7.5 s of backoff: 0.5, 1, 2, 4 s) for Redis;
+# the heartbeat TTL is long, so the reaper never takes a job that waits for Redis for dead.
+REDIS_OUTAGE_S = 5
+
+
+@pytest.fixture(scope="module")
+def patient_stack(tmp_path_factory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("redis-outage")
+    yield from started(Stack(root, worker_heartbeat_ttl_s=60, worker_redis_outage_s=REDIS_OUTAGE_S))
 
 
 @pytest.fixture
@@ -333,6 +350,43 @@ def test_without_redis_the_api_answers_503_and_heals_when_redis_is_back(stack, a
     mixed = api.post("/mix", json={"latents": latent_ids, "steps": 2})
     assert mixed.status_code == 202
     assert wait_for(api, mixed.json()["id"])["status"] == "succeeded", "the worker did not heal"
+
+
+def test_a_busy_worker_rides_out_a_redis_restart(patient_stack):
+    stack = patient_stack
+    worker_pid = stack.worker.pid
+    with httpx.Client(base_url=stack.api_url, timeout=60) as api:
+        _, job = invert(api, seed=26, steps=300)
+        wait_until_running(api, job["id"])
+
+        stack.stop_redis()  # away for a few seconds while the job computes
+        time.sleep(2)
+        stack.start_redis()
+
+        done = wait_for(api, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["done"] == done["progress"]["total"]
+    assert stack.worker.poll() is None and stack.worker.pid == worker_pid
+    assert "Traceback" not in (stack.root / "worker.log").read_text()
+
+
+def test_a_job_that_redis_leaves_for_too_long_fails_naming_redis(patient_stack):
+    stack = patient_stack
+    worker_pid = stack.worker.pid
+    with httpx.Client(base_url=stack.api_url, timeout=60) as api:
+        _, job = invert(api, seed=27, steps=500)
+        wait_until_running(api, job["id"])
+        stack.stop_redis()
+        time.sleep(3 * REDIS_OUTAGE_S)  # well past the worker's patience
+        stack.start_redis()
+
+        failed = wait_for(api, job["id"])
+        assert failed["status"] == "failed"
+        assert "RedisUnavailable: Redis was unreachable for over 5 s" in failed["error"], failed
+        assert failed["finished_at"] is not None
+        assert stack.worker.poll() is None and stack.worker.pid == worker_pid
+        _, next_job = invert(api, seed=28)
+        assert wait_for(api, next_job["id"])["status"] == "succeeded", "the worker did not heal"
 
 
 # --- S3 stopped -----------------------------------------------------------------------------

@@ -17,7 +17,14 @@ from rq.job import Job
 
 from latentmix.service.contract import Contract
 from latentmix.service.jobs import JobStatus, cancel_requested, report_job_end
-from latentmix.worker.runtime import REDIS_ERRORS, WorkerContext, context, log, redis_outage_error
+from latentmix.worker.runtime import (
+    REDIS_ERRORS,
+    RedisUnavailable,
+    WorkerContext,
+    context,
+    log,
+    redis_outage_error,
+)
 
 
 class JobCanceled(Exception):
@@ -82,8 +89,9 @@ def task(request_model: type[Contract], upgrade: Callable[[dict], dict] | None =
                 outcome.update(status=JobStatus.canceled, error="canceled")
                 raise
             except REDIS_ERRORS as exc:
-                outcome["error"] = redis_outage_error(ctx.settings, exc)
-                raise
+                outage = RedisUnavailable(f"{redis_outage_error(ctx.settings)}: {exc}")
+                outcome["error"] = f"{type(outage).__name__}: {outage}"
+                raise outage from exc
             except Exception as exc:
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
                 raise
