@@ -50,7 +50,7 @@ from PIL import Image
 
 from latentmix.client import Job, LatentMixClient
 from latentmix.service.config import Settings
-from latentmix.service.images import encode_png
+from latentmix.service.images import encode_png, seeded_image
 from latentmix.service.stack import Child, ServiceStack
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
 from latentmix.worker.engine.mixing import mix
@@ -76,7 +76,7 @@ class Workload:
 
     def images(self, offset: int = 0) -> list[bytes]:
         """K distinct seeded PNGs of size x size (a gradient and a bright square)."""
-        return [_png_bytes(self.seed + offset + i, self.size) for i in range(self.k)]
+        return [encode_png(seeded_image(self.seed + offset + i, self.size)) for i in range(self.k)]
 
     def weights(self) -> list[list[float]]:
         """N rows of K convex weights, Dirichlet(1), seeded."""
@@ -88,16 +88,6 @@ class Workload:
         return Workload(
             self.model, self.size, 1, self.guidance, min(self.k, batch), min(self.n, batch), 99
         )
-
-
-def _png_bytes(seed: int, size: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 1, size)
-    colour = rng.uniform(0.2, 1.0, size=3)
-    pixels = np.stack([np.outer(ramp, ramp[::-1]) * c for c in colour], axis=-1) * 255
-    x, y = rng.integers(0, size // 2, size=2)
-    pixels[y : y + size // 4, x : x + size // 4] = rng.uniform(150, 255, size=3)
-    return encode_png(Image.fromarray(pixels.astype("uint8")))
 
 
 def _open(data: bytes) -> Image.Image:

@@ -73,20 +73,13 @@ def make_s3_storage(endpoint_url: str, **overrides: object) -> S3Storage:
 
 
 def png_bytes(seed: int, size: int = 64, image_format: str = "PNG") -> bytes:
-    """A small seeded test picture: a colour gradient with a bright square."""
+    """The seeded test picture (latentmix.service.images.seeded_image), encoded."""
     import io
 
-    import numpy as np
-    from PIL import Image
+    from latentmix.service.images import seeded_image
 
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 1, size)
-    colour = rng.uniform(0.2, 1.0, size=3)
-    pixels = np.stack([np.outer(ramp, ramp[::-1]) * c for c in colour], axis=-1) * 255
-    x, y = rng.integers(0, size // 2, size=2)
-    pixels[y : y + size // 4, x : x + size // 4] = rng.uniform(150, 255, size=3)
     buffer = io.BytesIO()
-    Image.fromarray(pixels.astype("uint8")).save(buffer, format=image_format)
+    seeded_image(seed, size).save(buffer, format=image_format)
     return buffer.getvalue()
 
 

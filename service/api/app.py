@@ -1,8 +1,9 @@
 """The FastAPI application. Torch-free: it only talks to Redis and storage."""
 
 import asyncio
+import logging
 import warnings
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -21,6 +22,9 @@ from latentmix.service.config import Settings, get_settings
 from latentmix.service.job_events import JobEvents
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.storage import storage_from_settings
+
+SHUTDOWN_TIMEOUT_S = 5.0
+log = logging.getLogger("latentmix.api")
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -48,8 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         for task in background:
             task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a subscription stuck closing its connection must not hold the shutdown.
+        _, stuck = await asyncio.wait(background, timeout=SHUTDOWN_TIMEOUT_S)
+        for task in stuck:
+            log.warning("shutdown: %s did not stop within %s s", task, SHUTDOWN_TIMEOUT_S)
         app.state.redis.close()
 
     app = FastAPI(
