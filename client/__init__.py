@@ -16,6 +16,8 @@ from latentmix.client.models import (
     Latent,
     LatentInfo,
     Limits,
+    ModelInfo,
+    PlannedImage,
     Progress,
     Provenance,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "LatentMixError",
     "LimitExceeded",
     "Limits",
+    "ModelInfo",
+    "PlannedImage",
     "ProblemError",
     "Progress",
     "Provenance",

@@ -29,7 +29,15 @@ import httpx
 from PIL import Image
 
 from latentmix.client.errors import JobFailed, LimitExceeded, ProblemError
-from latentmix.client.models import ImageResult, Job, JobStatus, Latent, LatentInfo, Limits
+from latentmix.client.models import (
+    ImageResult,
+    Job,
+    JobStatus,
+    Latent,
+    LatentInfo,
+    Limits,
+    ModelInfo,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_METHOD = "nin/chm"
@@ -335,6 +343,10 @@ class LatentMixClient:
                     raise
                 self._limits = Limits()
         return self._limits
+
+    def models(self) -> list[ModelInfo]:
+        """`GET /models`: the models served, with their live workers and cards."""
+        return [ModelInfo.from_json(model) for model in self._get_json("/models")["models"]]
 
     def health(self) -> dict[str, Any]:
         """`GET /healthz`: the API process answers."""

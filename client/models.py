@@ -147,9 +147,40 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class PlannedImage:
+    """An image a mix job will produce, as `POST /mix` announces it before the job runs."""
+
+    id: str
+    latent: str
+    weights: list[float]
+    url: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlannedImage:
+        return cls(data["id"], data["latent"], list(data["weights"]), data["url"])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the service serves (`GET /models`): its live workers and its card (family,
+    latent channels, default size and guidance, inversion methods...; None until a worker
+    has loaded it)."""
+
+    name: str
+    workers: int
+    default: bool
+    card: dict[str, Any] | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelInfo:
+        return cls(data["name"], int(data["workers"]), bool(data["default"]), data.get("card"))
+
+
+@dataclass(frozen=True)
 class Job:
     """A job's state (`GET /jobs/{id}`). `result` is the raw result; `images` and
-    `latents` read it. While a mix job runs, `images` holds those finished so far."""
+    `latents` read it. While a mix job runs, `images` holds those finished so far.
+    `planned` holds, for the answer of `POST /mix`, the images the job will produce."""
 
     id: str
     type: str
@@ -161,6 +192,7 @@ class Job:
     finished_at: datetime | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    planned: list[PlannedImage] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
@@ -176,6 +208,7 @@ class Job:
             finished_at=_datetime(data.get("finished_at")),
             error=data.get("error"),
             result=data.get("result"),
+            planned=[PlannedImage.from_json(image) for image in data.get("planned") or []],
         )
 
     @property

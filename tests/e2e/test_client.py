@@ -33,11 +33,13 @@ def test_invert_mix_wait_and_download_round_trip(lm, tmp_path):
     assert latents[1].filename == "fox.png"
     job = lm.mix(latents, [[0.5, 0.5, 0], [0, 0.25, 0.75]], method="nin/chm", **FAST)
     assert job.status in (JobStatus.queued, JobStatus.running)
+    assert [planned.weights for planned in job.planned] == [[0.5, 0.5, 0], [0, 0.25, 0.75]]
     done = lm.wait(job, progress=True)
     assert done.status is JobStatus.succeeded
     assert done.progress.done == done.progress.total > 0
     images = done.images
     assert len(images) == 2
+    assert [image.id for image in images] == [planned.id for planned in job.planned]
     assert images[0].provenance.inputs == [latent.id for latent in latents]
     assert images[0].provenance.weights == pytest.approx([0.5, 0.5, 0])
     assert images[1].provenance.weights == pytest.approx([0, 0.25, 0.75])
@@ -155,3 +157,9 @@ def test_an_error_without_problem_details_still_raises_a_problem_error():
         "Bad Gateway",
         "bad gateway",
     )
+
+
+def test_models_lists_the_served_model_with_its_card(lm):
+    (tiny,) = [model for model in lm.models() if model.name == "tiny"]
+    assert tiny.default and tiny.workers >= 1
+    assert tiny.card["latent_channels"] == 4 and tiny.card["inversion_methods"] == ["ddim"]
