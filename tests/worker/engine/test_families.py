@@ -33,4 +33,4 @@ def test_the_family_is_chosen_by_pipeline_class(tiny_model):
 def test_an_unsupported_pipeline_class_names_the_supported_ones():
     with pytest.raises(ValueError, match="'FluxPipeline'") as info:
         family_for_pipeline_class("FluxPipeline")
-    assert "['StableDiffusionPipeline']" in str(info.value)
+    assert "['StableDiffusion3Pipeline', 'StableDiffusionPipeline']" in str(info.value)

@@ -3,7 +3,7 @@ it encodes prompts into and the `ModelCard` it describes a loaded model with.
 
 A family knows its pipeline (VAE, text encoders, denoiser, prediction type); the inversion
 methods (`worker/engine/inversion/`) know the sampler. Stable Diffusion 1.x/2.x is the one
-family today (`stable_diffusion.py`); SD 3.5 would be a second file next to it.
+family of `stable_diffusion.py`, SD 3 / 3.5 (rectified flow) of `stable_diffusion_3.py`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class ModelCard:
     max_batch_size: int
     vae_batch_size: int
     compiled: bool
+    t5: bool | None = None  # T5 text encoder loaded; None: the family has none (SD 1.x/2.x)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "inversion_methods": list(self.inversion_methods)}
@@ -79,8 +80,9 @@ class ModelFamily(Protocol):
     pipeline_classes: tuple[str, ...]  # diffusers pipeline class names this family loads
     default_guidance: float
 
-    def load_pipeline(self, source: str, dtype: torch.dtype) -> Any:
-        """The pipeline from a hub id or local directory, with the family's sampler."""
+    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+        """The pipeline from a hub id or local directory, with the family's sampler; `t5`
+        False leaves out a T5 text encoder where the family has one (SD 3)."""
         ...
 
     def native_size(self, pipe: Any) -> int:
@@ -107,7 +109,8 @@ class ModelFamily(Protocol):
         conditioning: Conditioning,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """The denoiser's output at `timestep` with classifier-free guidance, float32."""
+        """The denoiser's output at `timestep` with classifier-free guidance, float32 (a
+        flow family's timestep is 1000 sigma, a float)."""
         ...
 
     def to_noise(

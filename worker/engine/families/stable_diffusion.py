@@ -26,7 +26,8 @@ class StableDiffusion:
     pipeline_classes = ("StableDiffusionPipeline",)
     default_guidance = 7.5  # the paper's setting (method.md section 1)
 
-    def load_pipeline(self, source: str, dtype: torch.dtype) -> Any:
+    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+        """`t5` has nothing to leave out here: SD 1.x/2.x have one CLIP text encoder."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         with warnings.catch_warnings():
