@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING
 
 from latentmix.worker.engine.inversion.base import InversionMethod
 from latentmix.worker.engine.inversion.ddim import DDIM
+from latentmix.worker.engine.inversion.flow_euler import FLOW_EULER
+from latentmix.worker.engine.inversion.rf_solver import RF_SOLVER
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.families.base import ModelFamily
 
 INVERSION_METHODS: dict[str, InversionMethod] = {method.name: method for method in (DDIM,)}
+# Rectified flow (SD 3 / 3.5); flow-euler first: the family's default method.
+INVERSION_METHODS.update({method.name: method for method in (FLOW_EULER, RF_SOLVER)})
 
 
 def methods_for(family_name: str) -> tuple[str, ...]:
