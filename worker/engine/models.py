@@ -23,10 +23,11 @@ from latentmix.worker.engine.families import (
     family_of,
 )
 from latentmix.worker.engine.random_models import (
+    ON_DISK_MODELS,
     RANDOM_MODELS,
     TINY_MODEL_NAME,
     build_random_pipeline,
-    ensure_tiny_model,
+    ensure_random_model,
 )
 
 DEFAULT_MODELS_DIR = Path("data/models")  # built-in models; relative to the working directory
@@ -48,12 +49,16 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded (offline, wrong path, missing files)."""
 
 
+Embedding = torch.Tensor | tuple[torch.Tensor, ...]  # what a family caches per prompt
+
+
 class PromptCache:
     """Text embeddings by prompt, one cache per loaded model; least recently used go first.
 
     A worker serves many jobs with the same few prompts ("a photo of a {class}"), so each
     prompt's CLIP pass runs once per process, not once per job. Entries are [1, L, D] tensors
-    on the model's device in its dtype. `capacity` 0 turns caching off.
+    on the model's device in its dtype (SD 3: a pair, the sequence and the pooled [1, P]).
+    `capacity` 0 turns caching off.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -62,9 +67,9 @@ class PromptCache:
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[str, Embedding] = OrderedDict()
 
-    def get(self, prompt: str) -> torch.Tensor | None:
+    def get(self, prompt: str) -> Embedding | None:
         embedding = self._entries.get(prompt)
         if embedding is None:
             self.misses += 1
@@ -73,7 +78,7 @@ class PromptCache:
         self._entries.move_to_end(prompt)
         return embedding
 
-    def put(self, prompt: str, embedding: torch.Tensor) -> None:
+    def put(self, prompt: str, embedding: Embedding) -> None:
         if self.capacity == 0:
             return
         self._entries[prompt] = embedding
@@ -136,15 +141,19 @@ def load_model(
     vae_batch_size: int | None = None,
     compile: bool = False,
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
+    t5: bool = True,
 ) -> LoadedModel:
-    """Load `name` (hub id, local diffusers directory, "tiny" or "sd15-random").
+    """Load `name` (hub id, local diffusers directory, "tiny", "tiny-sd3" or "sd15-random").
 
     device "auto": CUDA when available, else CPU. dtype "auto": float16 on CUDA, float32 on
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
     per device (`default_batch_sizes`). `compile` wraps the UNet with `torch.compile` (meant
     for CUDA; the first call of each batch shape pays the compilation). Raises
     `ModelLoadError` when the weights cannot be found or read. `cache_dir` is the folder of
-    built-in models: "tiny" is built once into `cache_dir / "tiny"` (default `data/models`).
+    built-in models: "tiny" is built once into `cache_dir / "tiny"` (default `data/models`),
+    "tiny-sd3" into `cache_dir / "tiny-sd3"`. `t5` False loads an SD 3 pipeline without its
+    T5 text encoder (most of its memory; the embedding's T5 part is then zeros), and the card
+    says which (`t5`); "tiny-sd3" has none. Families without T5 ignore it.
     """
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
@@ -156,15 +165,15 @@ def load_model(
             raise ValueError(f"{label} must be >= 1, got {value}")
     prompt_cache = PromptCache(prompt_cache_size)
 
-    if name == TINY_MODEL_NAME:
-        tiny_dir = ensure_tiny_model((cache_dir or DEFAULT_MODELS_DIR) / TINY_MODEL_NAME)
-        pipe = _load_pipeline(name, tiny_dir, torch_dtype)
+    if name in ON_DISK_MODELS:
+        model_dir = ensure_random_model(name, (cache_dir or DEFAULT_MODELS_DIR) / name)
+        pipe = _load_pipeline(name, model_dir, torch_dtype, t5)
     elif name in RANDOM_MODELS:
         pipe = build_random_pipeline(RANDOM_MODELS[name])  # float32
         if torch_dtype != torch.float32:
             pipe = pipe.to(dtype=torch_dtype)
     else:
-        pipe = _load_pipeline(name, _resolve_source(name), torch_dtype)
+        pipe = _load_pipeline(name, _resolve_source(name), torch_dtype, t5)
     pipe = pipe.to(torch_device)
     _optimize_for_device(pipe, torch_device, compile=compile)
     pipe.set_progress_bar_config(disable=True)
@@ -212,13 +221,15 @@ def _optimize_for_device(pipe: Any, device: torch.device, *, compile: bool) -> N
     The engine's own VAE batching (`vae_batch_size`) plays the part of VAE slicing.
     On CPU channels-last measured slower (mkldnn), so the layout is left alone.
     """
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer  # SD 3: a transformer
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        pipe.unet.to(memory_format=torch.channels_last)
+        if hasattr(pipe, "unet"):
+            pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.enable_tiling()
     if compile:
-        # In place (nn.Module.compile): the pipeline keeps its UNet object and config.
-        pipe.unet.compile(fullgraph=True)
+        # In place (nn.Module.compile): the pipeline keeps its denoiser object and config.
+        denoiser.compile(fullgraph=True)
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -252,10 +263,10 @@ def _resolve_source(name: str) -> str:
     return name
 
 
-def _load_pipeline(name: str, source: str | Path, dtype: torch.dtype) -> Any:
+def _load_pipeline(name: str, source: str | Path, dtype: torch.dtype, t5: bool = True) -> Any:
     """The pipeline at `source`, loaded by the family its model_index.json names."""
     try:
-        pipe = family_for_source(source).load_pipeline(str(source), dtype)
+        pipe = family_for_source(source).load_pipeline(str(source), dtype, t5=t5)
     except Exception as exc:  # diffusers raises OSError, ValueError, HF hub errors...
         raise ModelLoadError(_load_error_message(name, f"{type(exc).__name__}: {exc}")) from exc
     return pipe

@@ -2,12 +2,15 @@
 
 - `"tiny"`: Stable-Diffusion-shaped and small, built offline from configs and cached on disk;
   tests and CPU demos use it.
+- `"tiny-sd3"`: Stable-Diffusion-3-shaped and small (one transformer layer, 16-channel VAE
+  with shift and scale, two small CLIP encoders with projection, no T5), built offline and
+  cached on disk like `"tiny"` (inversion.md section 6).
 - `"sd15-random"`: exactly Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L/14 text
   encoder) with seeded random weights, built in memory. It costs the same compute as the real
   model, so benchmarks use it where the weights cannot be downloaded.
 
-Both come from one builder, `build_random_pipeline(spec)`; a `RandomModelSpec` holds the
-component configs.
+All come from one builder, `build_random_pipeline(spec)`; a `RandomModelSpec` (SD 1.x shape)
+or a `RandomSD3Spec` holds the component configs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 TINY_MODEL_NAME = "tiny"
+TINY_SD3_MODEL_NAME = "tiny-sd3"
 SD15_RANDOM_MODEL_NAME = "sd15-random"
 TINY_SEED = 0
 
@@ -128,22 +132,86 @@ SD15_RANDOM = RandomModelSpec(
     },
 )
 
-RANDOM_MODELS: dict[str, RandomModelSpec] = {
+
+@dataclass(frozen=True)
+class RandomSD3Spec:
+    """Component configs of a Stable-Diffusion-3-shaped pipeline with seeded random weights
+    and no T5 encoder. `text_encoder` and `text_encoder_2` are CLIPTextConfigs (with
+    projection) without the token ids, which come from the tokenizer."""
+
+    transformer: Mapping[str, Any]
+    vae: Mapping[str, Any]
+    text_encoder: Mapping[str, Any]
+    text_encoder_2: Mapping[str, Any]
+    scheduler: Mapping[str, Any]
+
+
+_TINY_SD3_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,  # SD 3 reads the penultimate hidden state
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,  # two pooled embeddings of 32 = pooled_projection_dim
+}
+
+# inversion.md section 6: the configuration verified to build offline with diffusers 0.42.
+TINY_SD3 = RandomSD3Spec(
+    transformer={
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 16,
+        "out_channels": 16,
+        "num_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 4,
+        "joint_attention_dim": 64,  # = the two CLIPs' widths side by side, and T5's
+        "caption_projection_dim": 32,
+        "pooled_projection_dim": 64,
+        "pos_embed_max_size": 16,
+    },
+    vae={
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (16, 16, 16, 16),
+        "layers_per_block": 1,
+        "latent_channels": 16,
+        "norm_num_groups": 4,
+        "sample_size": 64,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "scaling_factor": 1.5305,  # SD 3's
+        "shift_factor": 0.0609,
+    },
+    text_encoder=_TINY_SD3_CLIP,
+    text_encoder_2=_TINY_SD3_CLIP,
+    scheduler={"num_train_timesteps": 1000, "shift": 3.0},  # SD 3 / 3.5's
+)
+
+RANDOM_MODELS: dict[str, RandomModelSpec | RandomSD3Spec] = {
     TINY_MODEL_NAME: TINY,
     SD15_RANDOM_MODEL_NAME: SD15_RANDOM,
+    TINY_SD3_MODEL_NAME: TINY_SD3,
 }
+# The small ones, built once into a folder and loaded from there.
+ON_DISK_MODELS = (TINY_MODEL_NAME, TINY_SD3_MODEL_NAME)
 
 
 # --- building -----------------------------------------------------------------------------
 
 
-def build_random_pipeline(spec: RandomModelSpec) -> Any:
-    """A StableDiffusionPipeline with `spec`'s shapes and seeded random weights (float32).
+def build_random_pipeline(spec: RandomModelSpec | RandomSD3Spec) -> Any:
+    """A StableDiffusionPipeline (StableDiffusion3Pipeline for a `RandomSD3Spec`) with
+    `spec`'s shapes and seeded random weights (float32).
 
     Each network is initialised right after seeding with TINY_SEED, so a build is identical
     every time and does not disturb the caller's random state. The tokenizer is the tiny
     byte-level one (its ids fit CLIP's vocabulary too).
     """
+    if isinstance(spec, RandomSD3Spec):
+        return build_random_sd3_pipeline(spec)
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     with tempfile.TemporaryDirectory(prefix="latentmix-tokenizer-") as tmp:
@@ -161,6 +229,49 @@ def build_random_pipeline(spec: RandomModelSpec) -> Any:
         )
 
 
+def build_random_sd3_pipeline(spec: RandomSD3Spec) -> Any:
+    """A StableDiffusion3Pipeline without T5 (its embedding part is then zeros), each network
+    seeded on its own; the two CLIP encoders get seeds TINY_SEED and TINY_SEED + 1."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    with tempfile.TemporaryDirectory(prefix="latentmix-tokenizer-") as tmp:
+        tokenizer = build_tokenizer(Path(tmp) / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        return StableDiffusion3Pipeline(
+            transformer=_seeded(lambda: build_transformer(spec)),
+            scheduler=FlowMatchEulerDiscreteScheduler(**spec.scheduler),
+            vae=_seeded(lambda: build_vae(spec)),
+            text_encoder=_seeded(lambda: build_clip_with_projection(spec.text_encoder, tokenizer)),
+            tokenizer=tokenizer,
+            text_encoder_2=_seeded(
+                lambda: build_clip_with_projection(spec.text_encoder_2, tokenizer), TINY_SEED + 1
+            ),
+            tokenizer_2=tokenizer,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+
+
+def build_transformer(spec: RandomSD3Spec) -> Any:
+    from diffusers import SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel(**spec.transformer)
+    _calm_velocity(transformer)
+    return transformer
+
+
+def build_clip_with_projection(config: Mapping[str, Any], tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    clip_config = CLIPTextConfig(
+        **{"vocab_size": len(tokenizer), **config},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(clip_config).eval()
+
+
 def build_unet(spec: RandomModelSpec) -> Any:
     from diffusers import UNet2DConditionModel
 
@@ -169,7 +280,7 @@ def build_unet(spec: RandomModelSpec) -> Any:
     return unet
 
 
-def build_vae(spec: RandomModelSpec) -> Any:
+def build_vae(spec: RandomModelSpec | RandomSD3Spec) -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(**spec.vae)
@@ -190,9 +301,18 @@ def build_text_encoder(spec: RandomModelSpec, tokenizer: Any) -> Any:
 _Built = TypeVar("_Built")
 
 
-def _seeded(build: Callable[[], _Built]) -> _Built:
-    torch.manual_seed(TINY_SEED)
+def _seeded(build: Callable[[], _Built], seed: int = TINY_SEED) -> _Built:
+    torch.manual_seed(seed)
     return build()
+
+
+def _calm_velocity(transformer: Any) -> None:
+    """Shrink a random SD 3 transformer's output layer (x0.01), as `_calm_noise_estimate`
+    does for the UNet: its velocity then varies slowly along the flow, like a trained
+    model's, and round trips are close (inversion.md section 6)."""
+    with torch.no_grad():
+        transformer.proj_out.weight.mul_(0.01)
+        transformer.proj_out.bias.mul_(0.01)
 
 
 def _calm_noise_estimate(unet: Any) -> None:
@@ -209,7 +329,19 @@ def _calm_noise_estimate(unet: Any) -> None:
         unet.conv_out.bias.mul_(0.01)
 
 
-# --- the tiny model on disk ---------------------------------------------------------------
+# --- the small models on disk -------------------------------------------------------------
+
+
+def ensure_random_model(name: str, path: Path) -> Path:
+    """Build the on-disk built-in model `name` at `path` unless a complete one is there."""
+    if name == TINY_MODEL_NAME:
+        return ensure_tiny_model(path)
+    if name not in ON_DISK_MODELS:
+        raise ValueError(f"{name!r} is not built on disk; those that are: {list(ON_DISK_MODELS)}")
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        return path
+    return _build_on_disk(RANDOM_MODELS[name], path)
 
 
 def ensure_tiny_model(path: Path) -> Path:
@@ -227,11 +359,15 @@ def build_tiny_model(path: Path) -> Path:
     sibling directory and renamed into place, so concurrent workers never see half a model;
     if another process wins the race its copy is kept (the builds are identical).
     """
+    return _build_on_disk(TINY, path)
+
+
+def _build_on_disk(spec: RandomModelSpec | RandomSD3Spec, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
-        build_random_pipeline(TINY).save_pretrained(tmp, safe_serialization=True)
+        build_random_pipeline(spec).save_pretrained(tmp, safe_serialization=True)
         try:
             tmp.rename(path)
         except OSError:

@@ -77,3 +77,9 @@ def unet_calls(tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> list
 
     monkeypatch.setitem(unet.__dict__, "forward", forward)
     return calls
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tiny_model_dir: Path) -> LoadedModel:
+    """The built-in SD 3-shaped model, built next to `tiny` in the session's model folder."""
+    return load_model("tiny-sd3", device="cpu", cache_dir=tiny_model_dir.parent)
