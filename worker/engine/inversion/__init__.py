@@ -9,12 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from latentmix.worker.engine.inversion.base import InversionMethod
+from latentmix.worker.engine.inversion.bdia import BDIA
 from latentmix.worker.engine.inversion.ddim import DDIM
+from latentmix.worker.engine.inversion.edict import EDICT
+from latentmix.worker.engine.inversion.fixed_point import FIXED_POINT
+from latentmix.worker.engine.inversion.negative_prompt import NEGATIVE_PROMPT
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.families.base import ModelFamily
 
-INVERSION_METHODS: dict[str, InversionMethod] = {method.name: method for method in (DDIM,)}
+INVERSION_METHODS: dict[str, InversionMethod] = {
+    method.name: method for method in (DDIM, FIXED_POINT, EDICT, BDIA, NEGATIVE_PROMPT)
+}
 
 
 def methods_for(family_name: str) -> tuple[str, ...]:
