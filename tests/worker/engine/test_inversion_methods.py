@@ -18,6 +18,7 @@ from latentmix.worker.engine.diffusion import (
     encode_images,
     encode_prompts,
     generate,
+    inversion_options,
     invert,
     sample,
 )
@@ -100,6 +101,15 @@ def test_bad_option_values_are_refused_before_any_compute(
     with pytest.raises(ValueError, match=message):
         invert(tiny_model, images[:1], PROMPT, dataclasses.replace(settings, steps=2))
     assert unet_calls == []
+
+
+def test_each_method_lists_its_options_and_an_unknown_one_names_the_methods():
+    assert inversion_options("ddim") == ()
+    assert inversion_options("fixed-point") == ("inversion_iterations", "renoise_average")
+    assert inversion_options("edict") == ("edict_mix",)
+    assert inversion_options("bdia") == ("bdia_gamma",)
+    with pytest.raises(ValueError, match=r"'nope'.*'ddim', 'fixed-point', 'edict'"):
+        inversion_options("nope")
 
 
 def test_the_unknown_method_error_lists_every_method(tiny_model, images):
