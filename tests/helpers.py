@@ -22,8 +22,8 @@ WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the sessio
 S3_TEST_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 
 
-# The card a worker serving the built-in tiny model publishes (its values are checked
-# against the loaded model in tests/worker/test_runtime.py).
+# The card a worker serving the built-in tiny model publishes (tests/e2e/test_service.py
+# checks it against a real worker's).
 TINY_CARD = ModelCard(
     model="tiny",
     family="stable-diffusion",
@@ -32,7 +32,7 @@ TINY_CARD = ModelCard(
     default_size=64,
     default_guidance=7.5,
     prediction_type="epsilon",
-    inversion_methods=("ddim",),
+    inversion_methods=("ddim", "fixed-point", "edict", "bdia", "negative-prompt"),
 )
 
 

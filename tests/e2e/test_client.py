@@ -162,4 +162,4 @@ def test_an_error_without_problem_details_still_raises_a_problem_error():
 def test_models_lists_the_served_model_with_its_card(lm):
     (tiny,) = [model for model in lm.models() if model.name == "tiny"]
     assert tiny.default and tiny.workers >= 1
-    assert tiny.card["latent_channels"] == 4 and tiny.card["inversion_methods"] == ["ddim"]
+    assert tiny.card["latent_channels"] == 4 and tiny.card["inversion_methods"][0] == "ddim"

@@ -9,7 +9,7 @@ and the timestep convention inversion and generation share.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -23,8 +23,12 @@ from latentmix.worker.engine.checks import (
 )
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import (
+    INVERSION_METHODS,
     InversionMethod,
+    bdia,
     default_inversion,
+    edict,
+    fixed_point,
     get_inversion,
 )
 from latentmix.worker.engine.models import LoadedModel
@@ -32,31 +36,78 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 
 # The method the engine had before there was a choice; its records carry no "method" key.
 ORIGINAL_METHOD = "ddim"
+# The settings every method records; the fields after `method` are methods' options.
+_COMMON_FIELDS = ("steps", "guidance_scale", "size")
 
 
 @dataclass(frozen=True)
 class InversionSettings:
+    """What an inversion runs with. The method options after `method` belong each to one
+    method (`InversionMethod.options`); a method's records carry its own options only, so
+    DDIM records (and the ids derived from them) are what they were before there were any."""
+
     steps: int = 50
     guidance_scale: float = 7.5
     size: int | None = None  # image side in pixels; None = the model's default
     method: str = ORIGINAL_METHOD  # a name in inversion.INVERSION_METHODS
+    # fixed-point: iterations per step (0 is DDIM), ReNoise averaging of the last estimates
+    inversion_iterations: int = fixed_point.DEFAULTS["inversion_iterations"]
+    renoise_average: bool = fixed_point.DEFAULTS["renoise_average"]
+    edict_mix: float = edict.DEFAULTS["edict_mix"]  # edict: the mixing weight p
+    bdia_gamma: float = bdia.DEFAULTS["bdia_gamma"]  # bdia: 1 only, for inversion
 
     def resolved(self, model: LoadedModel) -> InversionSettings:
         """These settings with `size` filled in from the model, validated."""
         size = model.default_size if self.size is None else self.size
-        resolved = InversionSettings(self.steps, float(self.guidance_scale), size, self.method)
-        get_inversion(resolved.method, model.family).check(model, resolved.steps)
+        resolved = replace(self, guidance_scale=float(self.guidance_scale), size=size)
+        method = get_inversion(resolved.method, model.family)
+        method.check(model, resolved.steps)
+        resolved.check_options(method)
         check_guidance(resolved.guidance_scale)
         check_size(model, size)
         return resolved
 
+    def options(self, method: InversionMethod) -> dict[str, Any]:
+        """The method's own options, by name."""
+        return {name: getattr(self, name) for name in method.options}
+
+    def check_options(self, method: InversionMethod) -> None:
+        """ValueError, naming the method's options, when an option of another method is set;
+        then the method's own checks of its values."""
+        defaults = InversionSettings()
+        for name in OPTION_NAMES:
+            if name not in method.options and getattr(self, name) != getattr(defaults, name):
+                raise ValueError(
+                    f"option {name!r} does not apply to inversion method {method.name!r}; "
+                    f"{method.name!r} takes options {list(method.options)}"
+                )
+        method.check_options(self.options(method))
+
     def as_dict(self) -> dict[str, Any]:
-        """The settings as recorded with a latent; `method` only when it is not DDIM, so
-        DDIM records (and the ids derived from them) are what they were before."""
-        fields = asdict(self)
-        if fields["method"] == ORIGINAL_METHOD:
-            del fields["method"]
-        return fields
+        """The settings as recorded with a latent: `method` only when it is not DDIM, and the
+        options of that method only."""
+        record: dict[str, Any] = {name: getattr(self, name) for name in _COMMON_FIELDS}
+        if self.method != ORIGINAL_METHOD:
+            record["method"] = self.method
+        method = INVERSION_METHODS.get(self.method)
+        if method is not None:
+            record.update(self.options(method))
+        return record
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(InversionSettings) if f.name not in (*_COMMON_FIELDS, "method")
+)
+
+
+def inversion_options(method: str) -> tuple[str, ...]:
+    """The options `method` takes; ValueError naming the allowed methods if unknown."""
+    known = INVERSION_METHODS.get(method)
+    if known is None:
+        raise ValueError(
+            f"unknown inversion method {method!r}; allowed methods are {list(INVERSION_METHODS)}"
+        )
+    return known.options
 
 
 # --- images and text, through the model's family ------------------------------------------
@@ -98,7 +149,13 @@ def invert(
     x0 = encode_images(model, images, settings.size)
     conditioning = encode_prompts(model, prompt_list)
     inverted = method.invert(
-        model, x0, conditioning, settings.steps, settings.guidance_scale, progress
+        model,
+        x0,
+        conditioning,
+        settings.steps,
+        settings.guidance_scale,
+        progress,
+        settings.options(method),
     )
     record = {
         **settings.as_dict(),

@@ -13,7 +13,7 @@ def test_tiny_model_card_describes_a_stable_diffusion_model(tiny_model):
     card = tiny_model.card
     assert card.family == "stable-diffusion"
     assert (card.latent_channels, card.vae_scale_factor, card.default_size) == (4, 8, 64)
-    assert card.inversion_methods == ("ddim",)
+    assert card.inversion_methods == ("ddim", "fixed-point", "edict", "bdia", "negative-prompt")
     assert card.default_guidance == 7.5
     assert card.prediction_type == "epsilon"
 
@@ -21,7 +21,7 @@ def test_tiny_model_card_describes_a_stable_diffusion_model(tiny_model):
 def test_model_card_is_json_and_is_what_describe_reports(tiny_model):
     description = tiny_model.card.as_dict()
     assert json.loads(json.dumps(description)) == description
-    assert description["inversion_methods"] == ["ddim"]
+    assert description["inversion_methods"] == list(tiny_model.card.inversion_methods)
     assert tiny_model.describe() == description
 
 

@@ -21,12 +21,18 @@ from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG
 
 def test_get_inversion_finds_ddim_for_stable_diffusion(tiny_model):
     assert get_inversion("ddim", tiny_model.family) is DDIM
-    assert methods_for("stable-diffusion") == ("ddim",)
+    assert methods_for("stable-diffusion") == (
+        "ddim",
+        "fixed-point",
+        "edict",
+        "bdia",
+        "negative-prompt",
+    )
 
 
 def test_an_unknown_method_names_the_allowed_ones_and_their_families(tiny_model):
-    with pytest.raises(ValueError, match="'edict'") as info:
-        get_inversion("edict", tiny_model.family)
+    with pytest.raises(ValueError, match="'null-text'") as info:
+        get_inversion("null-text", tiny_model.family)
     assert "'ddim' (stable-diffusion)" in str(info.value)
 
 
@@ -38,7 +44,7 @@ def test_a_method_the_family_lacks_names_its_families_and_the_familys_methods(
     with pytest.raises(ValueError, match="'rf-euler'") as info:
         get_inversion("rf-euler", tiny_model.family)
     assert "['stable-diffusion-3']" in str(info.value)
-    assert "'stable-diffusion' supports ['ddim']" in str(info.value)
+    assert "'stable-diffusion' supports ['ddim', 'fixed-point'" in str(info.value)
 
 
 def test_every_registered_method_is_filed_under_its_own_name():

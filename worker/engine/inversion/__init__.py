@@ -9,14 +9,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from latentmix.worker.engine.inversion.base import InversionMethod
+from latentmix.worker.engine.inversion.bdia import BDIA
 from latentmix.worker.engine.inversion.ddim import DDIM
+from latentmix.worker.engine.inversion.edict import EDICT
+from latentmix.worker.engine.inversion.fixed_point import FIXED_POINT
 from latentmix.worker.engine.inversion.flow_euler import FLOW_EULER
+from latentmix.worker.engine.inversion.negative_prompt import NEGATIVE_PROMPT
 from latentmix.worker.engine.inversion.rf_solver import RF_SOLVER
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.families.base import ModelFamily
 
-INVERSION_METHODS: dict[str, InversionMethod] = {method.name: method for method in (DDIM,)}
+INVERSION_METHODS: dict[str, InversionMethod] = {
+    method.name: method for method in (DDIM, FIXED_POINT, EDICT, BDIA, NEGATIVE_PROMPT)
+}
 # Rectified flow (SD 3 / 3.5); flow-euler first: the family's default method.
 INVERSION_METHODS.update({method.name: method for method in (FLOW_EULER, RF_SOLVER)})
 

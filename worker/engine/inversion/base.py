@@ -3,9 +3,9 @@ its three entry points."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
 CheckFn = Callable[["LoadedModel", int], None]
+Options = Mapping[str, Any]  # the method's own InversionSettings fields, by name
+CheckOptionsFn = Callable[[Options], None]
 InvertFn = Callable[
-    ["LoadedModel", torch.Tensor, Conditioning, int, float, ProgressFn | None], Inverted
+    ["LoadedModel", torch.Tensor, Conditioning, int, float, ProgressFn | None, Options], Inverted
 ]
 SampleFn = Callable[
     ["LoadedModel", Inverted, Conditioning, int, float, ProgressFn | None], torch.Tensor
@@ -28,11 +30,14 @@ SampleFn = Callable[
 class InversionMethod:
     """An inversion method and the sampler that regenerates from what it produced.
 
-    `invert(model, x0, conditioning, steps, guidance_scale, progress)` maps clean latents to
-    an `Inverted` whose settings hold the method's own entries (e.g. DDIM's start_timestep);
+    `invert(model, x0, conditioning, steps, guidance_scale, progress, options)` maps clean
+    latents to an `Inverted` whose settings hold the method's own entries (e.g. DDIM's
+    start_timestep, and any option its sampler needs again, such as EDICT's mix);
     `sample(model, inverted, conditioning, steps, guidance_scale, progress)` maps it back to
     clean latents. `check(model, steps)` raises ValueError, before any compute, when the
-    method cannot run the model or the step count.
+    method cannot run the model or the step count. `options` names the `InversionSettings`
+    fields the method reads (handed to `invert` as a mapping); `check_options(options)`
+    raises ValueError, naming the allowed values, for values it cannot invert with.
     """
 
     name: str
@@ -40,3 +45,24 @@ class InversionMethod:
     check: CheckFn
     invert: InvertFn
     sample: SampleFn
+    options: tuple[str, ...] = ()
+    check_options: CheckOptionsFn = lambda options: None  # no options to check
+
+
+def row_chunks(model: LoadedModel, rows: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of at most `model.max_batch_size` rows."""
+    chunk = model.max_batch_size
+    return [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
+
+
+def step_counter(progress: ProgressFn | None, total: int) -> Callable[[], None]:
+    """A callable that reports one more denoiser step of `total` to `progress`."""
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return step

@@ -25,9 +25,9 @@ trip is exact. The neighbours come from the timestep list itself, which equals
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -172,6 +172,7 @@ def invert(
     steps: int,
     guidance_scale: float,
     progress: ProgressFn | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """DDIM-invert clean latents x0 to the noise latents x_T at t_1 (method.md section 1)."""
     schedule = ddim_schedule(model, steps)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod
+from latentmix.worker.engine.inversion.base import InversionMethod, Options
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -165,6 +165,7 @@ def invert(
     steps: int,
     guidance_scale: float,
     progress: ProgressFn | None = None,
+    options: Options | None = None,  # no options of its own
 ) -> Inverted:
     """Integrate the flow ODE backwards from x0 (sigma = 0) to the noise latent at sigma_1."""
     schedule = flow_schedule(model, steps)

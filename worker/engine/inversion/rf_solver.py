@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod
+from latentmix.worker.engine.inversion.base import InversionMethod, Options
 from latentmix.worker.engine.inversion.flow_euler import (
     VelocityFn,
     check,
@@ -56,6 +56,7 @@ def invert(
     steps: int,
     guidance_scale: float,
     progress: ProgressFn | None = None,
+    options: Options | None = None,  # no options of its own
 ) -> Inverted:
     """RF-Solver from x0 (sigma = 0) up to the noise latent at sigma_1."""
     schedule = flow_schedule(model, steps)
