@@ -158,46 +158,49 @@ def run_flow(
 # --- the two directions -------------------------------------------------------------------
 
 
-def invert(
-    model: LoadedModel,
-    x0: torch.Tensor,
-    conditioning: Conditioning,
-    steps: int,
-    guidance_scale: float,
-    progress: ProgressFn | None = None,
-    options: Options | None = None,  # no options of its own
-) -> Inverted:
-    """Integrate the flow ODE backwards from x0 (sigma = 0) to the noise latent at sigma_1."""
-    schedule = flow_schedule(model, steps)
-    path = list(schedule.inversion_steps())
-    latent = run_flow(
-        model, x0, conditioning, schedule, path, reversed_euler_step, guidance_scale, progress
+def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> InversionMethod:
+    """A flow inversion method from its two step rules (inversion: sigma 0 up to sigma_1;
+    sampling: back down): the schedule, the batched loop and the record are shared."""
+
+    def invert(
+        model: LoadedModel,
+        x0: torch.Tensor,
+        conditioning: Conditioning,
+        steps: int,
+        guidance_scale: float,
+        progress: ProgressFn | None = None,
+        options: Options | None = None,  # no options of its own
+    ) -> Inverted:
+        schedule = flow_schedule(model, steps)
+        path = list(schedule.inversion_steps())
+        latent = run_flow(
+            model, x0, conditioning, schedule, path, inversion_step, guidance_scale, progress
+        )
+        return Inverted(latent=latent, method=name, settings={"start_sigma": schedule.sigmas[0]})
+
+    def sample(
+        model: LoadedModel,
+        inverted: Inverted,
+        conditioning: Conditioning,
+        steps: int,
+        guidance_scale: float,
+        progress: ProgressFn | None = None,
+    ) -> torch.Tensor:
+        schedule = flow_schedule(model, steps)
+        path = list(schedule.sampling_steps())
+        latent = inverted.latent
+        return run_flow(
+            model, latent, conditioning, schedule, path, sampling_step, guidance_scale, progress
+        )
+
+    return InversionMethod(
+        name=name,
+        families=("stable-diffusion-3",),
+        check=check,
+        invert=invert,
+        sample=sample,
     )
-    return Inverted(
-        latent=latent, method=FLOW_EULER.name, settings={"start_sigma": schedule.sigmas[0]}
-    )
 
 
-def sample(
-    model: LoadedModel,
-    inverted: Inverted,
-    conditioning: Conditioning,
-    steps: int,
-    guidance_scale: float,
-    progress: ProgressFn | None = None,
-) -> torch.Tensor:
-    """The Euler sampler from the noise latent at sigma_1 down to clean latents x0."""
-    schedule = flow_schedule(model, steps)
-    path = list(schedule.sampling_steps())
-    return run_flow(
-        model, inverted.latent, conditioning, schedule, path, euler_step, guidance_scale, progress
-    )
-
-
-FLOW_EULER = InversionMethod(
-    name="flow-euler",
-    families=("stable-diffusion-3",),
-    check=check,
-    invert=invert,
-    sample=sample,
-)
+# Integrate the flow ODE backwards from x0 with the reversed Euler step; sample with Euler.
+FLOW_EULER = flow_method("flow-euler", reversed_euler_step, euler_step)

@@ -20,18 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod, Options
-from latentmix.worker.engine.inversion.flow_euler import (
-    VelocityFn,
-    check,
-    flow_schedule,
-    run_flow,
-)
-from latentmix.worker.engine.results import Inverted, ProgressFn
+from latentmix.worker.engine.inversion.flow_euler import VelocityFn, flow_method
 
 if TYPE_CHECKING:
-    from latentmix.worker.engine.models import LoadedModel
+    pass
 
 
 def rf_solver_step(
@@ -49,53 +41,5 @@ def rf_solver_step(
     return x + h * v + 0.5 * h**2 * derivative
 
 
-def invert(
-    model: LoadedModel,
-    x0: torch.Tensor,
-    conditioning: Conditioning,
-    steps: int,
-    guidance_scale: float,
-    progress: ProgressFn | None = None,
-    options: Options | None = None,  # no options of its own
-) -> Inverted:
-    """RF-Solver from x0 (sigma = 0) up to the noise latent at sigma_1."""
-    schedule = flow_schedule(model, steps)
-    path = list(schedule.inversion_steps())
-    latent = run_flow(
-        model, x0, conditioning, schedule, path, rf_solver_step, guidance_scale, progress
-    )
-    return Inverted(
-        latent=latent, method=RF_SOLVER.name, settings={"start_sigma": schedule.sigmas[0]}
-    )
-
-
-def sample(
-    model: LoadedModel,
-    inverted: Inverted,
-    conditioning: Conditioning,
-    steps: int,
-    guidance_scale: float,
-    progress: ProgressFn | None = None,
-) -> torch.Tensor:
-    """RF-Solver from the noise latent at sigma_1 down to clean latents x0."""
-    schedule = flow_schedule(model, steps)
-    path = list(schedule.sampling_steps())
-    return run_flow(
-        model,
-        inverted.latent,
-        conditioning,
-        schedule,
-        path,
-        rf_solver_step,
-        guidance_scale,
-        progress,
-    )
-
-
-RF_SOLVER = InversionMethod(
-    name="rf-solver",
-    families=("stable-diffusion-3",),
-    check=check,
-    invert=invert,
-    sample=sample,
-)
+# The same step both ways: sigma increasing inverts, decreasing samples.
+RF_SOLVER = flow_method("rf-solver", rf_solver_step, rf_solver_step)
