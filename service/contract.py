@@ -20,7 +20,7 @@ from latentmix.service.ids import image_id, mixed_latent_id
 # Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
-DEFAULT_INVERSION = "ddim"
+DEFAULT_INVERSION = "ddim"  # Stable Diffusion's; other families name their own in their card
 MAX_STEPS = 500
 MAX_GUIDANCE = 30.0
 # The text encoder reads 77 tokens; a longer prompt is truncated, so this only bounds waste.
@@ -59,16 +59,17 @@ class ModelCard(BaseModel):
 class InversionSettings(Contract):
     """How images are inverted; part of every inverted latent's id."""
 
-    method: str = DEFAULT_INVERSION
+    method: str | None = None  # None: the model family's default (its card's first method)
     steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     size: int | None = None  # image side in pixels; None: the model's default
 
     def id_fields(self) -> dict[str, Any]:
-        """What the latent id covers. `ddim` leaves the method out, so the ids of latents
-        inverted before methods existed stay valid (their cache keeps working)."""
+        """What the latent id covers. The default method (and `ddim`) leaves the method out,
+        so the ids of latents inverted before methods existed stay valid (their cache keeps
+        working); the model, part of every id too, tells which default it was."""
         fields = self.model_dump()
-        if self.method == DEFAULT_INVERSION:
+        if self.method in (None, DEFAULT_INVERSION):
             del fields["method"]
         return fields
 

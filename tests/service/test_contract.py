@@ -87,6 +87,13 @@ def test_ddim_latent_ids_are_those_of_the_previous_release():
     )
 
 
+def test_naming_no_method_or_ddim_gives_the_same_ids():
+    assert (
+        InversionSettings(steps=10).id_fields()
+        == InversionSettings(method="ddim", steps=10).id_fields()
+    )
+
+
 def test_other_inversion_methods_get_other_ids():
     ddim = InversionSettings(steps=10).id_fields()
     other = InversionSettings(method="edict", steps=10).id_fields()

@@ -7,9 +7,11 @@ from types import SimpleNamespace
 import pytest
 from redis import Redis
 
-from latentmix.service.contract import MixRequest, plan_mix
+from latentmix.service.contract import InversionSettings, MixRequest, plan_mix
 from latentmix.service.jobs import request_cancel
+from latentmix.worker.engine.families import family_for_pipeline_class
 from latentmix.worker.tasks import mix as mix_task
+from latentmix.worker.tasks.invert import _engine_settings
 from latentmix.worker.tasks.mix import rows_to_render
 from latentmix.worker.tasks.reporting import (
     JobCanceled,
@@ -132,3 +134,17 @@ def test_a_mix_request_of_the_previous_release_is_upgraded(monkeypatch):
         guidance_scale=7.5,
     )
     assert mix_task._upgrade(upgraded.model_dump()) == upgraded.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "default"),
+    [("StableDiffusionPipeline", "ddim"), ("StableDiffusion3Pipeline", "flow-euler")],
+)
+def test_an_inversion_naming_no_method_uses_the_model_familys_default(pipeline, default):
+    ctx = SimpleNamespace(model=SimpleNamespace(family=family_for_pipeline_class(pipeline)))
+
+    unnamed = _engine_settings(ctx, InversionSettings(steps=7, guidance_scale=1.0))
+    named = _engine_settings(ctx, InversionSettings(method="bdia", steps=7))
+
+    assert (unnamed.method, unnamed.steps, unnamed.guidance_scale) == (default, 7, 1.0)
+    assert named.method == "bdia"

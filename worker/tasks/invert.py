@@ -13,6 +13,7 @@ from latentmix.service.contract import InvertItem, InvertRequest, InvertResult
 from latentmix.service.latents import LatentRecord
 from latentmix.service.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.diffusion import InversionSettings, invert
+from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import (
@@ -28,7 +29,7 @@ from latentmix.worker.tasks.reporting import (
 def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> InvertResult:
     """Invert uploaded images into noise latents and publish them, batch by batch."""
     items = request.items
-    settings = _engine_settings(request.settings)
+    settings = _engine_settings(ctx, request.settings)
     # Fetched side by side; a batch waits only for its own images.
     images = [STORAGE_IO.submit(_fetch_image, ctx, item.upload_key) for item in items]
     progress = progress_reporter(ctx.redis, job)
@@ -51,12 +52,14 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     return InvertResult(latents=latent_ids)
 
 
-def _engine_settings(settings: ContractSettings) -> InversionSettings:
+def _engine_settings(ctx: WorkerContext, settings: ContractSettings) -> InversionSettings:
+    """The engine's settings; no method named means the model family's default."""
+    method = settings.method or default_inversion(ctx.model.family).name
     return InversionSettings(
         steps=settings.steps,
         guidance_scale=settings.guidance_scale,
         size=settings.size,
-        method=settings.method,
+        method=method,
     )
 
 
