@@ -13,6 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job
@@ -29,6 +31,9 @@ from latentmix.service.job_metrics import record_job_end
 from latentmix.service.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
+# Redis being away (as opposed to a command that failed): the API answers 503 and retries
+# later, workers wait for it.
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 CANCEL_KEY = "latentmix:cancel:{job_id}"
 ENDED_KEY = "latentmix:job-ended:{job_id}"  # set by whoever reports the job's end first
 PARTIAL_KEY = "latentmix:partial:{job_id}"

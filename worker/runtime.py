@@ -33,8 +33,6 @@ import torch
 from cachetools import LRUCache
 from redis import Redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from rq import SimpleWorker
 from rq.exceptions import AbandonedJobError
@@ -49,6 +47,7 @@ from latentmix.service.config import Settings
 from latentmix.service.contract import ModelCard
 from latentmix.service.job_events import announce
 from latentmix.service.jobs import (
+    REDIS_ERRORS,
     JobStatus,
     LatentMixJob,
     cancel_requested,
@@ -67,7 +66,6 @@ log = logging.getLogger("latentmix.worker")
 
 EXIT_DEVICE_LOST = os.EX_TEMPFAIL  # 75: "restart me"; `latentmix up` does
 REDIS_BACKOFF_CAP_S = 8.0
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass

@@ -15,15 +15,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from latentmix.service.jobs import REDIS_ERRORS
 from latentmix.service.storage import StorageUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = 5
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 STORAGE_ERRORS = (BotoCoreError, ClientError, StorageUnavailable)
 
 log = logging.getLogger("latentmix.api")

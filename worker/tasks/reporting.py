@@ -16,9 +16,8 @@ from rq import get_current_job
 from rq.job import Job
 
 from latentmix.service.contract import Contract
-from latentmix.service.jobs import JobStatus, cancel_requested, report_job_end
+from latentmix.service.jobs import REDIS_ERRORS, JobStatus, cancel_requested, report_job_end
 from latentmix.worker.runtime import (
-    REDIS_ERRORS,
     RedisUnavailable,
     WorkerContext,
     context,
