@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod
+from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -145,19 +145,16 @@ def _run_ddim(
 ) -> torch.Tensor:
     """Run `steps` over the batch in chunks of max_batch_size; float32 CPU result."""
     family = model.family
-    chunk = model.max_batch_size
-    total = len(steps) * math.ceil(len(latents) / chunk)
-    done = 0
+    chunks = row_chunks(model, len(latents))
+    step = step_counter(progress, len(steps) * len(chunks))
     results = []
-    for start in range(0, len(latents), chunk):
-        x = latents[start : start + chunk].to(model.device, torch.float32)
-        rows = conditioning.rows(start, start + chunk)
+    for start, stop in chunks:
+        x = latents[start:stop].to(model.device, torch.float32)
+        rows = conditioning.rows(start, stop)
         for t, a_from, a_to in steps:
             output = family.predict(model, x, t, rows, guidance_scale)
             x = ddim_step(x, family.to_noise(model, output, x, t), a_from, a_to)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            step()
         results.append(x.cpu())
     return torch.cat(results)
 

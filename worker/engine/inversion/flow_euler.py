@@ -18,7 +18,6 @@ The schedule and the batched loop live here; `rf_solver.py` reuses them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,7 +25,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod, Options
+from latentmix.worker.engine.inversion.base import (
+    InversionMethod,
+    Options,
+    row_chunks,
+    step_counter,
+)
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -135,22 +139,19 @@ def run_flow(
 ) -> torch.Tensor:
     """Apply `step` over `steps` to the batch in chunks of max_batch_size; float32 CPU."""
     family = model.family
-    chunk = model.max_batch_size
-    total = len(steps) * math.ceil(len(latents) / chunk)
-    done = 0
+    chunks = row_chunks(model, len(latents))
+    count_step = step_counter(progress, len(steps) * len(chunks))
     results = []
-    for start in range(0, len(latents), chunk):
-        x = latents[start : start + chunk].to(model.device, torch.float32)
-        rows = conditioning.rows(start, start + chunk)
+    for start, stop in chunks:
+        x = latents[start:stop].to(model.device, torch.float32)
+        rows = conditioning.rows(start, stop)
 
         def velocity(x: torch.Tensor, sigma: float, rows: Conditioning = rows) -> torch.Tensor:
             return family.predict(model, x, schedule.timestep(sigma), rows, guidance_scale)
 
         for sigma_from, sigma_to in steps:
             x = step(velocity, x, sigma_from, sigma_to)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            count_step()
         results.append(x.cpu())
     return torch.cat(results)
 
