@@ -131,6 +131,7 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
     """Check every input exists (ready or pending) and shares one model and shape; read
     each one's prompt and steps from its record, or from the request of its pending job."""
     inputs, models, shapes = _Inputs(), set(), set()
+    pending: dict[str, _PendingJob | None] = {}  # by job id: one job usually holds many inputs
     cached = catalog.cached_records(latent_ids)
     for latent_id, record in zip(latent_ids, cached, strict=True):
         record = record or catalog.record(latent_id)  # not in Redis: storage says
@@ -141,14 +142,15 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
             inputs.steps.append(record.settings.get("steps"))
             continue
         holder = catalog.pending_job(latent_id)
-        job = fetch_job(redis, holder) if holder else None
+        if holder and holder not in pending:
+            pending[holder] = _PendingJob.fetch(redis, holder)
+        job = pending.get(holder) if holder else None
         if job is None:
             raise problem(404, f"latent {latent_id} not found")
-        models.add(model_of_queue(job.origin))
+        models.add(job.model)
         inputs.producers[latent_id] = job.id
-        prompt, steps = _pending_settings(job, latent_id)
-        inputs.prompts.append(prompt)
-        inputs.steps.append(steps)
+        inputs.prompts.append(job.prompts.get(latent_id))
+        inputs.steps.append(job.steps)
     if len(models) > 1:
         raise problem(422, f"latents from different models cannot be mixed: {sorted(models)}")
     if len(shapes) > 1:
@@ -157,10 +159,24 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
     return inputs
 
 
-def _pending_settings(job, latent_id: str) -> tuple[str | None, int | None]:
-    """The prompt and steps a pending inversion job was asked to use for `latent_id`."""
-    if job_type_of(job) is not INVERT:
-        return None, None
-    inversion = InvertRequest.model_validate(job.args[0])
-    prompt = next((item.prompt for item in inversion.items if item.latent_id == latent_id), None)
-    return prompt, inversion.settings.steps
+@dataclass
+class _PendingJob:
+    """A job still producing inputs: its model, and the prompt and steps it was asked to
+    invert each of its latents with (none for a mix job's latents)."""
+
+    id: str
+    model: str | None
+    prompts: dict[str, str]
+    steps: int | None
+
+    @classmethod
+    def fetch(cls, redis, job_id: str) -> "_PendingJob | None":
+        job = fetch_job(redis, job_id)
+        if job is None:
+            return None
+        model = model_of_queue(job.origin)
+        if job_type_of(job) is not INVERT:
+            return cls(job.id, model, {}, None)
+        inversion = InvertRequest.model_validate(job.args[0])
+        prompts = {item.latent_id: item.prompt for item in inversion.items}
+        return cls(job.id, model, prompts, inversion.settings.steps)
