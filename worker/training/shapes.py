@@ -72,15 +72,15 @@ class Settings:
     """Everything that decides the result; `quick` is a tiny run for tests."""
 
     seed: int = 0
-    images: int = 12288  # training images of the world (seed `seed`)
+    images: int = 8192  # training images of the world (seed `seed`)
     classifier_steps: int = 600
     classifier_batch: int = 64
     classifier_lr: float = 2e-3
-    vae_steps: int = 700
+    vae_steps: int = 400
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # per latent value
-    unet_steps: int = 1800
+    unet_steps: int = 1500
     unet_batch: int = 32
     unet_lr: float = 8e-4
     unet_min_lr: float = 1e-4
@@ -88,7 +88,7 @@ class Settings:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # empty caption: classifier-free guidance's unconditional
     short_caption_rate: float = 0.5  # "a red circle" instead of "... on a white background"
-    checkpoint_every: int = 300  # UNet steps between saved pipelines (0: only at the end)
+    checkpoint_every: int = 250  # UNet steps between saved pipelines (0: only at the end)
 
 
 QUICK = Settings(
