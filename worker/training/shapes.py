@@ -73,9 +73,9 @@ class Settings:
 
     seed: int = 0
     images: int = 8192  # training images of the world (seed `seed`)
-    classifier_steps: int = 600
+    classifier_steps: int = 800
     classifier_batch: int = 64
-    classifier_lr: float = 2e-3
+    classifier_lr: float = 3e-3
     vae_steps: int = 400
     vae_batch: int = 16
     vae_lr: float = 1e-3
@@ -209,7 +209,7 @@ def train_classifier(data: Dataset, settings: Settings, generator: torch.Generat
         loss.backward()
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    print(f"classifier: final loss {float(loss):.4f}")
+    print(f"classifier: final loss {loss.item():.4f}")
     return classifier.eval()
 
 
@@ -236,7 +236,7 @@ def train_vae(data: Dataset, settings: Settings, generator: torch.Generator) -> 
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    print(f"vae: final loss {float(loss):.4f}")
+    print(f"vae: final loss {loss.item():.4f}")
     return vae.eval().requires_grad_(False)
 
 
@@ -310,7 +310,7 @@ def train_unet(
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
             save(ema, step + 1)
-    print(f"unet: final loss {float(loss):.4f}")
+    print(f"unet: final loss {loss.item():.4f}")
     return ema.eval()
 
 

@@ -18,7 +18,7 @@ def test_a_sample_is_the_same_every_time_and_in_any_order():
 def test_images_are_64px_rgb_in_unit_range():
     image = world.sample(3).image
     assert image.shape == (64, 64, 3) and image.dtype == np.float32
-    assert 0 <= image.min() and image.max() <= 1
+    assert image.min() >= 0 and image.max() <= 1
 
 
 @pytest.mark.parametrize("shape", world.SHAPES)

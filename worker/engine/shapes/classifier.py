@@ -27,11 +27,11 @@ class ShapesClassifier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        widths = (32, 32, 64, 64, FEATURE_DIM)
+        # (width, stride): 64 -> 32, 16, 8, 4, 4 px; the last sees the whole image.
+        plan = ((32, 2), (64, 2), (64, 2), (FEATURE_DIM, 2), (FEATURE_DIM, 1))
         layers: list[nn.Module] = []
         in_channels = 3
-        for i, width in enumerate(widths):  # 64 -> 64, 32, 16, 8, 4 px
-            stride = 1 if i == 0 else 2
+        for width, stride in plan:
             layers += [
                 nn.Conv2d(in_channels, width, 3, stride=stride, padding=1),
                 nn.GroupNorm(8, width),
@@ -44,7 +44,8 @@ class ShapesClassifier(nn.Module):
         )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk(images * 2 - 1).mean(dim=(2, 3))
+        """Max-pooled over positions: a small shape anywhere counts as much as a large one."""
+        return self.trunk(images * 2 - 1).amax(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.features(images)
