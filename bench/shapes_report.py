@@ -220,7 +220,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--per-prompt", type=int, default=4)
     parser.add_argument("--held-out", type=int, default=32)
     parser.add_argument("--mix-inversion-guidance", type=float, default=1.0)
-    parser.add_argument("--mix-guidance", type=float, default=7.5)
+    parser.add_argument("--mix-guidance", type=float, default=1.0)
     parser.add_argument("--pool", type=int, default=32)
     parser.add_argument("--centroids", type=int, default=4)
     parser.add_argument(

@@ -374,14 +374,18 @@ def load_parts(out: Path) -> tuple[Any, Any, Any]:
 
 def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
     started = time.monotonic()
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     data = make_dataset(settings.images, settings.seed)
     print(f"world: {len(data.images)} training images, seed {settings.seed}")
 
+    # The classifier and the diffusion model draw from their own seeded streams, so training
+    # them in one run or in two gives the same weights.
     if "classifier" in stages:
+        torch.manual_seed(settings.seed)
+        generator = torch.Generator().manual_seed(settings.seed)
         save_classifier(out, train_classifier(data, settings, generator))
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     if "vae" in stages:
         tokenizer = build_tokenizer_for_world()
         text_encoder = build_text_encoder(tokenizer)
