@@ -3,7 +3,6 @@ pipeline with a DDIM sampler at 64 px, its weights are small float16 safetensors
 shapes classifier accepts most of its generations as the prompted colour (shapes: see the
 README; the shipped model does not draw them reliably yet)."""
 
-
 import pytest
 import torch
 
