@@ -5,7 +5,8 @@ Every test records the page's network requests and checks that none went to a ho
 than the API's, except the presigned storage URLs the API itself redirected to.
 
 Without Chromium or Playwright these tests skip with a message saying how to enable them;
-with LATENTMIX_BROWSER_TESTS=required (set by scripts/test, so CI) they fail instead.
+with LATENTMIX_BROWSER_TESTS=required (set by .ci/run) they fail instead. scripts/test
+installs Chromium when missing (scripts/install-chromium).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ TIMEOUT_MS = 60_000
 ENABLE = (
     "Studio browser tests need Chromium and Playwright: `apt-get install -y chromium` (Debian) "
     "or LATENTMIX_CHROMIUM=/path/to/chromium, and `pip install -e '.[dev]'` (playwright). "
-    "scripts/test installs Chromium and sets LATENTMIX_BROWSER_TESTS=required."
+    "scripts/test installs Chromium when it runs as root on Debian (scripts/install-chromium)."
 )
 
 
@@ -291,6 +292,7 @@ def test_the_page_is_labelled_and_fits_desktop_and_phone_widths(
     assert unlabelled == []
     shots = os.environ.get("LATENTMIX_SCREENSHOTS_DIR")
     if shots:
+        page.evaluate("() => window.scrollTo(0, 0)")
         page.screenshot(path=str(Path(shots) / "studio-1280x800.png"))
     phone = Studio(browser, service_url, PHONE)
     try:

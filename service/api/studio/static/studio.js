@@ -312,12 +312,7 @@ function meansChart(means) {
     }),
   );
   const values = means.map((mean) => round(mean, 2)).join(", ");
-  return element(
-    "span",
-    { class: "means-row" },
-    element("span", { class: "means", role: "img", "aria-label": `channel means ${values}` }, ...bars),
-    element("span", { class: "means-values", text: values }),
-  );
+  return element("span", { class: "means", role: "img", "aria-label": `channel means ${values}`, title: values }, ...bars);
 }
 
 function removeCard(card) {
@@ -397,9 +392,10 @@ function updateWeightControls() {
     slider.setAttribute("aria-valuetext", percent(weight));
     slider.nextElementSibling.textContent = percent(weight);
   });
-  const simplex = $("simplex");
-  simplex.hidden = state.selection.length !== 3;
-  if (!simplex.hidden) {
+  const simplex = $("simplex"); // an SVG element: no `hidden` property, the attribute works
+  const three = state.selection.length === 3;
+  simplex.toggleAttribute("hidden", !three);
+  if (three) {
     const [x, y] = simplexPoint(state.weights);
     $("simplex-point").setAttribute("cx", x);
     $("simplex-point").setAttribute("cy", y);
@@ -769,7 +765,6 @@ function setUpDropzone() {
     addFiles([...input.files]);
     input.value = "";
   });
-  zone.tabIndex = 0;
   zone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
