@@ -749,8 +749,9 @@ function updateJob(job) {
   entry.row.dataset.status = job.status;
   entry.status.textContent = job.status;
   entry.status.className = `badge ${job.status}`;
+  const succeeded = job.status === "succeeded"; // a job with nothing left to do counts none
   entry.progress.max = Math.max(total, 1);
-  entry.progress.value = done;
+  entry.progress.value = succeeded ? Math.max(total, 1) : done;
   entry.count.textContent = total ? `${done}/${total}` : "";
   entry.cancel.disabled = api.isTerminal(job.status);
   if (job.error && job.status === "failed") entry.status.title = job.error;
