@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from helpers import live_server, png_bytes
+from helpers import latent_file, live_server, png_bytes
 from pydantic import SecretStr
 
 pytestmark = pytest.mark.e2e
@@ -162,6 +162,7 @@ def test_dropped_images_become_cards_and_mix_at_half_half_into_an_image_of_the_r
     assert page.locator("#weights output").all_inner_texts() == ["50%", "50%"]
     with page.expect_request(lambda r: r.url.endswith("/mix") and r.method == "POST") as sent:
         page.get_by_role("button", name="Mix", exact=True).click()
+    assert page.locator("#morph-panel").is_hidden()  # this server has no POST /morph
     assert sent.value.post_data_json["weights"] == [0.5, 0.5]
     assert sent.value.post_data_json["method"] == "nin/chm"
     first = page.locator("#mix-results img.result-image[src]").first
@@ -262,6 +263,25 @@ def test_bad_files_and_bad_settings_show_the_api_detail_next_to_their_control(st
     page.locator("#mix-error").filter(has_text="steps").wait_for()
     assert "less than or equal" in page.locator("#mix-error").inner_text()
     assert studio.ready_cards(2).count() == 2  # the cards are still there
+
+    page.locator("#mix-steps").fill("")
+    page.route("**/mix", lambda route: route.abort("connectionrefused"))
+    page.get_by_role("button", name="Mix", exact=True).click()
+    page.locator("#mix-error").filter(has_text="could not be reached").wait_for()
+    assert studio.ready_cards(2).count() == 2
+
+
+def test_a_dropped_latent_file_becomes_a_card_with_its_channels_pictured(studio: Studio):
+    import numpy as np
+
+    latent = np.random.default_rng(5).standard_normal((4, 12, 12)).astype(np.float32)
+    studio.drop([("noise.safetensors", latent_file(latent), "application/octet-stream")])
+    card = studio.ready_cards(1).first
+    assert card.locator("canvas.thumb").evaluate("c => [c.width, c.height]") == [12, 12]
+    stats = card.locator(".stats").inner_text()
+    assert "uploaded" in stats
+    norm = float(stats.split("norm")[1].split()[0])
+    assert norm == pytest.approx(float(np.linalg.norm(latent)), rel=1e-3)
 
 
 def test_the_page_is_labelled_and_fits_desktop_and_phone_widths(

@@ -399,7 +399,7 @@ function updateWeightControls() {
     const [x, y] = simplexPoint(state.weights);
     $("simplex-point").setAttribute("cx", x);
     $("simplex-point").setAttribute("cy", y);
-    ["simplex-a", "simplex-b", "simplex-c"].forEach((id, index) => ($(id).textContent = `${nameOf(state.selection[index]).slice(0, 14)} ${percent(state.weights[index])}`));
+    ["simplex-a", "simplex-b", "simplex-c"].forEach((id, index) => ($(id).textContent = `${nameOf(state.selection[index]).slice(0, 18)} ${percent(state.weights[index])}`));
     simplex.setAttribute("aria-valuetext", state.weights.map(percent).join(", "));
   }
 }
