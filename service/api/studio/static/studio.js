@@ -402,6 +402,7 @@ function updateWeightControls() {
     ["simplex-a", "simplex-b", "simplex-c"].forEach((id, index) => ($(id).textContent = `${nameOf(state.selection[index]).slice(0, 18)} ${percent(state.weights[index])}`));
     simplex.setAttribute("aria-valuetext", state.weights.map(percent).join(", "));
   }
+  previewDiagnostics();
 }
 
 // The triangle picker: vertices A (top), B (bottom left), C (bottom right); a point is the
@@ -460,15 +461,53 @@ function generationFields() {
   return body;
 }
 
+/** With POST /mix's `dry_run` (when the server has it), the diagnostics of the mix the
+ * weights describe, shown as they change; nothing is queued. */
+const previewDiagnostics = debounce(async () => {
+  const box = $("mix-diagnostics");
+  const ready = state.selection.length >= 2 && state.selection.every((id) => state.cards.get(id)?.status === "ready");
+  if (!requestSchema("/mix")?.properties?.dry_run || !ready) {
+    box.replaceChildren();
+    return;
+  }
+  const body = { latents: [...state.selection], weights: [...state.weights], method: $("mix-method").value, dry_run: true };
+  try {
+    const answer = await api.postJson("mix", body);
+    const diagnostics = answer.rows?.[0]?.diagnostics;
+    box.replaceChildren(
+      element("span", { text: `This mix: ${diagnosticsLine(diagnostics)}` }),
+      ...(diagnostics?.warnings || []).map((text) => element("span", { class: "warning", text })),
+    );
+  } catch (error) {
+    box.replaceChildren(element("span", { class: "error", text: error.detail }));
+  }
+}, 250);
+
 const liveMix = debounce(() => {
   if ($("mix-live").checked && state.selection.length >= 2) mix();
 }, LIVE_MIX_DELAY_MS);
 
-/** Warnings of the API's mix diagnostics (issue 16), wherever the answer carries them. */
+/** One line of a mix's degeneracy figures (Landolsi & Kahl, Sec. 4.2), when the API gives
+ * them: the norm against the inputs' interpolated norm, the channel-mean amplification and
+ * the effective number of inputs. */
+function diagnosticsLine(diagnostics) {
+  if (!diagnostics) return "";
+  const parts = [];
+  if (diagnostics.norm !== undefined) parts.push(`‖z‖ ${round(diagnostics.norm)}`);
+  if (diagnostics.norm_ratio !== undefined) parts.push(`norm ratio ${round(diagnostics.norm_ratio)}`);
+  if (diagnostics.bias_amplification !== null && diagnostics.bias_amplification !== undefined) {
+    parts.push(`mean bias ×${round(diagnostics.bias_amplification)}`);
+  }
+  if (diagnostics.k_eff !== undefined) parts.push(`k_eff ${round(diagnostics.k_eff)}`);
+  return parts.join(" · ");
+}
+
+/** Warnings of the API's mix diagnostics, wherever the answer carries them. */
 function warningsOf(job) {
   const result = job?.result || {};
-  const lists = [job?.warnings, result.warnings, result.diagnostics?.warnings, ...(result.images || []).map((image) => image.warnings)];
-  const texts = lists.flat().filter(Boolean).map((warning) => (typeof warning === "string" ? warning : warning.message || warning.detail || JSON.stringify(warning)));
+  const images = result.images || [];
+  const lists = [job?.warnings, result.warnings, result.diagnostics?.warnings, ...images.map((image) => [image.warnings, image.diagnostics?.warnings])];
+  const texts = lists.flat(2).filter(Boolean).map((warning) => (typeof warning === "string" ? warning : warning.message || warning.detail || JSON.stringify(warning)));
   return [...new Set(texts)];
 }
 
@@ -488,8 +527,9 @@ async function mix() {
   const img = element("img", { class: "result-image", alt: `Mix of ${latents.map((id, i) => `${nameOf(id)} ${percent(weights[i])}`).join(", ")}` });
   const status = element("span", { class: `badge ${job.status}`, text: job.status });
   const warnings = element("ul", { class: "warnings", role: "status" });
+  const figures = element("p", { class: "diagnostics" });
   const caption = element("figcaption", {}, element("span", { class: "recipe", text: `${body.method} · ${latents.map((id, i) => `${nameOf(id)} ${percent(weights[i])}`).join(" · ")}` }), status);
-  const item = element("li", { class: "result", "data-job": job.id }, element("figure", {}, element("div", { class: "frame" }, img), caption), warnings);
+  const item = element("li", { class: "result", "data-job": job.id }, element("figure", {}, element("div", { class: "frame" }, img), caption), figures, warnings);
   $("mix-results").prepend(item);
   const showWarnings = (source) => warnings.replaceChildren(...warningsOf(source).map((text) => element("li", { text })));
   showWarnings(job);
@@ -501,6 +541,7 @@ async function mix() {
     status.className = `badge ${update.status}`;
     showWarnings(update);
     const image = update.result?.images?.[0];
+    figures.textContent = diagnosticsLine(image?.diagnostics);
     if (image && !loaded) {
       loaded = true;
       await imageInto(img, image.url || url).catch((error) => showError($("mix-error"), error));
@@ -601,15 +642,18 @@ function setUpMorph() {
   setUpPlayer();
 }
 
+const MORPH_FRAMES = 9; // `frames` has no default in the schema: a short morph to start with
+
 function morphControl(name, type, property) {
-  const fallback = property.default;
+  const fallback = property.default ?? (name === "frames" ? MORPH_FRAMES : undefined);
   if (type?.enum) {
     const options = type.enum.map((value) => element("option", { value, text: value, selected: value === fallback }));
     return element("select", { "data-kind": "string" }, ...(fallback === undefined ? [element("option", { value: "", text: "default" })] : []), ...options);
   }
   if (type?.type === "boolean") return element("input", { type: "checkbox", checked: fallback === true, "data-kind": "boolean" });
   if (type?.type === "integer" || type?.type === "number") {
-    return element("input", { type: "number", min: type.minimum ?? type.exclusiveMinimum, max: type.maximum, step: type.type === "integer" ? 1 : "any", placeholder: fallback ?? "default", "data-kind": type.type });
+    const value = name === "frames" ? fallback : undefined;
+    return element("input", { type: "number", value, min: type.minimum ?? type.exclusiveMinimum, max: type.maximum, step: type.type === "integer" ? 1 : "any", placeholder: fallback ?? "default", "data-kind": type.type });
   }
   if (type?.type === "string") return element("input", { type: "text", placeholder: fallback ?? "default", "data-kind": "string" });
   return null;
@@ -627,8 +671,20 @@ function morphBody() {
   return body;
 }
 
-/** Every URL in a job result that ends in an animation format, with a name for it. */
-function animationLinks(result) {
+const ANIMATION_PATH = "/jobs/{job_id}/animation.{fmt}";
+
+/** The animations of a finished job: GET /jobs/{id}/animation.{fmt} when the server has it,
+ * else every URL in the result that ends in an animation format. */
+function animationLinks(job) {
+  const route = state.schema?.paths?.[ANIMATION_PATH]?.get;
+  if (route) {
+    const fmt = route.parameters?.find((parameter) => parameter.name === "fmt")?.schema;
+    return (fmt?.enum || ["webp", "gif", "mp4"]).map((format) => [format, api.apiUrl(`jobs/${job.id}/animation.${format}`)]);
+  }
+  return urlsInResult(job.result);
+}
+
+function urlsInResult(result) {
   const links = [];
   const visit = (node, key) => {
     if (typeof node === "string" && /^https?:.*\.(webp|gif|mp4)(\?|$)/i.test(node)) links.push([key, node]);
@@ -667,8 +723,8 @@ async function morph() {
   if (!final) return;
   if (final.status === "failed") showError($("morph-error"), { detail: final.error || "the job failed" });
   $("morph-downloads").replaceChildren(
-    ...animationLinks(final.result).map(([name, url]) => {
-      const extension = url.split("?")[0].split(".").pop();
+    ...(final.status === "succeeded" ? animationLinks(final) : []).map(([name, url]) => {
+      const extension = url.split("?")[0].split(".").pop() || name;
       return element("button", { type: "button", text: `Download ${extension.toUpperCase()}`, onclick: async () => {
         try {
           saveBlob(await api.fetchBlob(url), `latentmix-morph-${shortId(job.id)}.${extension}`);
