@@ -162,7 +162,10 @@ def test_dropped_images_become_cards_and_mix_at_half_half_into_an_image_of_the_r
     assert page.locator("#weights output").all_inner_texts() == ["50%", "50%"]
     with page.expect_request(lambda r: r.url.endswith("/mix") and r.method == "POST") as sent:
         page.get_by_role("button", name="Mix", exact=True).click()
-    assert page.locator("#morph-panel").is_hidden()  # this server has no POST /morph
+    morph = page.evaluate(
+        "async () => '/morph' in (await (await fetch('/openapi.json')).json()).paths"
+    )
+    assert page.locator("#morph-panel").is_visible() == morph  # shown when the API has it
     assert sent.value.post_data_json["weights"] == [0.5, 0.5]
     assert sent.value.post_data_json["method"] == "nin/chm"
     first = page.locator("#mix-results img.result-image[src]").first
@@ -327,6 +330,33 @@ def test_the_page_is_labelled_and_fits_desktop_and_phone_widths(
         assert not phone.foreign_requests()
     finally:
         phone.close()
+
+
+def test_the_morph_panel_plays_the_frames_and_downloads_the_animation(studio: Studio):
+    """Runs where the server has POST /morph and the animation route (issue 15)."""
+    page = studio.page
+    paths = page.evaluate(
+        "async () => Object.keys((await (await fetch('/openapi.json')).json()).paths)"
+    )
+    if "/morph" not in paths or "/jobs/{job_id}/animation.{fmt}" not in paths:
+        pytest.skip("this build of the API has no POST /morph or animation route")
+    studio.drop_examples()
+    studio.select_all_ready(2)
+    assert page.locator("#morph-panel").is_visible()
+    assert page.locator("#morph-keyframes").inner_text() == "blue-square.png → red-circle.png"
+    page.get_by_label("Frames").fill("5")
+    with page.expect_request(lambda r: r.url.endswith("/morph") and r.method == "POST") as sent:
+        page.get_by_role("button", name="Morph", exact=True).click()
+    body = sent.value.post_data_json
+    assert body["frames"] == 5 and len(body["keyframes"]) == 2
+    page.locator("#morph-downloads button").first.wait_for()
+    assert page.locator("#morph-frame-number").inner_text().endswith("/ 5")
+    page.get_by_label("Frame", exact=True).focus()
+    page.keyboard.press("End")
+    assert page.locator("#morph-frame-number").inner_text() == "5 / 5"
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download GIF").click()
+    assert Path(download.value.path()).read_bytes()[:6] in (b"GIF87a", b"GIF89a")
 
 
 @pytest.fixture

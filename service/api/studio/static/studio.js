@@ -129,11 +129,16 @@ function setUpKeyForm() {
   if (api.apiKey.get()) input.placeholder = "key saved for this tab";
 }
 
+/** The paper's method names, without the short aliases (`fix` = `fix/0`). */
+function canonicalMethods(methods) {
+  return methods.filter((method) => method.includes("/") || ["lerp", "slerp"].includes(method));
+}
+
 function setUpMethods() {
   const select = $("mix-method");
   const current = select.value || DEFAULT_METHOD;
   const methods = requestSchema("/mix")?.properties?.method?.enum || FALLBACK_METHODS;
-  const canonical = methods.filter((method) => method.includes("/") || ["lerp", "slerp"].includes(method));
+  const canonical = canonicalMethods(methods);
   select.replaceChildren(...canonical.map((method) => element("option", { value: method, text: method })));
   select.value = canonical.includes(current) ? current : canonical[0];
 }
@@ -647,7 +652,8 @@ const MORPH_FRAMES = 9; // `frames` has no default in the schema: a short morph 
 function morphControl(name, type, property) {
   const fallback = property.default ?? (name === "frames" ? MORPH_FRAMES : undefined);
   if (type?.enum) {
-    const options = type.enum.map((value) => element("option", { value, text: value, selected: value === fallback }));
+    const values = name === "method" ? canonicalMethods(type.enum) : type.enum;
+    const options = values.map((value) => element("option", { value, text: value, selected: value === fallback }));
     return element("select", { "data-kind": "string" }, ...(fallback === undefined ? [element("option", { value: "", text: "default" })] : []), ...options);
   }
   if (type?.type === "boolean") return element("input", { type: "checkbox", checked: fallback === true, "data-kind": "boolean" });
@@ -848,7 +854,10 @@ function start() {
   setUpSimplex();
   setUpSample();
   $("select-all").addEventListener("click", () => {
-    for (const card of state.cards.values()) if (card.status !== "failed") toggleSelection(card.id, true);
+    for (const item of $("cards").children) {
+      const card = state.cards.get(item.dataset.latentId); // in the page's order
+      if (card && card.status !== "failed") toggleSelection(card.id, true);
+    }
   });
   $("select-none").addEventListener("click", () => [...state.selection].forEach((id) => toggleSelection(id, false)));
   $("centroid").addEventListener("click", () => {
