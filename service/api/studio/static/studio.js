@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const DEFAULT_METHOD = "nin/chm";
 const FALLBACK_METHODS = ["lerp", "slerp", "fix/0", "fix/m", "fix/chm", "nin/0", "nin/m", "nin/chm"];
 const LIVE_MIX_DELAY_MS = 400;
+const RECONNECT_MS = 5000;
 
 const state = {
   schema: null, // /openapi.json, for what this server offers (methods, /morph, form fields)
@@ -91,6 +92,7 @@ async function connect() {
     state.model = models.find((model) => model.default) || models[0] || null;
   } catch (error) {
     info.textContent = error.status === 401 ? "This server needs an API key." : `Not connected: ${error.detail}`;
+    if (error.status === 0 || error.status >= 500) setTimeout(connect, RECONNECT_MS); // it may come up
     return false;
   }
   const card = state.model?.card;
@@ -865,6 +867,7 @@ function start() {
     liveMix();
   });
   $("mix-button").addEventListener("click", mix);
+  $("mix-method").addEventListener("change", () => previewDiagnostics());
   renderWeights();
   updateSelectionInfo();
   connect();
