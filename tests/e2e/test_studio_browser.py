@@ -134,6 +134,16 @@ def studio(browser, service_url: str) -> Iterator[Studio]:
     studio.close()
 
 
+def queues_a_mix(request) -> bool:
+    """A POST /mix that queues a job (not a dry run: the page previews diagnostics with
+    those where the API has them)."""
+    return (
+        request.url.endswith("/mix")
+        and request.method == "POST"
+        and not request.post_data_json.get("dry_run")
+    )
+
+
 def natural_width(image) -> int:
     return image.evaluate("img => img.naturalWidth")
 
@@ -160,7 +170,7 @@ def test_dropped_images_become_cards_and_mix_at_half_half_into_an_image_of_the_r
     studio.select_all_ready(2)
     assert page.locator("#mix-method").input_value() == "nin/chm"
     assert page.locator("#weights output").all_inner_texts() == ["50%", "50%"]
-    with page.expect_request(lambda r: r.url.endswith("/mix") and r.method == "POST") as sent:
+    with page.expect_request(queues_a_mix) as sent:
         page.get_by_role("button", name="Mix", exact=True).click()
     morph = page.evaluate(
         "async () => '/morph' in (await (await fetch('/openapi.json')).json()).paths"
@@ -183,7 +193,7 @@ def test_moving_a_slider_renormalises_the_weights_and_mixes_a_second_image(studi
     page.get_by_role("button", name="Mix", exact=True).click()
     page.locator("#mix-results img.result-image[src]").first.wait_for()
 
-    with page.expect_request(lambda r: r.url.endswith("/mix") and r.method == "POST") as sent:
+    with page.expect_request(queues_a_mix) as sent:
         slider = page.locator("#weight-0")
         slider.focus()
         for _ in range(20):  # 0.50 -> 0.70 in steps of 0.01
@@ -205,9 +215,7 @@ def test_a_canceled_job_is_marked_canceled_and_the_page_keeps_its_results(
     studio.select_all_ready(2)
     page.locator("#mix-steps").fill("400")  # long enough to still be running when canceled
     page.locator("#sample-count").fill("24")
-    with page.expect_response(
-        lambda r: r.url.endswith("/mix") and r.request.method == "POST"
-    ) as answer:
+    with page.expect_response(lambda response: queues_a_mix(response.request)) as answer:
         page.get_by_role("button", name="Sample", exact=True).click()
     job_id = answer.value.json()["id"]
     row = page.locator(f'#jobs tr[data-job="{job_id}"]')
@@ -357,6 +365,28 @@ def test_the_morph_panel_plays_the_frames_and_downloads_the_animation(studio: St
     with page.expect_download() as download:
         page.get_by_role("button", name="Download GIF").click()
     assert Path(download.value.path()).read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+
+
+def test_mix_diagnostics_and_warnings_show_by_the_weights_and_the_result(studio: Studio):
+    """Runs where POST /mix has dry_run and results carry diagnostics (issue 16): lerp of two
+    inputs shrinks the norm (Eq. 1), which the API warns about."""
+    page = studio.page
+    fields = page.evaluate(
+        "async () => Object.keys((await (await fetch('/openapi.json')).json())"
+        ".components.schemas.MixCreate.properties)"
+    )
+    if "dry_run" not in fields:
+        pytest.skip("this build of the API has no mix diagnostics (POST /mix dry_run)")
+    studio.drop_examples()
+    studio.select_all_ready(2)
+    preview = page.locator("#mix-diagnostics")
+    preview.filter(has_text="norm ratio").wait_for()
+    page.locator("#mix-method").select_option("lerp")
+    preview.locator(".warning").filter(has_text="norm").wait_for()
+    page.get_by_role("button", name="Mix", exact=True).click()
+    result = page.locator("#mix-results .result").first
+    result.locator(".diagnostics").filter(has_text="k_eff").wait_for()
+    result.locator(".warnings li").filter(has_text="interpolated norm").wait_for()
 
 
 @pytest.fixture
