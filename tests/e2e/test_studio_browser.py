@@ -389,6 +389,26 @@ def test_mix_diagnostics_and_warnings_show_by_the_weights_and_the_result(studio:
     result.locator(".warnings li").filter(has_text="interpolated norm").wait_for()
 
 
+def test_a_picked_inversion_method_shows_on_the_card_with_its_reconstruction_error(
+    studio: Studio,
+):
+    """Runs where POST /latents takes an `inversion` method (issue 13)."""
+    page = studio.page
+    fields = page.evaluate(
+        "async () => Object.keys((await (await fetch('/openapi.json')).json())"
+        ".components.schemas.Body_create_latents.properties)"
+    )
+    if "inversion" not in fields:
+        pytest.skip("this build of the API has no inversion methods on POST /latents")
+    page.get_by_text("Inversion options").click()
+    page.get_by_label("Inversion method").select_option("edict")
+    studio.drop([("seeded-edict.png", png_bytes(11), "image/png")])
+    stats = studio.ready_cards(1).first.locator(".stats")
+    stats.filter(has_text="latent rmse").wait_for()
+    text = stats.inner_text()
+    assert "edict" in text and "pixel psnr" in text
+
+
 @pytest.fixture
 def keyed_api_url(service_stack) -> Iterator[str]:
     """A second API process of the session's service (same Redis, bucket and worker) that

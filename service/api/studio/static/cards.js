@@ -134,6 +134,16 @@ function reconstructionErrors(record) {
   return found;
 }
 
+/** `pixel_psnr_db` -> "pixel psnr", with the unit on the value ("70.8 dB"). */
+function figureName(name) {
+  return name.replace(/_db$/, "").replaceAll("_", " ");
+}
+
+function figureValue(name, value) {
+  if (value === null || value === undefined) return name.endsWith("_db") ? "∞ (identical)" : "–";
+  return name.endsWith("_db") ? `${round(value)} dB` : round(value);
+}
+
 function renderStats(card) {
   const record = card.record;
   const rows = [];
@@ -146,8 +156,8 @@ function renderStats(card) {
     rows.push(["norm", `${round(record.norm, 4)} (√d = ${round(Math.sqrt(dims), 4)})`]);
   }
   for (const [key, value] of reconstructionErrors(record)) {
-    const text = typeof value === "number" ? round(value) : Object.entries(value).map(([name, number]) => `${name} ${round(number)}`).join(", ");
-    rows.push([key.replaceAll("_", " "), text]);
+    const figures = typeof value === "number" ? [[key, value]] : Object.entries(value || {});
+    rows.push(...figures.map(([name, number]) => [figureName(name), figureValue(name, number)]));
   }
   const children = rows.flatMap(([term, value]) => [element("dt", { text: term }), element("dd", { text: String(value) })]);
   if (record.channel_means?.length) {
