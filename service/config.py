@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
     # Decoded latents a worker keeps in memory (those it inverted, mixed or read), MiB; 0: none.
     worker_latent_memory_mb: int = Field(default=256, ge=0)
+    # Keyframes' attention keys and values a worker keeps for attention-interpolated morphs
+    # and mixes (worker/engine/attention/), MiB; a keyframe larger than this is recomputed.
+    worker_attention_cache_mb: int = Field(default=1024, ge=0)
 
     # Jobs.
     job_timeout_s: int = 3600
@@ -62,6 +65,8 @@ class Settings(BaseSettings):
     max_mixes_per_request: int = Field(default=1000, ge=1)
     # Input latents of one mix request (the pool a `subset` sample draws from, or K).
     max_latents_per_mix: int = Field(default=4096, ge=2)
+    # Frames of one POST /morph, keyframes included.
+    max_morph_frames: int = Field(default=240, ge=2)
     webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
     # Networks webhooks may not reach (checked on every address a URL's host resolves to):
     # by default link-local, which holds the cloud metadata endpoints. "" allows all.

@@ -15,7 +15,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latentmix.service.ids import image_id, mixed_latent_id
+from latentmix.service.ids import image_id, mixed_latent_id, morph_frame_image_id
+from latentmix.service.morph_plan import (
+    DEFAULT_ATTENTION_STEPS,
+    DEFAULT_BETA,
+    PlannedFrame,
+    plan_frames,
+)
 
 # Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
 DEFAULT_STEPS = 50
@@ -209,6 +215,149 @@ def shared_value(values):
     return distinct.pop() if len(distinct) == 1 else None
 
 
+# --- morph ------------------------------------------------------------------------------
+
+
+class MorphProvenance(Contract):
+    """How one morph frame was made. `inputs`, `weights`, `method` and `prompt` read as a
+    mix's provenance (the frame's latent is that mix); `prompt` is None where the frame's
+    text condition interpolates the keyframes' prompt embeddings with `weights`."""
+
+    inputs: list[str]  # the keyframes
+    weights: list[float]
+    method: str
+    prompt: str | None
+    segment: int
+    coefficient: float
+    keyframe: int | None  # the keyframe this frame is (coefficient 0 or 1)
+    attention: str
+    attention_steps: float
+    spacing: str
+    steps: int
+    guidance_scale: float
+    seed: int | None
+
+
+class MorphFrame(Contract):
+    """One frame of a morph: its image id, its mixed latent's id, its provenance."""
+
+    id: str
+    latent: str
+    provenance: MorphProvenance
+
+
+class MorphRequest(Contract):
+    """A morph job, resolved by the API (shared/morph.md; planner: service/morph_plan.py)."""
+
+    keyframes: list[str] = Field(min_length=2)
+    prompts: list[str]  # one per keyframe
+    guide_prompt: str | None = None  # PAID: the text condition of every inner frame
+    frames: int = Field(ge=2)
+    path: str = "chain"
+    spacing: str = "linear"
+    alpha: float = DEFAULT_BETA[0]
+    beta: float = DEFAULT_BETA[1]
+    method: str
+    attention: str = "none"
+    attention_steps: float = Field(default=DEFAULT_ATTENTION_STEPS, ge=0.0, le=1.0)
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE)
+    seed: int | None = None
+    producers: dict[str, str] = Field(default_factory=dict)  # pending keyframe -> its job
+
+    @model_validator(mode="after")
+    def _one_prompt_per_keyframe(self) -> "MorphRequest":
+        if len(self.prompts) != len(self.keyframes):
+            raise ValueError(
+                f"{len(self.prompts)} prompts for {len(self.keyframes)} keyframes; "
+                "give one prompt per keyframe"
+            )
+        return self
+
+    def plan(self, coefficients: list[list[float]] | None = None) -> list[PlannedFrame]:
+        """The frames in path order; `coefficients` per segment override the spacing."""
+        return plan_frames(
+            len(self.keyframes),
+            self.frames,
+            path=self.path,
+            spacing=self.spacing,
+            alpha=self.alpha,
+            beta=self.beta,
+            coefficients=coefficients,
+        )
+
+    def frame_prompt(self, frame: PlannedFrame) -> str | None:
+        """The one prompt a frame is conditioned on, or None when it interpolates the
+        keyframes' prompt embeddings."""
+        if frame.keyframe is not None:
+            return self.prompts[frame.keyframe]
+        if self.guide_prompt is not None:
+            return self.guide_prompt
+        return shared_value([self.prompts[frame.start], self.prompts[frame.end]])
+
+    def frame(self, frame: PlannedFrame) -> MorphFrame:
+        """A planned frame as the result shows it, with its ids. A frame made as a /mix
+        would make it (one prompt, plain attention) has the /mix image's id: the same image."""
+        weights = frame.weights(len(self.keyframes))
+        latent = mixed_latent_id(self.keyframes, weights, self.method)
+        prompt = self.frame_prompt(frame)
+        attention = "none" if frame.keyframe is not None else self.attention
+        if prompt is not None and attention == "none":
+            image = image_id(latent, prompt, self.steps, self.guidance_scale)
+        else:
+            image = morph_frame_image_id(
+                latent,
+                prompts=self.prompts,
+                weights=weights,
+                guide_prompt=self.guide_prompt,
+                attention=attention,
+                attention_steps=self.attention_steps,
+                steps=self.steps,
+                guidance_scale=self.guidance_scale,
+            )
+        provenance = MorphProvenance(
+            inputs=self.keyframes,
+            weights=weights,
+            method=self.method,
+            prompt=prompt,
+            segment=frame.segment,
+            coefficient=frame.coefficient,
+            keyframe=frame.keyframe,
+            attention=attention,
+            attention_steps=self.attention_steps,
+            spacing=self.spacing,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+        )
+        return MorphFrame(id=image, latent=latent, provenance=provenance)
+
+
+class MorphMetrics(Contract):
+    """AID's sequence metrics over consecutive frames, with the distance they used."""
+
+    distance: str  # e.g. "lpips" or the fallback's name
+    distances: list[float]  # between consecutive frames, in path order
+    smoothness: float  # 1 - Gini coefficient of `distances` (higher is smoother)
+    consistency: float  # mean of `distances` (lower is more consistent)
+
+
+class MorphResult(Contract):
+    latents: list[str]
+    images: list[MorphFrame]  # the frames, in path order ("images" like a mix's result)
+    keyframes: list[str]
+    path: str
+    spacing: str
+    coefficients: list[list[float]]  # per segment, both keyframes included
+    passes: int  # generation passes: 2 for perceptual spacing (uniform, then re-spaced)
+    method: str
+    attention: str
+    steps: int
+    guidance_scale: float
+    seed: int | None
+    metrics: MorphMetrics
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -225,3 +374,5 @@ INVERT = JobType(
 )
 MIX = JobType("mix", "latentmix.worker.tasks.mix.mix_latents", MixRequest, MixResult)
 JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX)}
+MORPH = JobType("morph", "latentmix.worker.tasks.morph.morph_keyframes", MorphRequest, MorphResult)
+JOB_TYPES[MORPH.task] = MORPH

@@ -35,3 +35,9 @@ def image_id(latent_id: str, prompt: str, steps: int, guidance_scale: float) -> 
     return _content_id(
         "render", latent=latent_id, prompt=prompt, steps=steps, guidance_scale=guidance_scale
     )
+
+
+def morph_frame_image_id(latent_id: str, **settings: Any) -> str:
+    """A morph frame that interpolates prompts or attention: its latent and everything its
+    rendering reads (the keyframes' prompts, its weights, guide prompt, attention mode)."""
+    return _content_id("morph-frame", latent=latent_id, **settings)

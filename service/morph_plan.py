@@ -28,6 +28,8 @@ SPACINGS = ("linear", "beta", "perceptual")
 ATTENTION_MODES = ("none", "inner", "outer", "fused")
 DEFAULT_BETA = (6.0, 3.0)  # AID's demo defaults for (alpha, beta)
 DEFAULT_ATTENTION_STEPS = 0.5  # AID's warmup_ratio: the first half of the steps
+# Model families whose attention layers worker/engine/attention/ interpolates.
+ATTENTION_FAMILIES = ("stable-diffusion",)
 
 
 @dataclass(frozen=True)

@@ -218,3 +218,4 @@ class LimitsPublic(BaseModel):
     max_steps: int = Field(description="inversion or generation steps")
     max_guidance: float = Field(description="guidance_scale")
     max_wait_s: float = Field(description="longest hold of GET /jobs/{id}?wait=S")
+    max_morph_frames: int = Field(description="frames of one POST /morph, keyframes included")
