@@ -355,6 +355,10 @@ class MorphResult(Contract):
     steps: int
     guidance_scale: float
     seed: int | None
+    # The keys and values a keyframe's reference pass keeps (the worker's attention cache
+    # holds them, bounded by LATENTMIX_WORKER_ATTENTION_CACHE_MB); None without attention
+    # (or when every frame was rendered before).
+    attention_mb_per_keyframe: float | None = None
     metrics: MorphMetrics
 
 

@@ -41,6 +41,7 @@ def test_a_beta_morph_of_two_inverted_images_streams_its_frames_and_animates(lm,
     metrics = done.result["metrics"]
     assert metrics["distance"] == "rgb-rmse" and len(metrics["distances"]) == 8
     assert 0.0 <= metrics["smoothness"] <= 1.0
+    assert done.result["attention_mb_per_keyframe"] is None
 
     webp = Image.open(io.BytesIO(lm.animation(done, "webp", fps=6)))
     assert (webp.n_frames, webp.size) == (9, (64, 64))
@@ -71,6 +72,7 @@ def test_an_attention_morph_with_prompt_interpolation_and_a_loop(lm):
     ] * 2
     assert frames[1]["provenance"]["prompt"] is None  # interpolated text embeddings
     assert frames[3]["provenance"]["prompt"] == "a dog"
+    assert done.result["attention_mb_per_keyframe"] > 0
 
 
 def test_perceptual_spacing_runs_a_second_pass_and_says_so(lm):

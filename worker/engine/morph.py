@@ -4,13 +4,14 @@ exactly as /mix generates (`diffusion.generate`), so they are the same images.""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from latentmix.worker.engine.attention import (
+    KeyframeAttention,
     KeyframeAttentionCache,
     keyframe_attention,
     sample_with_attention,
@@ -82,9 +83,11 @@ def render_frames(
     attention_steps: float = 0.5,
     cache: KeyframeAttentionCache | None = None,
     progress: ProgressFn | None = None,
+    on_references: Callable[[list[KeyframeAttention]], None] | None = None,
 ) -> list[Image.Image]:
     """Images of mixed `latents`. With an attention mode, row i interpolates its attention
-    with the keyframes' by `row_weights[i]` (None: a keyframe, its own attention)."""
+    with the keyframes' by `row_weights[i]` (None: a keyframe, its own attention);
+    `on_references` sees the keyframes' attention (e.g. to report its size)."""
     if attention == "none" or all(w is None for w in row_weights):
         return generate(
             model,
@@ -107,6 +110,8 @@ def render_frames(
         timesteps=timesteps,
         cache=cache if cache is not None else KeyframeAttentionCache(0),
     )
+    if on_references is not None:
+        on_references(references)
     x0 = sample_with_attention(
         model,
         latents,

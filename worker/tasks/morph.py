@@ -76,6 +76,9 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
         steps=request.steps,
         guidance_scale=request.guidance_scale,
         seed=request.seed,
+        attention_mb_per_keyframe=(
+            max(renderer.reference_bytes) / 2**20 if renderer.reference_bytes else None
+        ),
         metrics=MorphMetrics(
             distance=DISTANCE_NAME,
             distances=distances,
@@ -95,6 +98,7 @@ class _Renderer:
             prompts=request.prompts,
             keys=list(zip(request.keyframes, request.prompts, strict=True)),
         )
+        self.reference_bytes: list[int] = []  # each keyframe's cached attention, once known
 
     def prepare(self, planned: Sequence[PlannedFrame]) -> tuple[torch.Tensor, Conditioning]:
         """The frames' mixed latents (the /mix code path) and their text conditions."""
@@ -129,7 +133,11 @@ class _Renderer:
             attention_steps=request.attention_steps,
             cache=attention_cache(self.ctx.settings.worker_attention_cache_mb),
             progress=progress,
+            on_references=self._note_sizes,
         )
+
+    def _note_sizes(self, references) -> None:
+        self.reference_bytes = [reference.nbytes for reference in references]
 
     def render_and_publish(
         self, job: Job, planned: list[PlannedFrame], frames: list[MorphFrame]
