@@ -167,10 +167,14 @@ class LatentMixClient:
         prompt: str | None = None,
         guidance_scale: float | None = None,
         steps: int | None = None,
+        attention: str | None = None,
     ) -> Job:
         """Queue a mix job: one image for a weight list, one per row for a list of rows,
-        the uniform centroid for None. Latents still being inverted are waited for."""
+        the uniform centroid for None. Latents still being inverted are waited for.
+        `attention` (inner, outer, fused) also interpolates attention with the inputs'."""
         body: dict[str, Any] = {"latents": [_id(latent) for latent in latents], "method": method}
+        if attention is not None:
+            body["attention"] = attention
         if weights is not None:
             body["weights"] = [list(row) if _is_row(row) else row for row in weights]
         return self._submit_mix(body, prompt, guidance_scale, steps)

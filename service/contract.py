@@ -117,6 +117,10 @@ class MixRequest(Contract):
     seed: int | None = None
     rows: list[MixRow] = Field(min_length=1)
     producers: dict[str, str] = Field(default_factory=dict)  # pending input -> its job
+    # N-way attention interpolation with the inputs (worker/engine/attention/): "none" or
+    # inner/outer/fused, during the first `attention_steps` fraction of the steps.
+    attention: str = "none"
+    attention_steps: float = Field(default=DEFAULT_ATTENTION_STEPS, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "MixRequest":
@@ -132,6 +136,10 @@ class MixRequest(Contract):
     def weights(self) -> list[list[float]]:
         return [row.weights for row in self.rows]
 
+    def interpolates(self, index: int) -> bool:
+        """Row `index` interpolates attention: a mode is set and it mixes 2+ inputs."""
+        return self.attention != "none" and sum(1 for w in self.rows[index].weights if w) > 1
+
     def image(self, index: int) -> "MixImage":
         """Row `index` as the result shows it."""
         row = self.rows[index]
@@ -143,6 +151,7 @@ class MixRequest(Contract):
             steps=self.steps,
             guidance_scale=self.guidance_scale,
             weights=row.weights,
+            attention=self.attention if self.interpolates(index) else None,
         )
         return MixImage(id=row.image, latent=row.latent, provenance=provenance)
 
@@ -157,15 +166,20 @@ def plan_mix(
     guidance_scale: float,
     seed: int | None = None,
     producers: dict[str, str] | None = None,
+    attention: str = "none",
+    attention_steps: float = DEFAULT_ATTENTION_STEPS,
 ) -> MixRequest:
     """The mix job for validated weight `rows`: each normalised once (so [1, 1] and
-    [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids."""
+    [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids.
+    A row that is one input alone renders plainly, whatever `attention` says."""
     planned = []
     for row in rows:
         total = sum(row)
         weights = [w / total for w in row]
         latent = mixed_latent_id(latents, weights, method)
-        image = image_id(latent, prompt, steps, guidance_scale)
+        interpolates = attention != "none" and sum(1 for w in weights if w) > 1
+        extra = {"attention": attention, "attention_steps": attention_steps} if interpolates else {}
+        image = image_id(latent, prompt, steps, guidance_scale, **extra)
         planned.append(MixRow(weights=weights, latent=latent, image=image))
     return MixRequest(
         latents=latents,
@@ -176,6 +190,8 @@ def plan_mix(
         seed=seed,
         rows=planned,
         producers=producers or {},
+        attention=attention,
+        attention_steps=attention_steps,
     )
 
 
@@ -189,6 +205,7 @@ class Provenance(Contract):
     steps: int
     guidance_scale: float
     weights: list[float]
+    attention: str | None = None  # the attention interpolation, where the image has one
 
 
 class MixImage(Contract):

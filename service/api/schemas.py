@@ -194,6 +194,15 @@ class MixCreate(RequestBody):
     )
     sample: SampleSpec | None = Field(default=None, description="seeded weights; not with weights")
     webhook: WebhookUrl | None = None
+    attention: str = Field(
+        default="none",
+        description="N-way attention interpolation with the inputs (AID's rules): none, inner, "
+        "outer, fused; each input's own generation runs once per worker (cached)",
+        json_schema_extra={"enum": ["none", "inner", "outer", "fused"]},
+    )
+    attention_steps: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="fraction of the steps that interpolate"
+    )
 
     @model_validator(mode="after")
     def _weights_or_sample(self) -> "MixCreate":

@@ -17,8 +17,7 @@ from latentmix.service.jobs import append_partial_result
 from latentmix.service.latents import image_key
 from latentmix.service.morph_plan import PlannedFrame, respace_by_distance
 from latentmix.service.storage import STORAGE_IO, in_parallel
-from latentmix.worker.engine.attention import KeyframeAttentionCache
-from latentmix.worker.engine.attention.keyframes import select_rows
+from latentmix.worker.engine.attention.keyframes import select_rows, worker_cache
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.frame_distance import DISTANCE_NAME, consecutive_distances
 from latentmix.worker.engine.mixing import mix
@@ -38,12 +37,6 @@ from latentmix.worker.tasks.reporting import (
     progress_reporter,
     task,
 )
-
-
-@functools.cache
-def attention_cache(capacity_mb: int) -> KeyframeAttentionCache:
-    """The worker's cache of keyframes' attention (one per process)."""
-    return KeyframeAttentionCache(capacity_mb * 2**20)
 
 
 @task(MorphRequest)
@@ -131,7 +124,7 @@ class _Renderer:
             row_weights=[None if p.keyframe is not None else p.weights(k) for p in planned],
             keyframes=self.keyframes,
             attention_steps=request.attention_steps,
-            cache=attention_cache(self.ctx.settings.worker_attention_cache_mb),
+            cache=worker_cache(self.ctx.settings.worker_attention_cache_mb),
             progress=progress,
             on_references=self._note_sizes,
         )

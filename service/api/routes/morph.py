@@ -15,8 +15,8 @@ from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import DEFAULT_STEPS, MORPH, MorphRequest, shared_value
 from latentmix.service.jobs import enqueue, fetch_job, view_job
 from latentmix.service.mix_methods import canonical_method, check_weights
-from latentmix.service.model_cards import model_card
-from latentmix.service.morph_plan import ATTENTION_FAMILIES, check_morph
+from latentmix.service.model_cards import check_attention
+from latentmix.service.morph_plan import check_morph
 
 router = APIRouter(tags=["morph"])
 
@@ -50,7 +50,10 @@ def create_morph(
         raise problem(422, str(exc)) from None
     inputs = _inputs(catalog, redis, body.keyframes)
     model = inputs.model or settings.model
-    _check_attention_family(redis, model, body.attention)
+    try:
+        check_attention(redis, model, body.attention)
+    except ValueError as exc:
+        raise problem(422, str(exc)) from None
     morph = MorphRequest(
         keyframes=body.keyframes,
         prompts=_prompts(body.prompts, inputs.prompts),
@@ -113,15 +116,3 @@ def _prompts(asked: str | list[str] | None, inverted: list[str | None]) -> list[
             422, f"{len(asked)} prompts for {len(inverted)} keyframes; give one per keyframe"
         )
     return asked
-
-
-def _check_attention_family(redis, model: str, attention: str) -> None:
-    """Attention interpolation needs a family whose attention layers it knows; a model no
-    worker has described yet is checked by its worker."""
-    card = model_card(redis, model)
-    if attention != "none" and card is not None and card.family not in ATTENTION_FAMILIES:
-        raise problem(
-            422,
-            f"attention {attention!r} is not supported for model {model!r} (family "
-            f"{card.family!r}); families that support it: {', '.join(ATTENTION_FAMILIES)}",
-        )

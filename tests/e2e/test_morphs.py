@@ -122,3 +122,17 @@ def test_the_morph_command_writes_an_animation(service_url, tmp_path):
         assert len(list(video.decode(video=0))) == 7
     assert len(list((tmp_path / "frames").glob("*.png"))) == 7
     assert "smoothness" in finished.stdout
+
+
+def test_a_mix_interpolates_attention_n_way_with_its_inputs(lm):
+    latents = lm.invert([png_bytes(s) for s in (32, 33, 34)], prompt="a fox", **FAST_INVERSION)
+    rows = [[1, 1, 1], [0, 1, 0]]
+    plain = lm.wait(lm.mix(latents, rows, **FAST))
+    fused = lm.wait(lm.mix(latents, rows, attention="fused", **FAST))
+    centroid, single = fused.images
+    assert fused.result["images"][0]["provenance"]["attention"] == "fused"
+    assert centroid.id != plain.images[0].id
+    assert lm.image_bytes(centroid) != lm.image_bytes(plain.images[0])
+    # One input alone is its own generation: the plain image.
+    assert single.id == plain.images[1].id
+    assert fused.result["images"][1]["provenance"]["attention"] is None

@@ -91,6 +91,13 @@ def test_attention_on_a_family_without_support_is_refused_naming_the_families(cl
         "support it: stable-diffusion",
     )
     assert client.post("/morph", json=body | {"attention": "none"}).status_code == 202
+    mix = {"latents": ids, "attention": "inner"}
+    assert_problem(client.post("/mix", json=mix), 422, "support it: stable-diffusion")
+
+
+def test_a_mix_with_an_unknown_attention_mode_is_refused(client, keyframes):
+    body = {"latents": keyframes, "attention": "sideways"}
+    assert_problem(client.post("/mix", json=body), 422, "unknown attention 'sideways'")
 
 
 def test_unknown_keyframes_are_404(client, keyframes):
