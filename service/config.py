@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     # Decoded latents a worker keeps in memory (those it inverted, mixed or read), MiB; 0: none.
     worker_latent_memory_mb: int = Field(default=256, ge=0)
     # Keyframes' attention keys and values a worker keeps for attention-interpolated morphs
-    # and mixes (worker/engine/attention/), MiB; a keyframe larger than this is recomputed.
-    worker_attention_cache_mb: int = Field(default=1024, ge=0)
+    # and mixes (worker/engine/attention/), MiB (SD 1.5, 512 px, 50 steps: ~1.1 GB per
+    # keyframe, fp16); a keyframe larger than this is recomputed by each morph.
+    worker_attention_cache_mb: int = Field(default=4096, ge=0)
 
     # Jobs.
     job_timeout_s: int = 3600

@@ -93,10 +93,13 @@ class JobPublic(BaseModel):
     error: str | None
     result: dict[str, Any] | None = Field(
         description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
-        "prompt, steps, guidance_scale}"
+        "prompt, steps, guidance_scale}; morph: {latents, images (the frames, with "
+        "provenance), keyframes, path, spacing, coefficients, passes, method, attention, "
+        "metrics: {distance, distances, smoothness, consistency}, attention_mb_per_keyframe}"
     )
     planned: list[PlannedImage] | None = Field(
-        default=None, description="POST /mix: the images the job will produce, in order"
+        default=None,
+        description="POST /mix and POST /morph: the images the job will produce, in order",
     )
 
 
