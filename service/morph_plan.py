@@ -27,6 +27,7 @@ PATHS = ("chain", "loop")
 SPACINGS = ("linear", "beta", "perceptual")
 ATTENTION_MODES = ("none", "inner", "outer", "fused")
 DEFAULT_BETA = (6.0, 3.0)  # AID's demo defaults for (alpha, beta)
+MAX_BETA_PARAMETER = 1e4  # Beta(1e4, 1e4) already puts every frame within 1% of the middle
 DEFAULT_ATTENTION_STEPS = 0.5  # AID's warmup_ratio: the first half of the steps
 # Model families whose attention layers worker/engine/attention/ interpolates.
 ATTENTION_FAMILIES = ("stable-diffusion",)
@@ -88,8 +89,13 @@ def check_morph(
     _check_choice("path", path, PATHS)
     _check_choice("spacing", spacing, SPACINGS)
     _check_choice("attention", attention, ATTENTION_MODES)
-    if spacing == "beta" and not (alpha > 0 and beta > 0):
-        raise ValueError(f"Beta parameters must be > 0, got alpha={alpha}, beta={beta}")
+    if spacing == "beta" and not (
+        0 < alpha <= MAX_BETA_PARAMETER and 0 < beta <= MAX_BETA_PARAMETER
+    ):
+        raise ValueError(
+            f"Beta parameters must be > 0 (and at most {MAX_BETA_PARAMETER:g}), "
+            f"got alpha={alpha}, beta={beta}"
+        )
     if not 0.0 <= attention_steps <= 1.0:
         raise ValueError(f"attention_steps is a fraction in [0, 1], got {attention_steps}")
 

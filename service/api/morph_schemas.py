@@ -11,6 +11,7 @@ from latentmix.service.morph_plan import (
     ATTENTION_MODES,
     DEFAULT_ATTENTION_STEPS,
     DEFAULT_BETA,
+    MAX_BETA_PARAMETER,
     PATHS,
     SPACINGS,
 )
@@ -20,11 +21,13 @@ Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 
 class MorphCreate(RequestBody):
     keyframes: list[LatentId] = Field(
-        description="2 or more keyframe latent ids (ready or still being inverted), in order"
+        min_length=2,
+        description="2 or more keyframe latent ids (ready or still being inverted), in order",
     )
     frames: int = Field(
-        description="total frames, keyframes included; at most the server's max_morph_frames "
-        "(GET /limits, LATENTMIX_MAX_MORPH_FRAMES)"
+        ge=2,
+        description="total frames, keyframes included (at least one per keyframe); at most "
+        "the server's max_morph_frames (GET /limits, LATENTMIX_MAX_MORPH_FRAMES)",
     )
     path: str = Field(
         default="chain",
@@ -38,8 +41,12 @@ class MorphCreate(RequestBody):
         "generation pass)",
         json_schema_extra={"enum": list(SPACINGS)},
     )
-    alpha: float = Field(default=DEFAULT_BETA[0], description="Beta spacing: alpha > 0")
-    beta: float = Field(default=DEFAULT_BETA[1], description="Beta spacing: beta > 0")
+    alpha: float = Field(
+        default=DEFAULT_BETA[0], gt=0, le=MAX_BETA_PARAMETER, description="Beta spacing: alpha"
+    )
+    beta: float = Field(
+        default=DEFAULT_BETA[1], gt=0, le=MAX_BETA_PARAMETER, description="Beta spacing: beta"
+    )
     method: str = Field(
         default=DEFAULT_METHOD,
         description="latent mixing method (as POST /mix)",

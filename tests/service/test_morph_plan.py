@@ -16,7 +16,10 @@ from latentmix.service.morph_plan import (
 )
 
 
-@pytest.mark.parametrize(("a", "b"), [(6.0, 3.0), (20.0, 20.0), (0.5, 0.5), (1.0, 1.0), (2.5, 0.7)])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(6.0, 3.0), (20.0, 20.0), (0.5, 0.5), (1.0, 1.0), (2.5, 0.7), (0.05, 300.0), (1e4, 0.05)],
+)
 def test_beta_coefficients_equal_scipy_inverse_cdf(a, b):
     n = 17
     coefficients = segment_coefficients(n, "beta", a, b)
@@ -71,6 +74,8 @@ def test_frame_weights_are_mix_rows_over_all_keyframes():
         ({"keyframes": 2, "frames": 5, "path": "zigzag"}, "unknown path 'zigzag'"),
         ({"keyframes": 2, "frames": 5, "spacing": "beta", "alpha": 0}, "must be > 0"),
         ({"keyframes": 2, "frames": 5, "spacing": "beta", "beta": -1}, "must be > 0"),
+        ({"keyframes": 2, "frames": 5, "spacing": "beta", "beta": float("inf")}, "at most"),
+        ({"keyframes": 2, "frames": 5, "spacing": "beta", "alpha": float("nan")}, "must be > 0"),
     ],
 )
 def test_bad_morphs_are_refused_naming_the_problem(kwargs, phrase):

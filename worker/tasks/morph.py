@@ -50,8 +50,9 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
     renderer = _Renderer(ctx, request, stack)
     planned = request.plan()
     passes = 1
-    if request.spacing == "perceptual":
-        planned = request.plan(_respaced(request, planned, renderer.render(planned)))
+    if request.spacing == "perceptual":  # the uniform pass: progress shown, a cancel heard
+        uniform = renderer.render(planned, progress_reporter(ctx.redis, job))
+        planned = request.plan(_respaced(request, planned, uniform))
         passes = 2
     frames = [request.frame(p) for p in planned]
     images = renderer.render_and_publish(job, planned, frames)
@@ -103,13 +104,18 @@ class _Renderer:
             frame_conditioning(self.ctx.model, request.prompts, prompts, weights),
         )
 
-    def render(self, planned: Sequence[PlannedFrame]) -> list[Image.Image]:
+    def render(self, planned: Sequence[PlannedFrame], progress) -> list[Image.Image]:
         """Images of `planned` frames, in batches of the model's batch size."""
         mixed, conditioning = self.prepare(planned)
         images: list[Image.Image] = []
-        for rows in in_batches(len(planned), self.ctx.model.max_batch_size):
-            subset = select_rows(conditioning, rows)
-            images += self._render_rows(mixed[rows], subset, [planned[i] for i in rows], None)
+        batches = in_batches(len(planned), self.ctx.model.max_batch_size)
+        for number, rows in enumerate(batches):
+            images += self._render_rows(
+                mixed[rows],
+                select_rows(conditioning, rows),
+                [planned[i] for i in rows],
+                batch_progress(progress, number, len(batches)),
+            )
         return images
 
     def _render_rows(self, latents, conditioning, planned, progress) -> list[Image.Image]:

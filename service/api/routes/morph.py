@@ -33,6 +33,16 @@ def create_morph(
     """Queue a morph job: frames from keyframe to keyframe, each a mix of its two keyframes
     (keyframes still being inverted are waited for). The answer lists the frames the job will
     produce, except with perceptual spacing, whose coefficients come from a first pass."""
+    if len(body.keyframes) > settings.max_morph_frames:
+        raise problem(
+            422,
+            f"{len(body.keyframes)} keyframes in one morph; frames (keyframes included) are "
+            f"limited to {settings.max_morph_frames} (LATENTMIX_MAX_MORPH_FRAMES)",
+        )
+    # The keyframes first: one that does not exist (404) says more than a plan that does
+    # not fit them.
+    inputs = _inputs(catalog, redis, body.keyframes)
+    model = inputs.model or settings.model
     try:
         check_morph(
             len(body.keyframes),
@@ -46,11 +56,6 @@ def create_morph(
             max_frames=settings.max_morph_frames,
         )
         method = canonical_method(body.method)
-    except ValueError as exc:
-        raise problem(422, str(exc)) from None
-    inputs = _inputs(catalog, redis, body.keyframes)
-    model = inputs.model or settings.model
-    try:
         check_attention(redis, model, body.attention)
     except ValueError as exc:
         raise problem(422, str(exc)) from None

@@ -52,14 +52,15 @@ def test_perceptual_spacing_plans_no_frames_ahead(client, keyframes):
 @pytest.mark.parametrize(
     ("body", "phrase"),
     [
-        ({"frames": 5, "keyframes": "one"}, "at least 2 keyframes"),
+        ({"frames": 5, "keyframes": "one"}, "keyframes: List should have at least 2 items"),
         ({"frames": 2}, "at least the number of keyframes (3)"),
         ({"frames": 10_000}, "the limit is 240 (LATENTMIX_MAX_MORPH_FRAMES)"),
+        ({"frames": 1}, "frames: Input should be greater than or equal to 2"),
         ({"frames": 5, "spacing": "cosine"}, "unknown spacing 'cosine'"),
         ({"frames": 5, "attention": "cross"}, "unknown attention 'cross'"),
         ({"frames": 5, "path": "zigzag"}, "unknown path 'zigzag'"),
-        ({"frames": 5, "spacing": "beta", "alpha": 0}, "Beta parameters must be > 0"),
-        ({"frames": 5, "spacing": "beta", "beta": -2}, "Beta parameters must be > 0"),
+        ({"frames": 5, "spacing": "beta", "alpha": 0}, "alpha: Input should be greater than 0"),
+        ({"frames": 5, "spacing": "beta", "beta": -2}, "beta: Input should be greater than 0"),
         ({"frames": 5, "method": "slerp"}, "slerp"),
         ({"frames": 5, "prompts": ["a", "b"]}, "2 prompts for 3 keyframes"),
         ({"frames": 5, "attention_steps": 2}, "attention_steps"),
