@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # and mixes (worker/engine/attention/), MiB (SD 1.5, 512 px, 50 steps: ~1.1 GB per
     # keyframe, fp16); a keyframe larger than this is recomputed by each morph.
     worker_attention_cache_mb: int = Field(default=4096, ge=0)
+    # LPIPS (AlexNet) weights for morph metrics and perceptual spacing: a local safetensors
+    # file (worker/engine/lpips.py says its keys). Unset: the named `rgb-rmse` fallback.
+    lpips_weights: Path | None = None
 
     # Jobs.
     job_timeout_s: int = 3600

@@ -187,3 +187,24 @@ def test_perceptual_respacing_closes_a_loop_with_its_first_frame():
     assert first[0] == 0.0 and first[-1] == 1.0 and first[1] > 1 / 3
     # B -> A: the jump is back to frame 0 (250 -> 0) at the very end.
     assert second[1] > 1 / 3 and second[2] > 2 / 3
+
+
+def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from latentmix.worker.engine.lpips import ALEX_CHANNELS, AlexFeatures, Lpips
+    from latentmix.worker.tasks.morph import _distance
+
+    state = Lpips(AlexFeatures(), ALEX_CHANNELS).state_dict()
+    weights = {
+        k.removeprefix("backbone."): v for k, v in state.items() if k not in ("shift", "scale")
+    }
+    save_file(weights, str(tmp_path / "alex.safetensors"))
+    model = SimpleNamespace(device=torch.device("cpu"))
+    configured = SimpleNamespace(
+        settings=SimpleNamespace(lpips_weights=tmp_path / "alex.safetensors"), model=model
+    )
+    unset = SimpleNamespace(settings=SimpleNamespace(lpips_weights=None), model=model)
+    assert _distance(configured).name == "lpips-alex"
+    assert _distance(unset).name == "rgb-rmse"

@@ -19,7 +19,11 @@ from latentmix.service.morph_plan import PlannedFrame, respace_by_distance
 from latentmix.service.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.attention.keyframes import select_rows, worker_cache
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.frame_distance import DISTANCE_NAME, consecutive_distances
+from latentmix.worker.engine.frame_distance import (
+    RGB_RMSE,
+    FrameDistance,
+    configured_distance,
+)
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
 from latentmix.worker.engine.morph_metrics import consistency, smoothness
@@ -48,15 +52,16 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
     _check_compatible(records, ctx.settings.model)
     stack = torch.stack(in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
     renderer = _Renderer(ctx, request, stack)
+    distance = _distance(ctx)
     planned = request.plan()
     passes = 1
     if request.spacing == "perceptual":  # the uniform pass: progress shown, a cancel heard
         uniform = renderer.render(planned, progress_reporter(ctx.redis, job))
-        planned = request.plan(_respaced(request, planned, uniform))
+        planned = request.plan(_respaced(request, planned, uniform, distance))
         passes = 2
     frames = [request.frame(p) for p in planned]
     images = renderer.render_and_publish(job, planned, frames)
-    distances = consecutive_distances(images)
+    distances = distance.consecutive(images)
     return MorphResult(
         latents=[frame.latent for frame in frames],
         images=frames,
@@ -74,7 +79,7 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
             max(renderer.reference_bytes) / 2**20 if renderer.reference_bytes else None
         ),
         metrics=MorphMetrics(
-            distance=DISTANCE_NAME,
+            distance=distance.name,
             distances=distances,
             smoothness=smoothness(distances),
             consistency=consistency(distances),
@@ -191,8 +196,16 @@ def _stored(ctx: WorkerContext, frame: MorphFrame) -> Image.Image:
     return image
 
 
+def _distance(ctx: WorkerContext) -> FrameDistance:
+    weights = ctx.settings.lpips_weights
+    return configured_distance(str(weights) if weights else None, str(ctx.model.device))
+
+
 def _respaced(
-    request: MorphRequest, planned: list[PlannedFrame], images: list[Image.Image]
+    request: MorphRequest,
+    planned: list[PlannedFrame],
+    images: list[Image.Image],
+    distance: FrameDistance = RGB_RMSE,
 ) -> list[list[float]]:
     """Each segment's coefficients re-spaced by the distances between its consecutive
     uniform frames (the segment's end keyframe is the next segment's first frame, or frame 0
@@ -202,7 +215,7 @@ def _respaced(
     for segment, values in enumerate(_per_segment(planned)):
         first = next(i for i, p in enumerate(planned) if p.segment == segment)
         span = closed[first : first + len(values)]
-        coefficients.append(respace_by_distance(values, consecutive_distances(span)))
+        coefficients.append(respace_by_distance(values, distance.consecutive(span)))
     return coefficients
 
 
