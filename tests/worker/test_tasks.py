@@ -158,9 +158,12 @@ def test_a_morphs_coefficients_are_listed_per_segment_with_both_ends():
     from latentmix.worker.tasks.morph import _per_segment
 
     chain = plan_frames(3, 6, path="chain")  # 3 inner frames: 2 on the first segment, 1 on the next
-    assert _per_segment(chain) == [[0.0, 1 / 3, 2 / 3, 1.0], [0.0, 0.5, 1.0]]
+    assert _per_segment(chain, "chain") == [[0.0, 1 / 3, 2 / 3, 1.0], [0.0, 0.5, 1.0]]
     loop = plan_frames(2, 4, path="loop")
-    assert _per_segment(loop) == [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]
+    assert _per_segment(loop, "loop") == [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]
+    # An inner coefficient that rounds to 1 (Beta with a huge alpha) is still inner.
+    steep = plan_frames(3, 5, path="chain", coefficients=[[0.0, 1.0, 1.0], [0.0, 0.5, 1.0]])
+    assert _per_segment(steep, "chain") == [[0.0, 1.0, 1.0], [0.0, 0.5, 1.0]]
 
 
 def test_perceptual_respacing_closes_a_loop_with_its_first_frame():

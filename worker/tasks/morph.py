@@ -68,7 +68,7 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
         keyframes=request.keyframes,
         path=request.path,
         spacing=request.spacing,
-        coefficients=_per_segment(planned),
+        coefficients=_per_segment(planned, request.path),
         passes=passes,
         method=request.method,
         attention=request.attention,
@@ -212,17 +212,19 @@ def _respaced(
     for a loop's last segment)."""
     closed = [*images, images[0]] if request.path == "loop" else images
     coefficients = []
-    for segment, values in enumerate(_per_segment(planned)):
+    for segment, values in enumerate(_per_segment(planned, request.path)):
         first = next(i for i, p in enumerate(planned) if p.segment == segment)
         span = closed[first : first + len(values)]
         coefficients.append(respace_by_distance(values, distance.consecutive(span)))
     return coefficients
 
 
-def _per_segment(planned: Sequence[PlannedFrame]) -> list[list[float]]:
-    """The coefficients of each segment, both ends included (the end keyframe, shared with
-    the next segment, appears in the plan once)."""
+def _per_segment(planned: Sequence[PlannedFrame], path: str) -> list[list[float]]:
+    """The coefficients of each segment, both ends included: a segment's end keyframe is
+    planned once, as the next segment's first frame (a chain's last segment holds its own)."""
     segments: dict[int, list[float]] = {}
     for frame in planned:
         segments.setdefault(frame.segment, []).append(frame.coefficient)
-    return [values if values[-1] == 1.0 else [*values, 1.0] for values in segments.values()]
+    groups = list(segments.values())
+    last = len(groups) - 1 if path == "chain" else None
+    return [values if i == last else [*values, 1.0] for i, values in enumerate(groups)]
