@@ -1,4 +1,5 @@
-"""Stable Diffusion 1.x / 2.x: VAE, CLIP text encoder, UNet predicting eps or v."""
+"""Stable Diffusion 1.x / 2.x: VAE, CLIP text encoder, UNet predicting eps or v (SDXL, in
+`stable_diffusion_xl.py`, reuses its images, latents, card and eps conversion)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ class StableDiffusion:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = []
         for start in range(0, len(pixels), model.vae_batch_size):
-            batch = pixels[start : start + model.vae_batch_size].to(model.device, model.dtype)
+            # vae.dtype: the model's, or float32 for a VAE kept there (SDXL's force_upcast)
+            batch = pixels[start : start + model.vae_batch_size].to(model.device, vae.dtype)
             mean = vae.encode(batch).latent_dist.mean.float()
             latents.append(((mean - shift) * vae.config.scaling_factor).cpu())
         return torch.cat(latents)
@@ -89,7 +91,7 @@ class StableDiffusion:
         images: list[Image.Image] = []
         for start in range(0, len(x0), model.vae_batch_size):
             batch = x0[start : start + model.vae_batch_size].to(model.device, torch.float32)
-            batch = (batch / vae.config.scaling_factor + shift).to(model.dtype)
+            batch = (batch / vae.config.scaling_factor + shift).to(vae.dtype)
             images.extend(to_pil_images(vae.decode(batch).sample))
         return images
 
