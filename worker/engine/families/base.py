@@ -80,9 +80,12 @@ class ModelFamily(Protocol):
     pipeline_classes: tuple[str, ...]  # diffusers pipeline class names this family loads
     default_guidance: float
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+    def load_pipeline(
+        self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
+    ) -> Any:
         """The pipeline from a hub id or local directory, with the family's sampler; `t5`
-        False leaves out a T5 text encoder where the family has one (SD 3)."""
+        False leaves out a T5 text encoder where the family has one (SD 3); `variant` names
+        the weight files to load (e.g. "fp16": `*.fp16.safetensors`), None the default ones."""
         ...
 
     def native_size(self, pipe: Any) -> int:

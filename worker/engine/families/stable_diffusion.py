@@ -27,7 +27,9 @@ class StableDiffusion:
     pipeline_classes = ("StableDiffusionPipeline",)
     default_guidance = 7.5  # the paper's setting (method.md section 1)
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+    def load_pipeline(
+        self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
+    ) -> Any:
         """`t5` has nothing to leave out here: SD 1.x/2.x have one CLIP text encoder."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -35,7 +37,11 @@ class StableDiffusion:
             # Newer diffusers renamed `torch_dtype` to `dtype`; the old name works everywhere.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = StableDiffusionPipeline.from_pretrained(
-                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+                source,
+                torch_dtype=dtype,
+                variant=variant,
+                safety_checker=None,
+                requires_safety_checker=False,
             )
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         return pipe

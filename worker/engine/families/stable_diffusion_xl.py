@@ -31,7 +31,9 @@ class StableDiffusionXL(StableDiffusion):
     pipeline_classes = ("StableDiffusionXLPipeline",)
     default_guidance = 5.0  # StableDiffusionXLPipeline's default
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+    def load_pipeline(
+        self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
+    ) -> Any:
         """The pipeline with a `DDIMScheduler` from its scheduler's config. A VAE that asks
         for it (`force_upcast`: SDXL's overflows in float16) is loaded in float32."""
         from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
@@ -44,7 +46,7 @@ class StableDiffusionXL(StableDiffusion):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = StableDiffusionXLPipeline.from_pretrained(
-                source, torch_dtype=dtypes, add_watermarker=False
+                source, torch_dtype=dtypes, variant=variant, add_watermarker=False
             )
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         return pipe
