@@ -18,15 +18,20 @@ Model loading is not timed (load once, run many).
 
     .venv/bin/python bench/throughput.py --model tiny --size 64 --steps 10 -k 16 -n 32
     .venv/bin/python bench/throughput.py --model sd15-random --size 128 --steps 10 -k 4 -n 8
+    .venv/bin/python bench/throughput.py --model tiny-sd3 --size 64 --steps 10 -k 16 -n 32
 
-`sd15-random` is Stable Diffusion 1.5's architecture with random weights (same compute as
-the real model). Prints a Markdown report; `--json PATH` also writes the raw numbers.
+`tiny-sd3` (and any model of another family than Stable Diffusion 1.x/2.x) runs the engine
+and the service only: the plain-Diffusers baseline is the SD documentation's DDIM loop.
+Guidance defaults to the model card's (7.5 SD, 4.5 SD 3, 5 SDXL). `sd15-random` is Stable
+Diffusion 1.5's architecture with random weights (same compute as the real model). Prints a
+Markdown report; `--json PATH` also writes the raw numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -53,6 +58,7 @@ from latentmix.service.config import Settings
 from latentmix.service.images import encode_png, seeded_image
 from latentmix.service.stack import Child, ServiceStack
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
+from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel, load_model
 
@@ -69,7 +75,7 @@ class Workload:
     model: str
     size: int
     steps: int
-    guidance: float
+    guidance: float | None  # None: the model card's default
     k: int
     n: int
     seed: int = 0
@@ -217,7 +223,12 @@ class EngineRun:
 
     def invert(self, out: dict) -> None:
         w = self.w
-        settings = InversionSettings(steps=w.steps, guidance_scale=w.guidance, size=w.size)
+        settings = InversionSettings(
+            steps=w.steps,
+            guidance_scale=w.guidance,
+            size=w.size,
+            method=default_inversion(self.model.family).name,  # as the worker's default
+        )
         with measured(time.process_time, out, "invert"):
             images = [_open(data) for data in self.pngs]
             self.latents = invert(self.model, images, PROMPT, settings).latent
@@ -425,14 +436,17 @@ def run(args: argparse.Namespace) -> dict:
             max_batch_size=args.max_batch_size,
             compile=args.compile,
         )
-        baseline = DiffusersBaseline(model.pipe)
+        baseline = DiffusersBaseline(model.pipe) if _has_baseline(model) else None
         print(f"model loaded: {json.dumps(model.describe())}", file=sys.stderr)
+        if w.guidance is None:
+            w = dataclasses.replace(w, guidance=model.card.default_guidance)
 
         warmup = w.warmup(model.max_batch_size)
         warm_pngs = warmup.images(offset=1000)
         for runner in _runners(baseline, model, service_client, svc, warmup, warm_pngs):
-            runner.invert({})
-            runner.mix({})
+            if runner is not None:
+                runner.invert({})
+                runner.mix({})
         print("warm-up done", file=sys.stderr)
 
         for round_ in range(args.rounds):
@@ -441,6 +455,8 @@ def run(args: argparse.Namespace) -> dict:
             runners = _runners(baseline, model, service_client, svc, w, pngs)
             for phase in ("invert", "mix"):
                 for name, runner in zip(results, runners, strict=True):
+                    if runner is None:
+                        continue
                     getattr(runner, phase)(results[name])
                     seconds = results[name][phase][-1].wall_s
                     print(f"round {round_ + 1} {name} {phase}: {seconds:.2f} s", file=sys.stderr)
@@ -471,9 +487,15 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _has_baseline(model: LoadedModel) -> bool:
+    """The plain-Diffusers baseline is SD 1.x/2.x's documented DDIM inversion loop."""
+    return model.family.name == "stable-diffusion"
+
+
 def _runners(baseline, model, client, svc, w: Workload, pngs: list[bytes]) -> list:
+    """Baseline (None without one), engine, service."""
     return [
-        BaselineRun(baseline, w, pngs),
+        BaselineRun(baseline, w, pngs) if baseline is not None else None,
         EngineRun(model, w, pngs),
         ServiceRun(client, svc, w, pngs),
     ]
@@ -510,11 +532,12 @@ def report(data: dict) -> str:
     r = {
         variant: {phase: min(runs, key=lambda run: run["wall_s"]) for phase, runs in p.items()}
         for variant, p in data["results"].items()
+        if p  # no baseline for families other than SD 1.x/2.x
     }
     k, n = w["k"], w["n"]
     model = data["model"]
     lines = [
-        f"### {w['model']}: {w['size']} px, {w['steps']} DDIM steps, guidance {w['guidance']}, "
+        f"### {w['model']}: {w['size']} px, {w['steps']} steps, guidance {w['guidance']}, "
         f"K = {k} images, N = {n} mixes ({w['method']})",
         "",
         f"{data['date']}; {model['device']} {model['dtype']}, UNet batch "
@@ -535,6 +558,8 @@ def report(data: dict) -> str:
     }
     throughput = {}
     for key, label in names.items():
+        if key not in r:
+            continue
         inv, gen = r[key]["invert"], r[key]["mix"]
         total = inv["wall_s"] + gen["wall_s"]
         throughput[key] = (k + n) / total
@@ -548,13 +573,22 @@ def report(data: dict) -> str:
     overhead_inv = service["invert"]["wall_s"] - engine["invert"]["wall_s"]
     overhead_mix = service["mix"]["wall_s"] - engine["mix"]["wall_s"]
     memory = data["memory"]
-    ratio_sb = throughput["service"] / throughput["baseline"]
     ratio_se = throughput["service"] / throughput["engine"]
+    if "baseline" in throughput:
+        ratio_sb = throughput["service"] / throughput["baseline"]
+        ratios = (
+            f"- service / baseline: **{ratio_sb:.2f}x** (target >= 1.0); "
+            f"service / engine: **{ratio_se:.2f}x** (target >= 0.9); "
+            f"engine / baseline: {throughput['engine'] / throughput['baseline']:.2f}x."
+        )
+    else:
+        ratios = (
+            f"- service / engine: **{ratio_se:.2f}x** (target >= 0.9); no plain-Diffusers "
+            f"baseline for the {model['family']} family."
+        )
     lines += [
         "",
-        f"- service / baseline: **{ratio_sb:.2f}x** (target >= 1.0); "
-        f"service / engine: **{ratio_se:.2f}x** (target >= 0.9); "
-        f"engine / baseline: {throughput['engine'] / throughput['baseline']:.2f}x.",
+        ratios,
         f"- cached `POST /latents` of the same K = {k} images: median "
         f"**{statistics.median(cached):.1f} ms**, min {min(cached):.1f} ms over {len(cached)} "
         "(target < 50 ms); no UNet evaluation. The baseline has no cache: a repeat costs "
@@ -592,10 +626,16 @@ def _s(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny, sd15-random, hub id or directory")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny, tiny-sd3, tiny-sdxl, sd15-random, hub id or directory",
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps, both directions")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance (default: card's)"
+    )
     parser.add_argument("-k", type=int, default=16, help="images to invert")
     parser.add_argument("-n", type=int, default=32, help="mixes to generate")
     parser.add_argument(
