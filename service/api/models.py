@@ -39,18 +39,6 @@ def guidance_for(requested: float | None, card: ModelCard | None) -> float:
     return card.default_guidance if card is not None else DEFAULT_GUIDANCE
 
 
-def check_inversion_method(method: str | None, card: ModelCard | None) -> None:
-    """422 naming the allowed methods when the model's family does not support `method`
-    (None: the family's default, always supported)."""
-    if method is None or card is None or method in card.inversion_methods:
-        return
-    raise problem(
-        422,
-        f"inversion method {method!r} is not supported by model {card.model!r} "
-        f"({card.family}); allowed: {', '.join(card.inversion_methods)}",
-    )
-
-
 def check_same_model(models: set[str], redis: Redis) -> None:
     """Latents of different models (or families) live in different spaces: 422 naming
     every model involved, with its family where its card is known."""

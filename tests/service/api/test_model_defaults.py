@@ -1,14 +1,12 @@
 """Per-model defaults and checks: the API reads them from the card of the model a request
-names (guidance, size multiple, latent channels, inversion methods), and refuses to mix
-latents of different models. No worker runs: jobs stay queued, their requests are read back."""
+names (guidance, size multiple, latent channels), and refuses to mix latents of different
+models. No worker runs: jobs stay queued, their requests are read back."""
 
 import numpy as np
 import pytest
-from fastapi import HTTPException
 from helpers import TINY_CARD, assert_problem, png_bytes, upload_latent
 from redis import Redis
 
-from latentmix.service.api.models import check_inversion_method
 from latentmix.service.jobs import fetch_job, queue_name
 from latentmix.service.model_cards import publish_card
 
@@ -95,15 +93,3 @@ def test_mixing_latents_of_two_models_is_refused_naming_both(client, redis):
         "'tiny-sd3' (stable-diffusion-3)",
     )
     assert redis.llen(f"rq:queue:{queue_name('tiny-sd3')}") == 0
-
-
-def test_an_inversion_method_outside_the_family_is_refused_naming_the_allowed():
-    check_inversion_method("rf-solver", SD3_CARD)
-    check_inversion_method(None, SD3_CARD)  # the family's default
-    check_inversion_method("edict", None)  # no card yet: the worker decides
-
-    with pytest.raises(HTTPException) as refused:
-        check_inversion_method("edict", SD3_CARD)
-
-    assert refused.value.status_code == 422
-    assert "'edict'" in refused.value.detail and "flow-euler, rf-solver" in refused.value.detail
