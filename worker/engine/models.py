@@ -145,7 +145,8 @@ def load_model(
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     t5: bool = True,
 ) -> LoadedModel:
-    """Load `name` (hub id, local diffusers directory, "tiny", "tiny-sd3" or "sd15-random").
+    """Load `name` (hub id, local diffusers directory, or a built-in random model: "tiny",
+    "tiny-v", "tiny-sdxl", "tiny-sd3", "sd15-random").
 
     device "auto": CUDA when available, else CPU. dtype "auto": float16 on CUDA, float32 on
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
@@ -153,9 +154,11 @@ def load_model(
     for CUDA; the first call of each batch shape pays the compilation). Raises
     `ModelLoadError` when the weights cannot be found or read. `cache_dir` is the folder of
     built-in models: "tiny" is built once into `cache_dir / "tiny"` (default `data/models`),
-    "tiny-sd3" into `cache_dir / "tiny-sd3"`. `t5` False loads an SD 3 pipeline without its
-    T5 text encoder (most of its memory; the embedding's T5 part is then zeros), and the card
-    says which (`t5`); "tiny-sd3" has none. Families without T5 ignore it.
+    "tiny-v", "tiny-sdxl" and "tiny-sd3" likewise. On CUDA in float16, a repository's
+    half-precision weight files are loaded when it has them (`weights_variant`). `t5` False
+    loads an SD 3 pipeline without its T5 text encoder (most of its memory; the embedding's
+    T5 part is then zeros), and the card says which (`t5`); "tiny-sd3" has none. Families
+    without T5 ignore it.
     """
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
