@@ -77,6 +77,7 @@ def test_models_lists_both_cards(api):
     )
     assert sd3["inversion_methods"][0] == "flow-euler" and "rf-solver" in sd3["inversion_methods"]
     assert sd3["t5"] is False and tiny["prediction_type"] == "epsilon"
+    assert (tiny["size_multiple"], sd3["size_multiple"]) == (8, 16)
 
 
 @pytest.mark.parametrize(

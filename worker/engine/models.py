@@ -125,6 +125,11 @@ class LoadedModel:
         return self.card.vae_scale_factor
 
     @property
+    def size_multiple(self) -> int:
+        """Pixels an image side must be a multiple of (SD: 8; SD 3: 8 x patch size 2)."""
+        return self.card.size_multiple
+
+    @property
     def latent_channels(self) -> int:
         return self.card.latent_channels
 

@@ -302,17 +302,18 @@ def _image_entry(
 
 
 def _check_size(size: int | None, card: ModelCard | None) -> None:
-    if size is not None and card is not None and size % card.vae_scale_factor:
+    if size is not None and card is not None and size % card.pixel_multiple:
         raise problem(
             422,
-            f"size {size} is not a multiple of {card.vae_scale_factor} pixels, the latent cell "
-            f"of model {card.model!r}",
+            f"size {size} is not a multiple of {card.pixel_multiple} pixels, the size multiple "
+            f"of model {card.model!r} ({card.family})",
         )
 
 
 def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
     """A latent file as `decode_latent` checks it, with the model's channels and a spatial
-    size the model accepts (images of MIN_SIZE to MAX_SIZE pixels)."""
+    size the model accepts (images of MIN_SIZE to MAX_SIZE pixels, sides a multiple of the
+    model's size multiple)."""
     channels = card.latent_channels if card else None
     try:
         array = decode_latent(upload.file.read(), channels)
@@ -320,6 +321,7 @@ def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
         model = f" for model {card.model!r}" if card else ""
         raise problem(422, f"{upload.filename!r}: {exc}{model}") from None
     scale = card.vae_scale_factor if card else 8
+    cells = card.pixel_multiple // scale if card else 1  # SD 3: the transformer's patch
     smallest, largest = MIN_SIZE // scale, MAX_SIZE // scale
     height, width = array.shape[1:]
     if not (smallest <= height <= largest and smallest <= width <= largest):
@@ -327,6 +329,12 @@ def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
             422,
             f"{upload.filename!r}: latent is {height}x{width}; each side must be in "
             f"[{smallest}, {largest}] (images of {MIN_SIZE} to {MAX_SIZE} pixels)",
+        )
+    if height % cells or width % cells:
+        raise problem(
+            422,
+            f"{upload.filename!r}: latent is {height}x{width}; each side must be a multiple "
+            f"of {cells} for model {card.model!r} (its transformer's patch size)",
         )
     return array
 

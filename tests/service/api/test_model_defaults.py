@@ -15,7 +15,7 @@ SD3_CARD = TINY_CARD.model_copy(
         "model": "tiny-sd3",
         "family": "stable-diffusion-3",
         "latent_channels": 16,
-        "vae_scale_factor": 16,
+        "size_multiple": 16,
         "default_guidance": 4.5,
         "prediction_type": "flow_prediction",
         "inversion_methods": ("flow-euler", "rf-solver"),
@@ -66,6 +66,19 @@ def test_a_size_off_the_models_latent_grid_is_refused_naming_the_multiple(client
     response = client.post("/latents", files=files, data={"model": "tiny-sd3", "size": "72"})
 
     assert_problem(response, 422, "size 72", "multiple of 16", "'tiny-sd3'")
+    assert (
+        client.post("/latents", files=files, data={"model": "tiny-sd3", "size": "80"}).status_code
+        == 202
+    )
+
+
+def test_an_uploaded_latent_must_fit_the_models_patches(client, redis):
+    odd = np.ones((16, 9, 9), np.float32)  # 72 px: not a whole number of 2x2 patches
+
+    response = upload_latent(client, odd, model="tiny-sd3")
+
+    assert_problem(response, 422, "9x9", "multiple of 2", "'tiny-sd3'")
+    assert upload_latent(client, np.ones((4, 9, 9), np.float32)).status_code == 200  # SD: any
 
 
 def test_a_mix_without_guidance_gets_the_inputs_models_default(client, redis):

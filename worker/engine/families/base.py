@@ -55,6 +55,9 @@ class ModelCard:
     name: str  # what the user asked for: hub id, local path or "tiny"
     latent_channels: int
     vae_scale_factor: int  # pixels per latent cell along each side
+    # An image side must be a multiple of this many pixels: the latent cell, times the
+    # transformer's patch size where the denoiser cuts the latent into patches (SD 3: 16).
+    size_multiple: int
     default_size: int  # image side in pixels the model was trained at
     default_guidance: float
     prediction_type: str

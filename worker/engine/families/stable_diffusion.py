@@ -56,6 +56,7 @@ class StableDiffusion:
             name=model.name,
             latent_channels=int(pipe.unet.config.in_channels),
             vae_scale_factor=int(pipe.vae_scale_factor),
+            size_multiple=int(pipe.vae_scale_factor),
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=pipe.scheduler.config.prediction_type,

@@ -62,6 +62,7 @@ class StableDiffusion3:
             name=model.name,
             latent_channels=int(pipe.transformer.config.in_channels),
             vae_scale_factor=int(pipe.vae_scale_factor),
+            size_multiple=int(pipe.vae_scale_factor) * int(pipe.transformer.config.patch_size),
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=FLOW_PREDICTION,
