@@ -24,6 +24,7 @@ from latentmix.service.contract import (
 from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_queue, view_job
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
+from latentmix.service.model_cards import check_attention
 from latentmix.service.weight_sampling import sample_weights
 
 router = APIRouter(tags=["mix"])
@@ -60,6 +61,7 @@ def create_mix(
         method = canonical_method(body.method)
         rows = _weight_rows(body.weights, len(body.latents), body.sample)
         check_weights(rows, len(body.latents), method)
+        check_attention(redis, inputs.model or settings.model, body.attention)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
     model = inputs.model or settings.model
@@ -72,6 +74,8 @@ def create_mix(
         guidance_scale=guidance_for(body.guidance_scale, card_of(model, redis)),
         seed=body.sample.seed if body.sample else None,
         producers=inputs.producers,
+        attention=body.attention,
+        attention_steps=body.attention_steps,
     )
     webhook = checked_webhook(body.webhook, settings)
     job_id = stable_job_id(request) or uuid.uuid4().hex
