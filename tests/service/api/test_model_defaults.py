@@ -92,6 +92,15 @@ def test_a_mix_without_guidance_gets_the_inputs_models_default(client, redis):
     assert fetch_job(redis, chosen["id"]).args[0]["guidance_scale"] == 1.0
 
 
+def test_a_morph_without_guidance_gets_the_keyframes_models_default(client, redis):
+    keyframes = sixteen_channel_latents(client, 2)
+
+    job = client.post("/morph", json={"keyframes": keyframes, "frames": 3}).json()
+
+    assert job["model"] == "tiny-sd3"
+    assert fetch_job(redis, job["id"]).args[0]["guidance_scale"] == 4.5
+
+
 def test_mixing_latents_of_two_models_is_refused_naming_both(client, redis):
     sd3_latent = sixteen_channel_latents(client, 1)[0]
     tiny_latent = upload_latent(client, np.ones((4, 8, 8), np.float32)).json()["latents"][0]["id"]
