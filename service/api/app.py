@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from redis import Redis
 
-from latentmix.service.api import docs, metrics, problems, security
+from latentmix.service.api import docs, metrics, problems, security, studio
 from latentmix.service.api.idempotency import IdempotencyMiddleware
 from latentmix.service.api.idempotency import document as document_idempotency
 from latentmix.service.api.limits import BodyLimitMiddleware, RequestLimits
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     docs.install(app)
+    studio.install(app)
     problems.install(app)
     metrics.install(app)
     for module in (latents, mix, jobs, images, models, limits, metrics_route):
