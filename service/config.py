@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     max_mixes_per_request: int = Field(default=1000, ge=1)
     # Input latents of one mix request (the pool a `subset` sample draws from, or K).
     max_latents_per_mix: int = Field(default=4096, ge=2)
+    # Mix diagnostics (service/diagnostics.py): warn when a mix amplifies the inputs' channel
+    # means more than this (Eq. 9), or when lerp/slerp keep less than this fraction of the
+    # inputs' interpolated norm.
+    diagnostics_max_amplification: float = Field(default=2.0, gt=0)
+    diagnostics_min_norm_ratio: float = Field(default=0.8, ge=0)
     webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
     # Networks webhooks may not reach (checked on every address a URL's host resolves to):
     # by default link-local, which holds the cloud metadata endpoints. "" allows all.

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from latentmix.service.diagnostics import MixDiagnostics
 from latentmix.service.ids import image_id, mixed_latent_id
 
 # Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
@@ -126,8 +127,8 @@ class MixRequest(Contract):
     def weights(self) -> list[list[float]]:
         return [row.weights for row in self.rows]
 
-    def image(self, index: int) -> "MixImage":
-        """Row `index` as the result shows it."""
+    def image(self, index: int, diagnostics: MixDiagnostics | None = None) -> "MixImage":
+        """Row `index` as the result shows it, with its mix's diagnostics if given."""
         row = self.rows[index]
         provenance = Provenance(
             inputs=self.latents,
@@ -138,7 +139,9 @@ class MixRequest(Contract):
             guidance_scale=self.guidance_scale,
             weights=row.weights,
         )
-        return MixImage(id=row.image, latent=row.latent, provenance=provenance)
+        return MixImage(
+            id=row.image, latent=row.latent, provenance=provenance, diagnostics=diagnostics
+        )
 
 
 def plan_mix(
@@ -191,6 +194,7 @@ class MixImage(Contract):
     id: str
     latent: str
     provenance: Provenance
+    diagnostics: MixDiagnostics | None = None  # service/diagnostics.py; None from release 0.1
 
 
 class MixResult(Contract):

@@ -12,6 +12,7 @@ from latentmix.service.contract import (
     MAX_PROMPT_CHARS,
     MAX_STEPS,
 )
+from latentmix.service.diagnostics import MixDiagnostics
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
 from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
@@ -194,12 +195,33 @@ class MixCreate(RequestBody):
     )
     sample: SampleSpec | None = Field(default=None, description="seeded weights; not with weights")
     webhook: WebhookUrl | None = None
+    dry_run: bool = Field(
+        default=False,
+        description="answer 200 with each row's degeneracy diagnostics (norms, channel means, "
+        "bias amplification, warnings) and queue nothing; the inputs must be ready",
+    )
 
     @model_validator(mode="after")
     def _weights_or_sample(self) -> "MixCreate":
         if self.weights is not None and self.sample is not None:
             raise ValueError("give either weights or sample, not both")
         return self
+
+
+class DryRunRow(BaseModel):
+    """One row of a dry run: the mix it would make, and that mix's diagnostics."""
+
+    weights: list[float] = Field(description="the row's weights, normalised to sum 1")
+    latent: str = Field(description="the id the mixed latent would have")
+    image: str = Field(description="the id its image would have")
+    diagnostics: MixDiagnostics
+
+
+class MixDryRun(BaseModel):
+    """POST /mix with dry_run: what each mix would be; nothing was queued."""
+
+    method: str
+    rows: list[DryRunRow]
 
 
 class LimitsPublic(BaseModel):
