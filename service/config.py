@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_mixes_per_request: int = Field(default=1000, ge=1)
     # Input latents of one mix request (the pool a `subset` sample draws from, or K).
     max_latents_per_mix: int = Field(default=4096, ge=2)
+    # Image encoder of the quality metrics (worker/engine/metrics/clip.py): a hub id, a local
+    # directory, or "tiny-clip" (seeded random, offline tests). Loaded by an evaluation job.
+    clip_model: str = "openai/clip-vit-large-patch14"
     # Mix diagnostics (service/diagnostics.py): warn when a mix amplifies the inputs' channel
     # means more than this (Eq. 9), or when lerp/slerp keep less than this fraction of the
     # inputs' interpolated norm.
