@@ -213,6 +213,31 @@ def shared_value(values):
     return distinct.pop() if len(distinct) == 1 else None
 
 
+# --- evaluate ---------------------------------------------------------------------------
+
+
+class EvaluateRequest(Contract):
+    """Score generated images against real ones (the paper's Section 6 measures)."""
+
+    generated: list[str] = Field(min_length=1)  # image ids (stored under images/)
+    references: list[str] = Field(min_length=1)  # storage keys of the real images
+    label: str | None = None  # e.g. the class name, repeated in the result
+
+
+class EvaluateResult(Contract):
+    """The figures of one evaluation. FID and KID need two images per set (else null)."""
+
+    features: str  # the encoder the features come from, e.g. "clip:openai/clip-vit-large-patch14"
+    label: str | None
+    generated: int
+    references: int
+    clip_distance: float  # mean over the generated images (Section 6)
+    clip_distance_std: float
+    clip_distances: list[float]  # one per generated image, in order
+    fid: float | None
+    kid: float | None  # unbiased MMD^2, cubic polynomial kernel
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -228,4 +253,7 @@ INVERT = JobType(
     "invert", "latentmix.worker.tasks.invert.invert_images", InvertRequest, InvertResult
 )
 MIX = JobType("mix", "latentmix.worker.tasks.mix.mix_latents", MixRequest, MixResult)
-JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX)}
+EVALUATE = JobType(
+    "evaluate", "latentmix.worker.tasks.evaluate.evaluate_images", EvaluateRequest, EvaluateResult
+)
+JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX, EVALUATE)}

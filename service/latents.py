@@ -139,6 +139,7 @@ class LatentRecord(BaseModel):
     method: str | None = None  # mixes: the mixing method
     prompt: str | None = None
     inversion: str | None = None  # inverted images: the inversion method
+    source_image: str | None = None  # inverted images: the storage key of the image (evaluations)
     aux: dict[str, list[int]] = Field(default_factory=dict)  # auxiliary tensors' shapes
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -16,7 +16,16 @@ from latentmix.service.api.idempotency import document as document_idempotency
 from latentmix.service.api.limits import BodyLimitMiddleware, RequestLimits
 from latentmix.service.api.metrics import Metrics
 from latentmix.service.api.reaper import run_reaper
-from latentmix.service.api.routes import health, images, jobs, latents, limits, mix, models
+from latentmix.service.api.routes import (
+    evaluations,
+    health,
+    images,
+    jobs,
+    latents,
+    limits,
+    mix,
+    models,
+)
 from latentmix.service.api.routes import metrics as metrics_route
 from latentmix.service.config import Settings, get_settings
 from latentmix.service.job_events import JobEvents
@@ -71,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     problems.install(app)
     metrics.install(app)
-    for module in (latents, mix, jobs, images, models, limits, metrics_route):
+    for module in (latents, mix, jobs, images, models, limits, metrics_route, evaluations):
         app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)
     app.include_router(health.router)
     # Outermost last: CORS, API keys, body limits, then idempotency next to the routes.

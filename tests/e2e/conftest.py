@@ -50,6 +50,7 @@ def service_stack(
         s3_secret_access_key="testing",
         webhook_secret=WEBHOOK_SECRET,
         max_batch_size=MAX_BATCH,
+        clip_model="tiny-clip",  # evaluations: the seeded random CLIP encoder, offline
     )
     with ServiceStack(settings, env=service_environment()) as stack:
         yield stack

@@ -6,9 +6,11 @@ import pytest
 from pydantic import ValidationError
 
 from latentmix.service.contract import (
+    EVALUATE,
     INVERT,
     JOB_TYPES,
     MIX,
+    EvaluateRequest,
     InversionSettings,
     InvertRequest,
     MixRequest,
@@ -22,8 +24,12 @@ IDS = [f"{i:032x}" for i in range(3)]
 
 
 def test_each_job_type_has_one_task_and_one_request_model():
-    assert {INVERT.task: INVERT, MIX.task: MIX} == JOB_TYPES
-    assert (INVERT.request, MIX.request) == (InvertRequest, MixRequest)
+    assert {INVERT.task: INVERT, MIX.task: MIX, EVALUATE.task: EVALUATE} == JOB_TYPES
+    assert (INVERT.request, MIX.request, EVALUATE.request) == (
+        InvertRequest,
+        MixRequest,
+        EvaluateRequest,
+    )
 
 
 def test_plan_mix_normalises_each_row_and_computes_its_ids():
