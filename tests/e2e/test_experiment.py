@@ -1,0 +1,105 @@
+"""`latentmix experiment` against the session's service (tiny model, tiny random CLIP):
+results.csv with one row per (class, K, method), figure7.png, and a resumed run that redoes
+no finished cell. Also what the mix jobs and evaluations it made carry."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import png_bytes
+
+from latentmix.client import experiment
+from latentmix.client.experiment import EXIT_INTERRUPTED, EXIT_OK, Experiment
+
+pytestmark = pytest.mark.e2e
+
+KS, METHODS = (1, 2, 4), ("fix/0", "nin/chm")
+
+
+@pytest.fixture
+def four_image_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    for offset, name in enumerate(["cat", "red_fox"]):
+        (root / name).mkdir(parents=True)
+        for index in range(4):
+            (root / name / f"{index}.png").write_bytes(png_bytes(10 * offset + index))
+    return root
+
+
+def run_experiment(service_url: str, data: Path, out: Path) -> int:
+    return experiment.main(
+        [
+            str(data),
+            "--out", str(out),
+            "--k", ",".join(map(str, KS)),
+            "--methods", ",".join(METHODS),
+            "--centroids", "2",
+            "--steps", "2",
+            "--inversion-steps", "2",
+            "--url", service_url,
+        ]
+    )  # fmt: skip
+
+
+def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
+    service_url, four_image_tree, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "runs" / "x"
+    ran: list[tuple[str, int, str]] = []
+    run_cell = Experiment._run_cell
+
+    def interrupted_after_two(self, name, k, method):
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        run_cell(self, name, k, method)
+        ran.append((name, k, method))
+
+    monkeypatch.setattr(Experiment, "_run_cell", interrupted_after_two)
+    assert run_experiment(service_url, four_image_tree, out) == EXIT_INTERRUPTED
+    first = {
+        (r["class"], r["k"], r["method"]): r for r in csv.DictReader((out / "results.csv").open())
+    }
+    assert len(first) == 2
+    printed = capsys.readouterr().out
+    assert "UNet evaluations: 32 to invert" in printed  # 8 images x 2 steps x 2 (guidance)
+    assert "96 to generate" in printed  # 12 cells x 2 centroids x 2 steps x 2
+
+    monkeypatch.setattr(Experiment, "_run_cell", run_cell)
+    redone: list[tuple[str, int, str]] = []
+    monkeypatch.setattr(
+        Experiment, "_run_cell", lambda self, *cell: (redone.append(cell), run_cell(self, *cell))
+    )
+    assert run_experiment(service_url, four_image_tree, out) == EXIT_OK
+
+    assert not set(redone) & set(ran) and len(redone) == 10
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    cells = {(r["class"], int(r["k"]), r["method"]) for r in rows}
+    assert cells == {(c, k, m) for c in ("cat", "red_fox") for k in KS for m in METHODS}
+    assert len(rows) == 12
+    for row in rows:
+        assert row["features"] == "clip:tiny-clip"
+        assert 0 <= float(row["clip_distance"]) <= 2 and float(row["fid"]) >= 0
+        key = (row["class"], row["k"], row["method"])
+        if key in first:
+            assert row["mix_job"] == first[key]["mix_job"]
+    assert (out / "figure7.png").read_bytes().startswith(b"\x89PNG")
+    assert "estimated time left" in capsys.readouterr().out
+
+
+def test_the_experiment_mix_jobs_carry_diagnostics(service_url, four_image_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run_experiment(service_url, four_image_tree, out) == EXIT_OK
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    row = next(r for r in rows if r["k"] == "4" and r["method"] == "fix/0")
+
+    job = httpx.get(f"{service_url}/jobs/{row['mix_job']}").json()
+
+    diagnostics = job["result"]["images"][0]["diagnostics"]
+    assert diagnostics["k_eff"] == pytest.approx(4)
+    assert set(diagnostics) >= {"norm", "bias_amplification", "warnings", "channel_means"}
+    evaluation = httpx.get(f"{service_url}/evaluations/{row['evaluation_job']}").json()
+    assert evaluation["result"]["generated"] == 2 and evaluation["result"]["references"] == 4
+    assert evaluation["result"]["label"] == row["class"]
