@@ -14,8 +14,9 @@ writes
     OUT/experiment.json the settings, the latent ids and the measured UNet rate
 
 Before generating it prints the number of UNet evaluations and an estimated time from the
-rate the service's workers were measured at (on this run's inversion jobs, or a previous
-run's cells). Interrupt it (Ctrl-C) and run it again: finished cells are not redone.
+rate the service's workers were measured at on the inversion jobs (this run's or a previous
+run's), then the time left after each cell. Interrupt it (Ctrl-C) and run it again: finished
+cells are not redone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import io
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ COLUMNS = (
     "fid",
     "kid",
     "features",
+    "model",
     "mix_job",
     "evaluation_job",
 )
@@ -92,6 +95,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="service URL (default: $LATENTMIX_URL or %(default)s)",
     )
     parser.add_argument("--api-key", default=os.environ.get("LATENTMIX_API_KEY"))
+    parser.add_argument(
+        "--title", default="", help="a line on the figure, e.g. what the weights are"
+    )
     parser.set_defaults(handler=run)
     return parser
 
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         classes = find_classes(args.data, args.out, plan.prompt)
         with LatentMixClient(args.url, args.api_key) as client, exclusive(args.out):
-            Experiment(client, plan, classes, args.out).run()
+            Experiment(client, plan, classes, args.out).run(title=args.title)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -179,7 +185,7 @@ class State:
 
     plan: dict[str, Any]
     latents: dict[str, list[str]] = field(default_factory=dict)
-    unet_evaluations: float = 0.0  # measured so far, with the job seconds they took
+    unet_evaluations: float = 0.0  # measured on inversion jobs, with the seconds they took
     job_seconds: float = 0.0
 
     @property
@@ -210,7 +216,7 @@ class Experiment:
         self.state = self._load_state()
         self.rows = self._load_rows()
 
-    def run(self) -> None:
+    def run(self, title: str = "") -> None:
         cells = self.plan.cells(list(self.classes))
         images = sum(len(paths) for paths in self.images.values())
         inversion, generation = self.plan.unet_evaluations(images, len(cells))
@@ -224,15 +230,17 @@ class Experiment:
         self._invert()
         todo = [cell for cell in cells if _key(*cell) not in self.rows]
         done_before = len(cells) - len(todo)
-        print(f"{done_before} cells done before, {len(todo)} to go; {self._eta(len(todo))}")
+        print(f"{done_before} cells done before, {len(todo)} to go; {self._estimate(len(todo))}")
+        started = time.monotonic()
         for number, cell in enumerate(todo, 1):
             self._run_cell(*cell)
+            left = (time.monotonic() - started) / number * (len(todo) - number)
             print(
                 f"[{done_before + number}/{len(cells)}] {_describe(self.rows[_key(*cell)])}; "
-                f"{self._eta(len(todo) - number)}",
+                f"about {_duration(left)} left",
                 flush=True,
             )
-        write_figure(list(self.rows.values()), self.out / FIGURE_FILE, self.state.rate)
+        write_figure(list(self.rows.values()), self.out / FIGURE_FILE, title)
         print(f"wrote {self.out / RESULTS_FILE} and {self.out / FIGURE_FILE}")
 
     # -- inversion ------------------------------------------------------------------------
@@ -273,8 +281,6 @@ class Experiment:
         )
         evaluation = self.client.evaluate(job=mix, reference_latents=latents, label=name)
         mix = self.client.wait(mix)
-        steps = self.plan.steps or self.plan.inversion_steps or DEFAULT_STEPS
-        self.state.measured(mix, self.plan.centroids * steps * self._guided())
         figures = self.client.wait(evaluation).result or {}
         self.rows[_key(name, k, method)] = {
             "class": name,
@@ -283,6 +289,7 @@ class Experiment:
             "centroids": self.plan.centroids,
             **{c: figures.get(c) for c in ("clip_distance", "clip_distance_std", "fid", "kid")},
             "features": figures.get("features"),
+            "model": mix.model,
             "mix_job": mix.id,
             "evaluation_job": evaluation.id,
         }
@@ -292,12 +299,14 @@ class Experiment:
     def _guided(self) -> int:
         return 1 if self.plan.guidance_scale == 1 else 2
 
-    def _eta(self, cells: int) -> str:
+    def _estimate(self, cells: int) -> str:
+        """The generation's time at the UNet rate measured on inversion jobs (a mix job's
+        rate is not: images rendered before cost it nothing)."""
         rate = self.state.rate
         _, evaluations = self.plan.unet_evaluations(0, cells)
         if rate is None:
-            return "estimated time: unknown until a job has been measured"
-        return f"estimated time left: {_duration(evaluations / rate)} at {rate:.1f} UNet evals/s"
+            return "estimated time: unknown (no inversion measured), see the progress below"
+        return f"estimated time: {_duration(evaluations / rate)} at {rate:.1f} UNet evals/s"
 
     # -- files ----------------------------------------------------------------------------
 
@@ -347,9 +356,9 @@ class Experiment:
 # --------------------------------------------------------------------------------------------
 
 
-def write_figure(rows: list[dict[str, Any]], path: Path, rate: float | None = None) -> None:
+def write_figure(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Figure 7: the class means of the CLIP distance and of FID against K, one line per
-    method (log-2 K axis)."""
+    method (log-2 K axis); `title` adds a line above."""
     try:
         import matplotlib
 
@@ -372,13 +381,16 @@ def write_figure(rows: list[dict[str, Any]], path: Path, rate: float | None = No
         axis.set_xlabel("K (images per centroid)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside center right")
     features = sorted({str(row.get("features")) for row in rows})
+    models = sorted({str(row.get("model")) for row in rows})
     classes = len({row["class"] for row in rows})
-    figure.suptitle(
-        f"{classes} classes, {rows[0]['centroids'] if rows else 0} centroids per cell; "
-        f"features {', '.join(features)}"
+    heading = (
+        f"model {', '.join(models)}; {classes} classes, "
+        f"{rows[0]['centroids'] if rows else 0} centroids per cell; features {', '.join(features)}"
     )
+    figure.suptitle(f"{title}\n{heading}" if title else heading)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
