@@ -55,6 +55,11 @@ def image_key(image_id: str) -> str:
     return f"images/{image_id}.png"
 
 
+def evaluation_key(job_id: str) -> str:
+    """An evaluation job's figures, kept after its job record expires."""
+    return f"evaluations/{job_id}.json"
+
+
 def encode_latent(
     array: np.ndarray,
     record: "LatentRecord | None" = None,

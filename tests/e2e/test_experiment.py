@@ -10,9 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import png_bytes
+from redis import Redis
 
 from latentmix.client import experiment
 from latentmix.client.experiment import EXIT_INTERRUPTED, EXIT_OK, Experiment
+from latentmix.service.jobs import fetch_job
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +92,9 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
     assert "left" in capsys.readouterr().out
 
 
-def test_the_experiment_mix_jobs_carry_diagnostics(service_url, four_image_tree, tmp_path):
+def test_the_experiment_mix_jobs_carry_diagnostics_and_evaluations_outlive_their_job(
+    service_stack, service_url, four_image_tree, tmp_path
+):
     out = tmp_path / "out"
     assert run_experiment(service_url, four_image_tree, out) == EXIT_OK
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -104,3 +108,7 @@ def test_the_experiment_mix_jobs_carry_diagnostics(service_url, four_image_tree,
     evaluation = httpx.get(f"{service_url}/evaluations/{row['evaluation_job']}").json()
     assert evaluation["result"]["generated"] == 2 and evaluation["result"]["references"] == 4
     assert evaluation["result"]["label"] == row["class"]
+    with Redis.from_url(service_stack.settings.redis_url) as redis:
+        fetch_job(redis, row["evaluation_job"]).delete()
+    kept = httpx.get(f"{service_url}/evaluations/{row['evaluation_job']}").json()
+    assert kept["status"] == "succeeded" and kept["result"] == evaluation["result"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 from PIL import Image
 from rq.job import Job
 
 from latentmix.service.contract import EvaluateRequest, EvaluateResult
-from latentmix.service.latents import image_key
+from latentmix.service.latents import evaluation_key, image_key
 from latentmix.service.storage import in_parallel
 from latentmix.worker.engine.metrics import (
     clip_distances,
@@ -32,7 +33,10 @@ def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> E
     progress(len(request.generated), len(keys))
     references = encoder.embed(_images(ctx, request.references))
     progress(len(keys), len(keys))
-    return score(encoder.features, request.label, generated, references)
+    result = score(encoder.features, request.label, generated, references)
+    stored = {"model": ctx.settings.model, "result": result.model_dump(mode="json")}
+    ctx.storage.put(evaluation_key(job.id), json.dumps(stored).encode(), "application/json")
+    return result
 
 
 def score(

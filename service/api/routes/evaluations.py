@@ -1,5 +1,6 @@
 """POST /evaluations (score generated images against real ones), GET /evaluations/{id}."""
 
+import json
 import uuid
 from typing import Annotated
 
@@ -21,8 +22,8 @@ from latentmix.service.jobs import (
     model_of_queue,
     view_job,
 )
-from latentmix.service.latents import LatentCatalog, image_key, upload_key
-from latentmix.service.storage import in_parallel
+from latentmix.service.latents import LatentCatalog, evaluation_key, image_key, upload_key
+from latentmix.service.storage import NotFound, in_parallel
 
 router = APIRouter(tags=["evaluations"])
 
@@ -77,12 +78,30 @@ def create_evaluation(
 
 
 @router.get("/evaluations/{job_id}", response_model=JobPublic, responses=PROBLEM_RESPONSES)
-def get_evaluation(job_id: JobIdPath, request: Request, redis: RedisDep) -> JobPublic:
-    """An evaluation's status and, once finished, its figures."""
+def get_evaluation(
+    job_id: JobIdPath, request: Request, redis: RedisDep, storage: StorageDep
+) -> JobPublic:
+    """An evaluation's status and, once finished, its figures (kept in storage after the
+    job's record expires)."""
     found = fetch_job(redis, job_id)
-    if found is None or job_type_of(found) is not EVALUATE:
-        raise problem(404, f"evaluation {job_id} not found")
-    return public_job(view_job(redis, found), request)
+    if found is not None and job_type_of(found) is EVALUATE:
+        return public_job(view_job(redis, found), request)
+    try:
+        stored = json.loads(storage.get(evaluation_key(job_id)))
+    except NotFound:
+        raise problem(404, f"evaluation {job_id} not found") from None
+    return JobPublic(
+        id=job_id,
+        type=EVALUATE.name,
+        model=stored.get("model"),
+        status=JobStatus.succeeded,
+        progress={"done": 1, "total": 1},
+        created_at=None,
+        started_at=None,
+        finished_at=None,
+        error=None,
+        result=stored["result"],
+    )
 
 
 def _job_images(redis, job_id: str) -> tuple[list[str], str | None, str | None]:

@@ -1,6 +1,8 @@
 """POST /evaluations and GET /evaluations/{id} in-process: what is queued, and the refusals
 (no worker runs here; tests/e2e/test_experiment.py scores images for real)."""
 
+import json
+
 import numpy as np
 from helpers import assert_problem, latent_file, png_bytes
 
@@ -115,3 +117,16 @@ def test_other_jobs_are_not_evaluations(client):
     mix = client.post("/mix", json={"latents": uploaded_latents(client, 2)}).json()
 
     assert_problem(client.get(f"/evaluations/{mix['id']}"), 404, mix["id"])
+
+
+def test_an_evaluation_whose_job_expired_is_read_from_storage(client):
+    job_id = "e" * 32
+    stored = {"model": "tiny", "result": {"features": "clip:tiny-clip", "fid": 1.5}}
+    client.app.state.storage.put(
+        f"evaluations/{job_id}.json", json.dumps(stored).encode(), "application/json"
+    )
+
+    body = client.get(f"/evaluations/{job_id}").json()
+
+    assert body["status"] == "succeeded" and body["type"] == "evaluate"
+    assert body["result"] == stored["result"] and body["model"] == "tiny"
