@@ -40,6 +40,7 @@ DEFAULT_MAX_AMPLIFICATION = 2.0  # channel means amplified more than this: Eq. 9
 DEFAULT_MIN_NORM_RATIO = 0.8  # norm below this fraction of the inputs' interpolated norm
 # Channel means this small against the noise are not a bias: no amplification is reported.
 _NO_BIAS = 1e-12
+_CHUNK_ELEMENTS = 2**22  # float64 values converted at a time (32 MiB)
 
 
 class MixDiagnostics(BaseModel):
@@ -82,16 +83,22 @@ class InputStatistics:
 
     @classmethod
     def of(cls, latents: np.ndarray) -> InputStatistics:
-        """Statistics of stacked latents [K, C, H, W]."""
+        """Statistics of stacked latents [K, C, H, W], in float64, a slice of positions at a
+        time (no float64 copy of the whole stack)."""
         if latents.ndim != 4:
             raise ValueError(f"latents must be stacked [K, C, H, W], got shape {latents.shape}")
         k, c = latents.shape[:2]
-        flat = latents.astype(np.float64).reshape(k, c, -1)
-        return cls(
-            gram=np.einsum("kcs,jcs->kj", flat, flat),
-            channel_means=flat.mean(axis=2),
-            spatial=flat.shape[2],
-        )
+        flat = latents.reshape(k, c, -1)
+        spatial = flat.shape[2]
+        step = max(1, _CHUNK_ELEMENTS // (k * c))
+        gram = np.zeros((k, k))
+        sums = np.zeros((k, c))
+        for start in range(0, spatial, step):
+            part = flat[:, :, start : start + step].astype(np.float64)
+            rows = part.reshape(k, -1)
+            gram += rows @ rows.T  # BLAS
+            sums += part.sum(axis=2)
+        return cls(gram=gram, channel_means=sums / spatial, spatial=spatial)
 
     @property
     def dimension(self) -> int:
@@ -106,23 +113,33 @@ def diagnose(
 ) -> list[MixDiagnostics]:
     """The diagnostics of each weight row (rows already validated by `check_weights`)."""
     method = canonical_method(method)
-    weights = np.asarray(rows, dtype=np.float64)
+    weights = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
     weights = weights / weights.sum(axis=1, keepdims=True)
-    return [_diagnose_row(stats, w, method, thresholds) for w in weights]
-
-
-def _diagnose_row(
-    stats: InputStatistics, w: np.ndarray, method: str, thresholds: Thresholds
-) -> MixDiagnostics:
     if method == "lerp":
-        norm, means = _linear(stats, w)
+        norms, means = _linear(stats, weights)
     elif method == "slerp":
-        norm, means = _linear(stats, _slerp_coefficients(stats.gram, w[1]))
+        norms, means = _linear(stats, _slerp_coefficients(stats.gram, weights[:, 1]))
     else:
-        norm, means = _mean_adjusted(stats, w, *method.split("/"))
-    input_norms = np.sqrt(np.clip(np.diag(stats.gram), 0, None))
-    interpolated = float(w @ input_norms)
-    expected = w @ stats.channel_means
+        norms, means = _mean_adjusted(stats, weights, *method.split("/"))
+    interpolated = weights @ np.sqrt(np.clip(np.diag(stats.gram), 0, None))
+    expected = weights @ stats.channel_means
+    k_eff = 1 / np.sum(weights**2, axis=1)
+    return [
+        _diagnostics(stats, *values, method, thresholds)
+        for values in zip(norms, means, interpolated, expected, k_eff, strict=True)
+    ]
+
+
+def _diagnostics(
+    stats: InputStatistics,
+    norm: float,
+    means: np.ndarray,
+    interpolated: float,
+    expected: np.ndarray,
+    k_eff: float,
+    method: str,
+    thresholds: Thresholds,
+) -> MixDiagnostics:
     expected_size = float(np.linalg.norm(expected))
     amplification = (
         float(np.linalg.norm(means)) / expected_size
@@ -130,37 +147,43 @@ def _diagnose_row(
         else None
     )
     diagnostics = MixDiagnostics(
-        norm=norm,
+        norm=float(norm),
         nominal_norm=math.sqrt(stats.dimension),
-        interpolated_norm=interpolated,
-        norm_ratio=norm / interpolated if interpolated > 0 else 1.0,
+        interpolated_norm=float(interpolated),
+        norm_ratio=float(norm / interpolated) if interpolated > 0 else 1.0,
         channel_means=means.tolist(),
         expected_channel_means=expected.tolist(),
         bias_amplification=amplification,
-        k_eff=float(1 / np.sum(w**2)),
+        k_eff=float(k_eff),
     )
     return diagnostics.model_copy(update={"warnings": _warnings(diagnostics, method, thresholds)})
 
 
-def _linear(stats: InputStatistics, c: np.ndarray) -> tuple[float, np.ndarray]:
-    """Eq. 1 (and slerp with its coefficients): norm and channel means of sum_k c_k z_k."""
-    return math.sqrt(max(float(c @ stats.gram @ c), 0.0)), c @ stats.channel_means
+def _quadratic(weights: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """w^T M w for each row w of `weights` [N, K]; rounding below 0 read as 0."""
+    return np.clip(np.einsum("nk,nk->n", weights @ matrix, weights), 0, None)
 
 
-def _slerp_coefficients(gram: np.ndarray, t: float) -> np.ndarray:
-    """Eq. 3's coefficients of z_1, z_2 (mixing.py's limits: theta ~ 0 is lerp)."""
+def _linear(stats: InputStatistics, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 1 (and slerp with its coefficients): norms and channel means of sum_k c_k z_k."""
+    return np.sqrt(_quadratic(c, stats.gram)), c @ stats.channel_means
+
+
+def _slerp_coefficients(gram: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Eq. 3's coefficients of z_1, z_2 for each t [N] -> [N, 2] (mixing.py's limit:
+    theta ~ 0 is lerp)."""
     n1, n2 = math.sqrt(gram[0, 0]), math.sqrt(gram[1, 1])
     cosine = min(max(gram[0, 1] / (n1 * n2), -1.0), 1.0) if n1 and n2 else 1.0
     theta = math.acos(cosine)
     if math.sin(theta) < 1e-6:
-        return np.array([1 - t, t])
-    return np.array([math.sin((1 - t) * theta), math.sin(t * theta)]) / math.sin(theta)
+        return np.stack([1 - t, t], axis=1)
+    return np.stack([np.sin((1 - t) * theta), np.sin(t * theta)], axis=1) / math.sin(theta)
 
 
 def _mean_adjusted(
-    stats: InputStatistics, w: np.ndarray, norm_kind: str, mean_kind: str
-) -> tuple[float, np.ndarray]:
-    """Sec. 5: norm and channel means of sum_k w_k mu_k + N(e_1..e_K; w)."""
+    stats: InputStatistics, weights: np.ndarray, norm_kind: str, mean_kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sec. 5: norms and channel means of sum_k w_k mu_k + N(e_1..e_K; w) for each row."""
     cm = stats.channel_means
     if mean_kind == "0":
         mean_part = np.zeros_like(cm)
@@ -169,14 +192,16 @@ def _mean_adjusted(
     else:  # chm
         mean_part = cm
     residual_gram = stats.gram - stats.spatial * (mean_part @ mean_part.T)
-    residual_norms = np.sqrt(np.clip(np.diag(residual_gram), 0, None))
-    mixed_residual = math.sqrt(max(float(w @ residual_gram @ w), 0.0))
-    target = math.sqrt(stats.dimension) if norm_kind == "fix" else float(w @ residual_norms)
-    scale = target / mixed_residual if mixed_residual > 0 else 0.0
-    mixed_mean = w @ mean_part
-    means = mixed_mean + scale * (w @ cm - mixed_mean)
-    norm = math.sqrt(stats.spatial * float(mixed_mean @ mixed_mean) + target**2)
-    return norm, means
+    mixed_residual = np.sqrt(_quadratic(weights, residual_gram))
+    if norm_kind == "fix":
+        target = np.full(len(weights), math.sqrt(stats.dimension))
+    else:
+        target = weights @ np.sqrt(np.clip(np.diag(residual_gram), 0, None))
+    scale = np.divide(target, mixed_residual, out=np.zeros_like(target), where=mixed_residual > 0)
+    mixed_mean = weights @ mean_part
+    means = mixed_mean + scale[:, None] * (weights @ cm - mixed_mean)
+    norms = np.sqrt(stats.spatial * np.sum(mixed_mean**2, axis=1) + target**2)
+    return norms, means
 
 
 def _warnings(diagnostics: MixDiagnostics, method: str, thresholds: Thresholds) -> list[str]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from latentmix.service import diagnostics as diagnostics_module
 from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.mix_methods import MIX_METHODS
 from latentmix.worker.engine.mixing import mix
@@ -78,3 +79,14 @@ def test_unbiased_inputs_report_no_amplification():
     (found,) = diagnose(InputStatistics.of(latents), [[0.5, 0.5]], "nin/0")
 
     assert found.bias_amplification is None
+
+
+def test_statistics_computed_in_slices_equal_the_whole_computation(monkeypatch):
+    latents = biased_latents(6, seed=5).astype(np.float32)
+    monkeypatch.setattr(diagnostics_module, "_CHUNK_ELEMENTS", 100)  # 4 positions a slice
+
+    stats = InputStatistics.of(latents)
+
+    flat = latents.astype(np.float64).reshape(6, -1)
+    np.testing.assert_allclose(stats.gram, flat @ flat.T, rtol=1e-12)
+    np.testing.assert_allclose(stats.channel_means, latents.astype(np.float64).mean(axis=(2, 3)))

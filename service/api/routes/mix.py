@@ -123,8 +123,15 @@ def _dry_run(catalog: LatentCatalog, mix: MixRequest, settings) -> MixDryRun:
             f"latent {pending} is still being computed (job {mix.producers[pending]}); "
             "dry_run needs every input ready",
         )
-    latents = np.stack(in_parallel(catalog.load, mix.latents))
-    found = diagnose(InputStatistics.of(latents), mix.weights, mix.method, Thresholds.of(settings))
+    # Only the inputs some row uses are read (a subset sample uses few of a large pool).
+    weights = np.asarray(mix.weights)
+    used = np.arange(len(mix.latents))
+    if mix.method != "slerp":  # slerp's angle needs both inputs whatever the weights
+        used = np.flatnonzero(weights.any(axis=0))
+    latents = np.stack(in_parallel(catalog.load, [mix.latents[i] for i in used]))
+    found = diagnose(
+        InputStatistics.of(latents), weights[:, used], mix.method, Thresholds.of(settings)
+    )
     rows = [
         DryRunRow(weights=row.weights, latent=row.latent, image=row.image, diagnostics=d)
         for row, d in zip(mix.rows, found, strict=True)

@@ -7,13 +7,20 @@ from helpers import assert_problem, latent_file, png_bytes
 from redis import Redis
 from rq import Queue
 
+from latentmix.service.diagnostics import InputStatistics, diagnose
+
 BIAS = np.array([0.02, -0.01, 0.015, 0.02])  # per channel; small against the noise / sqrt(K)
 
 
-def upload_biased_latents(client, count: int, seed: int) -> list[str]:
-    """`count` latents n_k + b ([4, 16, 16], n_k ~ N(0, I)) in one POST /latents."""
+def biased_arrays(count: int, seed: int) -> np.ndarray:
+    """`count` latents n_k + b ([4, 16, 16], n_k ~ N(0, I))."""
     rng = np.random.default_rng(seed)
-    arrays = rng.standard_normal((count, 4, 16, 16)) + BIAS[None, :, None, None]
+    return rng.standard_normal((count, 4, 16, 16)) + BIAS[None, :, None, None]
+
+
+def upload_biased_latents(client, count: int, seed: int) -> list[str]:
+    """`biased_arrays(count, seed)` in one POST /latents (as float32)."""
+    arrays = biased_arrays(count, seed)
     files = [
         ("latents", (f"z{i}.safetensors", latent_file(a.astype(np.float32)), "application/x"))
         for i, a in enumerate(arrays)
@@ -85,3 +92,23 @@ def test_dry_run_of_latents_still_inverting_is_refused(client):
     response = client.post("/mix", json={"latents": [pending, *ready], "dry_run": True})
 
     assert_problem(response, 409, pending, "dry_run")
+
+
+def test_dry_run_rows_that_leave_inputs_out_match_the_full_computation(client):
+    latents = upload_biased_latents(client, 4, seed=3)
+    arrays = biased_arrays(4, seed=3).astype(np.float32)
+    rows = [[1, 0, 0, 0], [0, 1, 1, 0]]
+
+    for method in ("slerp", "nin/chm", "fix/0"):
+        k = 2 if method == "slerp" else 4
+        weights = [row[:k] for row in rows]
+        response = client.post(
+            "/mix",
+            json={"latents": latents[:k], "weights": weights, "method": method, "dry_run": True},
+        )
+
+        assert response.status_code == 200, response.text
+        expected = diagnose(InputStatistics.of(arrays[:k]), weights, method)
+        for row, full in zip(response.json()["rows"], expected, strict=True):
+            assert row["diagnostics"]["norm"] == pytest.approx(full.norm, rel=1e-9)
+            assert row["diagnostics"]["channel_means"] == pytest.approx(full.channel_means)
