@@ -227,6 +227,7 @@ class Experiment:
             f"{generation:,} to generate",
             flush=True,
         )
+        self._check_limits()
         self._invert()
         todo = [cell for cell in cells if _key(*cell) not in self.rows]
         done_before = len(cells) - len(todo)
@@ -316,6 +317,22 @@ class Experiment:
             raise UsageError(
                 f"K = {max(self.plan.ks)} needs that many images per class; "
                 f"these classes have fewer: {too_small}"
+            )
+
+    def _check_limits(self) -> None:
+        """Refuse, before any work, a plan the service's limits (GET /limits) would stop."""
+        limits = self.client.limits()
+        if self.plan.centroids > limits.max_mixes_per_request:
+            raise UsageError(
+                f"--centroids {self.plan.centroids} is over the service's "
+                f"max_mixes_per_request ({limits.max_mixes_per_request}, "
+                "LATENTMIX_MAX_MIXES_PER_REQUEST)"
+            )
+        largest = max(len(paths) for paths in self.images.values())
+        if largest > limits.max_latents_per_mix:
+            raise UsageError(
+                f"a class of {largest} images is over the service's max_latents_per_mix "
+                f"({limits.max_latents_per_mix}); lower --max-per-class"
             )
 
     def _load_state(self) -> State:

@@ -16,6 +16,7 @@ from latentmix.client.experiment import (
     UsageError,
     write_figure,
 )
+from latentmix.client.models import Limits
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -108,3 +109,22 @@ def test_results_read_back_as_written(tmp_path):
     assert again.rows == run.rows
     (written,) = csv.DictReader((out / "results.csv").open())
     assert written["fid"] == ""
+
+
+class LimitedService:
+    """A client whose service allows few mixes per request; anything else fails the test."""
+
+    def limits(self):
+        return Limits(max_mixes_per_request=10)
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the experiment called {name} despite the limits")
+
+
+def test_a_plan_over_the_services_limits_is_refused_before_any_work(tmp_path):
+    data = tree(tmp_path / "data", images=2)
+    out = tmp_path / "o"
+    plan = Plan.from_args(parse(str(data), "--out", str(out), "--k", "1", "--centroids", "11"))
+
+    with pytest.raises(UsageError, match="max_mixes_per_request"):
+        Experiment(LimitedService(), plan, find_classes(data, out, plan.prompt), out).run()

@@ -116,7 +116,11 @@ def _job_images(redis, job_id: str) -> tuple[list[str], str | None, str | None]:
     if view.status.is_terminal():
         raise problem(422, f"job {job_id} ended {view.status.value}: it has no images to score")
     if job_type_of(found) is not MIX:
-        raise problem(422, f"job {job_id} is a {view.type} job; it makes no images")
+        raise problem(
+            409,
+            f"{view.type} job {job_id} has not finished ({view.status.value}); only a mix "
+            "job can be evaluated before it ends: ask again once it has",
+        )
     planned = MixRequest.model_validate(found.args[0])
     return [row.image for row in planned.rows], found.id, model
 

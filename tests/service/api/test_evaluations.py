@@ -130,3 +130,16 @@ def test_an_evaluation_whose_job_expired_is_read_from_storage(client):
 
     assert body["status"] == "succeeded" and body["type"] == "evaluate"
     assert body["result"] == stored["result"] and body["model"] == "tiny"
+
+
+def test_an_unfinished_job_that_is_not_a_mix_cannot_be_evaluated_yet(client):
+    reference, _ = inverted_latent(client, 6)
+    inversion = client.post(
+        "/latents", files=[("images", ("a.png", png_bytes(7), "image/png"))]
+    ).json()["job"]
+
+    response = client.post(
+        "/evaluations", data={"job": inversion["id"], "reference_latents": [reference]}
+    )
+
+    assert_problem(response, 409, inversion["id"], "has not finished")
