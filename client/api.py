@@ -358,12 +358,15 @@ class LatentMixClient:
         reference_latents: Sequence[LatentRef] = (),
         references: Sequence[ImageInput] = (),
         label: str | None = None,
+        features: str = "clip",
     ) -> Job:
         """Queue an evaluation (FID, KID, CLIP distance) of a mix job's images (waited for
         if unfinished) or of image ids, against the source images of `reference_latents`
-        and/or uploaded `references`. `wait` on the returned job gives the figures."""
+        and/or uploaded `references`; FID and KID on `features` ("clip" or "inception").
+        `wait` on the returned job gives the figures."""
         fields: dict[str, Any] = {
-            "reference_latents": [_id(latent) for latent in reference_latents]
+            "reference_latents": [_id(latent) for latent in reference_latents],
+            "features": features,
         }
         if job is not None:
             fields["job"] = _id(job)

@@ -83,6 +83,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--centroids", type=_positive, default=1000, help="centroids per cell")
     parser.add_argument("--max-per-class", type=_positive, default=64, help="images per class")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default %(default)s)")
+    parser.add_argument(
+        "--features",
+        choices=("clip", "inception"),
+        default="clip",
+        help="FID/KID features (inception needs LATENTMIX_INCEPTION_WEIGHTS on the workers)",
+    )
     parser.add_argument("--prompt", default="a photo of a {class}", help="prompt template")
     parser.add_argument("--steps", type=_positive, default=None, help="generation steps")
     parser.add_argument("--inversion-steps", type=_positive, default=None, help="DDIM steps")
@@ -143,6 +149,7 @@ class Plan:
     centroids: int
     max_per_class: int
     seed: int
+    features: str
     prompt: str
     steps: int | None
     inversion_steps: int | None
@@ -159,6 +166,7 @@ class Plan:
             centroids=args.centroids,
             max_per_class=args.max_per_class,
             seed=args.seed,
+            features=args.features,
             prompt=args.prompt,
             steps=args.steps,
             inversion_steps=args.inversion_steps,
@@ -280,7 +288,9 @@ class Experiment:
             steps=self.plan.steps,
             guidance_scale=self.plan.guidance_scale,
         )
-        evaluation = self.client.evaluate(job=mix, reference_latents=latents, label=name)
+        evaluation = self.client.evaluate(
+            job=mix, reference_latents=latents, label=name, features=self.plan.features
+        )
         mix = self.client.wait(mix)
         figures = self.client.wait(evaluation).result or {}
         self.rows[_key(name, k, method)] = {

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # Image encoder of the quality metrics (worker/engine/metrics/clip.py): a hub id, a local
     # directory, or "tiny-clip" (seeded random, offline tests). Loaded by an evaluation job.
     clip_model: str = "openai/clip-vit-large-patch14"
+    # Inception features for FID/KID on request (features=inception): a local TorchScript
+    # Inception file (inception-2015-12-05.pt of StyleGAN2-ADA / clean-fid) or "tiny-inception".
+    inception_weights: str | None = None
     # Mix diagnostics (service/diagnostics.py): warn when a mix amplifies the inputs' channel
     # means more than this (Eq. 9), or when lerp/slerp keep less than this fraction of the
     # inputs' interpolated norm.

@@ -11,7 +11,7 @@ else.
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -222,12 +222,14 @@ class EvaluateRequest(Contract):
     generated: list[str] = Field(min_length=1)  # image ids (stored under images/)
     references: list[str] = Field(min_length=1)  # storage keys of the real images
     label: str | None = None  # e.g. the class name, repeated in the result
+    features: Literal["clip", "inception"] = "clip"  # of FID and KID
 
 
 class EvaluateResult(Contract):
     """The figures of one evaluation. FID and KID need two images per set (else null)."""
 
-    features: str  # the encoder the features come from, e.g. "clip:openai/clip-vit-large-patch14"
+    features: str  # FID's and KID's, e.g. "clip:openai/clip-vit-large-patch14"
+    clip_features: str  # the CLIP distance's encoder, "clip:<LATENTMIX_CLIP_MODEL>"
     label: str | None
     generated: int
     references: int

@@ -5,6 +5,7 @@ no finished cell. Also what the mix jobs and evaluations it made carry."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from helpers import png_bytes
 from redis import Redis
 
-from latentmix.client import experiment
+from latentmix.client import LatentMixClient, experiment
 from latentmix.client.experiment import EXIT_INTERRUPTED, EXIT_OK, Experiment
 from latentmix.service.jobs import fetch_job
 
@@ -29,6 +30,11 @@ def four_image_tree(tmp_path: Path) -> Path:
         for index in range(4):
             (root / name / f"{index}.png").write_bytes(png_bytes(10 * offset + index))
     return root
+
+
+def latents(out: Path, row: dict) -> list[str]:
+    """The latent ids of a results row's class, from OUT/experiment.json."""
+    return json.loads((out / "experiment.json").read_text())["latents"][row["class"]]
 
 
 def run_experiment(service_url: str, data: Path, out: Path) -> int:
@@ -108,6 +114,16 @@ def test_the_experiment_mix_jobs_carry_diagnostics_and_evaluations_outlive_their
     evaluation = httpx.get(f"{service_url}/evaluations/{row['evaluation_job']}").json()
     assert evaluation["result"]["generated"] == 2 and evaluation["result"]["references"] == 4
     assert evaluation["result"]["label"] == row["class"]
+    with LatentMixClient(service_url) as lm:
+        inception = lm.wait(
+            lm.evaluate(
+                job=row["mix_job"], reference_latents=latents(out, row), features="inception"
+            )
+        ).result
+    assert inception["features"] == "inception:tiny-inception"
+    assert inception["clip_features"] == "clip:tiny-clip"
+    assert inception["clip_distance"] == pytest.approx(evaluation["result"]["clip_distance"])
+    assert inception["fid"] != evaluation["result"]["fid"]
     with Redis.from_url(service_stack.settings.redis_url) as redis:
         fetch_job(redis, row["evaluation_job"]).delete()
     kept = httpx.get(f"{service_url}/evaluations/{row['evaluation_job']}").json()

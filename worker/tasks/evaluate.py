@@ -18,35 +18,56 @@ from latentmix.worker.engine.metrics import (
     kernel_inception_distance,
 )
 from latentmix.worker.engine.metrics.clip import load_clip
+from latentmix.worker.engine.metrics.inception import load_inception
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import progress_reporter, task
 
 
 @task(EvaluateRequest)
 def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
-    """Embed both sets with the CLIP image encoder of LATENTMIX_CLIP_MODEL and score them."""
-    encoder = load_clip(ctx.settings.clip_model, str(ctx.model.device))
+    """Embed both sets with the CLIP image encoder of LATENTMIX_CLIP_MODEL (the CLIP distance)
+    and, for FID and KID, with it or the Inception of LATENTMIX_INCEPTION_WEIGHTS."""
+    device = str(ctx.model.device)
+    clip = load_clip(ctx.settings.clip_model, device)
+    fid_encoder = (
+        load_inception(ctx.settings.inception_weights, device)
+        if request.features == "inception"
+        else clip
+    )
     progress = progress_reporter(ctx.redis, job)
-    keys = [image_key(i) for i in request.generated] + request.references
-    progress(0, len(keys))
-    generated = encoder.embed(_images(ctx, keys[: len(request.generated)]))
-    progress(len(request.generated), len(keys))
-    references = encoder.embed(_images(ctx, request.references))
-    progress(len(keys), len(keys))
-    result = score(encoder.features, request.label, generated, references)
+    generated = _images(ctx, [image_key(i) for i in request.generated])
+    references = _images(ctx, request.references)
+    progress(0, 2)
+    embedded = clip.embed(generated), clip.embed(references)
+    progress(1, 2)
+    if fid_encoder is not clip:
+        fid_features = fid_encoder.embed(generated), fid_encoder.embed(references)
+    else:
+        fid_features = embedded
+    progress(2, 2)
+    result = score(
+        request.label, embedded, fid_features, clip=clip.features, fid=fid_encoder.features
+    )
     stored = {"model": ctx.settings.model, "result": result.model_dump(mode="json")}
     ctx.storage.put(evaluation_key(job.id), json.dumps(stored).encode(), "application/json")
     return result
 
 
 def score(
-    features: str, label: str | None, generated: np.ndarray, references: np.ndarray
+    label: str | None,
+    clip_sets: tuple[np.ndarray, np.ndarray],
+    fid_sets: tuple[np.ndarray, np.ndarray],
+    *,
+    clip: str,
+    fid: str,
 ) -> EvaluateResult:
-    """The result's figures from the two embedding sets."""
-    distances = clip_distances(generated, references)
+    """The result's figures from the (generated, references) embeddings of each encoder."""
+    distances = clip_distances(*clip_sets)
+    generated, references = fid_sets
     both_sets = len(generated) >= 2 and len(references) >= 2
     return EvaluateResult(
-        features=features,
+        features=fid,
+        clip_features=clip,
         label=label,
         generated=len(generated),
         references=len(references),

@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
@@ -48,6 +48,13 @@ def create_evaluation(
         list[UploadFile], File(description="reference images (PNG, JPEG or WebP)")
     ] = [],  # noqa: B006
     label: Annotated[str | None, Form(max_length=200, description="e.g. the class")] = None,
+    features: Annotated[
+        Literal["clip", "inception"],
+        Form(
+            description="FID/KID features: CLIP (LATENTMIX_CLIP_MODEL) or Inception "
+            "(LATENTMIX_INCEPTION_WEIGHTS); the CLIP distance always uses CLIP"
+        ),
+    ] = "clip",
 ) -> JobPublic:
     """Queue an evaluation: FID, KID and CLIP distance of the generated images against the
     references, on CLIP image features (LATENTMIX_CLIP_MODEL, named in the result)."""
@@ -62,7 +69,9 @@ def create_evaluation(
     )
     keys = _source_images(catalog, reference_latents)
     keys += _store_references(storage, references, settings.max_image_pixels)
-    evaluation = EvaluateRequest(generated=generated, references=keys, label=label)
+    evaluation = EvaluateRequest(
+        generated=generated, references=keys, label=label, features=features
+    )
     job_id = stable_job_id(request) or uuid.uuid4().hex
     queued = fetch_job(redis, job_id) or enqueue(
         redis,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import linalg
 
@@ -15,6 +16,7 @@ from latentmix.worker.engine.metrics import (
     kernel_inception_distance,
 )
 from latentmix.worker.engine.metrics.clip import EncoderUnavailable, load_clip
+from latentmix.worker.engine.metrics.inception import load_inception
 from latentmix.worker.engine.metrics.kid import polynomial_kernel
 
 
@@ -122,3 +124,25 @@ def test_missing_clip_weights_name_the_setting(tmp_path, monkeypatch):
 
     with pytest.raises(EncoderUnavailable, match="LATENTMIX_CLIP_MODEL"):
         load_clip(str(tmp_path / "no-such-model"))
+
+
+def test_a_torchscript_inception_file_embeds_images(tmp_path):
+    stand_in = load_inception("tiny-inception")
+    path = tmp_path / "inception.pt"
+    torch.jit.save(stand_in.model, str(path))
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+        for i in range(3)
+    ]
+
+    loaded = load_inception(str(path))
+
+    assert loaded.features == "inception:inception.pt"
+    np.testing.assert_allclose(loaded.embed(images), stand_in.embed(images), rtol=1e-6)
+    assert loaded.embed(images).shape == (3, 32)
+
+
+@pytest.mark.parametrize("path", [None, "/nonexistent/inception.pt"])
+def test_missing_inception_weights_name_the_setting(path):
+    with pytest.raises(EncoderUnavailable, match="LATENTMIX_INCEPTION_WEIGHTS"):
+        load_inception(path)
