@@ -5,6 +5,7 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from pydantic import StringConstraints
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
 from latentmix.service.api.idempotency import stable_job_id
@@ -27,6 +28,9 @@ from latentmix.service.storage import NotFound, in_parallel
 
 router = APIRouter(tags=["evaluations"])
 
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+ContentId = Annotated[str, StringConstraints(pattern=ID_RE.pattern)]
+
 
 @router.post("/evaluations", status_code=202, response_model=JobPublic, responses=PROBLEM_RESPONSES)
 def create_evaluation(
@@ -38,11 +42,16 @@ def create_evaluation(
     metrics: MetricsDep,
     job: Annotated[
         str | None,
-        Form(description="a mix job whose images are scored (waited for if unfinished)"),
+        Form(
+            pattern=JOB_ID_PATTERN,
+            description="a mix job whose images are scored (waited for if unfinished)",
+        ),
     ] = None,
-    images: Annotated[list[str], Form(description="generated image ids, instead of job")] = [],  # noqa: B006
+    images: Annotated[
+        list[ContentId], Form(description="generated image ids, instead of job")
+    ] = [],  # noqa: B006
     reference_latents: Annotated[
-        list[str], Form(description="latent ids whose source images are the references")
+        list[ContentId], Form(description="latent ids whose source images are the references")
     ] = [],  # noqa: B006
     references: Annotated[
         list[UploadFile], File(description="reference images (PNG, JPEG or WebP)")
@@ -135,9 +144,6 @@ def _job_images(redis, job_id: str) -> tuple[list[str], str | None, str | None]:
 
 
 def _stored_images(storage, image_ids: list[str]) -> list[str]:
-    malformed = [i for i in image_ids if not ID_RE.fullmatch(i)]
-    if malformed:
-        raise problem(422, f"not image ids: {malformed[:5]}")
     stored = in_parallel(lambda i: storage.exists(image_key(i)), image_ids)
     missing = [i for i, ok in zip(image_ids, stored, strict=True) if not ok]
     if missing:
