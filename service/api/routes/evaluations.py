@@ -66,7 +66,8 @@ def create_evaluation(
     ] = "clip",
 ) -> JobPublic:
     """Queue an evaluation: FID, KID and CLIP distance of the generated images against the
-    references, on CLIP image features (LATENTMIX_CLIP_MODEL, named in the result)."""
+    references (the encoders are named in the result)."""
+    _check_counts(settings, images, reference_latents)
     if (job is None) == (not images):
         raise problem(422, "name the generated images: give either 'job' or 'images'")
     if not reference_latents and not references:
@@ -82,17 +83,36 @@ def create_evaluation(
         generated=generated, references=keys, label=label, features=features
     )
     job_id = stable_job_id(request) or uuid.uuid4().hex
-    queued = fetch_job(redis, job_id) or enqueue(
-        redis,
-        settings,
-        job_type=EVALUATE,
-        model=model or settings.model,
-        request=evaluation,
-        job_id=job_id,
-        depends_on=[producer] if producer else None,
-    )
-    metrics.jobs_submitted.labels("evaluate").inc()
+    queued = fetch_job(redis, job_id)  # queued by a try whose answer was lost
+    if queued is None:
+        queued = enqueue(
+            redis,
+            settings,
+            job_type=EVALUATE,
+            model=model or settings.model,
+            request=evaluation,
+            job_id=job_id,
+            depends_on=[producer] if producer else None,
+        )
+        metrics.jobs_submitted.labels("evaluate").inc()
     return public_job(view_job(redis, queued), request)
+
+
+def _check_counts(settings, images: list[str], reference_latents: list[str]) -> None:
+    """Bounded like a mix: as many generated images as one mix makes, as many references
+    as one mix takes inputs."""
+    if len(images) > settings.max_mixes_per_request:
+        raise problem(
+            422,
+            f"{len(images)} images; the limit is {settings.max_mixes_per_request} "
+            "(LATENTMIX_MAX_MIXES_PER_REQUEST)",
+        )
+    if len(reference_latents) > settings.max_latents_per_mix:
+        raise problem(
+            422,
+            f"{len(reference_latents)} reference latents; the limit is "
+            f"{settings.max_latents_per_mix} (LATENTMIX_MAX_LATENTS_PER_MIX)",
+        )
 
 
 @router.get("/evaluations/{job_id}", response_model=JobPublic, responses=PROBLEM_RESPONSES)

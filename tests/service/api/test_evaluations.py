@@ -143,3 +143,22 @@ def test_an_unfinished_job_that_is_not_a_mix_cannot_be_evaluated_yet(client):
     )
 
     assert_problem(response, 409, inversion["id"], "has not finished")
+
+
+def test_evaluations_are_bounded_like_mixes(make_client):
+    client = make_client(max_mixes_per_request=2, max_latents_per_mix=2)
+
+    assert_problem(
+        client.post(
+            "/evaluations", data={"images": ["a" * 32] * 3, "reference_latents": ["b" * 32]}
+        ),
+        422,
+        "LATENTMIX_MAX_MIXES_PER_REQUEST",
+    )
+    assert_problem(
+        client.post(
+            "/evaluations", data={"images": ["a" * 32], "reference_latents": ["b" * 32] * 3}
+        ),
+        422,
+        "LATENTMIX_MAX_LATENTS_PER_MIX",
+    )
