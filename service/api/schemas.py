@@ -93,8 +93,10 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     error: str | None
     result: dict[str, Any] | None = Field(
-        description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
-        "prompt, steps, guidance_scale}"
+        description="invert: {latents}; mix: {latents, images: [{id, url, latent, provenance, "
+        "diagnostics}], method, prompt, steps, guidance_scale}; evaluate: {features, "
+        "clip_features, label, generated, references, clip_distance, clip_distance_std, "
+        "clip_distances, fid, kid}"
     )
     planned: list[PlannedImage] | None = Field(
         default=None, description="POST /mix: the images the job will produce, in order"
