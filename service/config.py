@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
     # Decoded latents a worker keeps in memory (those it inverted, mixed or read), MiB; 0: none.
     worker_latent_memory_mb: int = Field(default=256, ge=0)
+    # Keyframes' attention keys and values a worker keeps for attention-interpolated morphs
+    # and mixes (worker/engine/attention/), MiB (SD 1.5, 512 px, 50 steps: ~1.1 GB per
+    # keyframe, fp16); a keyframe larger than this is recomputed by each morph.
+    worker_attention_cache_mb: int = Field(default=4096, ge=0)
+    # LPIPS (AlexNet) weights for morph metrics and perceptual spacing: a local safetensors
+    # file (worker/engine/lpips.py says its keys). Unset: the named `rgb-rmse` fallback.
+    lpips_weights: Path | None = None
 
     # Jobs.
     job_timeout_s: int = 3600
@@ -62,6 +69,8 @@ class Settings(BaseSettings):
     max_mixes_per_request: int = Field(default=1000, ge=1)
     # Input latents of one mix request (the pool a `subset` sample draws from, or K).
     max_latents_per_mix: int = Field(default=4096, ge=2)
+    # Frames of one POST /morph, keyframes included.
+    max_morph_frames: int = Field(default=240, ge=2)
     # Image encoder of the quality metrics (worker/engine/metrics/clip.py): a hub id, a local
     # directory, or "tiny-clip" (seeded random, offline tests). Loaded by an evaluation job.
     clip_model: str = "openai/clip-vit-large-patch14"

@@ -94,12 +94,15 @@ class JobPublic(BaseModel):
     error: str | None
     result: dict[str, Any] | None = Field(
         description="invert: {latents}; mix: {latents, images: [{id, url, latent, provenance, "
-        "diagnostics}], method, prompt, steps, guidance_scale}; evaluate: {features, "
-        "clip_features, label, generated, references, clip_distance, clip_distance_std, "
-        "clip_distances, fid, kid}"
+        "diagnostics}], method, prompt, steps, guidance_scale}; morph: {latents, images (the "
+        "frames, with provenance), keyframes, path, spacing, coefficients, passes, method, "
+        "attention, metrics: {distance, distances, smoothness, consistency}, "
+        "attention_mb_per_keyframe}; evaluate: {features, clip_features, label, generated, "
+        "references, clip_distance, clip_distance_std, clip_distances, fid, kid}"
     )
     planned: list[PlannedImage] | None = Field(
-        default=None, description="POST /mix: the images the job will produce, in order"
+        default=None,
+        description="POST /mix and POST /morph: the images the job will produce, in order",
     )
 
 
@@ -197,6 +200,15 @@ class MixCreate(RequestBody):
     )
     sample: SampleSpec | None = Field(default=None, description="seeded weights; not with weights")
     webhook: WebhookUrl | None = None
+    attention: str = Field(
+        default="none",
+        description="N-way attention interpolation with the inputs (AID's rules): none, inner, "
+        "outer, fused; each input's own generation runs once per worker (cached)",
+        json_schema_extra={"enum": ["none", "inner", "outer", "fused"]},
+    )
+    attention_steps: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="fraction of the steps that interpolate"
+    )
     dry_run: bool = Field(
         default=False,
         description="answer 200 with each row's degeneracy diagnostics (norms, channel means, "
@@ -242,3 +254,4 @@ class LimitsPublic(BaseModel):
     max_steps: int = Field(description="inversion or generation steps")
     max_guidance: float = Field(description="guidance_scale")
     max_wait_s: float = Field(description="longest hold of GET /jobs/{id}?wait=S")
+    max_morph_frames: int = Field(description="frames of one POST /morph, keyframes included")

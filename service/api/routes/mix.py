@@ -33,6 +33,7 @@ from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_queue, view_job
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
+from latentmix.service.model_cards import check_attention
 from latentmix.service.storage import in_parallel
 from latentmix.service.weight_sampling import sample_weights
 
@@ -80,6 +81,7 @@ def create_mix(
         method = canonical_method(body.method)
         rows = _weight_rows(body.weights, len(body.latents), body.sample)
         check_weights(rows, len(body.latents), method)
+        check_attention(redis, inputs.model or settings.model, body.attention)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
     mix = plan_mix(
@@ -91,6 +93,8 @@ def create_mix(
         guidance_scale=body.guidance_scale,
         seed=body.sample.seed if body.sample else None,
         producers=inputs.producers,
+        attention=body.attention,
+        attention_steps=body.attention_steps,
     )
     if body.dry_run:
         return JSONResponse(_dry_run(catalog, mix, settings).model_dump(mode="json"))
