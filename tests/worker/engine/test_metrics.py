@@ -126,10 +126,11 @@ def test_missing_clip_weights_name_the_setting(tmp_path, monkeypatch):
         load_clip(str(tmp_path / "no-such-model"))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_a_torchscript_inception_file_embeds_images(tmp_path):
     stand_in = load_inception("tiny-inception")
     path = tmp_path / "inception.pt"
-    torch.jit.save(stand_in.model, str(path))
+    torch.jit.save(torch.jit.script(stand_in.model), str(path))
     images = [
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (50, 70, 3), dtype=np.uint8))
         for i in range(3)
@@ -146,3 +147,15 @@ def test_a_torchscript_inception_file_embeds_images(tmp_path):
 def test_missing_inception_weights_name_the_setting(path):
     with pytest.raises(EncoderUnavailable, match="LATENTMIX_INCEPTION_WEIGHTS"):
         load_inception(path)
+
+
+def test_a_clip_model_directory_loads_like_a_hub_id(tmp_path):
+    tiny = load_clip("tiny-clip")
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    images = [Image.fromarray(np.full((36, 36, 3), 40 * i, dtype=np.uint8)) for i in range(3)]
+
+    loaded = load_clip(str(tmp_path))
+
+    assert loaded.features == f"clip:{tmp_path}"
+    np.testing.assert_allclose(loaded.embed(images), tiny.embed(images), rtol=1e-5, atol=1e-6)

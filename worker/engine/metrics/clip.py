@@ -14,7 +14,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+try:  # transformers 5: the Pillow processor, without its torchvision-fallback warning
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4
+    from transformers import CLIPImageProcessor
 
 TINY_CLIP_NAME = "tiny-clip"
 CLIP_SETTING = "LATENTMIX_CLIP_MODEL"

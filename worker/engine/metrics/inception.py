@@ -9,6 +9,7 @@ downloaded; a missing file raises `EncoderUnavailable` naming the setting."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,7 +29,7 @@ INCEPTION_SIZE = 299
 @dataclass(frozen=True)
 class InceptionEncoder:
     name: str
-    model: torch.jit.ScriptModule
+    model: torch.nn.Module  # called as model(uint8 NCHW, return_features=True)
 
     @property
     def features(self) -> str:
@@ -51,7 +52,7 @@ class InceptionEncoder:
 def load_inception(path: str | None, device: str = "cpu") -> InceptionEncoder:
     """The TorchScript Inception at `path` (or "tiny-inception") on `device`."""
     if path == TINY_INCEPTION_NAME:
-        return InceptionEncoder(path, torch.jit.script(_TinyInception().eval()).to(device))
+        return InceptionEncoder(path, _TinyInception().eval().to(device))
     if not path or not Path(path).is_file():
         raise EncoderUnavailable(
             f"Inception features need the TorchScript Inception (inception-2015-12-05.pt, as "
@@ -59,7 +60,9 @@ def load_inception(path: str | None, device: str = "cpu") -> InceptionEncoder:
             f"it is {'unset' if not path else f'{path!r}, which is not a file'}"
         )
     try:
-        model = torch.jit.load(path, map_location=device).eval()
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the file is one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(path, map_location=device).eval()
     except (RuntimeError, ValueError) as exc:
         raise EncoderUnavailable(
             f"{INCEPTION_SETTING}={path!r} is not a TorchScript model: {exc}"
