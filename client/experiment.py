@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,19 @@ COLUMNS = (
     "mix_job",
     "evaluation_job",
 )
+DEFAULT_IN_FLIGHT = 1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A (class, K, method) cell whose mix and evaluation jobs are queued."""
+
+    name: str
+    k: int
+    method: str
+    mix: Job
+    evaluation: Job
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +117,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--title", default="", help="a line on the figure, e.g. what the weights are"
     )
+    parser.add_argument(
+        "--in-flight",
+        type=_positive,
+        default=DEFAULT_IN_FLIGHT,
+        help="cells queued ahead of the one awaited, so every worker has work "
+        "(default %(default)s; use about the number of workers)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
@@ -121,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         classes = find_classes(args.data, args.out, plan.prompt)
         with LatentMixClient(args.url, args.api_key) as client, exclusive(args.out):
-            Experiment(client, plan, classes, args.out).run(title=args.title)
+            Experiment(client, plan, classes, args.out).run(args.title, args.in_flight)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -224,7 +244,8 @@ class Experiment:
         self.state = self._load_state()
         self.rows = self._load_rows()
 
-    def run(self, title: str = "") -> None:
+    def run(self, title: str = "", in_flight: int = DEFAULT_IN_FLIGHT) -> None:
+        self.in_flight = in_flight
         cells = self.plan.cells(list(self.classes))
         images = sum(len(paths) for paths in self.images.values())
         inversion, generation = self.plan.unet_evaluations(images, len(cells))
@@ -241,14 +262,22 @@ class Experiment:
         done_before = len(cells) - len(todo)
         print(f"{done_before} cells done before, {len(todo)} to go; {self._estimate(len(todo))}")
         started = time.monotonic()
-        for number, cell in enumerate(todo, 1):
-            self._run_cell(*cell)
-            left = (time.monotonic() - started) / number * (len(todo) - number)
-            print(
-                f"[{done_before + number}/{len(cells)}] {_describe(self.rows[_key(*cell)])}; "
-                f"about {_duration(left)} left",
-                flush=True,
-            )
+        submitted: deque[Cell] = deque()
+        finished = 0
+        for cell in [*todo, None]:  # None: drain the window
+            if cell is not None:
+                submitted.append(self._submit_cell(*cell))
+            while submitted and (cell is None or len(submitted) > self.in_flight):
+                done = submitted.popleft()
+                self._finish_cell(done)
+                finished += 1
+                left = (time.monotonic() - started) / finished * (len(todo) - finished)
+                row = self.rows[_key(done.name, done.k, done.method)]
+                print(
+                    f"[{done_before + finished}/{len(cells)}] {_describe(row)}; "
+                    f"about {_duration(left)} left",
+                    flush=True,
+                )
         write_figure(list(self.rows.values()), self.out / FIGURE_FILE, title)
         print(f"wrote {self.out / RESULTS_FILE} and {self.out / FIGURE_FILE}")
 
@@ -276,7 +305,8 @@ class Experiment:
 
     # -- cells ----------------------------------------------------------------------------
 
-    def _run_cell(self, name: str, k: int, method: str) -> None:
+    def _submit_cell(self, name: str, k: int, method: str) -> Cell:
+        """Queue a cell's mix job and its evaluation (which waits for the mix)."""
         latents = self.state.latents[name]
         mix = self.client.sample(
             latents,
@@ -291,8 +321,14 @@ class Experiment:
         evaluation = self.client.evaluate(
             job=mix, reference_latents=latents, label=name, features=self.plan.features
         )
-        mix = self.client.wait(mix)
-        figures = self.client.wait(evaluation).result or {}
+        return Cell(name, k, method, mix, evaluation)
+
+    def _finish_cell(self, cell: Cell) -> None:
+        """Wait for a submitted cell and record its row."""
+        name, k, method = cell.name, cell.k, cell.method
+        mix = self.client.wait(cell.mix)
+        evaluation = self.client.wait(cell.evaluation)
+        figures = evaluation.result or {}
         self.rows[_key(name, k, method)] = {
             "class": name,
             "k": k,

@@ -37,7 +37,7 @@ def latents(out: Path, row: dict) -> list[str]:
     return json.loads((out / "experiment.json").read_text())["latents"][row["class"]]
 
 
-def run_experiment(service_url: str, data: Path, out: Path) -> int:
+def run_experiment(service_url: str, data: Path, out: Path, *extra: str) -> int:
     return experiment.main(
         [
             str(data),
@@ -48,6 +48,7 @@ def run_experiment(service_url: str, data: Path, out: Path) -> int:
             "--steps", "2",
             "--inversion-steps", "2",
             "--url", service_url,
+            *extra,
         ]
     )  # fmt: skip
 
@@ -57,15 +58,15 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
 ):
     out = tmp_path / "runs" / "x"
     ran: list[tuple[str, int, str]] = []
-    run_cell = Experiment._run_cell
+    finish_cell = Experiment._finish_cell
 
-    def interrupted_after_two(self, name, k, method):
+    def interrupted_after_two(self, cell):
         if len(ran) == 2:
             raise KeyboardInterrupt
-        run_cell(self, name, k, method)
-        ran.append((name, k, method))
+        finish_cell(self, cell)
+        ran.append((cell.name, cell.k, cell.method))
 
-    monkeypatch.setattr(Experiment, "_run_cell", interrupted_after_two)
+    monkeypatch.setattr(Experiment, "_finish_cell", interrupted_after_two)
     assert run_experiment(service_url, four_image_tree, out) == EXIT_INTERRUPTED
     first = {
         (r["class"], r["k"], r["method"]): r for r in csv.DictReader((out / "results.csv").open())
@@ -75,11 +76,13 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
     assert "UNet evaluations: 32 to invert" in printed  # 8 images x 2 steps x 2 (guidance)
     assert "96 to generate" in printed  # 12 cells x 2 centroids x 2 steps x 2
 
-    monkeypatch.setattr(Experiment, "_run_cell", run_cell)
     redone: list[tuple[str, int, str]] = []
-    monkeypatch.setattr(
-        Experiment, "_run_cell", lambda self, *cell: (redone.append(cell), run_cell(self, *cell))
-    )
+
+    def recorded(self, cell):
+        redone.append((cell.name, cell.k, cell.method))
+        finish_cell(self, cell)
+
+    monkeypatch.setattr(Experiment, "_finish_cell", recorded)
     assert run_experiment(service_url, four_image_tree, out) == EXIT_OK
 
     assert not set(redone) & set(ran) and len(redone) == 10
@@ -102,8 +105,9 @@ def test_the_experiment_mix_jobs_carry_diagnostics_and_evaluations_outlive_their
     service_stack, service_url, four_image_tree, tmp_path
 ):
     out = tmp_path / "out"
-    assert run_experiment(service_url, four_image_tree, out) == EXIT_OK
+    assert run_experiment(service_url, four_image_tree, out, "--in-flight", "3") == EXIT_OK
     rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 12 and len({r["mix_job"] for r in rows}) == 12
     row = next(r for r in rows if r["k"] == "4" and r["method"] == "fix/0")
 
     job = httpx.get(f"{service_url}/jobs/{row['mix_job']}").json()
