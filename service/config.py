@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_batch_size: int | None = None  # None: a per-device default
     vae_batch_size: int | None = None  # images per VAE call; None: a per-device default
     compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
+    # SD 3: load the T5 text encoder (most of the model's memory); false leaves it out and the
+    # T5 part of the prompt embedding is zeros. The model card says which (`t5`).
+    t5: bool = True
     # Decoded latents a worker keeps in memory (those it inverted, mixed or read), MiB; 0: none.
     worker_latent_memory_mb: int = Field(default=256, ge=0)
     # Keyframes' attention keys and values a worker keeps for attention-interpolated morphs

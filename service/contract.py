@@ -58,6 +58,13 @@ class ModelCard(BaseModel):
     default_guidance: float
     prediction_type: str
     inversion_methods: tuple[str, ...]
+    # Pixels an image side must be a multiple of (SD 3: the latent cell x the patch size);
+    # None on cards of workers from before it was published: the latent cell.
+    size_multiple: int | None = None
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.size_multiple or self.vae_scale_factor
 
 
 # --- invert -----------------------------------------------------------------------------

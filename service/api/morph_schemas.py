@@ -5,7 +5,7 @@ from typing import Annotated
 from pydantic import Field
 
 from latentmix.service.api.schemas import MAX_SEED, LatentId, RequestBody, WebhookUrl
-from latentmix.service.contract import DEFAULT_GUIDANCE, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
+from latentmix.service.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
 from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
 from latentmix.service.morph_plan import (
     ATTENTION_MODES,
@@ -71,7 +71,12 @@ class MorphCreate(RequestBody):
     guide_prompt: Prompt | None = Field(
         default=None, description="PAID: replaces the interpolated text condition of inner frames"
     )
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
+    )
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the keyframes' inversion steps"
     )

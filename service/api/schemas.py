@@ -7,7 +7,6 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from latentmix.service.contract import (
-    DEFAULT_GUIDANCE,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
@@ -194,7 +193,12 @@ class MixCreate(RequestBody):
         max_length=MAX_PROMPT_CHARS,
         description="default: the prompt the inputs were inverted with",
     )
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
+    )
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the inputs' inversion steps"
     )

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
 from latentmix.service.api.idempotency import stable_job_id
+from latentmix.service.api.models import card_of, check_same_model, guidance_for
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
 from latentmix.service.api.schemas import (
@@ -84,13 +85,14 @@ def create_mix(
         check_attention(redis, inputs.model or settings.model, body.attention)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
+    model = inputs.model or settings.model
     mix = plan_mix(
         latents=body.latents,
         rows=rows,
         method=method,
         prompt=body.prompt if body.prompt is not None else (shared_value(inputs.prompts) or ""),
         steps=body.steps or shared_value(inputs.steps) or DEFAULT_STEPS,
-        guidance_scale=body.guidance_scale,
+        guidance_scale=guidance_for(body.guidance_scale, card_of(model, redis)),
         seed=body.sample.seed if body.sample else None,
         producers=inputs.producers,
         attention=body.attention,
@@ -106,7 +108,7 @@ def create_mix(
             redis,
             settings,
             job_type=MIX,
-            model=inputs.model or settings.model,
+            model=model,
             request=mix,
             job_id=job_id,
             depends_on=sorted(set(inputs.producers.values())) or None,
@@ -203,8 +205,7 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
         inputs.producers[latent_id] = job.id
         inputs.prompts.append(job.prompts.get(latent_id))
         inputs.steps.append(job.steps)
-    if len(models) > 1:
-        raise problem(422, f"latents from different models cannot be mixed: {sorted(models)}")
+    check_same_model(models, redis)
     if len(shapes) > 1:
         raise problem(422, f"latents of different shapes cannot be mixed: {sorted(shapes)}")
     inputs.model = next(iter(models))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
 from latentmix.service.api.idempotency import stable_job_id
+from latentmix.service.api.models import card_of, guidance_for
 from latentmix.service.api.morph_schemas import MorphCreate
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
@@ -72,7 +73,7 @@ def create_morph(
         attention=body.attention,
         attention_steps=body.attention_steps,
         steps=body.steps or shared_value(inputs.steps) or DEFAULT_STEPS,
-        guidance_scale=body.guidance_scale,
+        guidance_scale=guidance_for(body.guidance_scale, card_of(model, redis)),
         seed=body.seed,
         producers=inputs.producers,
     )
