@@ -106,3 +106,10 @@ def test_the_wheel_ships_the_trained_shapes_weights(wheel: Path):
         "pipeline/tokenizer/tokenizer.json",
         "pipeline/scheduler/scheduler_config.json",
     } <= shipped
+
+
+def test_the_wheel_holds_the_studio_page(wheel: Path):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    static = "latentmix/service/api/studio/static/"
+    assert {static + name for name in ("index.html", "studio.js", "studio.css", "zip.js")} <= names

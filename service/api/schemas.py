@@ -7,11 +7,11 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from latentmix.service.contract import (
-    DEFAULT_GUIDANCE,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
 )
+from latentmix.service.diagnostics import MixDiagnostics
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
 from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
@@ -92,11 +92,16 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     error: str | None
     result: dict[str, Any] | None = Field(
-        description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
-        "prompt, steps, guidance_scale}"
+        description="invert: {latents}; mix: {latents, images: [{id, url, latent, provenance, "
+        "diagnostics}], method, prompt, steps, guidance_scale}; morph: {latents, images (the "
+        "frames, with provenance), keyframes, path, spacing, coefficients, passes, method, "
+        "attention, metrics: {distance, distances, smoothness, consistency}, "
+        "attention_mb_per_keyframe}; evaluate: {features, clip_features, label, generated, "
+        "references, clip_distance, clip_distance_std, clip_distances, fid, kid}"
     )
     planned: list[PlannedImage] | None = Field(
-        default=None, description="POST /mix: the images the job will produce, in order"
+        default=None,
+        description="POST /mix and POST /morph: the images the job will produce, in order",
     )
 
 
@@ -188,18 +193,53 @@ class MixCreate(RequestBody):
         max_length=MAX_PROMPT_CHARS,
         description="default: the prompt the inputs were inverted with",
     )
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
+    )
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the inputs' inversion steps"
     )
     sample: SampleSpec | None = Field(default=None, description="seeded weights; not with weights")
     webhook: WebhookUrl | None = None
+    attention: str = Field(
+        default="none",
+        description="N-way attention interpolation with the inputs (AID's rules): none, inner, "
+        "outer, fused; each input's own generation runs once per worker (cached)",
+        json_schema_extra={"enum": ["none", "inner", "outer", "fused"]},
+    )
+    attention_steps: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="fraction of the steps that interpolate"
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="answer 200 with each row's degeneracy diagnostics (norms, channel means, "
+        "bias amplification, warnings) and queue nothing; the inputs must be ready",
+    )
 
     @model_validator(mode="after")
     def _weights_or_sample(self) -> "MixCreate":
         if self.weights is not None and self.sample is not None:
             raise ValueError("give either weights or sample, not both")
         return self
+
+
+class DryRunRow(BaseModel):
+    """One row of a dry run: the mix it would make, and that mix's diagnostics."""
+
+    weights: list[float] = Field(description="the row's weights, normalised to sum 1")
+    latent: str = Field(description="the id the mixed latent would have")
+    image: str = Field(description="the id its image would have")
+    diagnostics: MixDiagnostics
+
+
+class MixDryRun(BaseModel):
+    """POST /mix with dry_run: what each mix would be; nothing was queued."""
+
+    method: str
+    rows: list[DryRunRow]
 
 
 class LimitsPublic(BaseModel):
@@ -218,3 +258,4 @@ class LimitsPublic(BaseModel):
     max_steps: int = Field(description="inversion or generation steps")
     max_guidance: float = Field(description="guidance_scale")
     max_wait_s: float = Field(description="longest hold of GET /jobs/{id}?wait=S")
+    max_morph_frames: int = Field(description="frames of one POST /morph, keyframes included")

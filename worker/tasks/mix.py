@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from rq.job import Job
@@ -20,12 +21,15 @@ from latentmix.service.contract import (
     plan_mix,
     shared_value,
 )
+from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.images import encode_png
 from latentmix.service.jobs import append_partial_result, fetch_job, view_job
 from latentmix.service.latents import LatentRecord, image_key
 from latentmix.service.storage import STORAGE_IO, in_parallel
-from latentmix.worker.engine.diffusion import generate
+from latentmix.worker.engine.attention.keyframes import worker_cache
+from latentmix.worker.engine.diffusion import encode_prompts, generate
 from latentmix.worker.engine.mixing import mix
+from latentmix.worker.engine.morph import Keyframes, render_frames
 from latentmix.worker.runtime import WorkerContext, context
 from latentmix.worker.tasks.reporting import (
     BatchPublisher,
@@ -71,9 +75,13 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     again: it is appended at once."""
     records = [_ready_record(ctx, i, request.producers.get(i)) for i in request.latents]
     _check_compatible(records, ctx.settings.model)
-    stack = torch.stack(in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
+    inputs = np.stack(in_parallel(lambda r: ctx.catalog.load(r.id), records))
+    stack = torch.from_numpy(inputs)
     mixed = mix(stack, request.weights, request.method)
-    images = [request.image(index) for index in range(len(request.rows))]
+    diagnostics = diagnose(
+        InputStatistics.of(inputs), request.weights, request.method, Thresholds.of(ctx.settings)
+    )
+    images = [request.image(index, diagnostics[index]) for index in range(len(request.rows))]
     # The mixed latents are stored while the first batches generate.
     rendered = [
         STORAGE_IO.submit(_publish_mix, ctx, latent, image)
@@ -100,13 +108,8 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         )
         generated = 0
         for rows, planned in batches:
-            pictures = generate(
-                ctx.model,
-                mixed[rows],
-                request.prompt,
-                steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                progress=batch_progress(progress, generated, planned),
+            pictures = _render(
+                ctx, request, stack, mixed, rows, batch_progress(progress, generated, planned)
             )
             publisher.submit(functools.partial(publish_batch, rows, pictures))
             generated += 1
@@ -120,6 +123,38 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         seed=request.seed,
         steps=request.steps,
         guidance_scale=request.guidance_scale,
+    )
+
+
+def _render(ctx: WorkerContext, request: MixRequest, stack, mixed, rows, progress):
+    """The images of `rows`; with attention interpolation, each row's attention mixes the
+    inputs' (their own generation with the mix's prompt) by its weights."""
+    if request.attention == "none":
+        return generate(
+            ctx.model,
+            mixed[rows],
+            request.prompt,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            progress=progress,
+        )
+    inputs = Keyframes(
+        latents=stack,
+        prompts=[request.prompt] * len(request.latents),
+        keys=[(latent, request.prompt) for latent in request.latents],
+    )
+    return render_frames(
+        ctx.model,
+        mixed[rows],
+        encode_prompts(ctx.model, [request.prompt] * len(rows)),
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        attention=request.attention,
+        row_weights=[request.rows[i].weights if request.interpolates(i) else None for i in rows],
+        keyframes=inputs,
+        attention_steps=request.attention_steps,
+        cache=worker_cache(ctx.settings.worker_attention_cache_mb),
+        progress=progress,
     )
 
 

@@ -116,7 +116,7 @@ def test_the_unknown_method_error_lists_every_method(tiny_model, images):
     with pytest.raises(ValueError, match="'null-text'") as info:
         invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="null-text"))
     for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt"):
-        assert f"'{name}' (stable-diffusion)" in str(info.value)
+        assert f"'{name}' (stable-diffusion, stable-diffusion-xl)" in str(info.value)
 
 
 @pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt"])

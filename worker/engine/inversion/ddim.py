@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
+from latentmix.worker.engine.inversion.base import (
+    EPS_MODEL_FAMILIES,
+    InversionMethod,
+    row_chunks,
+    step_counter,
+)
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -195,7 +200,7 @@ def sample(
 
 DDIM = InversionMethod(
     name="ddim",
-    families=("stable-diffusion",),
+    families=EPS_MODEL_FAMILIES,
     check=check,
     invert=invert,
     sample=sample,
