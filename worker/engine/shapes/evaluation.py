@@ -6,10 +6,8 @@ Tensors and PIL images in, numbers out; no I/O (bench/shapes_report.py writes th
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -171,7 +169,9 @@ def find_samples(
 # --- the paper's bias experiment (Sec. 4.2) ----------------------------------------------------
 
 
-def mixed_conditioning(model: LoadedModel, prompts: Sequence[str], weights: torch.Tensor) -> Any:
+def mixed_conditioning(
+    model: LoadedModel, prompts: Sequence[str], weights: torch.Tensor
+) -> Conditioning:
     """The prompts' text embeddings mixed linearly with each row of `weights` [N, K]
     (method.md section 3)."""
     embeddings = encode_prompts(model, list(prompts))
@@ -212,8 +212,3 @@ def class_feature_mean(
 ) -> torch.Tensor:
     with torch.no_grad():
         return classifier.features(to_tensor([to_pil(s) for s in samples])).mean(dim=0)
-
-
-def ideal_bias_growth(k: int) -> float:
-    """Eq. 9's sqrt(K): how much `fix/0` multiplies a common bias of K i.i.d. latents."""
-    return math.sqrt(k)
