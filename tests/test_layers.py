@@ -3,6 +3,8 @@
 - `service/` outside `service/api/` is the torch-free ground floor both processes share: it
   never imports `latentmix.worker` or `latentmix.service.api`;
 - `worker/` never imports `latentmix.service.api` (the HTTP process);
+- training code (`worker/training/`) is imported by nothing else in the package: the
+  serving worker never loads it;
 - `client/` talks HTTP only: it imports neither the service nor the worker;
 - everything imports the package by its installed name, `latentmix.*`, never the folders.
 """
@@ -54,6 +56,12 @@ def test_the_shared_service_layer_imports_neither_the_worker_nor_the_api():
 
 def test_the_worker_never_imports_the_api():
     assert violations(sources("worker"), ("latentmix.service.api",)) == []
+
+
+def test_nothing_outside_training_imports_the_training_code():
+    serving = [p for p in sources("worker") if p.relative_to(ROOT).parts[1] != "training"]
+    files = serving + sources("service") + sources("client")
+    assert violations(files, ("latentmix.worker.training",)) == []
 
 
 def test_the_client_imports_only_itself_of_latentmix():

@@ -91,6 +91,23 @@ def test_the_client_imports_without_fastapi_torch_or_diffusers(installed: Path, 
     assert result.stdout.strip() == "latentmix.client.api"
 
 
+def test_the_wheel_ships_the_trained_shapes_weights(wheel: Path):
+    """`LATENTMIX_MODEL=shapes` works from an install: the pipeline folder and the classifier
+    are package data."""
+    prefix = "latentmix/worker/engine/shapes/weights/"
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {n.removeprefix(prefix) for n in archive.namelist() if n.startswith(prefix)}
+    assert {
+        "classifier.safetensors",
+        "pipeline/model_index.json",
+        "pipeline/unet/diffusion_pytorch_model.safetensors",
+        "pipeline/vae/diffusion_pytorch_model.safetensors",
+        "pipeline/text_encoder/model.safetensors",
+        "pipeline/tokenizer/tokenizer.json",
+        "pipeline/scheduler/scheduler_config.json",
+    } <= shipped
+
+
 def test_the_wheel_holds_the_studio_page(wheel: Path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

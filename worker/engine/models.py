@@ -31,6 +31,7 @@ from latentmix.worker.engine.random_models import (
     build_random_pipeline,
     ensure_random_model,
 )
+from latentmix.worker.engine.shapes.model import SHAPES_MODEL_NAME, shapes_pipeline_dir
 
 DEFAULT_MODELS_DIR = Path("data/models")  # built-in models; relative to the working directory
 MODEL_ENV_VAR = "LATENTMIX_MODEL"
@@ -150,8 +151,9 @@ def load_model(
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     t5: bool = True,
 ) -> LoadedModel:
-    """Load `name` (hub id, local diffusers directory, or a built-in random model: "tiny",
-    "tiny-v", "tiny-sdxl", "tiny-sd3", "sd15-random").
+    """Load `name` (hub id, local diffusers directory, a built-in random model: "tiny",
+    "tiny-v", "tiny-sdxl", "tiny-sd3", "sd15-random", or "shapes", the small trained model
+    shipped in the package, 64 px).
 
     device "auto": CUDA when available, else CPU. dtype "auto": float16 on CUDA, float32 on
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
@@ -178,6 +180,8 @@ def load_model(
     if name in ON_DISK_MODELS:
         model_dir = ensure_random_model(name, (cache_dir or DEFAULT_MODELS_DIR) / name)
         pipe = _load_pipeline(name, model_dir, torch_dtype, t5)
+    elif name == SHAPES_MODEL_NAME:
+        pipe = _load_pipeline(name, _shapes_source(), torch_dtype, t5)
     elif name in RANDOM_MODELS:
         pipe = build_random_pipeline(RANDOM_MODELS[name])  # float32
         if torch_dtype != torch.float32:
@@ -273,6 +277,13 @@ def _resolve_source(name: str) -> str:
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
         raise ModelLoadError(_load_error_message(name, f"directory {str(path)!r} does not exist"))
     return name
+
+
+def _shapes_source() -> Path:
+    try:
+        return shapes_pipeline_dir()
+    except FileNotFoundError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def _load_pipeline(

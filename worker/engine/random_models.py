@@ -22,7 +22,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -468,24 +468,29 @@ def _build_on_disk(spec: RandomModelSpec | RandomSD3Spec | RandomSDXLSpec, path:
 _TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "tree", "red", "blue", "an")
 
 
-def build_tokenizer(directory: Path) -> Any:
-    """A byte-level BPE CLIPTokenizer from a small generated vocab.json + merges.txt."""
+def build_tokenizer(
+    directory: Path, words: Sequence[str] = _TINY_WORDS, max_length: int = 77
+) -> Any:
+    """A byte-level BPE CLIPTokenizer from a small generated vocab.json + merges.txt in which
+    each of `words` is one token (other text falls back to bytes)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = tiny_vocab_and_merges()
+    vocab, merges = tiny_vocab_and_merges(words)
     directory.mkdir(parents=True)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
     merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
     (directory / "merges.txt").write_text(merges_text, "utf-8")
-    return CLIPTokenizer.from_pretrained(directory, model_max_length=77)
+    return CLIPTokenizer.from_pretrained(directory, model_max_length=max_length)
 
 
-def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def tiny_vocab_and_merges(
+    words: Sequence[str] = _TINY_WORDS,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's layout: 256 byte symbols, their "</w>" forms, merge results, special tokens."""
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     merges: list[tuple[str, str]] = []
-    for word in _TINY_WORDS:
+    for word in words:
         pieces = [*word[:-1], word[-1] + "</w>"]
         while len(pieces) > 1:  # merge left to right; every result joins the vocabulary
             pair = (pieces[0], pieces[1])

@@ -1,0 +1,263 @@
+"""The `shapes` model measured: every figure of the README's `shapes` section, reproducibly.
+
+    .venv/bin/python bench/shapes_report.py                      # all four parts
+    .venv/bin/python bench/shapes_report.py --parts generation --per-prompt 2 --steps 25
+
+1. generation: "a {colour} {shape}" for the 24 pairs from seeded noise (guidance 7.5, DDIM
+   50 steps), scored by the shapes classifier; a contact sheet in docs/.
+2. inversion: DDIM inversion then regeneration of held-out drawings (world seed 1; training
+   used seed 0) at guidance 1, 50 steps: PSNR against the drawing, and the VAE's alone.
+3. mix: a red circle and a blue square inverted, mixed with `nin/chm` at weights (1 - t, t),
+   generated with the prompts' embeddings mixed alike; the classifier's two top shapes and
+   colours of the 0.5/0.5 mix; the strip in docs/.
+4. bias (the paper's Sec. 4.2 on this world): a pool of "a red circle" drawings inverted at
+   the paper's guidance 7.5; uniform centroids of K of them for each method: the channel-mean
+   bias of the centroid latents, and the shapes-classifier feature cosine distance of the
+   generated centroids to the mean feature of the real drawings; the plot in docs/.
+
+Writes bench/results/shapes-report.json (or --json) and prints a Markdown summary. All
+scores use the shapes classifier: "shapes-classifier features" stand in for CLIP/Inception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
+from latentmix.worker.engine.mixing import mix
+from latentmix.worker.engine.models import load_model
+from latentmix.worker.engine.shapes import evaluation as ev
+from latentmix.worker.engine.shapes import world
+from latentmix.worker.engine.shapes.classifier import classify, load_classifier
+from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE, SHAPES_MODEL_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PARTS = ("generation", "inversion", "mix", "bias")
+BIAS_METHODS = ("fix/0", "nin/0", "fix/chm", "nin/chm")
+
+
+def sheet(images: list[Image.Image], columns: int) -> Image.Image:
+    """Images in a grid, row by row."""
+    side = images[0].width
+    rows = -(-len(images) // columns)
+    canvas = Image.new("RGB", (columns * side, rows * side), "white")
+    for i, image in enumerate(images):
+        canvas.paste(image, ((i % columns) * side, (i // columns) * side))
+    return canvas
+
+
+def part_generation(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    score, images = ev.score_generation(
+        model,
+        classifier,
+        ev.all_pairs(),
+        args.per_prompt,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+    )
+    first_of_each = images[:: args.per_prompt]  # one per prompt: shapes down, colours across
+    sheet(first_of_each, len(world.COLOUR_NAMES)).save(DOCS / "shapes-contact-sheet.png")
+    return {
+        "images": len(images),
+        "prompts": len(ev.all_pairs()),
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "right_shape": score.rate("shape"),
+        "right_colour": score.rate("colour"),
+        "right_shape_and_colour": score.rate("both"),
+        "right_shape_and_colour_by_shape": score.by_shape(),
+    }
+
+
+def part_inversion(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    held_out = world.samples(range(args.held_out), seed=1)
+    result = ev.round_trip_psnr(model, held_out, steps=args.steps, guidance_scale=1.0)
+    return {**result, "steps": args.steps, "guidance_scale": 1.0, "world_seed": 1}
+
+
+def part_mix(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    ends = [
+        ev.find_samples("circle", "red", 1, seed=2, background="white")[0],
+        ev.find_samples("square", "blue", 1, seed=2, background="white")[0],
+    ]
+    captions = [s.caption for s in ends]
+    settings = InversionSettings(steps=args.steps, guidance_scale=args.mix_inversion_guidance)
+    inverted = invert(model, [ev.to_pil(s) for s in ends], captions, settings)
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
+    weights = torch.tensor([[1 - t, t] for t in ts], dtype=torch.float64)
+    mixed = mix(inverted.latent, weights.tolist(), "nin/chm")
+    conditioning = ev.mixed_conditioning(model, captions, weights.float())
+    images = generate(
+        model, mixed, conditioning, steps=args.steps, guidance_scale=args.mix_guidance
+    )
+    strip = sheet([ev.to_pil(ends[0]), *images, ev.to_pil(ends[1])], len(images) + 2)
+    strip.save(DOCS / "shapes-mix.png")
+    prediction = classify(classifier, ev.to_tensor(images))
+    middle = ts.index(0.5)
+    return {
+        "method": "nin/chm",
+        "inversion_guidance": args.mix_inversion_guidance,
+        "generation_guidance": args.mix_guidance,
+        "prompt": "the two captions' embeddings mixed with the same weights",
+        "t": ts,
+        "shape": prediction.labels["shape"],
+        "colour": prediction.labels["colour"],
+        "mid_top2_shapes": prediction.top("shape", 2)[middle],
+        "mid_top2_colours": prediction.top("colour", 2)[middle],
+        "mid_shape_probabilities": _probabilities(prediction, "shape", middle),
+        "mid_colour_probabilities": _probabilities(prediction, "colour", middle),
+    }
+
+
+def _probabilities(prediction: Any, head: str, row: int) -> dict[str, float]:
+    from latentmix.worker.engine.shapes.classifier import HEADS
+
+    values = prediction.probabilities[head][row].tolist()
+    return {name: round(v, 4) for name, v in zip(HEADS[head], values, strict=True)}
+
+
+def part_bias(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    pool = ev.find_samples("circle", "red", args.pool, seed=3)
+    prompt = world.caption("circle", "red")
+    settings = InversionSettings(steps=args.steps, guidance_scale=args.guidance)
+    latents = invert(model, [ev.to_pil(s) for s in pool], prompt, settings).latent
+    reference = ev.class_feature_mean(classifier, pool)
+    ks = [k for k in args.ks if k <= args.pool]
+    bias: dict[str, list[float]] = {m: [] for m in ev.CENTROID_METHODS}
+    distance: dict[str, list[float]] = {m: [] for m in ev.CENTROID_METHODS}
+    right: dict[str, list[float]] = {m: [] for m in ev.CENTROID_METHODS}
+    for k in ks:
+        subsets = ev.centroid_weights(args.pool, k, args.centroids, args.seed)
+        for method in ev.CENTROID_METHODS:
+            mixed = ev.centroids(latents, subsets, method)
+            bias[method].append(float(ev.channel_mean_bias(mixed).mean()))
+            images = generate(model, mixed, prompt, steps=args.steps, guidance_scale=args.guidance)
+            distance[method].append(
+                float(ev.feature_distance(classifier, images, reference).mean())
+            )
+            prediction = classify(classifier, ev.to_tensor(images))
+            ok = [
+                s == "circle" and c == "red"
+                for s, c in zip(
+                    prediction.labels["shape"], prediction.labels["colour"], strict=True
+                )
+            ]
+            right[method].append(sum(ok) / len(ok))
+        print(f"  bias: K = {k} done", flush=True)
+    per_latent = ev.channel_mean_bias(latents)
+    channel_means = latents.mean(dim=(0, 2, 3)).tolist()
+    result = {
+        "pool": args.pool,
+        "centroids_per_k": args.centroids,
+        "inversion_guidance": args.guidance,
+        "generation_guidance": args.guidance,
+        "steps": args.steps,
+        "ks": ks,
+        "inverted_channel_means": [round(v, 4) for v in channel_means],
+        "inverted_mean_abs_channel_mean": float(per_latent.mean()),
+        "channel_mean_bias": bias,
+        "feature_cosine_distance": distance,
+        "right_shape_and_colour": right,
+        "feature_note": "shapes-classifier features (stand-in for CLIP image embeddings)",
+    }
+    plot_bias(result, DOCS / "shapes-bias.png")
+    return result
+
+
+def plot_bias(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in BIAS_METHODS:
+        left.plot(result["ks"], result["channel_mean_bias"][method], marker="o", label=method)
+    left.set(
+        xscale="log",
+        xlabel="K (latents per centroid)",
+        ylabel="mean |channel mean| of the centroid latent",
+        title="Channel-mean bias of centroids (Sec. 4.2)",
+    )
+    for method in ev.CENTROID_METHODS:
+        right.plot(
+            result["ks"], result["feature_cosine_distance"][method], marker="o", label=method
+        )
+    right.set(
+        xscale="log",
+        xlabel="K (latents per centroid)",
+        ylabel="cosine distance to the class mean",
+        title="Centroid images: shapes-classifier feature distance",
+    )
+    for axis in (left, right):
+        axis.set_xticks(result["ks"], [str(k) for k in result["ks"]])
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    fig.suptitle(f"shapes model, {result['pool']} inverted 'a red circle' drawings", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=SHAPES_MODEL_NAME, help="name or pipeline folder")
+    parser.add_argument("--classifier", type=Path, default=CLASSIFIER_FILE)
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--per-prompt", type=int, default=4)
+    parser.add_argument("--held-out", type=int, default=32)
+    parser.add_argument("--mix-inversion-guidance", type=float, default=1.0)
+    parser.add_argument("--mix-guidance", type=float, default=1.0)
+    parser.add_argument("--pool", type=int, default=32)
+    parser.add_argument("--centroids", type=int, default=4)
+    parser.add_argument(
+        "--ks", type=lambda s: [int(k) for k in s.split(",")], default=[1, 2, 4, 8, 16, 32]
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench/results/shapes-report.json")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    torch.manual_seed(args.seed)
+    model = load_model(args.model, device="cpu", max_batch_size=64, vae_batch_size=64)
+    classifier = load_classifier(args.classifier)
+    report: dict[str, Any] = {
+        "model": args.model,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "torch_threads": torch.get_num_threads(),
+        "features": "shapes classifier",
+    }
+    runners = {
+        "generation": lambda: part_generation(model, classifier, args),
+        "inversion": lambda: part_inversion(model, args),
+        "mix": lambda: part_mix(model, classifier, args),
+        "bias": lambda: part_bias(model, classifier, args),
+    }
+    for part in parts:
+        started = time.monotonic()
+        report[part] = runners[part]()
+        report[part]["seconds"] = round(time.monotonic() - started, 1)
+        print(f"{part}: {json.dumps(report[part])}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The training CLI's quick mode (a few steps of each stage on 64 images) still runs end to
+end and writes a pipeline that loads as a StableDiffusionPipeline. The full training is not
+run in CI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentmix.worker.engine.shapes import world
+from latentmix.worker.training import shapes as training
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("shapes-quick")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "latentmix.worker.training.shapes", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_quick_training_prints_each_stage_s_final_loss(quick_run: tuple[Path, str]):
+    _, stdout = quick_run
+    for stage in ("classifier", "vae", "unet"):
+        assert f"{stage}: final loss " in stdout
+    assert "scaling factor" in stdout and "closest pair" in stdout
+
+
+def test_quick_training_writes_a_loadable_float16_pipeline(quick_run: tuple[Path, str]):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out, stdout = quick_run
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline")
+    stored = load_file(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    factor = pipe.vae.config.scaling_factor
+    assert f"scaling factor {factor:.5f}" in stdout  # the one computed from the data
+    assert (out / "classifier.safetensors").is_file()
+
+
+def test_every_word_of_the_world_is_one_token():
+    tokenizer = training.build_tokenizer_for_world()
+    for word in world.vocabulary():
+        assert len(tokenizer.tokenize(word)) == 1, word
+    ids = tokenizer(world.caption("triangle", "magenta", "white")).input_ids
+    assert len(ids) == 7 + 2 <= training.MAX_TOKENS
+
+
+def test_the_scaling_factor_gives_unit_variance_latents():
+    generator = torch.Generator().manual_seed(123)  # not the sampling seed: independent noise
+    means = 3 * torch.randn((64, 4, 8, 8), generator=generator)
+    stds = torch.full_like(means, 0.5)
+    factor = training.latent_scaling_factor(means, stds, seed=0)
+    expected = 1 / (3**2 + 0.5**2) ** 0.5  # independent mean and posterior noise
+    assert factor == pytest.approx(expected, rel=0.05)
+
+
+def test_the_learning_rate_warms_up_then_decays_to_the_floor():
+    settings = training.Settings(warmup_steps=10, unet_steps=110)
+    rates = [training.learning_rate(s, settings, 1.0, 0.1) for s in range(111)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[10] == pytest.approx(1.0) and rates[60] == pytest.approx(0.55)
+    assert rates[110] == pytest.approx(0.1)
+
+
+def test_an_unknown_stage_is_refused_by_name(capsys: pytest.CaptureFixture[str]):
+    assert training.main(["--stages", "vae,decoder", "--out", "/nonexistent"]) == 2
+    assert "decoder" in capsys.readouterr().err

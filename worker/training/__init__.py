@@ -1,0 +1,1 @@
+"""Training code (not imported by the service or by the serving engine)."""

@@ -1,0 +1,455 @@
+"""Train the `shapes` model and its classifier on the synthetic world (CPU, seeded).
+
+    python -m latentmix.worker.training.shapes [--quick] [--out DIR]
+
+Stages, in order: the classifier (shape, colour and background heads), the VAE (L1 + MSE +
+KL), the latent scaling factor (1 / std of the training latents, as Stable Diffusion's 0.18215
+was found), then the UNet (SD 1.5's DDPM schedule, epsilon prediction, 10% empty captions for
+classifier-free guidance, EMA). The CLIP text encoder is random and frozen: its embeddings of
+the world's 97 captions are distinct enough to condition on (the closest pair is printed), so
+training it buys little here. Weights are stored as float16 safetensors: the pipeline as a
+diffusers folder `OUT/pipeline` (DDIM sampler), the classifier as `OUT/classifier.safetensors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG, build_tokenizer
+from latentmix.worker.engine.shapes import world
+from latentmix.worker.engine.shapes.classifier import HEADS, ShapesClassifier
+from latentmix.worker.engine.shapes.model import WEIGHTS_DIR
+
+MAX_TOKENS = 16  # "a magenta triangle on a white background" is 7 words + 2 specials
+TEXT_ENCODER = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MAX_TOKENS,
+}
+VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 3,  # 4x downsampling: 16 x 16 x 4 latents
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "block_out_channels": (16, 32, 64),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": world.SIZE,
+}
+UNET = {
+    "sample_size": world.SIZE // 4,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64, 128),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": TEXT_ENCODER["hidden_size"],
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the result; `quick` is a tiny run for tests."""
+
+    seed: int = 0
+    images: int = 8192  # training images of the world (seed `seed`)
+    classifier_steps: int = 800
+    classifier_batch: int = 64
+    classifier_lr: float = 3e-3
+    vae_steps: int = 400
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-4  # per latent value
+    unet_steps: int = 1500
+    unet_batch: int = 32
+    unet_lr: float = 8e-4
+    unet_min_lr: float = 1e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # empty caption: classifier-free guidance's unconditional
+    short_caption_rate: float = 0.5  # "a red circle" instead of "... on a white background"
+    checkpoint_every: int = 250  # UNet steps between saved pipelines (0: only at the end)
+
+
+QUICK = Settings(
+    images=64,
+    classifier_steps=3,
+    classifier_batch=8,
+    vae_steps=3,
+    vae_batch=4,
+    unet_steps=3,
+    unet_batch=4,
+    warmup_steps=1,
+    checkpoint_every=0,
+)
+
+
+# --- the parts --------------------------------------------------------------------------------
+
+
+def build_tokenizer_for_world() -> Any:
+    """Every word of the world one token. Longest words first: their merges then rank before
+    a shorter word's pair that would split them ("g r" of "green" inside "background")."""
+    words = sorted(world.vocabulary(), key=len, reverse=True)
+    with tempfile.TemporaryDirectory(prefix="latentmix-shapes-tokenizer-") as tmp:
+        return build_tokenizer(Path(tmp) / "tokenizer", words, MAX_TOKENS)
+
+
+def build_text_encoder(tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TEXT_ENCODER,
+    )
+    return CLIPTextModel(config).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def embed_captions(tokenizer: Any, text_encoder: Any, captions: list[str]) -> torch.Tensor:
+    """[len(captions), MAX_TOKENS, hidden] last hidden states, as the pipeline computes them."""
+    ids = tokenizer(
+        captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids)[0]
+
+
+def closest_caption_distance(embeddings: torch.Tensor) -> float:
+    flat = embeddings.flatten(1)
+    distances = torch.cdist(flat, flat) + torch.eye(len(flat)) * 1e9
+    return float(distances.min())
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """The training images ([N, 3, 64, 64] float in [0, 1]) and their attribute indices."""
+
+    images: torch.Tensor
+    labels: dict[str, torch.Tensor]  # head name -> [N] class index
+    short_caption: list[int]  # index into world.all_captions()
+    long_caption: list[int]
+
+
+def make_dataset(count: int, seed: int) -> Dataset:
+    captions = {text: i for i, text in enumerate(world.all_captions())}
+    drawn = [world.sample(i, seed) for i in tqdm(range(count), desc="world", leave=False)]
+    images = torch.from_numpy(np.stack([s.image for s in drawn])).permute(0, 3, 1, 2)
+    labels = {
+        "shape": [world.SHAPES.index(s.shape) for s in drawn],
+        "colour": [world.COLOUR_NAMES.index(s.colour) for s in drawn],
+        "background": [world.BACKGROUND_NAMES.index(s.background) for s in drawn],
+    }
+    return Dataset(
+        images=images.contiguous(),
+        labels={name: torch.tensor(value) for name, value in labels.items()},
+        short_caption=[captions[s.short_caption] for s in drawn],
+        long_caption=[captions[s.caption] for s in drawn],
+    )
+
+
+def batches(count: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless random batches of indices into `count` items: each epoch a fresh permutation."""
+    while True:
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count - batch + 1, batch):
+            yield order[start : start + batch]
+
+
+def learning_rate(step: int, settings: Settings, peak: float, floor: float) -> float:
+    """Linear warm-up, then cosine decay from `peak` to `floor`."""
+    if step < settings.warmup_steps:
+        return peak * (step + 1) / settings.warmup_steps
+    steps = max(1, settings.unet_steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / steps)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+def train_classifier(data: Dataset, settings: Settings, generator: torch.Generator) -> Any:
+    """Cross-entropy on each head; light pixel noise so generated images' grain is familiar."""
+    classifier = ShapesClassifier()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=settings.classifier_lr)
+    order = batches(len(data.images), settings.classifier_batch, generator)
+    bar = tqdm(range(settings.classifier_steps), desc="classifier")
+    for _ in bar:
+        index = next(order)
+        images = data.images[index]
+        images = images + 0.03 * torch.randn(images.shape, generator=generator)
+        logits = classifier(images)
+        loss = sum(F.cross_entropy(logits[h], data.labels[h][index]) for h in HEADS)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    print(f"classifier: final loss {loss.item():.4f}")
+    return classifier.eval()
+
+
+def train_vae(data: Dataset, settings: Settings, generator: torch.Generator) -> Any:
+    """L1 + MSE reconstruction of [-1, 1] pixels plus a small KL term (per latent value)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**VAE)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr)
+    schedule = replace(settings, unet_steps=settings.vae_steps)
+    order = batches(len(data.images), settings.vae_batch, generator)
+    bar = tqdm(range(settings.vae_steps), desc="vae")
+    for step in bar:
+        pixels = data.images[next(order)] * 2 - 1
+        posterior = vae.encode(pixels).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + settings.vae_kl_weight * kl
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, schedule, settings.vae_lr, settings.vae_lr / 10)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    print(f"vae: final loss {loss.item():.4f}")
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_dataset(vae: Any, data: Dataset, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std of every training image."""
+    means, stds = [], []
+    for start in tqdm(range(0, len(data.images), batch), desc="encode", leave=False):
+        posterior = vae.encode(data.images[start : start + batch] * 2 - 1).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def latent_scaling_factor(means: torch.Tensor, stds: torch.Tensor, seed: int) -> float:
+    """1 / std of sampled training latents: unit variance for the diffusion (Rombach et al.
+    2022, sec. 4.3.2 and appendix G, how SD's 0.18215 was found)."""
+    generator = torch.Generator().manual_seed(seed)
+    z = means + stds * torch.randn(means.shape, generator=generator)
+    return float(1.0 / z.std())
+
+
+def train_unet(
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    scaling_factor: float,
+    data: Dataset,
+    embeddings: torch.Tensor,
+    settings: Settings,
+    generator: torch.Generator,
+    save: Any,
+) -> Any:
+    """Epsilon prediction on SD 1.5's DDPM schedule; returns the EMA UNet. `save(unet, step)`
+    stores a checkpoint every `settings.checkpoint_every` steps."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    scheduler = DDPMScheduler(
+        **{k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"}
+    )
+    unet = UNet2DConditionModel(**UNET)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr)
+    short = torch.tensor(data.short_caption)
+    long = torch.tensor(data.long_caption)
+    empty = len(embeddings) - 1  # the last embedding is the empty caption's
+    order = batches(len(means), settings.unet_batch, generator)
+    bar = tqdm(range(settings.unet_steps), desc="unet")
+    for step in bar:
+        index = next(order)
+        n = len(index)
+        noise_z = torch.randn(means[index].shape, generator=generator)
+        latents = (means[index] + stds[index] * noise_z) * scaling_factor
+        use_short = torch.rand(n, generator=generator) < settings.short_caption_rate
+        caption = torch.where(use_short, short[index], long[index])
+        dropped = torch.rand(n, generator=generator) < settings.caption_dropout
+        caption = torch.where(dropped, torch.full_like(caption, empty), caption)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (n,), generator=generator
+        )
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings[caption]).sample
+        loss = F.mse_loss(prediction, noise)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings, settings.unet_lr, settings.unet_min_lr)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        _update_ema(ema, unet, min(settings.ema_decay, (1 + step) / (10 + step)))
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
+            save(ema, step + 1)
+    print(f"unet: final loss {loss.item():.4f}")
+    return ema.eval()
+
+
+@torch.no_grad()
+def _update_ema(ema: Any, model: Any, decay: float) -> None:
+    for target, source in zip(ema.parameters(), model.parameters(), strict=True):
+        target.lerp_(source, 1 - decay)
+
+
+# --- saving -----------------------------------------------------------------------------------
+
+
+def save_pipeline(out: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Path:
+    """A float16 diffusers StableDiffusionPipeline folder with SD 1.5's DDIM sampler at
+    `out / "pipeline"`, written beside and renamed into place."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae).half(),
+        text_encoder=copy.deepcopy(text_encoder).half(),
+        tokenizer=tokenizer,
+        unet=copy.deepcopy(unet).half(),
+        scheduler=DDIMScheduler(**SD15_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    target = out / "pipeline"
+    staging = out / ".pipeline-staging"
+    pipe.save_pretrained(staging, safe_serialization=True)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def save_classifier(out: Path, classifier: Any) -> Path:
+    from safetensors.torch import save_file
+
+    path = out / "classifier.safetensors"
+    save_file({k: v.half().contiguous() for k, v in classifier.state_dict().items()}, str(path))
+    return path
+
+
+def load_parts(out: Path) -> tuple[Any, Any, Any]:
+    """The VAE, text encoder and tokenizer of a saved pipeline (to train only the UNet)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = out / "pipeline"
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    return vae.eval().requires_grad_(False), text_encoder.eval(), tokenizer
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    data = make_dataset(settings.images, settings.seed)
+    print(f"world: {len(data.images)} training images, seed {settings.seed}")
+
+    # The classifier and the diffusion model draw from their own seeded streams, so training
+    # them in one run or in two gives the same weights.
+    if "classifier" in stages:
+        torch.manual_seed(settings.seed)
+        generator = torch.Generator().manual_seed(settings.seed)
+        save_classifier(out, train_classifier(data, settings, generator))
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    if "vae" in stages:
+        tokenizer = build_tokenizer_for_world()
+        text_encoder = build_text_encoder(tokenizer)
+        vae = train_vae(data, settings, generator)
+    elif "unet" in stages:
+        vae, text_encoder, tokenizer = load_parts(out)
+    if "unet" in stages:
+        means, stds = encode_dataset(vae, data)
+        scaling_factor = latent_scaling_factor(means, stds, settings.seed)
+        vae.register_to_config(scaling_factor=scaling_factor)
+        print(f"latents: std {1 / scaling_factor:.4f}, scaling factor {scaling_factor:.5f}")
+        captions = [*world.all_captions(), ""]
+        embeddings = embed_captions(tokenizer, text_encoder, captions)
+        closest = closest_caption_distance(embeddings)
+        print(f"text: {len(captions)} caption embeddings, closest pair {closest:.3f} apart")
+
+        def checkpoint(unet: Any, step: int) -> None:
+            save_pipeline(out, vae, text_encoder, tokenizer, unet)
+            tqdm.write(f"checkpoint: UNet step {step} saved ({time.monotonic() - started:.0f} s)")
+
+        unet = train_unet(
+            means, stds, scaling_factor, data, embeddings, settings, generator, checkpoint
+        )
+        save_pipeline(out, vae, text_encoder, tokenizer, unet)
+    elif "vae" in stages:
+        print("vae trained but not saved: the pipeline is saved with a UNet (add the unet stage)")
+    print(f"done in {time.monotonic() - started:.0f} s; weights in {out}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="train-shapes", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="default: %(default)s")
+    parser.add_argument("--quick", action="store_true", help="a few steps on 64 images (tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stages",
+        default="classifier,vae,unet",
+        help="comma-separated subset of classifier,vae,unet (unet alone reuses the saved VAE)",
+    )
+    for name in ("images", "classifier_steps", "vae_steps", "unet_steps", "checkpoint_every"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = set(stages) - {"classifier", "vae", "unet"}
+    if unknown:
+        print(
+            f"unknown stage(s) {sorted(unknown)}; expected classifier, vae, unet", file=sys.stderr
+        )
+        return 2
+    settings = replace(QUICK if args.quick else Settings(), seed=args.seed)
+    overrides = {
+        name: getattr(args, name)
+        for name in ("images", "classifier_steps", "vae_steps", "unet_steps", "checkpoint_every")
+        if getattr(args, name) is not None
+    }
+    train(args.out, replace(settings, **overrides), stages)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
