@@ -56,22 +56,98 @@ class ModelCard(BaseModel):
 # --- invert -----------------------------------------------------------------------------
 
 
+# Each inversion method's own options and their defaults (the references'); the engine's
+# methods read theirs from here. A method not listed takes none.
+INVERSION_OPTIONS: dict[str, dict[str, Any]] = {
+    "ddim": {},
+    "fixed-point": {"inversion_iterations": 5, "renoise_average": False},
+    "edict": {"edict_mix": 0.93},
+    "bdia": {"bdia_gamma": 1.0},
+    "negative-prompt": {},
+    "null-text": {"null_text_iterations": 10},
+    "flow-euler": {},
+    "rf-solver": {},
+}
+MAX_INVERSION_ITERATIONS = 50
+# BDIA inversion divides by gamma every step: only gamma = 1 is invertible in float32.
+INVERTIBLE_BDIA_GAMMA = 1.0
+
+
 class InversionSettings(Contract):
-    """How images are inverted; part of every inverted latent's id."""
+    """How images are inverted; part of every inverted latent's id.
+
+    The option fields belong each to one method (`INVERSION_OPTIONS`); None means not
+    given. `for_method` checks them against the method and fills in its defaults, so the id
+    of a latent covers every option its method ran with."""
 
     method: str | None = None  # None: the model family's default (its card's first method)
     steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     size: int | None = None  # image side in pixels; None: the model's default
+    # fixed-point: iterations per step (0 is DDIM), ReNoise averaging of the last estimates
+    inversion_iterations: int | None = Field(default=None, ge=0, le=MAX_INVERSION_ITERATIONS)
+    renoise_average: bool | None = None
+    edict_mix: float | None = Field(default=None, gt=0.0, le=1.0)  # edict: the mix p
+    bdia_gamma: float | None = None  # bdia: 1 only
+    null_text_iterations: int | None = Field(  # null-text: Adam steps per sampling step
+        default=None, ge=0, le=MAX_INVERSION_ITERATIONS
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The options given, by name."""
+        return {
+            name: value
+            for name in OPTION_FIELDS
+            if (value := getattr(self, name)) is not None
+        }
+
+    def for_method(self, allowed: tuple[str, ...], default: str) -> "InversionSettings":
+        """These settings checked against the methods a model `allowed` (its card's list;
+        `default` when no method is named), with the method's option defaults filled in.
+        ValueError naming the allowed values otherwise."""
+        method = self.method or default
+        if method not in allowed or method not in INVERSION_OPTIONS:
+            raise ValueError(
+                f"unknown inversion method {method!r} for this model; allowed: "
+                f"{', '.join(m for m in allowed if m in INVERSION_OPTIONS)}"
+            )
+        own = INVERSION_OPTIONS[method]
+        foreign = [name for name in self.options() if name not in own]
+        if foreign:
+            takes = ", ".join(own) or "no options"
+            owners = ", ".join(f"{name!r} is {_owner_of(name)!r}'s" for name in foreign)
+            raise ValueError(
+                f"option {', '.join(map(repr, foreign))} does not apply to inversion method "
+                f"{method!r} ({owners}); {method!r} takes: {takes}"
+            )
+        gamma = self.bdia_gamma
+        if gamma is not None and gamma != INVERTIBLE_BDIA_GAMMA:
+            raise ValueError(
+                f"bdia_gamma must be {INVERTIBLE_BDIA_GAMMA:g} for inversion, got {gamma:g}: "
+                "inversion divides by gamma at every step, and any other gamma diverges in "
+                "float32 (measured round-trip error 1.2e5 at gamma 0.5, 50 steps)"
+            )
+        return self.model_copy(update=own | self.options())
 
     def id_fields(self) -> dict[str, Any]:
         """What the latent id covers. The default method (and `ddim`) leaves the method out,
         so the ids of latents inverted before methods existed stay valid (their cache keeps
-        working); the model, part of every id too, tells which default it was."""
-        fields = self.model_dump()
+        working); the model, part of every id too, tells which default it was. Options are
+        covered as given (`for_method` fills in the defaults first); absent ones leave no
+        trace, so DDIM ids are what they were."""
+        fields = self.model_dump(exclude=set(OPTION_FIELDS)) | self.options()
         if self.method in (None, DEFAULT_INVERSION):
             del fields["method"]
         return fields
+
+
+OPTION_FIELDS: tuple[str, ...] = tuple(
+    name for options in INVERSION_OPTIONS.values() for name in options
+)
+
+
+def _owner_of(option: str) -> str:
+    return next(method for method, own in INVERSION_OPTIONS.items() if option in own)
 
 
 class InvertItem(Contract):
@@ -83,6 +159,8 @@ class InvertItem(Contract):
 class InvertRequest(Contract):
     items: list[InvertItem] = Field(min_length=1)
     settings: InversionSettings
+    # Regenerate each latent and record its reconstruction error (one generation pass).
+    measure_reconstruction: bool = True
 
 
 class InvertResult(Contract):

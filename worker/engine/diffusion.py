@@ -30,6 +30,7 @@ from latentmix.worker.engine.inversion import (
     edict,
     fixed_point,
     get_inversion,
+    null_text,
 )
 from latentmix.worker.engine.models import LoadedModel
 from latentmix.worker.engine.results import Inverted, ProgressFn
@@ -55,6 +56,8 @@ class InversionSettings:
     renoise_average: bool = fixed_point.DEFAULTS["renoise_average"]
     edict_mix: float = edict.DEFAULTS["edict_mix"]  # edict: the mixing weight p
     bdia_gamma: float = bdia.DEFAULTS["bdia_gamma"]  # bdia: 1 only, for inversion
+    # null-text: Adam iterations per sampling step
+    null_text_iterations: int = null_text.DEFAULTS["null_text_iterations"]
 
     def resolved(self, model: LoadedModel) -> InversionSettings:
         """These settings with `size` filled in from the model, validated."""

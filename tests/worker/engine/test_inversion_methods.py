@@ -71,6 +71,7 @@ def test_ddim_records_keep_todays_keys():
         ("edict", {"edict_mix": 0.93}),
         ("bdia", {"bdia_gamma": 1.0}),
         ("negative-prompt", {}),
+        ("null-text", {"null_text_iterations": 10}),
     ],
 )
 def test_records_carry_the_methods_own_options_only(method, options):
@@ -108,14 +109,15 @@ def test_each_method_lists_its_options_and_an_unknown_one_names_the_methods():
     assert inversion_options("fixed-point") == ("inversion_iterations", "renoise_average")
     assert inversion_options("edict") == ("edict_mix",)
     assert inversion_options("bdia") == ("bdia_gamma",)
+    assert inversion_options("null-text") == ("null_text_iterations",)
     with pytest.raises(ValueError, match=r"'nope'.*'ddim', 'fixed-point', 'edict'"):
         inversion_options("nope")
 
 
 def test_the_unknown_method_error_lists_every_method(tiny_model, images):
-    with pytest.raises(ValueError, match="'null-text'") as info:
-        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="null-text"))
-    for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt"):
+    with pytest.raises(ValueError, match="'direct'") as info:
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="direct"))
+    for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text"):
         assert f"'{name}' (stable-diffusion)" in str(info.value)
 
 

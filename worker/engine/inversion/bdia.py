@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import INVERSION_OPTIONS, INVERTIBLE_BDIA_GAMMA
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
@@ -36,8 +37,8 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
-DEFAULTS: dict[str, Any] = {"bdia_gamma": 1.0}
-INVERTIBLE_GAMMA = 1.0
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["bdia"]  # the contract's
+INVERTIBLE_GAMMA = INVERTIBLE_BDIA_GAMMA  # the contract's
 
 
 def check_options(options: Mapping[str, Any]) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import INVERSION_OPTIONS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
@@ -36,7 +37,7 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
-DEFAULTS: dict[str, Any] = {"edict_mix": 0.93}
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["edict"]  # the contract's
 
 
 def check_options(options: Mapping[str, Any]) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import INVERSION_OPTIONS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
@@ -103,7 +104,7 @@ def invert(
     )
 
 
-DEFAULTS: dict[str, Any] = {"inversion_iterations": 5, "renoise_average": False}
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["fixed-point"]  # the contract's
 
 FIXED_POINT = InversionMethod(
     name="fixed-point",
