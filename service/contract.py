@@ -95,23 +95,18 @@ class InversionSettings(Contract):
 
     def options(self) -> dict[str, Any]:
         """The options given, by name."""
-        return {
-            name: value
-            for name in OPTION_FIELDS
-            if (value := getattr(self, name)) is not None
-        }
+        return {name: value for name in OPTION_FIELDS if (value := getattr(self, name)) is not None}
 
     def for_method(self, allowed: tuple[str, ...], default: str) -> "InversionSettings":
         """These settings checked against the methods a model `allowed` (its card's list;
         `default` when no method is named), with the method's option defaults filled in.
         ValueError naming the allowed values otherwise."""
         method = self.method or default
-        if method not in allowed or method not in INVERSION_OPTIONS:
+        if method not in allowed:
             raise ValueError(
-                f"unknown inversion method {method!r} for this model; allowed: "
-                f"{', '.join(m for m in allowed if m in INVERSION_OPTIONS)}"
+                f"unknown inversion method {method!r} for this model; allowed: {', '.join(allowed)}"
             )
-        own = INVERSION_OPTIONS[method]
+        own = INVERSION_OPTIONS.get(method, {})
         foreign = [name for name in self.options() if name not in own]
         if foreign:
             takes = ", ".join(own) or "no options"
@@ -189,6 +184,10 @@ class MixRequest(Contract):
     seed: int | None = None
     rows: list[MixRow] = Field(min_length=1)
     producers: dict[str, str] = Field(default_factory=dict)  # pending input -> its job
+    # The inputs' inversion method when not the model's default (None: plain latents,
+    # sampled as today), and its steps and options; see service/inversion_mixing.py.
+    inversion: str | None = None
+    inversion_settings: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> "MixRequest":
@@ -229,6 +228,8 @@ def plan_mix(
     guidance_scale: float,
     seed: int | None = None,
     producers: dict[str, str] | None = None,
+    inversion: str | None = None,
+    inversion_settings: dict[str, Any] | None = None,
 ) -> MixRequest:
     """The mix job for validated weight `rows`: each normalised once (so [1, 1] and
     [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids."""
@@ -248,6 +249,8 @@ def plan_mix(
         seed=seed,
         rows=planned,
         producers=producers or {},
+        inversion=inversion,
+        inversion_settings=inversion_settings or {},
     )
 
 

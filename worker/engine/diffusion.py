@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from latentmix.worker.engine import reconstruction
 from latentmix.worker.engine.checks import (
     check_guidance,
     check_latents,
@@ -141,8 +142,12 @@ def invert(
     prompts: str | Sequence[str],
     settings: InversionSettings,
     progress: ProgressFn | None = None,
+    *,
+    measure: bool = False,
 ) -> Inverted:
-    """Invert images to the noise latents generation starts from (method.md section 1)."""
+    """Invert images to the noise latents generation starts from (method.md section 1).
+    With `measure`, sample each latent back with the same method, steps and guidance and
+    record the round trip's error (one generation pass more, not reported to `progress`)."""
     settings = settings.resolved(model)
     if not images:
         raise ValueError("images must be a non-empty list of PIL images")
@@ -166,7 +171,30 @@ def invert(
         "scheduler": type(model.pipe.scheduler).__name__,
         **inverted.settings,
     }
-    return replace(inverted, settings=record)
+    inverted = replace(inverted, settings=record)
+    if measure:
+        inverted = replace(
+            inverted, reconstruction=_round_trip_errors(model, inverted, x0, conditioning)
+        )
+    return inverted
+
+
+def _round_trip_errors(
+    model: LoadedModel, inverted: Inverted, x0: torch.Tensor, conditioning: Conditioning
+) -> dict[str, torch.Tensor]:
+    """The reconstruction errors of `inverted` against the clean latents x0 it came from."""
+    steps, guidance = inverted.settings["steps"], inverted.settings["guidance_scale"]
+    regenerated = _method_of(model, inverted).sample(
+        model, inverted, conditioning, steps, guidance, None
+    )
+    psnr, largest = reconstruction.pixel_errors(
+        decode_latents(model, regenerated), decode_latents(model, x0)
+    )
+    return {
+        "latent_rmse": reconstruction.latent_rmse(regenerated, x0),
+        "pixel_psnr_db": psnr,
+        "pixel_max_error": largest,
+    }
 
 
 # --- generation ---------------------------------------------------------------------------

@@ -27,12 +27,13 @@ def test_get_inversion_finds_ddim_for_stable_diffusion(tiny_model):
         "edict",
         "bdia",
         "negative-prompt",
+        "null-text",
     )
 
 
 def test_an_unknown_method_names_the_allowed_ones_and_their_families(tiny_model):
-    with pytest.raises(ValueError, match="'null-text'") as info:
-        get_inversion("null-text", tiny_model.family)
+    with pytest.raises(ValueError, match="'direct-inversion'") as info:
+        get_inversion("direct-inversion", tiny_model.family)
     assert "'ddim' (stable-diffusion)" in str(info.value)
 
 

@@ -121,7 +121,7 @@ def test_the_unknown_method_error_lists_every_method(tiny_model, images):
         assert f"'{name}' (stable-diffusion)" in str(info.value)
 
 
-@pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt"])
+@pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt", "null-text"])
 def test_each_method_records_its_name_and_generates_images(tiny_model, images, method):
     settings = InversionSettings(steps=2, guidance_scale=1.0, method=method)
     if method == "fixed-point":

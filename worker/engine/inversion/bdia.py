@@ -170,4 +170,5 @@ BDIA = InversionMethod(
     sample=sample,
     options=tuple(DEFAULTS),
     check_options=check_options,
+    latent_state=("previous",),
 )

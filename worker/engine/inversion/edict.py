@@ -150,4 +150,5 @@ EDICT = InversionMethod(
     sample=sample,
     options=tuple(DEFAULTS),
     check_options=check_options,
+    latent_state=("y",),
 )
