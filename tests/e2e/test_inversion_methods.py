@@ -5,6 +5,7 @@ and an exact method's latent regenerating its input's VAE round trip."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +14,9 @@ import pytest
 from helpers import assert_problem, png_bytes, wait_for
 from PIL import Image
 from safetensors.numpy import load
+
+from latentmix.client import LatentMixClient
+from latentmix.service.cli import main as latentmix
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +125,36 @@ def vae_round_trip(service_stack, png: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(png)).convert("RGB")
     (decoded,) = decode_latents(model, encode_images(model, [image], model.default_size))
     return np.asarray(decoded, np.int16)
+
+
+def test_the_client_inverts_with_a_method_and_its_options(service_url):
+    with LatentMixClient(service_url) as lm:
+        (latent,) = lm.invert(
+            [png_bytes(36)],
+            prompt=PROMPT,
+            inversion_steps=STEPS,
+            inversion="fixed-point",
+            inversion_options={"inversion_iterations": 2, "renoise_average": True},
+        )
+        info = lm.get_latent(latent)
+    assert info.inversion == "fixed-point"
+    assert (info.settings["inversion_iterations"], info.settings["renoise_average"]) == (2, True)
+    assert info.reconstruction["latent_rmse"] >= 0
+
+
+def test_augment_inverts_with_the_method_asked_for(service_url, image_tree, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "augment", str(image_tree), "--out", str(out), "--url", service_url,
+        "--steps", str(STEPS), "--inversion-steps", str(STEPS), "--guidance-scale", "1",
+        "--no-progress", "--per-class", "1", "--inversion", "edict",
+        "--inversion-option", "edict_mix=0.9",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        latentmix(args)
+    assert exit_.value.code == 0
+    line = json.loads((out / "provenance.jsonl").read_text().splitlines()[0])
+    parent = line["inputs"][0]["latent"]
+    with httpx.Client(base_url=service_url) as client:
+        record = client.get(f"/latents/{parent}").json()
+    assert (record["inversion"], record["settings"]["edict_mix"]) == ("edict", 0.9)
