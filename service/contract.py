@@ -11,7 +11,7 @@ else.
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,15 +56,21 @@ class ModelCard(BaseModel):
 # --- invert -----------------------------------------------------------------------------
 
 
+# The options every DDIM-type method takes, used alike in inversion and generation:
+# timestep_spacing ("leading" | "trailing", Lin et al.; None: the scheduler's own) and
+# guidance_rescale (diffusers' rescale_noise_cfg phi; None: 0). Left out of records and
+# ids when not given.
+SAMPLER_OPTIONS: dict[str, Any] = {"timestep_spacing": None, "guidance_rescale": None}
+TIMESTEP_SPACINGS = ("leading", "trailing")
 # Each inversion method's own options and their defaults (the references'); the engine's
 # methods read theirs from here. A method not listed takes none.
 INVERSION_OPTIONS: dict[str, dict[str, Any]] = {
-    "ddim": {},
-    "fixed-point": {"inversion_iterations": 5, "renoise_average": False},
-    "edict": {"edict_mix": 0.93},
-    "bdia": {"bdia_gamma": 1.0},
-    "negative-prompt": {},
-    "null-text": {"null_text_iterations": 10},
+    "ddim": {**SAMPLER_OPTIONS},
+    "fixed-point": {"inversion_iterations": 5, "renoise_average": False, **SAMPLER_OPTIONS},
+    "edict": {"edict_mix": 0.93, **SAMPLER_OPTIONS},
+    "bdia": {"bdia_gamma": 1.0, **SAMPLER_OPTIONS},
+    "negative-prompt": {**SAMPLER_OPTIONS},
+    "null-text": {"null_text_iterations": 10, **SAMPLER_OPTIONS},
     "flow-euler": {},
     "rf-solver": {},
 }
@@ -92,6 +98,8 @@ class InversionSettings(Contract):
     null_text_iterations: int | None = Field(  # null-text: Adam steps per sampling step
         default=None, ge=0, le=MAX_INVERSION_ITERATIONS
     )
+    timestep_spacing: Literal["leading", "trailing"] | None = None  # every DDIM-type method
+    guidance_rescale: float | None = Field(default=None, ge=0.0, le=1.0)  # likewise
 
     def options(self) -> dict[str, Any]:
         """The options given, by name."""
@@ -110,7 +118,7 @@ class InversionSettings(Contract):
         foreign = [name for name in self.options() if name not in own]
         if foreign:
             takes = ", ".join(own) or "no options"
-            owners = ", ".join(f"{name!r} is {_owner_of(name)!r}'s" for name in foreign)
+            owners = "; ".join(f"{name!r} belongs to {_owner_of(name)}" for name in foreign)
             raise ValueError(
                 f"option {', '.join(map(repr, foreign))} does not apply to inversion method "
                 f"{method!r} ({owners}); {method!r} takes: {takes}"
@@ -122,7 +130,10 @@ class InversionSettings(Contract):
                 "inversion divides by gamma at every step, and any other gamma diverges in "
                 "float32 (measured round-trip error 1.2e5 at gamma 0.5, 50 steps)"
             )
-        return self.model_copy(update=own | self.options())
+        given = self.options()
+        if given.get("guidance_rescale") == 0:  # no rescale: the same latent as without
+            del given["guidance_rescale"]
+        return self.model_copy(update=own | given)
 
     def id_fields(self) -> dict[str, Any]:
         """What the latent id covers. The default method (and `ddim`) leaves the method out,
@@ -137,12 +148,12 @@ class InversionSettings(Contract):
 
 
 OPTION_FIELDS: tuple[str, ...] = tuple(
-    name for options in INVERSION_OPTIONS.values() for name in options
+    dict.fromkeys(name for options in INVERSION_OPTIONS.values() for name in options)
 )
 
 
 def _owner_of(option: str) -> str:
-    return next(method for method, own in INVERSION_OPTIONS.items() if option in own)
+    return ", ".join(repr(method) for method, own in INVERSION_OPTIONS.items() if option in own)
 
 
 class InvertItem(Contract):

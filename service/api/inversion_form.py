@@ -1,7 +1,7 @@
 """The inversion form fields of POST /latents: the method and each method's own options,
 checked against the model's card before anything is queued."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Form
 
@@ -10,16 +10,13 @@ from latentmix.service.contract import (
     DEFAULT_INVERSION,
     INVERSION_OPTIONS,
     MAX_INVERSION_ITERATIONS,
+    OPTION_FIELDS,
     InversionSettings,
     ModelCard,
 )
 
 # The form fields this module reads, as inversion_form declares them.
-INVERSION_FORM_FIELDS = (
-    "inversion",
-    *(name for options in INVERSION_OPTIONS.values() for name in options),
-    "measure_reconstruction",
-)
+INVERSION_FORM_FIELDS = ("inversion", *OPTION_FIELDS, "measure_reconstruction")
 
 
 class InversionForm:
@@ -88,6 +85,22 @@ def inversion_form(
             description="null-text: Adam iterations per step (default 10, early stop)",
         ),
     ] = None,
+    timestep_spacing: Annotated[
+        Literal["leading", "trailing"] | None,
+        Form(
+            description="every DDIM-type method: timestep spacing in inversion and generation "
+            "(trailing: Lin et al.); default: the scheduler's (leading for SD 1.5)"
+        ),
+    ] = None,
+    guidance_rescale: Annotated[
+        float | None,
+        Form(
+            ge=0.0,
+            le=1.0,
+            description="every DDIM-type method: diffusers' rescale_noise_cfg phi, in "
+            "inversion and generation (default 0: none)",
+        ),
+    ] = None,
     measure_reconstruction: Annotated[
         bool,
         Form(
@@ -102,5 +115,7 @@ def inversion_form(
         "edict_mix": edict_mix,
         "bdia_gamma": bdia_gamma,
         "null_text_iterations": null_text_iterations,
+        "timestep_spacing": timestep_spacing,
+        "guidance_rescale": guidance_rescale,
     }
     return InversionForm(inversion, options, measure_reconstruction)

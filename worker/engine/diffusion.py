@@ -59,6 +59,9 @@ class InversionSettings:
     bdia_gamma: float = bdia.DEFAULTS["bdia_gamma"]  # bdia: 1 only, for inversion
     # null-text: Adam iterations per sampling step
     null_text_iterations: int = null_text.DEFAULTS["null_text_iterations"]
+    # every DDIM-type method, in inversion and generation alike (None: not recorded):
+    timestep_spacing: str | None = None  # "leading" | "trailing"; None: the scheduler's
+    guidance_rescale: float | None = None  # phi of Lin et al. eq. 16; None: 0
 
     def resolved(self, model: LoadedModel) -> InversionSettings:
         """These settings with `size` filled in from the model, validated."""
@@ -72,8 +75,10 @@ class InversionSettings:
         return resolved
 
     def options(self, method: InversionMethod) -> dict[str, Any]:
-        """The method's own options, by name."""
-        return {name: getattr(self, name) for name in method.options}
+        """The method's own options, by name (those left at None are not set)."""
+        return {
+            name: value for name in method.options if (value := getattr(self, name)) is not None
+        }
 
     def check_options(self, method: InversionMethod) -> None:
         """ValueError, naming the method's options, when an option of another method is set;

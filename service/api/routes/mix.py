@@ -72,7 +72,11 @@ def create_mix(
         check_generation_steps(origin, steps)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
-    default_method = origin.method == _default_method(inputs.model or settings.model, redis)
+    # plain latents (the default method, no options: uploads, DDIM) are sampled as always
+    default_method = (
+        origin.method == _default_method(inputs.model or settings.model, redis)
+        and not origin.options
+    )
     mix = plan_mix(
         latents=body.latents,
         rows=rows,

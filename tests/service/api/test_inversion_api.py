@@ -67,9 +67,13 @@ def test_a_method_the_models_card_does_not_list_is_refused(client, settings):
 
 def test_an_option_of_another_method_is_refused_naming_both(client):
     response = post_images(client, png_bytes(1), inversion="bdia", edict_mix="0.9")
-    assert_problem(response, 422, "'edict_mix'", "'edict'", "'bdia' takes: bdia_gamma")
+    assert_problem(
+        response, 422, "'edict_mix' belongs to 'edict'", "'bdia' takes: bdia_gamma, timestep_"
+    )
     plain = post_images(client, png_bytes(1), inversion_iterations="3")
-    assert_problem(plain, 422, "'inversion_iterations'", "'ddim' takes: no options")
+    assert_problem(
+        plain, 422, "'inversion_iterations'", "'ddim' takes: timestep_spacing, guidance_rescale"
+    )
 
 
 def test_bdia_inverts_with_gamma_1_only_and_says_why(client):
@@ -159,3 +163,30 @@ def test_a_ddim_mix_is_planned_as_before(client):
     answer = client.post("/mix", json={"latents": inputs}).json()
     request = MixRequest.model_validate(fetch_job(client.app.state.redis, answer["id"]).args[0])
     assert (request.inversion, request.inversion_settings) == (None, {})
+
+
+def test_sampler_options_are_in_the_id_unless_neutral(client):
+    plain = latent_id(client)
+    assert latent_id(client, guidance_rescale="0") == plain
+    assert len({plain, latent_id(client, guidance_rescale="0.7"), latent_id(
+        client, timestep_spacing="trailing")}) == 3  # fmt: skip
+    assert_problem(post_images(client, png_bytes(1), timestep_spacing="middle"), 422, "trailing")
+
+
+def test_a_method_without_sampler_options_refuses_them(client, settings):
+    card = TINY_CARD.model_copy(update={"inversion_methods": ("flow-euler", "rf-solver")})
+    Redis.from_url(settings.redis_url).hset(CARDS_KEY, "tiny", card.model_dump_json())
+    response = post_images(client, png_bytes(1), timestep_spacing="trailing")
+    assert_problem(response, 422, "'timestep_spacing' belongs to 'ddim'", "'flow-euler' takes: no")
+
+
+def test_latents_of_different_spacings_are_not_mixed_and_a_trailing_mix_keeps_it(client):
+    leading, trailing = pending(client, 1), pending(client, 2, timestep_spacing="trailing")
+    other = pending(client, 3, timestep_spacing="trailing")
+    assert_problem(
+        client.post("/mix", json={"latents": [leading, trailing]}), 422, "timestep_spacing=trailing"
+    )
+    answer = client.post("/mix", json={"latents": [trailing, other]}).json()
+    request = MixRequest.model_validate(fetch_job(client.app.state.redis, answer["id"]).args[0])
+    assert request.inversion == "ddim"
+    assert request.inversion_settings["timestep_spacing"] == "trailing"

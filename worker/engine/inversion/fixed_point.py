@@ -69,19 +69,18 @@ def invert(
 ) -> Inverted:
     """Invert clean latents x0 to noise latents at t_1, each step solved by iteration."""
     options = {**DEFAULTS, **(options or {})}
+    sampler = ddim.Sampler.of(options)
     check_options(options)
     iterations = options["inversion_iterations"]
     averaged = averaged_estimates(iterations) if options["renoise_average"] else 1
-    schedule = ddim.ddim_schedule(model, steps)
+    schedule = sampler.schedule(model, steps)
     inversion_steps = list(schedule.inversion_steps())
-    family = model.family
     chunks = row_chunks(model, len(x0))
     step = step_counter(progress, len(inversion_steps) * (iterations + 1) * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        output = family.predict(model, x, t, rows, guidance_scale)
         step()
-        return family.to_noise(model, output, x, t)
+        return sampler.noise(model, x, t, rows, guidance_scale)
 
     results = []
     for start, stop in chunks:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.service.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
-from latentmix.worker.engine.families.base import Conditioning
+from latentmix.worker.engine.families.base import Conditioning, rescale_guidance
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
 from latentmix.worker.engine.results import Inverted, ProgressFn
@@ -69,7 +69,7 @@ def invert(
     check_options(options)
     return invert_with(
         model, x0, conditioning, steps, guidance_scale, progress,
-        iterations=options["null_text_iterations"],
+        iterations=options["null_text_iterations"], sampler=ddim.Sampler.of(options),
     )  # fmt: skip
 
 
@@ -83,18 +83,21 @@ def invert_with(
     *,
     iterations: int,
     early_stop: bool = True,
+    sampler: ddim.Sampler = ddim.PLAIN_SAMPLER,
 ) -> Inverted:
     """`invert` with the early stop optional (the paper's figures are without it)."""
-    schedule = ddim.ddim_schedule(model, steps)
+    schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(x0))
     step = step_counter(progress, steps * (iterations + 3) * len(chunks))
     latents, embeddings = [], []
     for start, stop in chunks:
         rows = conditioning.rows(start, stop)
-        pivot = _pivot(model, x0[start:stop], rows, schedule, step)
+        pivot = _pivot(model, x0[start:stop], rows, schedule, sampler, step)
         latents.append(pivot[0].cpu())
         embeddings.append(
-            _optimise(model, pivot, rows, schedule, guidance_scale, iterations, early_stop, step)
+            _optimise(
+                model, pivot, rows, schedule, sampler, guidance_scale, iterations, early_stop, step
+            )
         )
     return Inverted(
         latent=torch.cat(latents),
@@ -104,24 +107,19 @@ def invert_with(
     )
 
 
-def _noise(model, x, t, rows, guidance_scale) -> torch.Tensor:
-    output = model.family.predict(model, x, t, rows, guidance_scale)
-    return model.family.to_noise(model, output, x, t)
-
-
 @torch.no_grad()
-def _pivot(model, x0, rows, schedule, step) -> list[torch.Tensor]:
+def _pivot(model, x0, rows, schedule, sampler, step) -> list[torch.Tensor]:
     """Step 1: the DDIM inversion trajectory at guidance 1, x*_1 (noise) first."""
     x = x0.to(model.device, torch.float32)
     trajectory = [x]
     for t, a_from, a_to in schedule.inversion_steps():
-        x = ddim.ddim_step(x, _noise(model, x, t, rows, 1.0), a_from, a_to)
+        x = ddim.ddim_step(x, sampler.noise(model, x, t, rows, 1.0), a_from, a_to)
         trajectory.append(x)
         step()
     return trajectory[::-1]
 
 
-def _optimise(model, pivot, rows, schedule, guidance_scale, iterations, early_stop, step):
+def _optimise(model, pivot, rows, schedule, sampler, guidance, iterations, early_stop, step):
     """Step 2: phi_i for each sampling step, [B, N, L, D] float32 CPU."""
     with torch.inference_mode(False), torch.enable_grad():
         # fresh tensors outside inference mode, so autograd may save them
@@ -132,15 +130,17 @@ def _optimise(model, pivot, rows, schedule, guidance_scale, iterations, early_st
         for i, (t, a_i, a_next) in enumerate(schedule.sampling_steps()):
             target = pivot[i + 1].clone()
             with torch.no_grad():
-                eps_c = _noise(model, x, t, _with(rows, cond), 1.0)
+                eps_c = sampler.noise(model, x, t, _with(rows, cond), 1.0)
             step()
             phi = phi.detach().requires_grad_(True)
             adam = torch.optim.Adam([phi], lr=LEARNING_RATE * (1.0 - i / 100.0))
             bound = EARLY_STOP[0] + EARLY_STOP[1] * i
             done = 0
             while done < iterations:
-                eps_u = _noise(model, x, t, _with(rows, phi), 1.0)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
+                eps_u = sampler.noise(model, x, t, _with(rows, phi), 1.0)
+                eps = rescale_guidance(
+                    eps_u + guidance * (eps_c - eps_u), eps_c, sampler.guidance_rescale
+                )
                 reconstructed = ddim.ddim_step(x, eps, a_i, a_next)
                 losses = (reconstructed - target).pow(2).flatten(1).mean(1)
                 (phi.grad,) = torch.autograd.grad(losses.sum(), [phi])
@@ -154,7 +154,7 @@ def _optimise(model, pivot, rows, schedule, guidance_scale, iterations, early_st
             phi = phi.detach().clone()  # Adam updates in place: keep phi_i apart
             kept.append(phi.cpu())
             with torch.no_grad():  # advance with phi_i
-                eps = _noise(model, x, t, Conditioning(cond=cond, uncond=phi), guidance_scale)
+                eps = sampler.noise(model, x, t, Conditioning(cond=cond, uncond=phi), guidance)
                 x = ddim.ddim_step(x, eps, a_i, a_next)
             step()
     return torch.stack(kept, dim=1)
@@ -183,7 +183,8 @@ def sample(
             f"null-text latents hold embeddings for {embeddings.shape[1]} steps; generate "
             f"with steps={embeddings.shape[1]}, not {steps}"
         )
-    sampling_steps = list(ddim.ddim_schedule(model, steps).sampling_steps())
+    sampler = ddim.Sampler.of(inverted.settings)
+    sampling_steps = list(sampler.schedule(model, steps).sampling_steps())
     chunks = row_chunks(model, len(inverted))
     step = step_counter(progress, steps * len(chunks))
     results = []
@@ -193,7 +194,8 @@ def sample(
         phis = embeddings[start:stop].to(model.device, torch.float32)
         for i, (t, a_from, a_to) in enumerate(sampling_steps):
             per_step = Conditioning(cond=rows.cond, uncond=phis[:, i], pooled=rows.pooled)
-            x = ddim.ddim_step(x, _noise(model, x, t, per_step, guidance_scale), a_from, a_to)
+            eps = sampler.noise(model, x, t, per_step, guidance_scale)
+            x = ddim.ddim_step(x, eps, a_from, a_to)
             step()
         results.append(x.cpu())
     return torch.cat(results)
