@@ -29,6 +29,7 @@ from latentmix.worker.engine.diffusion import generate
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.results import Inverted
+from latentmix.worker.engine.state_mixing import mix_states
 from latentmix.worker.runtime import WorkerContext, context
 from latentmix.worker.tasks.reporting import (
     BatchPublisher,
@@ -153,19 +154,15 @@ def _mixed_state(
     ctx: WorkerContext, request: MixRequest, records: list[LatentRecord], mixed: torch.Tensor
 ) -> Inverted:
     """The mixed latents with the inputs' auxiliary state mixed by the same weights
-    (service/inversion_mixing.py): each aux tensor that is a latent (EDICT's y, BDIA's
-    previous latent) with the mixing method, the others (null-text's per-step embeddings,
-    the mixing paper's appendix B) linearly. Plain latents have no state."""
-    check_inversions(records, request, ctx.model)
+    (engine/state_mixing.py), to be sampled with the inputs' method and settings. Plain
+    latents (the default method, no options) have no state."""
+    _check_inversions(records, request, ctx.model)
     if request.inversion is None:
         return Inverted(latent=mixed, method=default_inversion(ctx.model.family).name)
     method = get_inversion(request.inversion, ctx.model.family)
     states = in_parallel(lambda r: ctx.catalog.load_aux(r.id), records)
-    aux = {}
-    for name in states[0]:
-        stack = torch.stack([torch.from_numpy(state[name]) for state in states])
-        how = request.method if name in method.latent_state else "lerp"
-        aux[name] = mix(stack, request.weights, how)
+    tensors = [{name: torch.from_numpy(v) for name, v in state.items()} for state in states]
+    aux = mix_states(tensors, request.weights, request.method, method.latent_state)
     return Inverted(
         latent=mixed, aux=aux, method=method.name, settings=dict(request.inversion_settings)
     )
@@ -217,7 +214,7 @@ def _ready_record(ctx: WorkerContext, latent_id: str, producer_id: str | None) -
     raise LatentUnavailable(f"latent {latent_id} is not available: {reason}")
 
 
-def check_inversions(records: list[LatentRecord], request: MixRequest, model) -> None:
+def _check_inversions(records: list[LatentRecord], request: MixRequest, model) -> None:
     """The inputs share the inversion origin the API planned the mix for."""
     default = default_inversion(model.family).name
     origins = {r.id: origin_of_record(r.inversion, r.settings, default) for r in records}
