@@ -152,13 +152,15 @@ def invert(
 ) -> Inverted:
     """Invert images to the noise latents generation starts from (method.md section 1).
     With `measure`, sample each latent back with the same method, steps and guidance and
-    record the round trip's error (one generation pass more, not reported to `progress`)."""
+    record the round trip's error (one generation pass more: `progress` then counts the
+    inversion as its first half and the generation as its second)."""
     settings = settings.resolved(model)
     if not images:
         raise ValueError("images must be a non-empty list of PIL images")
     prompt_list = prompts_per_row(prompts, len(images))
     method = get_inversion(settings.method, model.family)
 
+    halves = _Halves(progress) if measure and progress is not None else None
     x0 = encode_images(model, images, settings.size)
     conditioning = encode_prompts(model, prompt_list)
     inverted = method.invert(
@@ -167,7 +169,7 @@ def invert(
         conditioning,
         settings.steps,
         settings.guidance_scale,
-        progress,
+        halves.first if halves else progress,
         settings.options(method),
     )
     record = {
@@ -178,19 +180,41 @@ def invert(
     }
     inverted = replace(inverted, settings=record)
     if measure:
-        inverted = replace(
-            inverted, reconstruction=_round_trip_errors(model, inverted, x0, conditioning)
+        errors = _round_trip_errors(
+            model, inverted, x0, conditioning, halves.second if halves else None
         )
+        inverted = replace(inverted, reconstruction=errors)
     return inverted
 
 
+class _Halves:
+    """One progress over two passes of unknown lengths: the first pass's steps as the first
+    half, the second's scaled into the second half (monotonic; cancelation still stops
+    either pass at its next step)."""
+
+    def __init__(self, progress: ProgressFn):
+        self.progress = progress
+        self.total = 1
+
+    def first(self, done: int, total: int) -> None:
+        self.total = total
+        self.progress(done, 2 * total)
+
+    def second(self, done: int, total: int) -> None:
+        self.progress(self.total + done * self.total // total, 2 * self.total)
+
+
 def _round_trip_errors(
-    model: LoadedModel, inverted: Inverted, x0: torch.Tensor, conditioning: Conditioning
+    model: LoadedModel,
+    inverted: Inverted,
+    x0: torch.Tensor,
+    conditioning: Conditioning,
+    progress: ProgressFn | None = None,
 ) -> dict[str, torch.Tensor]:
     """The reconstruction errors of `inverted` against the clean latents x0 it came from."""
     steps, guidance = inverted.settings["steps"], inverted.settings["guidance_scale"]
     regenerated = _method_of(model, inverted).sample(
-        model, inverted, conditioning, steps, guidance, None
+        model, inverted, conditioning, steps, guidance, progress
     )
     psnr, largest = reconstruction.pixel_errors(
         decode_latents(model, regenerated), decode_latents(model, x0)
