@@ -22,15 +22,20 @@ Model loading is not timed (load once, run many).
 
     .venv/bin/python bench/throughput.py --model tiny --size 64 --steps 10 -k 16 -n 32
     .venv/bin/python bench/throughput.py --model sd15-random --size 128 --steps 10 -k 4 -n 8
+    .venv/bin/python bench/throughput.py --model tiny-sd3 --size 64 --steps 10 -k 16 -n 32
 
-`sd15-random` is Stable Diffusion 1.5's architecture with random weights (same compute as
-the real model). Prints a Markdown report; `--json PATH` also writes the raw numbers.
+`tiny-sd3` (and any model of another family than Stable Diffusion 1.x/2.x) runs the engine
+and the service only: both plain-Diffusers references are SD's DDIM loops. Guidance
+defaults to the model card's (7.5 SD, 4.5 SD 3, 5 SDXL), the inversion method to the
+family's. `sd15-random` is Stable Diffusion 1.5's architecture with random weights (same
+compute as the real model). Prints a Markdown report; `--json PATH` also writes the raw numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -57,6 +62,7 @@ from latentmix.service.config import Settings
 from latentmix.service.images import encode_png, seeded_image
 from latentmix.service.stack import Child, ServiceStack
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
+from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel, load_model
 
@@ -73,7 +79,7 @@ class Workload:
     model: str
     size: int
     steps: int
-    guidance: float
+    guidance: float | None  # None: the model card's default (resolved once it is loaded)
     k: int
     n: int
     seed: int = 0
@@ -283,7 +289,12 @@ class EngineRun:
 
     def invert(self, out: dict) -> None:
         w = self.w
-        settings = InversionSettings(steps=w.steps, guidance_scale=w.guidance, size=w.size)
+        settings = InversionSettings(
+            steps=w.steps,
+            guidance_scale=w.guidance,
+            size=w.size,
+            method=default_inversion(self.model.family).name,  # as the worker's default
+        )
         with measured(time.process_time, out, "invert"):
             images = [_open(data) for data in self.pngs]
             self.latents = invert(self.model, images, PROMPT, settings).latent
@@ -492,11 +503,15 @@ def run(args: argparse.Namespace) -> dict:
             max_batch_size=args.max_batch_size,
             compile=args.compile,
         )
-        baselines = (
-            BatchedDiffusersBaseline(model.pipe, model.max_batch_size),
-            DiffusersBaseline(model.pipe),
-        )
+        baselines = None
+        if _has_baselines(model):
+            baselines = (
+                BatchedDiffusersBaseline(model.pipe, model.max_batch_size),
+                DiffusersBaseline(model.pipe),
+            )
         print(f"model loaded: {json.dumps(model.describe())}", file=sys.stderr)
+        if w.guidance is None:
+            w = dataclasses.replace(w, guidance=model.card.default_guidance)
 
         warmup = w.warmup(model.max_batch_size)
         warm_pngs = warmup.images(offset=1000)
@@ -510,13 +525,15 @@ def run(args: argparse.Namespace) -> dict:
             pngs = w.images(offset=round_ * w.k)
             runners = _runners(baselines, model, service_client, svc, w, pngs)
             # Each round starts with another variant, so no side always runs first or last.
-            order = [*VARIANTS[round_ % 4 :], *VARIANTS[: round_ % 4]]
+            names = [name for name in VARIANTS if name in runners]
+            order = [*names[round_ % len(names) :], *names[: round_ % len(names)]]
             for phase in ("invert", "mix"):
                 for name in order:
                     getattr(runners[name], phase)(results[name])
                     seconds = results[name][phase][-1].wall_s
                     print(f"round {round_ + 1} {name} {phase}: {seconds:.2f} s", file=sys.stderr)
-            agreement.append(_max_pixel_difference(runners["batched"], runners["engine"]))
+            if "batched" in runners:
+                agreement.append(_max_pixel_difference(runners["batched"], runners["engine"]))
         cached_ms = run_cached_posts(client, w, pngs, args.repeats)
         memory = {
             "api_peak_rss_mib": _peak_rss_mib(svc.pid("api")),
@@ -540,7 +557,7 @@ def run(args: argparse.Namespace) -> dict:
             k: {p: [asdict(v) for v in runs] for p, runs in r.items()} for k, r in results.items()
         },
         "cached_post_ms": cached_ms,
-        "max_pixel_difference_engine_vs_batched": max(agreement),
+        "max_pixel_difference_engine_vs_batched": max(agreement) if agreement else None,
         "memory": memory,
     }
 
@@ -548,14 +565,21 @@ def run(args: argparse.Namespace) -> dict:
 VARIANTS = ("batched", "baseline", "engine", "service")
 
 
+def _has_baselines(model: LoadedModel) -> bool:
+    """Both plain-Diffusers references are SD 1.x/2.x's documented DDIM inversion loop."""
+    return model.family.name == "stable-diffusion"
+
+
 def _runners(baselines, model, client, svc, w: Workload, pngs: list[bytes]) -> dict:
-    batched, one_at_a_time = baselines
-    return {
-        "batched": BatchedBaselineRun(batched, w, pngs),
-        "baseline": BaselineRun(one_at_a_time, w, pngs),
-        "engine": EngineRun(model, w, pngs),
-        "service": ServiceRun(client, svc, w, pngs),
-    }
+    """The variants of one round; without `baselines` (other families) engine and service."""
+    runners = {}
+    if baselines is not None:
+        batched, one_at_a_time = baselines
+        runners["batched"] = BatchedBaselineRun(batched, w, pngs)
+        runners["baseline"] = BaselineRun(one_at_a_time, w, pngs)
+    runners["engine"] = EngineRun(model, w, pngs)
+    runners["service"] = ServiceRun(client, svc, w, pngs)
+    return runners
 
 
 def _max_pixel_difference(a, b) -> int:
@@ -598,11 +622,12 @@ def report(data: dict) -> str:
     r = {
         variant: {phase: min(runs, key=lambda run: run["wall_s"]) for phase, runs in p.items()}
         for variant, p in data["results"].items()
+        if p  # no plain-Diffusers references for families other than SD 1.x/2.x
     }
     k, n = w["k"], w["n"]
     model = data["model"]
     lines = [
-        f"### {w['model']}: {w['size']} px, {w['steps']} DDIM steps, guidance {w['guidance']}, "
+        f"### {w['model']}: {w['size']} px, {w['steps']} steps, guidance {w['guidance']}, "
         f"K = {k} images, N = {n} mixes ({w['method']})",
         "",
         f"{data['date']}; {model['device']} {model['dtype']}, UNet batch "
@@ -650,11 +675,19 @@ def report(data: dict) -> str:
             f"differ from the batched pipeline's by at most "
             f"{data['max_pixel_difference_engine_vs_batched']} of 255 levels."
         )
+    if "baseline" in r:
+        lines.append(
+            f"- against the one-at-a-time script: service "
+            f"{throughput['service'] / throughput['baseline']:.2f}x, engine "
+            f"{throughput['engine'] / throughput['baseline']:.2f}x; service / engine: "
+            f"{throughput['service'] / throughput['engine']:.2f}x."
+        )
+    else:
+        lines.append(
+            f"- service / engine: **{throughput['service'] / throughput['engine']:.2f}x**; no "
+            f"plain-Diffusers reference for the {model['family']} family."
+        )
     lines += [
-        f"- against the one-at-a-time script: service "
-        f"{throughput['service'] / throughput['baseline']:.2f}x, engine "
-        f"{throughput['engine'] / throughput['baseline']:.2f}x; service / engine: "
-        f"{throughput['service'] / throughput['engine']:.2f}x.",
         f"- cached `POST /latents` of the same K = {k} images: median "
         f"**{statistics.median(cached):.1f} ms**, min {min(cached):.1f} ms over {len(cached)} "
         "(target < 50 ms); no UNet evaluation. The baseline has no cache: a repeat costs "
@@ -692,10 +725,16 @@ def _s(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny, sd15-random, hub id or directory")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny, tiny-sd3, tiny-sdxl, sd15-random, hub id or directory",
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps, both directions")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance (default: card's)"
+    )
     parser.add_argument("-k", type=int, default=16, help="images to invert")
     parser.add_argument("-n", type=int, default=32, help="mixes to generate")
     parser.add_argument(

@@ -178,10 +178,14 @@ class LatentMixClient:
         prompt: str | None = None,
         guidance_scale: float | None = None,
         steps: int | None = None,
+        attention: str | None = None,
     ) -> Job:
         """Queue a mix job: one image for a weight list, one per row for a list of rows,
-        the uniform centroid for None. Latents still being inverted are waited for."""
+        the uniform centroid for None. Latents still being inverted are waited for.
+        `attention` (inner, outer, fused) also interpolates attention with the inputs'."""
         body: dict[str, Any] = {"latents": [_id(latent) for latent in latents], "method": method}
+        if attention is not None:
+            body["attention"] = attention
         if weights is not None:
             body["weights"] = [list(row) if _is_row(row) else row for row in weights]
         return self._submit_mix(body, prompt, guidance_scale, steps)
@@ -226,6 +230,67 @@ class LatentMixClient:
         options = {"prompt": prompt, "guidance_scale": guidance_scale, "steps": steps}
         body |= {key: value for key, value in options.items() if value is not None}
         return Job.from_json(self._post("/mix", json=body))
+
+    # ---------------------------------------------------------------------------------------
+    # Morphs (POST /morph, animations)
+    # ---------------------------------------------------------------------------------------
+
+    def morph(
+        self,
+        keyframes: Sequence[LatentRef],
+        frames: int,
+        *,
+        path: str = "chain",
+        spacing: str = "linear",
+        alpha: float | None = None,
+        beta: float | None = None,
+        method: str = DEFAULT_METHOD,
+        attention: str = "none",
+        attention_steps: float | None = None,
+        prompts: str | Sequence[str] | None = None,
+        guide_prompt: str | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> Job:
+        """Queue a morph: `frames` frames (keyframes included) from keyframe to keyframe
+        (`path` chain, or loop back to the first), coefficients spaced `linear`, `beta`
+        (Beta(alpha, beta)) or `perceptual`; `attention` inner, outer or fused interpolates
+        attention (AID). Its frames stream like a mix's images (`iter_images`, `download`);
+        `animation` fetches the finished morph as WebP, GIF or MP4."""
+        body: dict[str, Any] = {
+            "keyframes": [_id(latent) for latent in keyframes],
+            "frames": frames,
+            "path": path,
+            "spacing": spacing,
+            "method": method,
+            "attention": attention,
+        }
+        options = {
+            "alpha": alpha,
+            "beta": beta,
+            "attention_steps": attention_steps,
+            "prompts": prompts if isinstance(prompts, str) or prompts is None else list(prompts),
+            "guide_prompt": guide_prompt,
+            "guidance_scale": guidance_scale,
+            "steps": steps,
+            "seed": seed,
+        }
+        body |= {key: value for key, value in options.items() if value is not None}
+        return Job.from_json(self._post("/morph", json=body))
+
+    def animation(
+        self,
+        job: JobRef,
+        fmt: str = "webp",
+        *,
+        fps: float = 8,
+        loop: bool = True,
+        bounce: bool = False,
+    ) -> bytes:
+        """A finished job's images as an animation: `fmt` webp, gif or mp4."""
+        params = {"fps": fps, "loop": str(loop).lower(), "bounce": str(bounce).lower()}
+        return self._request("GET", f"/jobs/{_id(job)}/animation.{fmt}", params=params).content
 
     # ---------------------------------------------------------------------------------------
     # Jobs

@@ -36,6 +36,7 @@ class Limits:
     max_steps: int = 500
     max_guidance: float = 30.0
     max_wait_s: float = 60.0
+    max_morph_frames: int = 240
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Limits:

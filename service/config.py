@@ -51,8 +51,18 @@ class Settings(BaseSettings):
     max_batch_size: int | None = None  # None: a per-device default
     vae_batch_size: int | None = None  # images per VAE call; None: a per-device default
     compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
+    # SD 3: load the T5 text encoder (most of the model's memory); false leaves it out and the
+    # T5 part of the prompt embedding is zeros. The model card says which (`t5`).
+    t5: bool = True
     # Decoded latents a worker keeps in memory (those it inverted, mixed or read), MiB; 0: none.
     worker_latent_memory_mb: int = Field(default=256, ge=0)
+    # Keyframes' attention keys and values a worker keeps for attention-interpolated morphs
+    # and mixes (worker/engine/attention/), MiB (SD 1.5, 512 px, 50 steps: ~1.1 GB per
+    # keyframe, fp16); a keyframe larger than this is recomputed by each morph.
+    worker_attention_cache_mb: int = Field(default=4096, ge=0)
+    # LPIPS (AlexNet) weights for morph metrics and perceptual spacing: a local safetensors
+    # file (worker/engine/lpips.py says its keys). Unset: the named `rgb-rmse` fallback.
+    lpips_weights: Path | None = None
 
     # Jobs.
     job_timeout_s: int = 3600
@@ -62,6 +72,8 @@ class Settings(BaseSettings):
     max_mixes_per_request: int = Field(default=1000, ge=1)
     # Input latents of one mix request (the pool a `subset` sample draws from, or K).
     max_latents_per_mix: int = Field(default=4096, ge=2)
+    # Frames of one POST /morph, keyframes included.
+    max_morph_frames: int = Field(default=240, ge=2)
     webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
     # Networks webhooks may not reach (checked on every address a URL's host resolves to):
     # by default link-local, which holds the cloud metadata endpoints. "" allows all.

@@ -15,7 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latentmix.service.ids import image_id, mixed_latent_id
+from latentmix.service.ids import image_id, mixed_latent_id, morph_frame_image_id
+from latentmix.service.morph_plan import (
+    DEFAULT_ATTENTION_STEPS,
+    DEFAULT_BETA,
+    PlannedFrame,
+    plan_frames,
+)
 
 # Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
 DEFAULT_STEPS = 50
@@ -51,6 +57,13 @@ class ModelCard(BaseModel):
     default_guidance: float
     prediction_type: str
     inversion_methods: tuple[str, ...]
+    # Pixels an image side must be a multiple of (SD 3: the latent cell x the patch size);
+    # None on cards of workers from before it was published: the latent cell.
+    size_multiple: int | None = None
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.size_multiple or self.vae_scale_factor
 
 
 # --- invert -----------------------------------------------------------------------------
@@ -199,6 +212,10 @@ class MixRequest(Contract):
     # sampled as today), and its steps and options; see service/inversion_mixing.py.
     inversion: str | None = None
     inversion_settings: dict[str, Any] = Field(default_factory=dict)
+    # N-way attention interpolation with the inputs (worker/engine/attention/): "none" or
+    # inner/outer/fused, during the first `attention_steps` fraction of the steps.
+    attention: str = "none"
+    attention_steps: float = Field(default=DEFAULT_ATTENTION_STEPS, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "MixRequest":
@@ -214,6 +231,10 @@ class MixRequest(Contract):
     def weights(self) -> list[list[float]]:
         return [row.weights for row in self.rows]
 
+    def interpolates(self, index: int) -> bool:
+        """Row `index` interpolates attention: a mode is set and it mixes 2+ inputs."""
+        return self.attention != "none" and sum(1 for w in self.rows[index].weights if w) > 1
+
     def image(self, index: int) -> "MixImage":
         """Row `index` as the result shows it."""
         row = self.rows[index]
@@ -225,6 +246,7 @@ class MixRequest(Contract):
             steps=self.steps,
             guidance_scale=self.guidance_scale,
             weights=row.weights,
+            attention=self.attention if self.interpolates(index) else None,
         )
         return MixImage(id=row.image, latent=row.latent, provenance=provenance)
 
@@ -241,15 +263,20 @@ def plan_mix(
     producers: dict[str, str] | None = None,
     inversion: str | None = None,
     inversion_settings: dict[str, Any] | None = None,
+    attention: str = "none",
+    attention_steps: float = DEFAULT_ATTENTION_STEPS,
 ) -> MixRequest:
     """The mix job for validated weight `rows`: each normalised once (so [1, 1] and
-    [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids."""
+    [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids.
+    A row that is one input alone renders plainly, whatever `attention` says."""
     planned = []
     for row in rows:
         total = sum(row)
         weights = [w / total for w in row]
         latent = mixed_latent_id(latents, weights, method)
-        image = image_id(latent, prompt, steps, guidance_scale)
+        interpolates = attention != "none" and sum(1 for w in weights if w) > 1
+        extra = {"attention": attention, "attention_steps": attention_steps} if interpolates else {}
+        image = image_id(latent, prompt, steps, guidance_scale, **extra)
         planned.append(MixRow(weights=weights, latent=latent, image=image))
     return MixRequest(
         latents=latents,
@@ -262,6 +289,8 @@ def plan_mix(
         producers=producers or {},
         inversion=inversion,
         inversion_settings=inversion_settings or {},
+        attention=attention,
+        attention_steps=attention_steps,
     )
 
 
@@ -275,6 +304,7 @@ class Provenance(Contract):
     steps: int
     guidance_scale: float
     weights: list[float]
+    attention: str | None = None  # the attention interpolation, where the image has one
 
 
 class MixImage(Contract):
@@ -301,6 +331,153 @@ def shared_value(values):
     return distinct.pop() if len(distinct) == 1 else None
 
 
+# --- morph ------------------------------------------------------------------------------
+
+
+class MorphProvenance(Contract):
+    """How one morph frame was made. `inputs`, `weights`, `method` and `prompt` read as a
+    mix's provenance (the frame's latent is that mix); `prompt` is None where the frame's
+    text condition interpolates the keyframes' prompt embeddings with `weights`."""
+
+    inputs: list[str]  # the keyframes
+    weights: list[float]
+    method: str
+    prompt: str | None
+    segment: int
+    coefficient: float
+    keyframe: int | None  # the keyframe this frame is (coefficient 0 or 1)
+    attention: str
+    attention_steps: float
+    spacing: str
+    steps: int
+    guidance_scale: float
+    seed: int | None
+
+
+class MorphFrame(Contract):
+    """One frame of a morph: its image id, its mixed latent's id, its provenance."""
+
+    id: str
+    latent: str
+    provenance: MorphProvenance
+
+
+class MorphRequest(Contract):
+    """A morph job, resolved by the API (shared/morph.md; planner: service/morph_plan.py)."""
+
+    keyframes: list[str] = Field(min_length=2)
+    prompts: list[str]  # one per keyframe
+    guide_prompt: str | None = None  # PAID: the text condition of every inner frame
+    frames: int = Field(ge=2)
+    path: str = "chain"
+    spacing: str = "linear"
+    alpha: float = DEFAULT_BETA[0]
+    beta: float = DEFAULT_BETA[1]
+    method: str
+    attention: str = "none"
+    attention_steps: float = Field(default=DEFAULT_ATTENTION_STEPS, ge=0.0, le=1.0)
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE)
+    seed: int | None = None
+    producers: dict[str, str] = Field(default_factory=dict)  # pending keyframe -> its job
+
+    @model_validator(mode="after")
+    def _one_prompt_per_keyframe(self) -> "MorphRequest":
+        if len(self.prompts) != len(self.keyframes):
+            raise ValueError(
+                f"{len(self.prompts)} prompts for {len(self.keyframes)} keyframes; "
+                "give one prompt per keyframe"
+            )
+        return self
+
+    def plan(self, coefficients: list[list[float]] | None = None) -> list[PlannedFrame]:
+        """The frames in path order; `coefficients` per segment override the spacing."""
+        return plan_frames(
+            len(self.keyframes),
+            self.frames,
+            path=self.path,
+            spacing=self.spacing,
+            alpha=self.alpha,
+            beta=self.beta,
+            coefficients=coefficients,
+        )
+
+    def frame_prompt(self, frame: PlannedFrame) -> str | None:
+        """The one prompt a frame is conditioned on, or None when it interpolates the
+        keyframes' prompt embeddings."""
+        if frame.keyframe is not None:
+            return self.prompts[frame.keyframe]
+        if self.guide_prompt is not None:
+            return self.guide_prompt
+        return shared_value([self.prompts[frame.start], self.prompts[frame.end]])
+
+    def frame(self, frame: PlannedFrame) -> MorphFrame:
+        """A planned frame as the result shows it, with its ids. A frame made as a /mix
+        would make it (one prompt, plain attention) has the /mix image's id: the same image."""
+        weights = frame.weights(len(self.keyframes))
+        latent = mixed_latent_id(self.keyframes, weights, self.method)
+        prompt = self.frame_prompt(frame)
+        attention = "none" if frame.keyframe is not None else self.attention
+        if prompt is not None and attention == "none":
+            image = image_id(latent, prompt, self.steps, self.guidance_scale)
+        else:
+            image = morph_frame_image_id(
+                latent,
+                prompts=self.prompts,
+                weights=weights,
+                guide_prompt=self.guide_prompt,
+                attention=attention,
+                attention_steps=self.attention_steps,
+                steps=self.steps,
+                guidance_scale=self.guidance_scale,
+            )
+        provenance = MorphProvenance(
+            inputs=self.keyframes,
+            weights=weights,
+            method=self.method,
+            prompt=prompt,
+            segment=frame.segment,
+            coefficient=frame.coefficient,
+            keyframe=frame.keyframe,
+            attention=attention,
+            attention_steps=self.attention_steps,
+            spacing=self.spacing,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+        )
+        return MorphFrame(id=image, latent=latent, provenance=provenance)
+
+
+class MorphMetrics(Contract):
+    """AID's sequence metrics over consecutive frames, with the distance they used."""
+
+    distance: str  # e.g. "lpips" or the fallback's name
+    distances: list[float]  # between consecutive frames, in path order
+    smoothness: float  # 1 - Gini coefficient of `distances` (higher is smoother)
+    consistency: float  # mean of `distances` (lower is more consistent)
+
+
+class MorphResult(Contract):
+    latents: list[str]
+    images: list[MorphFrame]  # the frames, in path order ("images" like a mix's result)
+    keyframes: list[str]
+    path: str
+    spacing: str
+    coefficients: list[list[float]]  # per segment, both keyframes included
+    passes: int  # generation passes: 2 for perceptual spacing (uniform, then re-spaced)
+    method: str
+    attention: str
+    steps: int
+    guidance_scale: float
+    seed: int | None
+    # The keys and values a keyframe's reference pass keeps (the worker's attention cache
+    # holds them, bounded by LATENTMIX_WORKER_ATTENTION_CACHE_MB); None without attention
+    # (or when every frame was rendered before).
+    attention_mb_per_keyframe: float | None = None
+    metrics: MorphMetrics
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -317,3 +494,5 @@ INVERT = JobType(
 )
 MIX = JobType("mix", "latentmix.worker.tasks.mix.mix_latents", MixRequest, MixResult)
 JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX)}
+MORPH = JobType("morph", "latentmix.worker.tasks.morph.morph_keyframes", MorphRequest, MorphResult)
+JOB_TYPES[MORPH.task] = MORPH

@@ -31,7 +31,22 @@ def mixed_latent_id(inputs: list[str], weights: list[float], method: str) -> str
     return _content_id("mix", inputs=inputs, weights=weights, method=method)
 
 
-def image_id(latent_id: str, prompt: str, steps: int, guidance_scale: float) -> str:
+def image_id(
+    latent_id: str, prompt: str, steps: int, guidance_scale: float, **attention: Any
+) -> str:
+    """`attention` (mode and steps, when a mix interpolates attention) joins the id only
+    when given, so plain renders keep their ids."""
     return _content_id(
-        "render", latent=latent_id, prompt=prompt, steps=steps, guidance_scale=guidance_scale
+        "render",
+        latent=latent_id,
+        prompt=prompt,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        **attention,
     )
+
+
+def morph_frame_image_id(latent_id: str, **settings: Any) -> str:
+    """A morph frame that interpolates prompts or attention: its latent and everything its
+    rendering reads (the keyframes' prompts, its weights, guide prompt, attention mode)."""
+    return _content_id("morph-frame", latent=latent_id, **settings)

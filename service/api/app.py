@@ -16,8 +16,10 @@ from latentmix.service.api.idempotency import document as document_idempotency
 from latentmix.service.api.limits import BodyLimitMiddleware, RequestLimits
 from latentmix.service.api.metrics import Metrics
 from latentmix.service.api.reaper import run_reaper
+from latentmix.service.api.routes import animations as animations_route
 from latentmix.service.api.routes import health, images, jobs, latents, limits, mix, models
 from latentmix.service.api.routes import metrics as metrics_route
+from latentmix.service.api.routes import morph as morph_route
 from latentmix.service.config import Settings, get_settings
 from latentmix.service.job_events import JobEvents
 from latentmix.service.latents import LatentCatalog
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     metrics.install(app)
     for module in (latents, mix, jobs, images, models, limits, metrics_route):
+        app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)
+    for module in (morph_route, animations_route):
         app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)
     app.include_router(health.router)
     # Outermost last: CORS, API keys, body limits, then idempotency next to the routes.

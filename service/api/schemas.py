@@ -7,7 +7,6 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from latentmix.service.contract import (
-    DEFAULT_GUIDANCE,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
@@ -94,10 +93,13 @@ class JobPublic(BaseModel):
     error: str | None
     result: dict[str, Any] | None = Field(
         description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
-        "prompt, steps, guidance_scale}"
+        "prompt, steps, guidance_scale}; morph: {latents, images (the frames, with "
+        "provenance), keyframes, path, spacing, coefficients, passes, method, attention, "
+        "metrics: {distance, distances, smoothness, consistency}, attention_mb_per_keyframe}"
     )
     planned: list[PlannedImage] | None = Field(
-        default=None, description="POST /mix: the images the job will produce, in order"
+        default=None,
+        description="POST /mix and POST /morph: the images the job will produce, in order",
     )
 
 
@@ -193,12 +195,26 @@ class MixCreate(RequestBody):
         max_length=MAX_PROMPT_CHARS,
         description="default: the prompt the inputs were inverted with",
     )
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
+    )
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the inputs' inversion steps"
     )
     sample: SampleSpec | None = Field(default=None, description="seeded weights; not with weights")
     webhook: WebhookUrl | None = None
+    attention: str = Field(
+        default="none",
+        description="N-way attention interpolation with the inputs (AID's rules): none, inner, "
+        "outer, fused; each input's own generation runs once per worker (cached)",
+        json_schema_extra={"enum": ["none", "inner", "outer", "fused"]},
+    )
+    attention_steps: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="fraction of the steps that interpolate"
+    )
 
     @model_validator(mode="after")
     def _weights_or_sample(self) -> "MixCreate":
@@ -223,3 +239,4 @@ class LimitsPublic(BaseModel):
     max_steps: int = Field(description="inversion or generation steps")
     max_guidance: float = Field(description="guidance_scale")
     max_wait_s: float = Field(description="longest hold of GET /jobs/{id}?wait=S")
+    max_morph_frames: int = Field(description="frames of one POST /morph, keyframes included")

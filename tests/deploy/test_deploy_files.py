@@ -309,7 +309,7 @@ def test_api_and_worker_share_the_settings(services: dict[str, dict[str, Any]]) 
     assert defaults["LATENTMIX_S3_ENDPOINT_URL"] == "http://minio:9000"
 
 
-@pytest.mark.parametrize("name", ["api", "worker"])
+@pytest.mark.parametrize("name", ["api", "worker", "worker-sd35"])
 def test_compose_environment_is_accepted_by_settings(
     services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -440,3 +440,21 @@ def test_dockerignore_keeps_the_context_small(stages: list[Stage]) -> None:
         assert dockerignored(path, patterns), f"{path} is sent to the build context"
     for path in ("pyproject.toml", "README.md", "service/app.py", "worker/__main__.py"):
         assert not dockerignored(path, patterns), f"{path} is missing from the build context"
+
+
+def test_a_second_worker_serves_sd35_next_to_the_sd15_one(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Same image and shared settings as `worker`, its own model (and queue), T5 a setting,
+    a GPU of its own; behind a profile, so a plain `up` does not download SD 3.5."""
+    sd15, sd35 = services["worker"], services["worker-sd35"]
+    sd15_env = interpolate(env_dict(sd15), {}, [])
+    sd35_env = interpolate(env_dict(sd35), {}, [])
+    assert sd35["build"] == sd15["build"] and sd35["command"] == sd15["command"]
+    assert sd35_env["LATENTMIX_MODEL"] == "stabilityai/stable-diffusion-3.5-medium"
+    assert sd15_env["LATENTMIX_MODEL"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert sd35_env["LATENTMIX_T5"] == "true"
+    for key in set(SHARED_SETTINGS) - {"LATENTMIX_MODEL"}:
+        assert sd35_env.get(key) == sd15_env.get(key), key
+    assert sd35["deploy"] == sd15["deploy"] and sd35["depends_on"] == sd15["depends_on"]
+    assert sd35["profiles"] == ["sd35"] and "profiles" not in sd15

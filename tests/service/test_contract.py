@@ -9,9 +9,11 @@ from latentmix.service.contract import (
     INVERT,
     JOB_TYPES,
     MIX,
+    MORPH,
     InversionSettings,
     InvertRequest,
     MixRequest,
+    MorphRequest,
     plan_mix,
     shared_value,
 )
@@ -22,8 +24,8 @@ IDS = [f"{i:032x}" for i in range(3)]
 
 
 def test_each_job_type_has_one_task_and_one_request_model():
-    assert {INVERT.task: INVERT, MIX.task: MIX} == JOB_TYPES
-    assert (INVERT.request, MIX.request) == (InvertRequest, MixRequest)
+    assert {INVERT.task: INVERT, MIX.task: MIX, MORPH.task: MORPH} == JOB_TYPES
+    assert (INVERT.request, MIX.request, MORPH.request) == (InvertRequest, MixRequest, MorphRequest)
 
 
 def test_plan_mix_normalises_each_row_and_computes_its_ids():
@@ -105,3 +107,54 @@ def test_shared_value_is_the_value_all_share_or_none():
     assert shared_value(["a", "a"]) == "a"
     assert shared_value(["a", "b"]) is None
     assert shared_value([]) is None
+
+
+def morph(**overrides) -> MorphRequest:
+    fields = {
+        "keyframes": IDS[:2],
+        "prompts": ["a fox", "a fox"],
+        "frames": 5,
+        "method": "nin/chm",
+        "steps": 20,
+        "guidance_scale": 5.0,
+    } | overrides
+    return MorphRequest(**fields)
+
+
+def test_a_plain_morph_frame_is_the_mix_of_its_weights_with_the_same_ids():
+    request = morph()
+    frame = request.frame(request.plan()[1])  # t = 0.25 between the two keyframes
+    mix = plan_mix(
+        latents=IDS[:2],
+        rows=[[0.75, 0.25]],
+        method="nin/chm",
+        prompt="a fox",
+        steps=20,
+        guidance_scale=5.0,
+    )
+    assert (frame.id, frame.latent) == (mix.rows[0].image, mix.rows[0].latent)
+    assert frame.provenance.segment == 0 and frame.provenance.keyframe is None
+
+
+def test_morph_frames_that_interpolate_prompts_or_attention_get_their_own_image_ids():
+    plain = morph().frame(morph().plan()[1])
+    prompts = morph(prompts=["a fox", "a cat"])
+    attention = morph(attention="fused")
+    assert prompts.frame_prompt(prompts.plan()[1]) is None
+    assert (
+        len(
+            {plain.id, prompts.frame(prompts.plan()[1]).id, attention.frame(attention.plan()[1]).id}
+        )
+        == 3
+    )
+    assert len({plain.latent, attention.frame(attention.plan()[1]).latent}) == 1
+    # Keyframes are their own generation whatever the mode: the same image.
+    assert attention.frame(attention.plan()[0]).id == morph().frame(morph().plan()[0]).id
+    guided = morph(prompts=["a fox", "a cat"], guide_prompt="an animal")
+    assert guided.frame_prompt(guided.plan()[2]) == "an animal"
+    assert guided.frame_prompt(guided.plan()[4]) == "a cat"
+
+
+def test_a_morph_needs_one_prompt_per_keyframe():
+    with pytest.raises(ValidationError, match="1 prompts for 2 keyframes"):
+        morph(prompts=["a fox"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 
+from latentmix.service import cli
 from latentmix.service.config import Settings
 from latentmix.service.stack import (
     EmbeddedRedis,
@@ -224,3 +225,29 @@ def test_the_banner_says_where_everything_is_without_the_redis_password(tmp_path
     assert "API       http://127.0.0.1:8123" in banner
     assert f"storage   {tmp_path.resolve() / 'store'}" in banner
     assert "model     tiny" in banner and "workers   2 on auto, auto" in banner
+
+
+# --- several models side by side ----------------------------------------------------------
+
+
+def test_each_model_gets_its_own_workers_and_the_first_is_the_apis_default(tmp_path):
+    settings = Settings(model="ignored", data_dir=tmp_path, redis_url="redis://here:1/0")
+    stack = ServiceStack(settings, workers=2, models=["tiny", "tiny-sd3"], gpus=0)
+
+    models = [stack._worker_child(i, stack._model_of(i)).env["LATENTMIX_MODEL"] for i in range(4)]
+
+    assert stack.worker_count == 4
+    assert models == ["tiny", "tiny", "tiny-sd3", "tiny-sd3"]
+    assert stack.environment()["LATENTMIX_MODEL"] == "tiny"  # the API's default
+    assert "models    tiny, tiny-sd3" in stack.banner()
+
+
+def test_latentmix_up_takes_one_model_option_per_model(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "run_up", lambda settings, **options: calls.append(options) or 0)
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["up", "--model", "tiny", "--model", "tiny-sd3", "--workers", "2"])
+
+    assert exit_.value.code == 0
+    assert calls == [{"workers": 2, "models": ["tiny", "tiny-sd3"]}]

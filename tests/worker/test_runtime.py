@@ -76,3 +76,22 @@ def test_the_reaper_reports_a_dead_workers_job_once(redis, settings):
     reap(redis, settings)
 
     assert failed_mixes(redis) == 1
+
+
+def test_the_worker_loads_its_model_with_the_t5_setting(settings, monkeypatch, tmp_path):
+    """LATENTMIX_T5=false reaches load_model: an SD 3 worker then loads without T5."""
+    from latentmix.worker import runtime
+
+    seen = {}
+
+    def load_model(name, **options):
+        seen.update(options, name=name)
+        raise RuntimeError("stop here: the options are what this test reads")
+
+    monkeypatch.setattr(runtime, "load_model", load_model)
+    without_t5 = settings.model_copy(
+        update={"t5": False, "model": "tiny-sd3", "data_dir": tmp_path}
+    )
+    with pytest.raises(RuntimeError, match="stop here"):
+        runtime.start(without_t5)
+    assert seen["name"] == "tiny-sd3" and seen["t5"] is False

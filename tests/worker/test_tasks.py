@@ -148,3 +148,66 @@ def test_an_inversion_naming_no_method_uses_the_model_familys_default(pipeline, 
 
     assert (unnamed.method, unnamed.steps, unnamed.guidance_scale) == (default, 7, 1.0)
     assert named.method == "bdia"
+
+
+# --- morph -------------------------------------------------------------------------------
+
+
+def test_a_morphs_coefficients_are_listed_per_segment_with_both_ends():
+    from latentmix.service.morph_plan import plan_frames
+    from latentmix.worker.tasks.morph import _per_segment
+
+    chain = plan_frames(3, 6, path="chain")  # 3 inner frames: 2 on the first segment, 1 on the next
+    assert _per_segment(chain, "chain") == [[0.0, 1 / 3, 2 / 3, 1.0], [0.0, 0.5, 1.0]]
+    loop = plan_frames(2, 4, path="loop")
+    assert _per_segment(loop, "loop") == [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]
+    # An inner coefficient that rounds to 1 (Beta with a huge alpha) is still inner.
+    steep = plan_frames(3, 5, path="chain", coefficients=[[0.0, 1.0, 1.0], [0.0, 0.5, 1.0]])
+    assert _per_segment(steep, "chain") == [[0.0, 1.0, 1.0], [0.0, 0.5, 1.0]]
+
+
+def test_perceptual_respacing_closes_a_loop_with_its_first_frame():
+    from PIL import Image
+
+    from latentmix.service.contract import MorphRequest
+    from latentmix.worker.tasks.morph import _respaced
+
+    request = MorphRequest(
+        keyframes=IDS[:2],
+        prompts=["", ""],
+        frames=6,
+        path="loop",
+        spacing="perceptual",
+        method="nin/chm",
+        steps=4,
+        guidance_scale=1.0,
+    )
+    planned = request.plan()  # t = 0, 1/3, 2/3 on A -> B, then 0, 1/3, 2/3 on B -> A
+    grey = [0, 10, 20, 250, 250, 250]  # frame values; frame 0 (black) closes the loop
+    images = [Image.new("RGB", (2, 2), (v, v, v)) for v in grey]
+    first, second = _respaced(request, planned, images)
+    # A -> B: the jump is between t = 2/3 and 1 (20 -> 250): frames crowd there.
+    assert first[0] == 0.0 and first[-1] == 1.0 and first[1] > 1 / 3
+    # B -> A: the jump is back to frame 0 (250 -> 0) at the very end.
+    assert second[1] > 1 / 3 and second[2] > 2 / 3
+
+
+def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from latentmix.worker.engine.lpips import ALEX_CHANNELS, AlexFeatures, Lpips
+    from latentmix.worker.tasks.morph import _distance
+
+    state = Lpips(AlexFeatures(), ALEX_CHANNELS).state_dict()
+    weights = {
+        k.removeprefix("backbone."): v for k, v in state.items() if k not in ("shift", "scale")
+    }
+    save_file(weights, str(tmp_path / "alex.safetensors"))
+    model = SimpleNamespace(device=torch.device("cpu"))
+    configured = SimpleNamespace(
+        settings=SimpleNamespace(lpips_weights=tmp_path / "alex.safetensors"), model=model
+    )
+    unset = SimpleNamespace(settings=SimpleNamespace(lpips_weights=None), model=model)
+    assert _distance(configured).name == "lpips-alex"
+    assert _distance(unset).name == "rgb-rmse"

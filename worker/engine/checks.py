@@ -23,7 +23,7 @@ def check_guidance(guidance_scale: float) -> None:
 
 
 def check_size(model: LoadedModel, size: int) -> None:
-    factor = model.vae_scale_factor
+    factor = model.size_multiple
     if isinstance(size, bool) or not isinstance(size, int) or size < factor or size % factor:
         raise ValueError(f"size must be a positive multiple of {factor} pixels, got {size!r}")
 
@@ -37,6 +37,12 @@ def check_latents(model: LoadedModel, latents: torch.Tensor) -> None:
         raise ValueError(
             f"latents must have shape [B>=1, {channels}, h, w] for model {model.name!r}, "
             f"got {tuple(latents.shape)}"
+        )
+    cells = model.size_multiple // model.vae_scale_factor  # SD 3: the transformer's patch
+    if any(side % cells for side in latents.shape[2:]):
+        raise ValueError(
+            f"latent sides must be multiples of {cells} for model {model.name!r} (its "
+            f"transformer's patch), got {tuple(latents.shape)}"
         )
     if not latents.is_floating_point() or not torch.isfinite(latents).all():
         raise ValueError("latents must be finite floating-point numbers")

@@ -9,7 +9,9 @@ text-embedding cache the engine needs.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,11 @@ class LoadedModel:
         return self.card.vae_scale_factor
 
     @property
+    def size_multiple(self) -> int:
+        """Pixels an image side must be a multiple of (SD: 8; SD 3: 8 x patch size 2)."""
+        return self.card.size_multiple
+
+    @property
     def latent_channels(self) -> int:
         return self.card.latent_channels
 
@@ -143,7 +150,8 @@ def load_model(
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     t5: bool = True,
 ) -> LoadedModel:
-    """Load `name` (hub id, local diffusers directory, "tiny", "tiny-sd3" or "sd15-random").
+    """Load `name` (hub id, local diffusers directory, or a built-in random model: "tiny",
+    "tiny-v", "tiny-sdxl", "tiny-sd3", "sd15-random").
 
     device "auto": CUDA when available, else CPU. dtype "auto": float16 on CUDA, float32 on
     CPU (the engine keeps its latent arithmetic in float32 either way). Batch sizes default
@@ -151,9 +159,11 @@ def load_model(
     for CUDA; the first call of each batch shape pays the compilation). Raises
     `ModelLoadError` when the weights cannot be found or read. `cache_dir` is the folder of
     built-in models: "tiny" is built once into `cache_dir / "tiny"` (default `data/models`),
-    "tiny-sd3" into `cache_dir / "tiny-sd3"`. `t5` False loads an SD 3 pipeline without its
-    T5 text encoder (most of its memory; the embedding's T5 part is then zeros), and the card
-    says which (`t5`); "tiny-sd3" has none. Families without T5 ignore it.
+    "tiny-v", "tiny-sdxl" and "tiny-sd3" likewise. On CUDA in float16, a repository's
+    half-precision weight files are loaded when it has them (`weights_variant`). `t5` False
+    loads an SD 3 pipeline without its T5 text encoder (most of its memory; the embedding's
+    T5 part is then zeros), and the card says which (`t5`); "tiny-sd3" has none. Families
+    without T5 ignore it.
     """
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
@@ -173,7 +183,9 @@ def load_model(
         if torch_dtype != torch.float32:
             pipe = pipe.to(dtype=torch_dtype)
     else:
-        pipe = _load_pipeline(name, _resolve_source(name), torch_dtype, t5)
+        source = _resolve_source(name)
+        variant = weights_variant(source, torch_device, torch_dtype)
+        pipe = _load_pipeline(name, source, torch_dtype, t5, variant)
     pipe = pipe.to(torch_device)
     _optimize_for_device(pipe, torch_device, compile=compile)
     pipe.set_progress_bar_config(disable=True)
@@ -263,13 +275,63 @@ def _resolve_source(name: str) -> str:
     return name
 
 
-def _load_pipeline(name: str, source: str | Path, dtype: torch.dtype, t5: bool = True) -> Any:
+def _load_pipeline(
+    name: str,
+    source: str | Path,
+    dtype: torch.dtype,
+    t5: bool = True,
+    variant: str | None = None,
+) -> Any:
     """The pipeline at `source`, loaded by the family its model_index.json names."""
     try:
-        pipe = family_for_source(source).load_pipeline(str(source), dtype, t5=t5)
+        family = family_for_source(source)
+        pipe = family.load_pipeline(str(source), dtype, t5=t5, variant=variant)
     except Exception as exc:  # diffusers raises OSError, ValueError, HF hub errors...
         raise ModelLoadError(_load_error_message(name, f"{type(exc).__name__}: {exc}")) from exc
     return pipe
+
+
+# --- half-precision weight files -----------------------------------------------------------
+
+FP16_VARIANT = "fp16"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def weights_variant(
+    source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    list_files: Callable[[str], list[str]] | None = None,
+) -> str | None:
+    """The weight variant to load: "fp16" when a float16 model on CUDA can load the
+    half-precision files the repository has (`unet/diffusion_pytorch_model.fp16.safetensors`:
+    SD 1.5 is then a ~2 GB download, not ~4 GB); None (the default files) on CPU, in another
+    dtype, or when the repository has no such files. `list_files` lists a source's files
+    (default `repository_files`); it is only asked on CUDA in float16."""
+    if device.type != "cuda" or dtype != torch.float16:
+        return None
+    files = (list_files or repository_files)(source)
+    has_variant = any(
+        f.endswith(_WEIGHT_SUFFIXES) and f".{FP16_VARIANT}." in Path(f).name for f in files
+    )
+    return FP16_VARIANT if has_variant else None
+
+
+def repository_files(source: str) -> list[str]:
+    """The file paths of a local diffusers directory or a hub repository: listed on the hub,
+    else (offline) from its snapshot in the local Hugging Face cache; [] when neither says."""
+    path = Path(source)
+    if path.is_dir():
+        return [str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()]
+    import huggingface_hub
+
+    with contextlib.suppress(Exception):  # offline, gated, rate-limited: the cache may know
+        return huggingface_hub.list_repo_files(source)
+    try:
+        snapshot = Path(huggingface_hub.snapshot_download(source, local_files_only=True))
+    except Exception:
+        return []
+    return [str(f.relative_to(snapshot)) for f in snapshot.rglob("*") if f.is_file()]
 
 
 def _load_error_message(name: str, reason: str) -> str:

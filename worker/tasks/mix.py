@@ -25,9 +25,11 @@ from latentmix.service.inversion_mixing import origin_of_record, shared_origin
 from latentmix.service.jobs import append_partial_result, fetch_job, view_job
 from latentmix.service.latents import LatentRecord, image_key
 from latentmix.service.storage import STORAGE_IO, in_parallel
-from latentmix.worker.engine.diffusion import generate
+from latentmix.worker.engine.attention.keyframes import worker_cache
+from latentmix.worker.engine.diffusion import encode_prompts, generate
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
+from latentmix.worker.engine.morph import Keyframes, render_frames
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.engine.state_mixing import mix_states
 from latentmix.worker.runtime import WorkerContext, context
@@ -105,13 +107,8 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         )
         generated = 0
         for rows, planned in batches:
-            pictures = generate(
-                ctx.model,
-                _select(mixed_state, rows) if request.inversion else mixed[rows],
-                request.prompt,
-                steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                progress=batch_progress(progress, generated, planned),
+            pictures = _render(
+                ctx, request, stack, mixed_state, rows, batch_progress(progress, generated, planned)
             )
             publisher.submit(functools.partial(publish_batch, rows, pictures))
             generated += 1
@@ -125,6 +122,41 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         seed=request.seed,
         steps=request.steps,
         guidance_scale=request.guidance_scale,
+    )
+
+
+def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, rows, progress):
+    """The images of `rows`, with the sampler of the inputs' inversion method; with
+    attention interpolation (plain latents only: the API refuses it for other methods),
+    each row's attention mixes the inputs' (their own generation with the mix's prompt) by
+    its weights."""
+    mixed = state.latent
+    if request.attention == "none":
+        return generate(
+            ctx.model,
+            _select(state, rows) if request.inversion else mixed[rows],
+            request.prompt,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            progress=progress,
+        )
+    inputs = Keyframes(
+        latents=stack,
+        prompts=[request.prompt] * len(request.latents),
+        keys=[(latent, request.prompt) for latent in request.latents],
+    )
+    return render_frames(
+        ctx.model,
+        mixed[rows],
+        encode_prompts(ctx.model, [request.prompt] * len(rows)),
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        attention=request.attention,
+        row_weights=[request.rows[i].weights if request.interpolates(i) else None for i in rows],
+        keyframes=inputs,
+        attention_steps=request.attention_steps,
+        cache=worker_cache(ctx.settings.worker_attention_cache_mb),
+        progress=progress,
     )
 
 

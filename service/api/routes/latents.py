@@ -14,7 +14,7 @@ from latentmix.service.api.inversion_form import (
     InversionForm,
     inversion_form,
 )
-from latentmix.service.api.models import card_of, resolve_model
+from latentmix.service.api.models import card_of, guidance_for, resolve_model
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
 from latentmix.service.api.schemas import (
@@ -26,7 +26,6 @@ from latentmix.service.api.schemas import (
 )
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import (
-    DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     INVERT,
     MAX_GUIDANCE,
@@ -121,7 +120,10 @@ def create_latents(
     ] = [],  # noqa: B006
     model: Annotated[str | None, Form(description="default: the configured model")] = None,
     inversion_steps: Annotated[int, Form(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS,
-    guidance_scale: Annotated[float, Form(ge=0.0, le=MAX_GUIDANCE)] = DEFAULT_GUIDANCE,
+    guidance_scale: Annotated[
+        float | None,
+        Form(ge=0.0, le=MAX_GUIDANCE, description="default: the model's (7.5 SD, 4.5 SD 3)"),
+    ] = None,
     size: Annotated[
         int | None,
         Form(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="default: the model's"),
@@ -136,7 +138,9 @@ def create_latents(
     model = resolve_model(model, settings, redis)
     card = card_of(model, redis)
     _check_size(size, card)
-    inversion = inversion_choice.settings(card, inversion_steps, guidance_scale, size)
+    inversion = inversion_choice.settings(
+        card, inversion_steps, guidance_for(guidance_scale, card), size
+    )
     webhook_url = checked_webhook(webhook, settings)
     job_id = uuid.uuid4().hex
     claim_ttl = settings.job_timeout_s + 600
@@ -315,17 +319,18 @@ def _image_entry(
 
 
 def _check_size(size: int | None, card: ModelCard | None) -> None:
-    if size is not None and card is not None and size % card.vae_scale_factor:
+    if size is not None and card is not None and size % card.pixel_multiple:
         raise problem(
             422,
-            f"size {size} is not a multiple of {card.vae_scale_factor} pixels, the latent cell "
-            f"of model {card.model!r}",
+            f"size {size} is not a multiple of {card.pixel_multiple} pixels, the size multiple "
+            f"of model {card.model!r} ({card.family})",
         )
 
 
 def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
     """A latent file as `decode_latent` checks it, with the model's channels and a spatial
-    size the model accepts (images of MIN_SIZE to MAX_SIZE pixels)."""
+    size the model accepts (images of MIN_SIZE to MAX_SIZE pixels, sides a multiple of the
+    model's size multiple)."""
     channels = card.latent_channels if card else None
     try:
         array = decode_latent(upload.file.read(), channels)
@@ -333,6 +338,7 @@ def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
         model = f" for model {card.model!r}" if card else ""
         raise problem(422, f"{upload.filename!r}: {exc}{model}") from None
     scale = card.vae_scale_factor if card else 8
+    cells = card.pixel_multiple // scale if card else 1  # SD 3: the transformer's patch
     smallest, largest = MIN_SIZE // scale, MAX_SIZE // scale
     height, width = array.shape[1:]
     if not (smallest <= height <= largest and smallest <= width <= largest):
@@ -340,6 +346,12 @@ def _read_latent(upload: UploadFile, card: ModelCard | None) -> np.ndarray:
             422,
             f"{upload.filename!r}: latent is {height}x{width}; each side must be in "
             f"[{smallest}, {largest}] (images of {MIN_SIZE} to {MAX_SIZE} pixels)",
+        )
+    if height % cells or width % cells:
+        raise problem(
+            422,
+            f"{upload.filename!r}: latent is {height}x{width}; each side must be a multiple "
+            f"of {cells} for model {card.model!r} (its transformer's patch size)",
         )
     return array
 

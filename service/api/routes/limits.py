@@ -32,4 +32,5 @@ def limits_of(settings: Settings) -> LimitsPublic:
         max_steps=MAX_STEPS,
         max_guidance=MAX_GUIDANCE,
         max_wait_s=settings.max_wait_s,
+        max_morph_frames=settings.max_morph_frames,
     )

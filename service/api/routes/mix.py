@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
 from latentmix.service.api.idempotency import stable_job_id
-from latentmix.service.api.models import card_of
+from latentmix.service.api.models import card_of, check_same_model, guidance_for
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
 from latentmix.service.api.schemas import JobPublic, MixCreate, PlannedImage, SampleSpec
@@ -31,6 +31,7 @@ from latentmix.service.inversion_mixing import (
 from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_queue, view_job
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
+from latentmix.service.model_cards import check_attention
 from latentmix.service.weight_sampling import sample_weights
 
 router = APIRouter(tags=["mix"])
@@ -70,22 +71,29 @@ def create_mix(
         rows = _weight_rows(body.weights, len(body.latents), body.sample)
         check_weights(rows, len(body.latents), method)
         check_generation_steps(origin, steps)
+        check_attention(redis, inputs.model or settings.model, body.attention)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
+    model = inputs.model or settings.model
     # plain latents (the default method, no options: uploads, DDIM) are sampled as always
-    default_method = (
-        origin.method == _default_method(inputs.model or settings.model, redis)
-        and not origin.options
-    )
+    default_method = origin.method == _default_method(model, redis) and not origin.options
+    if body.attention != "none" and not default_method:
+        raise problem(
+            422,
+            f"attention interpolation mixes plain latents only; these are {origin.describe()} "
+            "latents: send attention 'none'",
+        )
     mix = plan_mix(
         latents=body.latents,
         rows=rows,
         method=method,
         prompt=body.prompt if body.prompt is not None else (shared_value(inputs.prompts) or ""),
         steps=steps,
-        guidance_scale=body.guidance_scale,
+        guidance_scale=guidance_for(body.guidance_scale, card_of(model, redis)),
         seed=body.sample.seed if body.sample else None,
         producers=inputs.producers,
+        attention=body.attention,
+        attention_steps=body.attention_steps,
         inversion=None if default_method else origin.method,
         inversion_settings=None if default_method else origin.record_settings(),
     )
@@ -97,7 +105,7 @@ def create_mix(
             redis,
             settings,
             job_type=MIX,
-            model=inputs.model or settings.model,
+            model=model,
             request=mix,
             job_id=job_id,
             depends_on=sorted(set(inputs.producers.values())) or None,
@@ -191,8 +199,7 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
         inputs.prompts.append(job.prompts.get(latent_id))
         inputs.steps.append(job.steps)
         inputs.inversions[latent_id] = (job.inversion, job.inversion_settings)
-    if len(models) > 1:
-        raise problem(422, f"latents from different models cannot be mixed: {sorted(models)}")
+    check_same_model(models, redis)
     if len(shapes) > 1:
         raise problem(422, f"latents of different shapes cannot be mixed: {sorted(shapes)}")
     inputs.model = next(iter(models))

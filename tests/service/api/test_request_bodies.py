@@ -143,6 +143,7 @@ def test_limits_lists_every_request_limit_as_configured(make_client):
         max_request_bytes=2000,
         max_image_pixels=640 * 480,
         max_wait_s=5,
+        max_morph_frames=33,
     )
 
     assert client.get("/limits").json() == {
@@ -158,6 +159,7 @@ def test_limits_lists_every_request_limit_as_configured(make_client):
         "max_steps": 500,
         "max_guidance": 30.0,
         "max_wait_s": 5.0,
+        "max_morph_frames": 33,
     }
 
 

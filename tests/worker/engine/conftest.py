@@ -83,3 +83,15 @@ def unet_calls(tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> list
 def tiny_sd3(tiny_model_dir: Path) -> LoadedModel:
     """The built-in SD 3-shaped model, built next to `tiny` in the session's model folder."""
     return load_model("tiny-sd3", device="cpu", cache_dir=tiny_model_dir.parent)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_model_dir: Path) -> LoadedModel:
+    """The built-in SDXL-shaped model, built next to `tiny` in the session's model folder."""
+    return load_model("tiny-sdxl", device="cpu", cache_dir=tiny_model_dir.parent)
+
+
+@pytest.fixture(scope="session")
+def tiny_v(tiny_model_dir: Path) -> LoadedModel:
+    """The built-in v-predicting SD 1.x-shaped model (SD 2.x 768's prediction type)."""
+    return load_model("tiny-v", device="cpu", cache_dir=tiny_model_dir.parent)

@@ -120,7 +120,9 @@ def test_records_name_the_method_only_when_it_is_not_ddim():
 
 
 def test_invert_rejects_an_unknown_method_naming_the_allowed_ones(tiny_model, images):
-    with pytest.raises(ValueError, match=r"'nope'.*'ddim' \(stable-diffusion\)"):
+    with pytest.raises(
+        ValueError, match=r"'nope'.*'ddim' \(stable-diffusion, stable-diffusion-xl\)"
+    ):
         invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="nope"))
 
 

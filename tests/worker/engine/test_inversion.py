@@ -34,7 +34,7 @@ def test_get_inversion_finds_ddim_for_stable_diffusion(tiny_model):
 def test_an_unknown_method_names_the_allowed_ones_and_their_families(tiny_model):
     with pytest.raises(ValueError, match="'direct-inversion'") as info:
         get_inversion("direct-inversion", tiny_model.family)
-    assert "'ddim' (stable-diffusion)" in str(info.value)
+    assert "'ddim' (stable-diffusion, stable-diffusion-xl)" in str(info.value)
 
 
 def test_a_method_the_family_lacks_names_its_families_and_the_familys_methods(

@@ -119,8 +119,9 @@ def test_each_method_lists_its_options_and_an_unknown_one_names_the_methods():
 def test_the_unknown_method_error_lists_every_method(tiny_model, images):
     with pytest.raises(ValueError, match="'direct'") as info:
         invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="direct"))
-    for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text"):
-        assert f"'{name}' (stable-diffusion)" in str(info.value)
+    for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt"):
+        assert f"'{name}' (stable-diffusion, stable-diffusion-xl)" in str(info.value)
+    assert "'null-text' (stable-diffusion)" in str(info.value)
 
 
 @pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt", "null-text"])

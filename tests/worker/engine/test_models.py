@@ -19,6 +19,8 @@ from latentmix.worker.engine.models import (
     ModelLoadError,
     default_batch_sizes,
     load_model,
+    repository_files,
+    weights_variant,
 )
 from latentmix.worker.engine.random_models import SD15_RANDOM, build_tiny_model
 
@@ -241,3 +243,52 @@ def test_tiny_lives_in_a_folder_of_its_own_inside_the_models_dir(tmp_path, tiny_
 
     assert model.name == "tiny"
     assert sorted(p.name for p in models.iterdir()) == ["other", "tiny"]
+
+
+# --- half-precision weight files (the decision; loading them needs CUDA) -------------------
+
+SD15_FILES = [
+    "model_index.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+    "text_encoder/model.fp16.safetensors",
+]
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "files", "expected"),
+    [
+        (CUDA, torch.float16, SD15_FILES, "fp16"),
+        (CUDA, torch.float16, [f for f in SD15_FILES if ".fp16." not in f], None),
+        (CUDA, torch.bfloat16, SD15_FILES, None),
+        (CUDA, torch.float32, SD15_FILES, None),
+        (CPU, torch.float16, SD15_FILES, None),
+        (CUDA, torch.float16, ["unet/diffusion_pytorch_model.fp16.bin"], "fp16"),
+        (CUDA, torch.float16, ["fp16.md", "notes/fp16.safetensors.txt"], None),
+    ],
+    ids=["cuda-fp16", "no-fp16-files", "bf16", "fp32", "cpu", "bin", "not-weights"],
+)
+def test_fp16_weight_files_are_loaded_on_cuda_in_fp16_when_the_repository_has_them(
+    device, dtype, files, expected
+):
+    asked: list[str] = []
+    listing = lambda source: asked.append(source) or files  # noqa: E731
+
+    assert weights_variant("org/model", device, dtype, listing) == expected
+    assert asked == (["org/model"] if device.type == "cuda" and dtype == torch.float16 else [])
+
+
+def test_repository_files_of_a_local_directory_and_an_uncached_hub_id_offline(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
+    (tmp_path / "model_index.json").write_text("{}")
+    assert sorted(repository_files(str(tmp_path))) == [
+        "model_index.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert repository_files("latentmix-tests/no-such-model") == []  # the default files, then

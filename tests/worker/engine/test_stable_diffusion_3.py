@@ -224,3 +224,15 @@ def test_invert_and_generate_through_the_engine(tiny_sd3, images):
     # A bare tensor (a mix) is sampled with the family's default method, flow-euler.
     mixed = diffusion.generate(tiny_sd3, inverted.latent.mean(0, keepdim=True), PROMPT, steps=2)
     assert mixed[0].size == (64, 64)
+
+
+def test_sizes_and_latents_off_the_transformers_patches_are_refused(tiny_sd3, tiny_model, images):
+    """SD 3 cuts the latent into 2x2 patches: a side must be a multiple of 8 x 2 = 16 pixels
+    (72 px failed deep in the transformer before the card said so)."""
+    assert (tiny_sd3.card.size_multiple, tiny_model.card.size_multiple) == (16, 8)
+    settings = diffusion.InversionSettings(steps=2, size=72, method="flow-euler")
+    with pytest.raises(ValueError, match="multiple of 16 pixels, got 72"):
+        diffusion.invert(tiny_sd3, images[:1], PROMPT, settings)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        diffusion.generate(tiny_sd3, torch.zeros(1, 16, 9, 9), PROMPT, steps=2)
+    assert diffusion.encode_images(tiny_model, images[:1], 72).shape == (1, 4, 9, 9)

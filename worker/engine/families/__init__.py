@@ -9,9 +9,11 @@ from typing import Any
 from latentmix.worker.engine.families.base import Conditioning, ModelCard, ModelFamily
 from latentmix.worker.engine.families.stable_diffusion import StableDiffusion
 from latentmix.worker.engine.families.stable_diffusion_3 import StableDiffusion3
+from latentmix.worker.engine.families.stable_diffusion_xl import StableDiffusionXL
 
 FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(),)
 FAMILIES += (StableDiffusion3(),)
+FAMILIES += (StableDiffusionXL(),)
 FAMILY_BY_PIPELINE: dict[str, ModelFamily] = {
     pipeline_class: family for family in FAMILIES for pipeline_class in family.pipeline_classes
 }

@@ -55,6 +55,9 @@ class ModelCard:
     name: str  # what the user asked for: hub id, local path or "tiny"
     latent_channels: int
     vae_scale_factor: int  # pixels per latent cell along each side
+    # An image side must be a multiple of this many pixels: the latent cell, times the
+    # transformer's patch size where the denoiser cuts the latent into patches (SD 3: 16).
+    size_multiple: int
     default_size: int  # image side in pixels the model was trained at
     default_guidance: float
     prediction_type: str
@@ -93,9 +96,12 @@ class ModelFamily(Protocol):
     pipeline_classes: tuple[str, ...]  # diffusers pipeline class names this family loads
     default_guidance: float
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+    def load_pipeline(
+        self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
+    ) -> Any:
         """The pipeline from a hub id or local directory, with the family's sampler; `t5`
-        False leaves out a T5 text encoder where the family has one (SD 3)."""
+        False leaves out a T5 text encoder where the family has one (SD 3); `variant` names
+        the weight files to load (e.g. "fp16": `*.fp16.safetensors`), None the default ones."""
         ...
 
     def native_size(self, pipe: Any) -> int:

@@ -1,4 +1,5 @@
-"""Stable Diffusion 1.x / 2.x: VAE, CLIP text encoder, UNet predicting eps or v."""
+"""Stable Diffusion 1.x / 2.x: VAE, CLIP text encoder, UNet predicting eps or v (SDXL, in
+`stable_diffusion_xl.py`, reuses its images, latents, card and eps conversion)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class StableDiffusion:
     pipeline_classes = ("StableDiffusionPipeline",)
     default_guidance = 7.5  # the paper's setting (method.md section 1)
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+    def load_pipeline(
+        self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
+    ) -> Any:
         """`t5` has nothing to leave out here: SD 1.x/2.x have one CLIP text encoder."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -34,7 +37,11 @@ class StableDiffusion:
             # Newer diffusers renamed `torch_dtype` to `dtype`; the old name works everywhere.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = StableDiffusionPipeline.from_pretrained(
-                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+                source,
+                torch_dtype=dtype,
+                variant=variant,
+                safety_checker=None,
+                requires_safety_checker=False,
             )
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         return pipe
@@ -49,6 +56,7 @@ class StableDiffusion:
             name=model.name,
             latent_channels=int(pipe.unet.config.in_channels),
             vae_scale_factor=int(pipe.vae_scale_factor),
+            size_multiple=int(pipe.vae_scale_factor),
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=pipe.scheduler.config.prediction_type,
@@ -75,7 +83,8 @@ class StableDiffusion:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = []
         for start in range(0, len(pixels), model.vae_batch_size):
-            batch = pixels[start : start + model.vae_batch_size].to(model.device, model.dtype)
+            # vae.dtype: the model's, or float32 for a VAE kept there (SDXL's force_upcast)
+            batch = pixels[start : start + model.vae_batch_size].to(model.device, vae.dtype)
             mean = vae.encode(batch).latent_dist.mean.float()
             latents.append(((mean - shift) * vae.config.scaling_factor).cpu())
         return torch.cat(latents)
@@ -89,7 +98,7 @@ class StableDiffusion:
         images: list[Image.Image] = []
         for start in range(0, len(x0), model.vae_batch_size):
             batch = x0[start : start + model.vae_batch_size].to(model.device, torch.float32)
-            batch = (batch / vae.config.scaling_factor + shift).to(model.dtype)
+            batch = (batch / vae.config.scaling_factor + shift).to(vae.dtype)
             images.extend(to_pil_images(vae.decode(batch).sample))
         return images
 

@@ -30,7 +30,9 @@ class StableDiffusion3:
     pipeline_classes = ("StableDiffusion3Pipeline",)
     default_guidance = 4.5  # the paper's SD 3.5 setting (inversion.md section 6)
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, *, t5: bool = True) -> Any:
+    def load_pipeline(
+        self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
+    ) -> Any:
         """The pipeline with its `FlowMatchEulerDiscreteScheduler`; without the T5 encoder
         (most of SD 3's memory) when `t5` is False or the checkpoint has none.
 
@@ -45,7 +47,9 @@ class StableDiffusion3:
         without_t5 = {} if t5 and has_t5 else {"text_encoder_3": None, "tokenizer_3": None}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return StableDiffusion3Pipeline.from_pretrained(source, torch_dtype=dtype, **without_t5)
+            return StableDiffusion3Pipeline.from_pretrained(
+                source, torch_dtype=dtype, variant=variant, **without_t5
+            )
 
     def native_size(self, pipe: Any) -> int:
         return int(pipe.transformer.config.sample_size) * int(pipe.vae_scale_factor)
@@ -58,6 +62,7 @@ class StableDiffusion3:
             name=model.name,
             latent_channels=int(pipe.transformer.config.in_channels),
             vae_scale_factor=int(pipe.vae_scale_factor),
+            size_multiple=int(pipe.vae_scale_factor) * int(pipe.transformer.config.patch_size),
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=FLOW_PREDICTION,

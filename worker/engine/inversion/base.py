@@ -26,6 +26,11 @@ SampleFn = Callable[
 ]
 
 
+# Families whose denoiser predicts noise (or v, converted to it): every DDIM-type method
+# works with them through `ModelFamily.predict` and `to_noise`.
+EPS_MODEL_FAMILIES = ("stable-diffusion", "stable-diffusion-xl")
+
+
 @dataclass(frozen=True)
 class InversionMethod:
     """An inversion method and the sampler that regenerates from what it produced.

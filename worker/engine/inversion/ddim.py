@@ -34,7 +34,12 @@ import torch
 from latentmix.service.contract import SAMPLER_OPTIONS as CONTRACT_SAMPLER_OPTIONS
 from latentmix.service.contract import TIMESTEP_SPACINGS
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
+from latentmix.worker.engine.inversion.base import (
+    EPS_MODEL_FAMILIES,
+    InversionMethod,
+    row_chunks,
+    step_counter,
+)
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -243,7 +248,7 @@ def sample(
 
 DDIM = InversionMethod(
     name="ddim",
-    families=("stable-diffusion",),
+    families=EPS_MODEL_FAMILIES,
     check=check,
     invert=invert,
     sample=sample,

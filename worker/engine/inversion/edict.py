@@ -31,7 +31,12 @@ import torch
 from latentmix.service.contract import INVERSION_OPTIONS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
-from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
+from latentmix.worker.engine.inversion.base import (
+    EPS_MODEL_FAMILIES,
+    InversionMethod,
+    row_chunks,
+    step_counter,
+)
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -142,7 +147,7 @@ def sample(
 
 EDICT = InversionMethod(
     name="edict",
-    families=("stable-diffusion",),
+    families=EPS_MODEL_FAMILIES,
     check=ddim.check,
     invert=invert,
     sample=sample,

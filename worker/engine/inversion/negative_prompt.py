@@ -17,7 +17,7 @@ import torch
 
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
-from latentmix.worker.engine.inversion.base import InversionMethod
+from latentmix.worker.engine.inversion.base import EPS_MODEL_FAMILIES, InversionMethod
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def sample(
 
 NEGATIVE_PROMPT = InversionMethod(
     name="negative-prompt",
-    families=("stable-diffusion",),
+    families=EPS_MODEL_FAMILIES,
     check=ddim.check,
     invert=invert,
     sample=sample,
