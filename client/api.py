@@ -405,6 +405,55 @@ class LatentMixClient:
         return paths
 
     # ---------------------------------------------------------------------------------------
+    # Diagnostics and evaluations (the paper's measurements)
+    # ---------------------------------------------------------------------------------------
+
+    def diagnose(
+        self,
+        latents: Sequence[LatentRef],
+        weights: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        *,
+        method: str = DEFAULT_METHOD,
+    ) -> list[dict[str, Any]]:
+        """`POST /mix` with `dry_run`: each row's degeneracy diagnostics (norms, channel
+        means, bias amplification, warnings); nothing is generated."""
+        body: dict[str, Any] = {
+            "latents": [_id(latent) for latent in latents],
+            "method": method,
+            "dry_run": True,
+        }
+        if weights is not None:
+            body["weights"] = [list(row) if _is_row(row) else row for row in weights]
+        return self._post("/mix", json=body)["rows"]
+
+    def evaluate(
+        self,
+        *,
+        job: JobRef | None = None,
+        images: Sequence[str] | None = None,
+        reference_latents: Sequence[LatentRef] = (),
+        references: Sequence[ImageInput] = (),
+        label: str | None = None,
+        features: str = "clip",
+    ) -> Job:
+        """Queue an evaluation (FID, KID, CLIP distance) of a mix job's images (waited for
+        if unfinished) or of image ids, against the source images of `reference_latents`
+        and/or uploaded `references`; FID and KID on `features` ("clip" or "inception").
+        `wait` on the returned job gives the figures."""
+        fields: dict[str, Any] = {
+            "reference_latents": [_id(latent) for latent in reference_latents],
+            "features": features,
+        }
+        if job is not None:
+            fields["job"] = _id(job)
+        if images is not None:
+            fields["images"] = list(images)
+        if label is not None:
+            fields["label"] = label
+        files = [("references", _image_part(image, i)) for i, image in enumerate(references)]
+        return Job.from_json(self._post("/evaluations", data=fields, files=files or None))
+
+    # ---------------------------------------------------------------------------------------
     # Health and limits
     # ---------------------------------------------------------------------------------------
 

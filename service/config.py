@@ -74,6 +74,17 @@ class Settings(BaseSettings):
     max_latents_per_mix: int = Field(default=4096, ge=2)
     # Frames of one POST /morph, keyframes included.
     max_morph_frames: int = Field(default=240, ge=2)
+    # Image encoder of the quality metrics (worker/engine/metrics/clip.py): a hub id, a local
+    # directory, or "tiny-clip" (seeded random, offline tests). Loaded by an evaluation job.
+    clip_model: str = "openai/clip-vit-large-patch14"
+    # Inception features for FID/KID on request (features=inception): a local TorchScript
+    # Inception file (inception-2015-12-05.pt of StyleGAN2-ADA / clean-fid) or "tiny-inception".
+    inception_weights: str | None = None
+    # Mix diagnostics (service/diagnostics.py): warn when a mix amplifies the inputs' channel
+    # means more than this (Eq. 9), or when lerp/slerp keep less than this fraction of the
+    # inputs' interpolated norm.
+    diagnostics_max_amplification: float = Field(default=2.0, gt=0)
+    diagnostics_min_norm_ratio: float = Field(default=0.8, ge=0)
     webhook_secret: SecretStr | None = None  # HMAC key for job-end webhooks; unset: no webhooks
     # Networks webhooks may not reach (checked on every address a URL's host resolves to):
     # by default link-local, which holds the cloud metadata endpoints. "" allows all.

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from latentmix.service.diagnostics import MixDiagnostics
 from latentmix.service.ids import image_id, mixed_latent_id, morph_frame_image_id
 from latentmix.service.morph_plan import (
     DEFAULT_ATTENTION_STEPS,
@@ -235,8 +236,8 @@ class MixRequest(Contract):
         """Row `index` interpolates attention: a mode is set and it mixes 2+ inputs."""
         return self.attention != "none" and sum(1 for w in self.rows[index].weights if w) > 1
 
-    def image(self, index: int) -> "MixImage":
-        """Row `index` as the result shows it."""
+    def image(self, index: int, diagnostics: MixDiagnostics | None = None) -> "MixImage":
+        """Row `index` as the result shows it, with its mix's diagnostics if given."""
         row = self.rows[index]
         provenance = Provenance(
             inputs=self.latents,
@@ -248,7 +249,9 @@ class MixRequest(Contract):
             weights=row.weights,
             attention=self.attention if self.interpolates(index) else None,
         )
-        return MixImage(id=row.image, latent=row.latent, provenance=provenance)
+        return MixImage(
+            id=row.image, latent=row.latent, provenance=provenance, diagnostics=diagnostics
+        )
 
 
 def plan_mix(
@@ -313,6 +316,7 @@ class MixImage(Contract):
     id: str
     latent: str
     provenance: Provenance
+    diagnostics: MixDiagnostics | None = None  # service/diagnostics.py; None from release 0.1
 
 
 class MixResult(Contract):
@@ -478,6 +482,33 @@ class MorphResult(Contract):
     metrics: MorphMetrics
 
 
+# --- evaluate ---------------------------------------------------------------------------
+
+
+class EvaluateRequest(Contract):
+    """Score generated images against real ones (the paper's Section 6 measures)."""
+
+    generated: list[str] = Field(min_length=1)  # image ids (stored under images/)
+    references: list[str] = Field(min_length=1)  # storage keys of the real images
+    label: str | None = None  # e.g. the class name, repeated in the result
+    features: Literal["clip", "inception"] = "clip"  # of FID and KID
+
+
+class EvaluateResult(Contract):
+    """The figures of one evaluation. FID and KID need two images per set (else null)."""
+
+    features: str  # FID's and KID's, e.g. "clip:openai/clip-vit-large-patch14"
+    clip_features: str  # the CLIP distance's encoder, "clip:<LATENTMIX_CLIP_MODEL>"
+    label: str | None
+    generated: int
+    references: int
+    clip_distance: float  # mean over the generated images (Section 6)
+    clip_distance_std: float
+    clip_distances: list[float]  # one per generated image, in order
+    fid: float | None
+    kid: float | None  # unbiased MMD^2, cubic polynomial kernel
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -493,6 +524,9 @@ INVERT = JobType(
     "invert", "latentmix.worker.tasks.invert.invert_images", InvertRequest, InvertResult
 )
 MIX = JobType("mix", "latentmix.worker.tasks.mix.mix_latents", MixRequest, MixResult)
-JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX)}
+EVALUATE = JobType(
+    "evaluate", "latentmix.worker.tasks.evaluate.evaluate_images", EvaluateRequest, EvaluateResult
+)
+JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX, EVALUATE)}
 MORPH = JobType("morph", "latentmix.worker.tasks.morph.morph_keyframes", MorphRequest, MorphResult)
 JOB_TYPES[MORPH.task] = MORPH

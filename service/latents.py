@@ -55,6 +55,11 @@ def image_key(image_id: str) -> str:
     return f"images/{image_id}.png"
 
 
+def evaluation_key(job_id: str) -> str:
+    """An evaluation job's figures, kept after its job record expires."""
+    return f"evaluations/{job_id}.json"
+
+
 def encode_latent(
     array: np.ndarray,
     record: "LatentRecord | None" = None,
@@ -151,6 +156,7 @@ class LatentRecord(BaseModel):
     method: str | None = None  # mixes: the mixing method
     prompt: str | None = None
     inversion: str | None = None  # inverted images: the inversion method
+    source_image: str | None = None  # inverted images: the storage key of the image (evaluations)
     aux: dict[str, list[int]] = Field(default_factory=dict)  # auxiliary tensors' shapes
     aux_bytes: int = 0  # the auxiliary tensors' size in the stored file
     reconstruction: Reconstruction | None = None  # inverted images, unless opted out

@@ -417,6 +417,7 @@ class ServiceStack:
         devices = ", ".join(self._device(i) for i in range(len(self.slots) or self.worker_count))
         rows = [
             ("API", f"{self.api_url}  (docs: {self.api_url}/docs)"),
+            ("studio", f"{self.api_url}/studio"),
             ("Redis", redis),
             ("data dir", str(self.settings.data_dir.resolve())),
             ("storage", storage),

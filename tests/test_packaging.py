@@ -89,3 +89,10 @@ def test_the_client_imports_without_fastapi_torch_or_diffusers(installed: Path, 
     result = run_python(code.replace("\n", "\n"), installed, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "latentmix.client.api"
+
+
+def test_the_wheel_holds_the_studio_page(wheel: Path):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    static = "latentmix/service/api/studio/static/"
+    assert {static + name for name in ("index.html", "studio.js", "studio.css", "zip.js")} <= names

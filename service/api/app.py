@@ -10,14 +10,23 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from redis import Redis
 
-from latentmix.service.api import docs, metrics, problems, security
+from latentmix.service.api import docs, metrics, problems, security, studio
 from latentmix.service.api.idempotency import IdempotencyMiddleware
 from latentmix.service.api.idempotency import document as document_idempotency
 from latentmix.service.api.limits import BodyLimitMiddleware, RequestLimits
 from latentmix.service.api.metrics import Metrics
 from latentmix.service.api.reaper import run_reaper
 from latentmix.service.api.routes import animations as animations_route
-from latentmix.service.api.routes import health, images, jobs, latents, limits, mix, models
+from latentmix.service.api.routes import (
+    evaluations,
+    health,
+    images,
+    jobs,
+    latents,
+    limits,
+    mix,
+    models,
+)
 from latentmix.service.api.routes import metrics as metrics_route
 from latentmix.service.api.routes import morph as morph_route
 from latentmix.service.config import Settings, get_settings
@@ -71,9 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     docs.install(app)
+    studio.install(app)
     problems.install(app)
     metrics.install(app)
-    for module in (latents, mix, jobs, images, models, limits, metrics_route):
+    for module in (latents, mix, jobs, images, models, limits, metrics_route, evaluations):
         app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)
     for module in (morph_route, animations_route):
         app.include_router(module.router, dependencies=security.API_KEY_DEPENDENCIES)

@@ -23,6 +23,7 @@ DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 STATIC_URL = "/docs/static"
 STATIC_DIR = files("fastapi_offline") / "static"
+REDOC_IMAGES_POLICY = "img-src 'self' data:"
 
 
 def install(app: FastAPI) -> None:
@@ -54,10 +55,14 @@ def install(app: FastAPI) -> None:
     @app.get(REDOC_URL, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         _, openapi_url, static = urls(request)
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=openapi_url,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{static}/redoc.standalone.js",
             redoc_favicon_url=f"{static}/favicon.png",
             with_google_fonts=False,
         )
+        # The ReDoc bundle's side menu always shows Redocly's logo from their CDN (hidden when
+        # it fails to load): the browser is told not to fetch images from anywhere else.
+        page.headers["Content-Security-Policy"] = REDOC_IMAGES_POLICY
+        return page

@@ -11,6 +11,7 @@ from latentmix.service.contract import (
     MAX_PROMPT_CHARS,
     MAX_STEPS,
 )
+from latentmix.service.diagnostics import MixDiagnostics
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
 from latentmix.service.latents import Reconstruction
@@ -92,10 +93,12 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     error: str | None
     result: dict[str, Any] | None = Field(
-        description="invert: {latents}; mix: {latents, images: [{id, url, latent}], method, "
-        "prompt, steps, guidance_scale}; morph: {latents, images (the frames, with "
-        "provenance), keyframes, path, spacing, coefficients, passes, method, attention, "
-        "metrics: {distance, distances, smoothness, consistency}, attention_mb_per_keyframe}"
+        description="invert: {latents}; mix: {latents, images: [{id, url, latent, provenance, "
+        "diagnostics}], method, prompt, steps, guidance_scale}; morph: {latents, images (the "
+        "frames, with provenance), keyframes, path, spacing, coefficients, passes, method, "
+        "attention, metrics: {distance, distances, smoothness, consistency}, "
+        "attention_mb_per_keyframe}; evaluate: {features, clip_features, label, generated, "
+        "references, clip_distance, clip_distance_std, clip_distances, fid, kid}"
     )
     planned: list[PlannedImage] | None = Field(
         default=None,
@@ -215,12 +218,33 @@ class MixCreate(RequestBody):
     attention_steps: float = Field(
         default=0.5, ge=0.0, le=1.0, description="fraction of the steps that interpolate"
     )
+    dry_run: bool = Field(
+        default=False,
+        description="answer 200 with each row's degeneracy diagnostics (norms, channel means, "
+        "bias amplification, warnings) and queue nothing; the inputs must be ready",
+    )
 
     @model_validator(mode="after")
     def _weights_or_sample(self) -> "MixCreate":
         if self.weights is not None and self.sample is not None:
             raise ValueError("give either weights or sample, not both")
         return self
+
+
+class DryRunRow(BaseModel):
+    """One row of a dry run: the mix it would make, and that mix's diagnostics."""
+
+    weights: list[float] = Field(description="the row's weights, normalised to sum 1")
+    latent: str = Field(description="the id the mixed latent would have")
+    image: str = Field(description="the id its image would have")
+    diagnostics: MixDiagnostics
+
+
+class MixDryRun(BaseModel):
+    """POST /mix with dry_run: what each mix would be; nothing was queued."""
+
+    method: str
+    rows: list[DryRunRow]
 
 
 class LimitsPublic(BaseModel):

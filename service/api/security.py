@@ -1,6 +1,7 @@
 """API keys and CORS.
 
-With `LATENTMIX_API_KEYS` set, every request but the health probes needs
+With `LATENTMIX_API_KEYS` set, every request but the health probes, the landing page `/`
+and the Studio page's files (`/studio`, no data in them) needs
 `Authorization: Bearer <key>`; keys are compared in constant time (digests of equal
 length, every configured key checked). Unset, the API is open. A pure ASGI middleware does
 the check, so it covers every path (docs, schema and 404s included) and runs before any
@@ -23,7 +24,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from latentmix.service.api.problems import problem_response
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# The landing page and the Studio page with its assets hold no data; the page asks for a key
+# and sends it with every API call.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/studio"})
+PUBLIC_PREFIXES = ("/studio/",)
 PRINCIPAL_SCOPE_KEY = "latentmix.principal"
 ANONYMOUS = "anonymous"
 
@@ -51,7 +55,7 @@ class ApiKeyMiddleware:
         self.digests = [_digest(key.get_secret_value()) for key in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or _is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = _bearer_token(Headers(scope=scope).get("authorization"))
@@ -69,6 +73,10 @@ class ApiKeyMiddleware:
             return
         scope[PRINCIPAL_SCOPE_KEY] = digest.hex()[:32]
         await self.app(scope, receive, send)
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _bearer_token(header: str | None) -> str | None:

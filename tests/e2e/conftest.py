@@ -50,6 +50,8 @@ def service_stack(
         s3_secret_access_key="testing",
         webhook_secret=WEBHOOK_SECRET,
         max_batch_size=MAX_BATCH,
+        clip_model="tiny-clip",  # evaluations: the seeded random encoders, offline
+        inception_weights="tiny-inception",
     )
     with ServiceStack(settings, env=service_environment()) as stack:
         yield stack

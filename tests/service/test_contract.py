@@ -6,10 +6,12 @@ import pytest
 from pydantic import ValidationError
 
 from latentmix.service.contract import (
+    EVALUATE,
     INVERT,
     JOB_TYPES,
     MIX,
     MORPH,
+    EvaluateRequest,
     InversionSettings,
     InvertRequest,
     MixRequest,
@@ -24,8 +26,18 @@ IDS = [f"{i:032x}" for i in range(3)]
 
 
 def test_each_job_type_has_one_task_and_one_request_model():
-    assert {INVERT.task: INVERT, MIX.task: MIX, MORPH.task: MORPH} == JOB_TYPES
-    assert (INVERT.request, MIX.request, MORPH.request) == (InvertRequest, MixRequest, MorphRequest)
+    assert {
+        INVERT.task: INVERT,
+        MIX.task: MIX,
+        EVALUATE.task: EVALUATE,
+        MORPH.task: MORPH,
+    } == JOB_TYPES
+    assert (INVERT.request, MIX.request, EVALUATE.request, MORPH.request) == (
+        InvertRequest,
+        MixRequest,
+        EvaluateRequest,
+        MorphRequest,
+    )
 
 
 def test_plan_mix_normalises_each_row_and_computes_its_ids():

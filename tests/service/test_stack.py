@@ -223,6 +223,7 @@ def test_the_banner_says_where_everything_is_without_the_redis_password(tmp_path
     assert "s3cret" not in banner
     assert "Redis     redis://:***@db:6379/0 (external)" in banner
     assert "API       http://127.0.0.1:8123" in banner
+    assert "studio    http://127.0.0.1:8123/studio" in banner
     assert f"storage   {tmp_path.resolve() / 'store'}" in banner
     assert "model     tiny" in banner and "workers   2 on auto, auto" in banner
 

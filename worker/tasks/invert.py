@@ -78,6 +78,7 @@ def _publish_inverted(ctx: WorkerContext, items: list[InvertItem], result: Inver
             settings=result.settings,
             prompt=item.prompt,
             inversion=result.method,
+            source_image=item.upload_key,
             aux={name: list(state.shape) for name, state in aux.items()},
             aux_bytes=sum(state.nbytes for state in aux.values()),
             reconstruction=_reconstruction(result, index),

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from rq.job import Job
@@ -20,6 +21,7 @@ from latentmix.service.contract import (
     plan_mix,
     shared_value,
 )
+from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.images import encode_png
 from latentmix.service.inversion_mixing import origin_of_record, shared_origin
 from latentmix.service.jobs import append_partial_result, fetch_job, view_job
@@ -77,10 +79,14 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     again: it is appended at once."""
     records = [_ready_record(ctx, i, request.producers.get(i)) for i in request.latents]
     _check_compatible(records, ctx.settings.model)
-    stack = torch.stack(in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
+    inputs = np.stack(in_parallel(lambda r: ctx.catalog.load(r.id), records))
+    stack = torch.from_numpy(inputs)
     mixed = mix(stack, request.weights, request.method)
     mixed_state = _mixed_state(ctx, request, records, mixed)
-    images = [request.image(index) for index in range(len(request.rows))]
+    diagnostics = diagnose(
+        InputStatistics.of(inputs), request.weights, request.method, Thresholds.of(ctx.settings)
+    )
+    images = [request.image(index, diagnostics[index]) for index in range(len(request.rows))]
     # The mixed latents are stored while the first batches generate.
     rendered = [
         STORAGE_IO.submit(_publish_mix, ctx, mixed_state.rows(index, index + 1), image, request)

@@ -3,14 +3,23 @@
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
 from latentmix.service.api.idempotency import stable_job_id
 from latentmix.service.api.models import card_of, check_same_model, guidance_for
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
-from latentmix.service.api.schemas import JobPublic, MixCreate, PlannedImage, SampleSpec
+from latentmix.service.api.schemas import (
+    DryRunRow,
+    JobPublic,
+    MixCreate,
+    MixDryRun,
+    PlannedImage,
+    SampleSpec,
+)
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import (
     DEFAULT_INVERSION,
@@ -22,6 +31,7 @@ from latentmix.service.contract import (
     plan_mix,
     shared_value,
 )
+from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.inversion_mixing import (
     InversionOrigin,
     check_generation_steps,
@@ -32,12 +42,23 @@ from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_que
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
 from latentmix.service.model_cards import check_attention
+from latentmix.service.storage import in_parallel
 from latentmix.service.weight_sampling import sample_weights
 
 router = APIRouter(tags=["mix"])
 
 
-@router.post("/mix", status_code=202, response_model=JobPublic, responses=PROBLEM_RESPONSES)
+DRY_RUN_RESPONSE = {
+    200: {"model": MixDryRun, "description": "dry_run: each row's diagnostics; nothing queued"}
+}
+
+
+@router.post(
+    "/mix",
+    status_code=202,
+    response_model=JobPublic,
+    responses={**DRY_RUN_RESPONSE, **PROBLEM_RESPONSES},
+)
 def create_mix(
     body: MixCreate,
     request: Request,
@@ -45,7 +66,7 @@ def create_mix(
     redis: RedisDep,
     catalog: CatalogDep,
     metrics: MetricsDep,
-) -> JobPublic:
+) -> JobPublic | JSONResponse:
     """Queue a mix job; latents still being inverted are waited for. The answer lists the
     images the job will produce (ids and URLs), known before it runs."""
     if len(body.latents) > settings.max_latents_per_mix:
@@ -97,6 +118,8 @@ def create_mix(
         inversion=None if default_method else origin.method,
         inversion_settings=None if default_method else origin.record_settings(),
     )
+    if body.dry_run:
+        return JSONResponse(_dry_run(catalog, mix, settings).model_dump(mode="json"))
     webhook = checked_webhook(body.webhook, settings)
     job_id = stable_job_id(request) or uuid.uuid4().hex
     job = fetch_job(redis, job_id)  # queued by a try whose answer was lost
@@ -115,6 +138,31 @@ def create_mix(
     return public_job(view_job(redis, job), request).model_copy(
         update={"planned": [_planned(mix, index, request) for index in range(len(mix.rows))]}
     )
+
+
+def _dry_run(catalog: LatentCatalog, mix: MixRequest, settings) -> MixDryRun:
+    """The diagnostics of every row, from the stored inputs: no job, no UNet, no mix."""
+    if mix.producers:
+        pending = sorted(mix.producers)[0]
+        raise problem(
+            409,
+            f"latent {pending} is still being computed (job {mix.producers[pending]}); "
+            "dry_run needs every input ready",
+        )
+    # Only the inputs some row uses are read (a subset sample uses few of a large pool).
+    weights = np.asarray(mix.weights)
+    used = np.arange(len(mix.latents))
+    if mix.method != "slerp":  # slerp's angle needs both inputs whatever the weights
+        used = np.flatnonzero(weights.any(axis=0))
+    latents = np.stack(in_parallel(catalog.load, [mix.latents[i] for i in used]))
+    found = diagnose(
+        InputStatistics.of(latents), weights[:, used], mix.method, Thresholds.of(settings)
+    )
+    rows = [
+        DryRunRow(weights=row.weights, latent=row.latent, image=row.image, diagnostics=d)
+        for row, d in zip(mix.rows, found, strict=True)
+    ]
+    return MixDryRun(method=mix.method, rows=rows)
 
 
 def _planned(mix: MixRequest, index: int, request: Request) -> PlannedImage:

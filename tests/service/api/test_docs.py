@@ -58,3 +58,10 @@ def test_swagger_ui_oauth2_redirect_page_is_served(client: TestClient):
 def test_docs_assets_stay_out_of_the_schema(client: TestClient):
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith(("/docs", "/redoc"))]
+
+
+def test_redoc_may_load_images_only_from_the_api(client: TestClient):
+    """Its bundle links Redocly's logo on their CDN; the page's policy keeps the browser off it
+    (tests/e2e/test_studio_browser.py sees the request blocked in Chromium)."""
+    policy = client.get("/redoc").headers["content-security-policy"]
+    assert policy == "img-src 'self' data:"

@@ -42,8 +42,14 @@ FILE_CONTENTS_REFUSED = {
         }
     },
 }
+# POST /evaluations likewise takes uploaded reference images, and needs one generated set
+# (`job` or `images`) and some references, which its all-optional form fields cannot say.
+EVALUATION_CONTENTS_REFUSED = FILE_CONTENTS_REFUSED | {"include-operation-id": "create_evaluation"}
 schema = schemathesis.openapi.from_path(
-    OPENAPI_FILE, config=SchemathesisConfig.from_dict({"operations": [FILE_CONTENTS_REFUSED]})
+    OPENAPI_FILE,
+    config=SchemathesisConfig.from_dict(
+        {"operations": [FILE_CONTENTS_REFUSED, EVALUATION_CONTENTS_REFUSED]}
+    ),
 )
 
 

@@ -1,0 +1,88 @@
+"""The evaluate job: generated images vs real ones -> FID, KID, CLIP distance."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+from rq.job import Job
+
+from latentmix.service.contract import EvaluateRequest, EvaluateResult
+from latentmix.service.latents import evaluation_key, image_key
+from latentmix.service.storage import in_parallel
+from latentmix.worker.engine.metrics import (
+    clip_distances,
+    frechet_distance,
+    kernel_inception_distance,
+)
+from latentmix.worker.engine.metrics.clip import load_clip
+from latentmix.worker.engine.metrics.inception import load_inception
+from latentmix.worker.runtime import WorkerContext
+from latentmix.worker.tasks.reporting import progress_reporter, task
+
+
+@task(EvaluateRequest)
+def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
+    """Embed both sets with the CLIP image encoder of LATENTMIX_CLIP_MODEL (the CLIP distance)
+    and, for FID and KID, with it or the Inception of LATENTMIX_INCEPTION_WEIGHTS."""
+    device = str(ctx.model.device)
+    clip = load_clip(ctx.settings.clip_model, device)
+    fid_encoder = (
+        load_inception(ctx.settings.inception_weights, device)
+        if request.features == "inception"
+        else clip
+    )
+    progress = progress_reporter(ctx.redis, job)
+    generated = _images(ctx, [image_key(i) for i in request.generated])
+    references = _images(ctx, request.references)
+    progress(0, 2)
+    embedded = clip.embed(generated), clip.embed(references)
+    progress(1, 2)
+    if fid_encoder is not clip:
+        fid_features = fid_encoder.embed(generated), fid_encoder.embed(references)
+    else:
+        fid_features = embedded
+    progress(2, 2)
+    result = score(
+        request.label, embedded, fid_features, clip=clip.features, fid=fid_encoder.features
+    )
+    stored = {"model": ctx.settings.model, "result": result.model_dump(mode="json")}
+    ctx.storage.put(evaluation_key(job.id), json.dumps(stored).encode(), "application/json")
+    return result
+
+
+def score(
+    label: str | None,
+    clip_sets: tuple[np.ndarray, np.ndarray],
+    fid_sets: tuple[np.ndarray, np.ndarray],
+    *,
+    clip: str,
+    fid: str,
+) -> EvaluateResult:
+    """The result's figures from the (generated, references) embeddings of each encoder."""
+    distances = clip_distances(*clip_sets)
+    generated, references = fid_sets
+    both_sets = len(generated) >= 2 and len(references) >= 2
+    return EvaluateResult(
+        features=fid,
+        clip_features=clip,
+        label=label,
+        generated=len(generated),
+        references=len(references),
+        clip_distance=float(distances.mean()),
+        clip_distance_std=float(distances.std()),
+        clip_distances=distances.tolist(),
+        fid=frechet_distance(generated, references) if both_sets else None,
+        kid=kernel_inception_distance(generated, references) if both_sets else None,
+    )
+
+
+def _images(ctx: WorkerContext, keys: list[str]) -> list[Image.Image]:
+    def fetch(key: str) -> Image.Image:
+        image = Image.open(io.BytesIO(ctx.storage.get(key)))
+        image.load()
+        return image
+
+    return in_parallel(fetch, keys)
