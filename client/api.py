@@ -20,7 +20,7 @@ import mimetypes
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,9 @@ class LatentMixClient:
         inversion_steps: int | None = None,
         guidance_scale: float | None = None,
         size: int | None = None,
+        inversion: str | None = None,
+        inversion_options: Mapping[str, Any] | None = None,
+        measure_reconstruction: bool | None = None,
         wait: bool = True,
         progress: bool = False,
         timeout: float | None = None,
@@ -112,6 +115,11 @@ class LatentMixClient:
         """Invert images (paths, PIL images or encoded bytes) into noise latents, one per
         image, in order. `prompt`: one for all, or one per image. The service caches by
         content, so inverting the same images again is instant.
+
+        `inversion` names the method (default: the model's, ddim for Stable Diffusion;
+        `models()` lists each model's), `inversion_options` its options by form field name
+        (e.g. {"edict_mix": 0.9}); `measure_reconstruction=False` skips the round-trip error
+        the service records with each latent.
 
         With `wait` (the default) returns once every latent is ready; otherwise at once,
         with pending latents naming the job that computes them."""
@@ -122,12 +130,15 @@ class LatentMixClient:
         limits = self.limits()
         check_invert(limits, [(name, content) for name, content, _ in files], prompts)
         form = {
-            key: str(value)
+            key: _form_value(value)
             for key, value in (
                 ("model", model),
                 ("inversion_steps", inversion_steps),
                 ("guidance_scale", guidance_scale),
                 ("size", size),
+                ("inversion", inversion),
+                ("measure_reconstruction", measure_reconstruction),
+                *(inversion_options or {}).items(),
             )
             if value is not None
         }
@@ -672,3 +683,8 @@ def _image_bar(progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(unit="img", desc="images")
+
+
+def _form_value(value: Any) -> str:
+    """A form field's text: booleans as the API reads them."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)

@@ -99,7 +99,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default %(default)r)",
     )
     parser.add_argument("--steps", type=_positive, default=None, help="generation steps")
-    parser.add_argument("--inversion-steps", type=_positive, default=None, help="DDIM steps")
+    parser.add_argument("--inversion-steps", type=_positive, default=None, help="inversion steps")
+    parser.add_argument(
+        "--inversion",
+        default=None,
+        help="inversion method: ddim, fixed-point, edict, bdia, negative-prompt, null-text "
+        "(default: the model's)",
+    )
+    parser.add_argument(
+        "--inversion-option",
+        action="append",
+        type=_option,
+        default=None,
+        metavar="NAME=VALUE",
+        help="an option of the method, e.g. edict_mix=0.9 (repeatable)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale")
     parser.add_argument("--size", type=_positive, default=None, help="image side in pixels")
     parser.add_argument("--model", default=None, help="model (default: the service's)")
@@ -233,6 +247,8 @@ class Plan:
             "prompt": args.prompt,
             "steps": args.steps,
             "inversion_steps": args.inversion_steps,
+            "inversion": args.inversion,
+            "inversion_options": dict(args.inversion_option) if args.inversion_option else None,
             "guidance_scale": args.guidance_scale,
             "size": args.size,
             "model": args.model,
@@ -486,6 +502,8 @@ class Augmenter:
                 inversion_steps=settings["inversion_steps"],
                 guidance_scale=settings["guidance_scale"],
                 size=settings["size"],
+                inversion=settings["inversion"],
+                inversion_options=settings["inversion_options"],
                 wait=False,
             )
         pending = [latent for entries in submitted.values() for latent in entries if latent.job]
@@ -592,6 +610,15 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _option(text: str) -> tuple[str, str]:
+    """NAME=VALUE of --inversion-option, sent to the service as the form field NAME (which
+    checks both and names the method's options when NAME is not one of them)."""
+    name, separator, value = text.partition("=")
+    if not separator or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. edict_mix=0.9, got {text!r}")
+    return name, value
 
 
 def _fail(message: str, status: int) -> int:

@@ -84,6 +84,10 @@ class LatentInfo:
     prompt: str | None = None
     settings: dict[str, Any] | None = None
     error: str | None = None
+    inversion: str | None = None  # the inversion method
+    aux: dict[str, list[int]] | None = None  # its state tensors' shapes
+    aux_bytes: int | None = None
+    reconstruction: dict[str, Any] | None = None  # latent_rmse, pixel_psnr_db, pixel_max_error
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LatentInfo:

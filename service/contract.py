@@ -70,22 +70,104 @@ class ModelCard(BaseModel):
 # --- invert -----------------------------------------------------------------------------
 
 
+# The options every DDIM-type method takes, used alike in inversion and generation:
+# timestep_spacing ("leading" | "trailing", Lin et al.; None: the scheduler's own) and
+# guidance_rescale (diffusers' rescale_noise_cfg phi; None: 0). Left out of records and
+# ids when not given.
+SAMPLER_OPTIONS: dict[str, Any] = {"timestep_spacing": None, "guidance_rescale": None}
+TIMESTEP_SPACINGS = ("leading", "trailing")
+# Each inversion method's own options and their defaults (the references'); the engine's
+# methods read theirs from here. A method not listed takes none.
+INVERSION_OPTIONS: dict[str, dict[str, Any]] = {
+    "ddim": {**SAMPLER_OPTIONS},
+    "fixed-point": {"inversion_iterations": 5, "renoise_average": False, **SAMPLER_OPTIONS},
+    "edict": {"edict_mix": 0.93, **SAMPLER_OPTIONS},
+    "bdia": {"bdia_gamma": 1.0, **SAMPLER_OPTIONS},
+    "negative-prompt": {**SAMPLER_OPTIONS},
+    "null-text": {"null_text_iterations": 10, **SAMPLER_OPTIONS},
+    "flow-euler": {},
+    "rf-solver": {},
+}
+MAX_INVERSION_ITERATIONS = 50
+# BDIA inversion divides by gamma every step: only gamma = 1 is invertible in float32.
+INVERTIBLE_BDIA_GAMMA = 1.0
+
+
 class InversionSettings(Contract):
-    """How images are inverted; part of every inverted latent's id."""
+    """How images are inverted; part of every inverted latent's id.
+
+    The option fields belong each to one method (`INVERSION_OPTIONS`); None means not
+    given. `for_method` checks them against the method and fills in its defaults, so the id
+    of a latent covers every option its method ran with."""
 
     method: str | None = None  # None: the model family's default (its card's first method)
     steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     size: int | None = None  # image side in pixels; None: the model's default
+    # fixed-point: iterations per step (0 is DDIM), ReNoise averaging of the last estimates
+    inversion_iterations: int | None = Field(default=None, ge=0, le=MAX_INVERSION_ITERATIONS)
+    renoise_average: bool | None = None
+    edict_mix: float | None = Field(default=None, gt=0.0, le=1.0)  # edict: the mix p
+    bdia_gamma: float | None = None  # bdia: 1 only
+    null_text_iterations: int | None = Field(  # null-text: Adam steps per sampling step
+        default=None, ge=0, le=MAX_INVERSION_ITERATIONS
+    )
+    timestep_spacing: Literal["leading", "trailing"] | None = None  # every DDIM-type method
+    guidance_rescale: float | None = Field(default=None, ge=0.0, le=1.0)  # likewise
+
+    def options(self) -> dict[str, Any]:
+        """The options given, by name."""
+        return {name: value for name in OPTION_FIELDS if (value := getattr(self, name)) is not None}
+
+    def for_method(self, allowed: tuple[str, ...], default: str) -> "InversionSettings":
+        """These settings checked against the methods a model `allowed` (its card's list;
+        `default` when no method is named), with the method's option defaults filled in.
+        ValueError naming the allowed values otherwise."""
+        method = self.method or default
+        if method not in allowed:
+            raise ValueError(
+                f"unknown inversion method {method!r} for this model; allowed: {', '.join(allowed)}"
+            )
+        own = INVERSION_OPTIONS.get(method, {})
+        foreign = [name for name in self.options() if name not in own]
+        if foreign:
+            takes = ", ".join(own) or "no options"
+            owners = "; ".join(f"{name!r} belongs to {_owner_of(name)}" for name in foreign)
+            raise ValueError(
+                f"option {', '.join(map(repr, foreign))} does not apply to inversion method "
+                f"{method!r} ({owners}); {method!r} takes: {takes}"
+            )
+        gamma = self.bdia_gamma
+        if gamma is not None and gamma != INVERTIBLE_BDIA_GAMMA:
+            raise ValueError(
+                f"bdia_gamma must be {INVERTIBLE_BDIA_GAMMA:g} for inversion, got {gamma:g}: "
+                "inversion divides by gamma at every step, and any other gamma diverges in "
+                "float32 (measured round-trip error 1.2e5 at gamma 0.5, 50 steps)"
+            )
+        given = self.options()
+        if given.get("guidance_rescale") == 0:  # no rescale: the same latent as without
+            del given["guidance_rescale"]
+        return self.model_copy(update=own | given)
 
     def id_fields(self) -> dict[str, Any]:
         """What the latent id covers. The default method (and `ddim`) leaves the method out,
         so the ids of latents inverted before methods existed stay valid (their cache keeps
-        working); the model, part of every id too, tells which default it was."""
-        fields = self.model_dump()
+        working); the model, part of every id too, tells which default it was. Options are
+        covered as given (`for_method` fills in the defaults first); absent ones leave no
+        trace, so DDIM ids are what they were."""
+        fields = self.model_dump(exclude=set(OPTION_FIELDS)) | self.options()
         if self.method in (None, DEFAULT_INVERSION):
             del fields["method"]
         return fields
+
+
+OPTION_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(name for options in INVERSION_OPTIONS.values() for name in options)
+)
+
+
+def _owner_of(option: str) -> str:
+    return ", ".join(repr(method) for method, own in INVERSION_OPTIONS.items() if option in own)
 
 
 class InvertItem(Contract):
@@ -97,6 +179,8 @@ class InvertItem(Contract):
 class InvertRequest(Contract):
     items: list[InvertItem] = Field(min_length=1)
     settings: InversionSettings
+    # Regenerate each latent and record its reconstruction error (one generation pass).
+    measure_reconstruction: bool = True
 
 
 class InvertResult(Contract):
@@ -125,6 +209,10 @@ class MixRequest(Contract):
     seed: int | None = None
     rows: list[MixRow] = Field(min_length=1)
     producers: dict[str, str] = Field(default_factory=dict)  # pending input -> its job
+    # The inputs' inversion method when not the model's default (None: plain latents,
+    # sampled as today), and its steps and options; see service/inversion_mixing.py.
+    inversion: str | None = None
+    inversion_settings: dict[str, Any] = Field(default_factory=dict)
     # N-way attention interpolation with the inputs (worker/engine/attention/): "none" or
     # inner/outer/fused, during the first `attention_steps` fraction of the steps.
     attention: str = "none"
@@ -176,6 +264,8 @@ def plan_mix(
     guidance_scale: float,
     seed: int | None = None,
     producers: dict[str, str] | None = None,
+    inversion: str | None = None,
+    inversion_settings: dict[str, Any] | None = None,
     attention: str = "none",
     attention_steps: float = DEFAULT_ATTENTION_STEPS,
 ) -> MixRequest:
@@ -200,6 +290,8 @@ def plan_mix(
         seed=seed,
         rows=planned,
         producers=producers or {},
+        inversion=inversion,
+        inversion_settings=inversion_settings or {},
         attention=attention,
         attention_steps=attention_steps,
     )

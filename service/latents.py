@@ -128,6 +128,18 @@ def latent_stats(array: np.ndarray) -> dict[str, Any]:
     }
 
 
+class Reconstruction(BaseModel):
+    """How well an inverted latent regenerates its image: sampled back with the same method,
+    steps and guidance, against the input's clean latent and its decoded picture."""
+
+    latent_rmse: float = Field(description="RMSE of the regenerated clean latent")
+    pixel_psnr_db: float | None = Field(
+        description="PSNR (8-bit pixels) of the decoded round trip against the decoded input; "
+        "null when they are identical"
+    )
+    pixel_max_error: int = Field(description="largest difference of one 8-bit pixel value")
+
+
 class LatentRecord(BaseModel):
     """A stored latent's metadata."""
 
@@ -146,6 +158,8 @@ class LatentRecord(BaseModel):
     inversion: str | None = None  # inverted images: the inversion method
     source_image: str | None = None  # inverted images: the storage key of the image (evaluations)
     aux: dict[str, list[int]] = Field(default_factory=dict)  # auxiliary tensors' shapes
+    aux_bytes: int = 0  # the auxiliary tensors' size in the stored file
+    reconstruction: Reconstruction | None = None  # inverted images, unless opted out
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod

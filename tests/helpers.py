@@ -32,7 +32,7 @@ TINY_CARD = ModelCard(
     default_size=64,
     default_guidance=7.5,
     prediction_type="epsilon",
-    inversion_methods=("ddim", "fixed-point", "edict", "bdia", "negative-prompt"),
+    inversion_methods=("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text"),
     size_multiple=8,
 )
 

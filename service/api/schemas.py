@@ -14,6 +14,7 @@ from latentmix.service.contract import (
 from latentmix.service.diagnostics import MixDiagnostics
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import JobStatus
+from latentmix.service.latents import Reconstruction
 from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
 
 LatentId = Annotated[
@@ -141,6 +142,10 @@ class LatentPublic(BaseModel):
     inversion: str | None = Field(default=None, description="the inversion method")
     aux: dict[str, list[int]] | None = Field(
         default=None, description="auxiliary state tensors (in /data as aux.*) and shapes"
+    )
+    aux_bytes: int | None = Field(default=None, description="the auxiliary state's size")
+    reconstruction: Reconstruction | None = Field(
+        default=None, description="inverted images: the round trip's error"
     )
     created_at: datetime | None = None
 

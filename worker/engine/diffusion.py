@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from latentmix.worker.engine import reconstruction
 from latentmix.worker.engine.checks import (
     check_guidance,
     check_latents,
@@ -30,6 +31,7 @@ from latentmix.worker.engine.inversion import (
     edict,
     fixed_point,
     get_inversion,
+    null_text,
 )
 from latentmix.worker.engine.models import LoadedModel
 from latentmix.worker.engine.results import Inverted, ProgressFn
@@ -55,6 +57,11 @@ class InversionSettings:
     renoise_average: bool = fixed_point.DEFAULTS["renoise_average"]
     edict_mix: float = edict.DEFAULTS["edict_mix"]  # edict: the mixing weight p
     bdia_gamma: float = bdia.DEFAULTS["bdia_gamma"]  # bdia: 1 only, for inversion
+    # null-text: Adam iterations per sampling step
+    null_text_iterations: int = null_text.DEFAULTS["null_text_iterations"]
+    # every DDIM-type method, in inversion and generation alike (None: not recorded):
+    timestep_spacing: str | None = None  # "leading" | "trailing"; None: the scheduler's
+    guidance_rescale: float | None = None  # phi of Lin et al. eq. 16; None: 0
 
     def resolved(self, model: LoadedModel) -> InversionSettings:
         """These settings with `size` filled in from the model, validated."""
@@ -68,8 +75,10 @@ class InversionSettings:
         return resolved
 
     def options(self, method: InversionMethod) -> dict[str, Any]:
-        """The method's own options, by name."""
-        return {name: getattr(self, name) for name in method.options}
+        """The method's own options, by name (those left at None are not set)."""
+        return {
+            name: value for name in method.options if (value := getattr(self, name)) is not None
+        }
 
     def check_options(self, method: InversionMethod) -> None:
         """ValueError, naming the method's options, when an option of another method is set;
@@ -138,14 +147,20 @@ def invert(
     prompts: str | Sequence[str],
     settings: InversionSettings,
     progress: ProgressFn | None = None,
+    *,
+    measure: bool = False,
 ) -> Inverted:
-    """Invert images to the noise latents generation starts from (method.md section 1)."""
+    """Invert images to the noise latents generation starts from (method.md section 1).
+    With `measure`, sample each latent back with the same method, steps and guidance and
+    record the round trip's error (one generation pass more: `progress` then counts the
+    inversion as its first half and the generation as its second)."""
     settings = settings.resolved(model)
     if not images:
         raise ValueError("images must be a non-empty list of PIL images")
     prompt_list = prompts_per_row(prompts, len(images))
     method = get_inversion(settings.method, model.family)
 
+    halves = _Halves(progress) if measure and progress is not None else None
     x0 = encode_images(model, images, settings.size)
     conditioning = encode_prompts(model, prompt_list)
     inverted = method.invert(
@@ -154,7 +169,7 @@ def invert(
         conditioning,
         settings.steps,
         settings.guidance_scale,
-        progress,
+        halves.first if halves else progress,
         settings.options(method),
     )
     record = {
@@ -163,7 +178,52 @@ def invert(
         "scheduler": type(model.pipe.scheduler).__name__,
         **inverted.settings,
     }
-    return replace(inverted, settings=record)
+    inverted = replace(inverted, settings=record)
+    if measure:
+        errors = _round_trip_errors(
+            model, inverted, x0, conditioning, halves.second if halves else None
+        )
+        inverted = replace(inverted, reconstruction=errors)
+    return inverted
+
+
+class _Halves:
+    """One progress over two passes of unknown lengths: the first pass's steps as the first
+    half, the second's scaled into the second half (monotonic; cancelation still stops
+    either pass at its next step)."""
+
+    def __init__(self, progress: ProgressFn):
+        self.progress = progress
+        self.total = 1
+
+    def first(self, done: int, total: int) -> None:
+        self.total = total
+        self.progress(done, 2 * total)
+
+    def second(self, done: int, total: int) -> None:
+        self.progress(self.total + done * self.total // total, 2 * self.total)
+
+
+def _round_trip_errors(
+    model: LoadedModel,
+    inverted: Inverted,
+    x0: torch.Tensor,
+    conditioning: Conditioning,
+    progress: ProgressFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """The reconstruction errors of `inverted` against the clean latents x0 it came from."""
+    steps, guidance = inverted.settings["steps"], inverted.settings["guidance_scale"]
+    regenerated = _method_of(model, inverted).sample(
+        model, inverted, conditioning, steps, guidance, progress
+    )
+    psnr, largest = reconstruction.pixel_errors(
+        decode_latents(model, regenerated), decode_latents(model, x0)
+    )
+    return {
+        "latent_rmse": reconstruction.latent_rmse(regenerated, x0),
+        "pixel_psnr_db": psnr,
+        "pixel_max_error": largest,
+    }
 
 
 # --- generation ---------------------------------------------------------------------------

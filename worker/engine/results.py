@@ -26,6 +26,9 @@ class Inverted:
     aux: dict[str, torch.Tensor] = field(default_factory=dict)  # each [B, ...]
     method: str  # the name in inversion.INVERSION_METHODS that made it, and samples it
     settings: dict[str, Any] = field(default_factory=dict)
+    # The round trip's error per row when measured (`invert(measure=True)`): latent_rmse,
+    # pixel_psnr_db (inf when identical), pixel_max_error; each [B]
+    reconstruction: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.latent.shape[0]
@@ -37,4 +40,5 @@ class Inverted:
             aux={name: value[start:stop] for name, value in self.aux.items()},
             method=self.method,
             settings=self.settings,
+            reconstruction={name: v[start:stop] for name, v in self.reconstruction.items()},
         )

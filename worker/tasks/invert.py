@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 
 from PIL import Image
 from rq.job import Job
 
 from latentmix.service.contract import InversionSettings as ContractSettings
 from latentmix.service.contract import InvertItem, InvertRequest, InvertResult
-from latentmix.service.latents import LatentRecord
+from latentmix.service.latents import LatentRecord, Reconstruction
 from latentmix.service.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.diffusion import InversionSettings, invert
 from latentmix.worker.engine.inversion import default_inversion
@@ -42,6 +43,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
                 [items[i].prompt for i in rows],
                 settings,
                 progress=batch_progress(progress, number, len(batches)),
+                measure=request.measure_reconstruction,
             )
             batch_items = [items[i] for i in rows]
             publisher.submit(functools.partial(_publish_inverted, ctx, batch_items, result))
@@ -60,6 +62,7 @@ def _engine_settings(ctx: WorkerContext, settings: ContractSettings) -> Inversio
         guidance_scale=settings.guidance_scale,
         size=settings.size,
         method=method,
+        **settings.options(),
     )
 
 
@@ -77,10 +80,25 @@ def _publish_inverted(ctx: WorkerContext, items: list[InvertItem], result: Inver
             inversion=result.method,
             source_image=item.upload_key,
             aux={name: list(state.shape) for name, state in aux.items()},
+            aux_bytes=sum(state.nbytes for state in aux.values()),
+            reconstruction=_reconstruction(result, index),
         )
         ctx.catalog.publish(record, latent, aux)
 
     in_parallel(publish, range(len(items)), items)
+
+
+def _reconstruction(result: Inverted, index: int) -> Reconstruction | None:
+    """Row `index`'s measured round-trip error, if measured."""
+    if not result.reconstruction:
+        return None
+    errors = {name: float(values[index]) for name, values in result.reconstruction.items()}
+    psnr = errors["pixel_psnr_db"]
+    return Reconstruction(
+        latent_rmse=errors["latent_rmse"],
+        pixel_psnr_db=psnr if math.isfinite(psnr) else None,  # identical pictures
+        pixel_max_error=int(errors["pixel_max_error"]),
+    )
 
 
 def _fetch_image(ctx: WorkerContext, key: str) -> Image.Image:

@@ -23,13 +23,17 @@ from latentmix.service.contract import (
 )
 from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.images import encode_png
+from latentmix.service.inversion_mixing import origin_of_record, shared_origin
 from latentmix.service.jobs import append_partial_result, fetch_job, view_job
 from latentmix.service.latents import LatentRecord, image_key
 from latentmix.service.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.attention.keyframes import worker_cache
 from latentmix.worker.engine.diffusion import encode_prompts, generate
+from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.morph import Keyframes, render_frames
+from latentmix.worker.engine.results import Inverted
+from latentmix.worker.engine.state_mixing import mix_states
 from latentmix.worker.runtime import WorkerContext, context
 from latentmix.worker.tasks.reporting import (
     BatchPublisher,
@@ -78,14 +82,15 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     inputs = np.stack(in_parallel(lambda r: ctx.catalog.load(r.id), records))
     stack = torch.from_numpy(inputs)
     mixed = mix(stack, request.weights, request.method)
+    mixed_state = _mixed_state(ctx, request, records, mixed)
     diagnostics = diagnose(
         InputStatistics.of(inputs), request.weights, request.method, Thresholds.of(ctx.settings)
     )
     images = [request.image(index, diagnostics[index]) for index in range(len(request.rows))]
     # The mixed latents are stored while the first batches generate.
     rendered = [
-        STORAGE_IO.submit(_publish_mix, ctx, latent, image)
-        for latent, image in zip(mixed, images, strict=True)
+        STORAGE_IO.submit(_publish_mix, ctx, mixed_state.rows(index, index + 1), image, request)
+        for index, image in enumerate(images)
     ]
 
     def list_finished(rows: list[int]) -> None:
@@ -109,7 +114,7 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         generated = 0
         for rows, planned in batches:
             pictures = _render(
-                ctx, request, stack, mixed, rows, batch_progress(progress, generated, planned)
+                ctx, request, stack, mixed_state, rows, batch_progress(progress, generated, planned)
             )
             publisher.submit(functools.partial(publish_batch, rows, pictures))
             generated += 1
@@ -126,13 +131,16 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     )
 
 
-def _render(ctx: WorkerContext, request: MixRequest, stack, mixed, rows, progress):
-    """The images of `rows`; with attention interpolation, each row's attention mixes the
-    inputs' (their own generation with the mix's prompt) by its weights."""
+def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, rows, progress):
+    """The images of `rows`, with the sampler of the inputs' inversion method; with
+    attention interpolation (plain latents only: the API refuses it for other methods),
+    each row's attention mixes the inputs' (their own generation with the mix's prompt) by
+    its weights."""
+    mixed = state.latent
     if request.attention == "none":
         return generate(
             ctx.model,
-            mixed[rows],
+            _select(state, rows) if request.inversion else mixed[rows],
             request.prompt,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
@@ -180,20 +188,54 @@ def rows_to_render(
             batch = []
 
 
-def _publish_mix(ctx: WorkerContext, latent: torch.Tensor, image: MixImage) -> bool:
-    """Store one mixed latent as a latent in its own right; return whether its image is
-    stored already. Images are stored only after their latent: a new latent has none."""
+def _mixed_state(
+    ctx: WorkerContext, request: MixRequest, records: list[LatentRecord], mixed: torch.Tensor
+) -> Inverted:
+    """The mixed latents with the inputs' auxiliary state mixed by the same weights
+    (engine/state_mixing.py), to be sampled with the inputs' method and settings. Plain
+    latents (the default method, no options) have no state."""
+    _check_inversions(records, request, ctx.model)
+    if request.inversion is None:
+        return Inverted(latent=mixed, method=default_inversion(ctx.model.family).name)
+    method = get_inversion(request.inversion, ctx.model.family)
+    states = in_parallel(lambda r: ctx.catalog.load_aux(r.id), records)
+    tensors = [{name: torch.from_numpy(v) for name, v in state.items()} for state in states]
+    aux = mix_states(tensors, request.weights, request.method, method.latent_state)
+    return Inverted(
+        latent=mixed, aux=aux, method=method.name, settings=dict(request.inversion_settings)
+    )
+
+
+def _select(state: Inverted, rows: list[int]) -> Inverted:
+    return Inverted(
+        latent=state.latent[rows],
+        aux={name: value[rows] for name, value in state.aux.items()},
+        method=state.method,
+        settings=state.settings,
+    )
+
+
+def _publish_mix(ctx: WorkerContext, state: Inverted, image: MixImage, request: MixRequest) -> bool:
+    """Store one mixed latent (with its mixed state) as a latent in its own right; return
+    whether its image is stored already. Images are stored only after their latent: a new
+    latent has none."""
+    latent = state.latent[0].numpy()
+    aux = {name: value[0].numpy() for name, value in state.aux.items()}
     record = LatentRecord.describe(
         image.latent,
-        latent.numpy(),
+        latent,
         model=ctx.settings.model,
         source="mix",
         parents=image.provenance.inputs,
         weights=image.provenance.weights,
         method=image.provenance.method,
         prompt=image.provenance.prompt,
+        inversion=request.inversion,
+        settings=dict(request.inversion_settings),
+        aux={name: list(value.shape) for name, value in aux.items()},
+        aux_bytes=sum(value.nbytes for value in aux.values()),
     )
-    if ctx.catalog.publish(record, latent.numpy()):
+    if ctx.catalog.publish(record, latent, aux):
         return False
     return ctx.storage.exists(image_key(image.id))
 
@@ -208,6 +250,18 @@ def _ready_record(ctx: WorkerContext, latent_id: str, producer_id: str | None) -
         view = view_job(ctx.redis, producer)
         reason = f"its {view.type} job {producer_id} ended {view.status}: {view.error}"
     raise LatentUnavailable(f"latent {latent_id} is not available: {reason}")
+
+
+def _check_inversions(records: list[LatentRecord], request: MixRequest, model) -> None:
+    """The inputs share the inversion origin the API planned the mix for."""
+    default = default_inversion(model.family).name
+    origins = {r.id: origin_of_record(r.inversion, r.settings, default) for r in records}
+    origin = shared_origin(origins)
+    planned = request.inversion or default
+    if origin.method != planned:
+        raise ValueError(
+            f"the mix was planned for {planned} latents; its inputs are {origin.method}"
+        )
 
 
 def _check_compatible(records: list[LatentRecord], model: str) -> None:

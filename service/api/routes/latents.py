@@ -9,6 +9,11 @@ from fastapi import APIRouter, Depends, File, Form, Path, Request, Response, Upl
 from PIL import Image, UnidentifiedImageError
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
+from latentmix.service.api.inversion_form import (
+    INVERSION_FORM_FIELDS,
+    InversionForm,
+    inversion_form,
+)
 from latentmix.service.api.models import card_of, guidance_for, resolve_model
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
@@ -26,7 +31,6 @@ from latentmix.service.contract import (
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
-    InversionSettings,
     InvertItem,
     InvertRequest,
     ModelCard,
@@ -58,6 +62,7 @@ FORM_FIELDS = (
     "guidance_scale",
     "size",
     "webhook",
+    *INVERSION_FORM_FIELDS,
 )
 
 
@@ -124,6 +129,7 @@ def create_latents(
         Form(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="default: the model's"),
     ] = None,
     webhook: Annotated[WebhookUrl | None, Form()] = None,
+    inversion_choice: InversionForm = Depends(inversion_form),  # noqa: B008
 ) -> LatentsCreated:
     """Invert images into noise latents (cached by content) and store uploaded latents."""
     if not images and not latents:
@@ -132,6 +138,9 @@ def create_latents(
     model = resolve_model(model, settings, redis)
     card = card_of(model, redis)
     _check_size(size, card)
+    inversion = inversion_choice.settings(
+        card, inversion_steps, guidance_for(guidance_scale, card), size
+    )
     webhook_url = checked_webhook(webhook, settings)
     job_id = uuid.uuid4().hex
     claim_ttl = settings.job_timeout_s + 600
@@ -141,9 +150,6 @@ def create_latents(
     # Every file is checked before anything is claimed, stored or queued.
     image_data = [_read_image(upload, settings.max_image_pixels) for upload in images]
     latent_arrays = [_read_latent(upload, card) for upload in latents]
-    inversion = InversionSettings(
-        steps=inversion_steps, guidance_scale=guidance_for(guidance_scale, card), size=size
-    )
     latent_ids = [
         image_latent_id(data, model, inversion.id_fields() | {"prompt": image_prompt})
         for data, image_prompt in zip(image_data, prompts, strict=True)
@@ -171,8 +177,19 @@ def create_latents(
         response.status_code = 200
         return LatentsCreated(latents=entries, job=None)
     try:
-        job = _enqueue_inversion(
-            settings, redis, storage, model, job_id, work, inversion, webhook_url
+        request = InvertRequest(
+            items=_store_uploads(storage, work),
+            settings=inversion,
+            measure_reconstruction=inversion_choice.measure_reconstruction,
+        )
+        job = enqueue(
+            redis,
+            settings,
+            job_type=INVERT,
+            model=model,
+            request=request,
+            job_id=job_id,
+            webhook=webhook_url,
         )
     except Exception:
         catalog.release([w["latent_id"] for w in work], job_id)
@@ -358,21 +375,13 @@ def _store_uploaded_latent(
     )
 
 
-def _enqueue_inversion(settings, redis, storage, model, job_id, work, inversion, webhook):
+def _store_uploads(storage, work: list[dict]) -> list[InvertItem]:
+    """Store the images to invert (side by side); the job's items name them."""
     keys = [upload_key(item["data"]) for item in work]
     in_parallel(
         lambda key, item: storage.put(key, item["data"], "application/octet-stream"), keys, work
     )
-    items = [
+    return [
         InvertItem(latent_id=item["latent_id"], upload_key=key, prompt=item["prompt"])
         for key, item in zip(keys, work, strict=True)
     ]
-    return enqueue(
-        redis,
-        settings,
-        job_type=INVERT,
-        model=model,
-        request=InvertRequest(items=items, settings=inversion),
-        job_id=job_id,
-        webhook=webhook,
-    )

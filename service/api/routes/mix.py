@@ -22,6 +22,7 @@ from latentmix.service.api.schemas import (
 )
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import (
+    DEFAULT_INVERSION,
     DEFAULT_STEPS,
     INVERT,
     MIX,
@@ -31,6 +32,12 @@ from latentmix.service.contract import (
     shared_value,
 )
 from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
+from latentmix.service.inversion_mixing import (
+    InversionOrigin,
+    check_generation_steps,
+    origin_of_record,
+    shared_origin,
+)
 from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_queue, view_job
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
@@ -71,6 +78,7 @@ def create_mix(
     # Then the inputs (their number is bounded now): a latent that does not exist (404) says
     # more than weights that do not fit it. Then the rows, bounded before any is drawn.
     inputs = _inputs(catalog, redis, body.latents)
+    origin = _origin(inputs, redis, settings)
     mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
     if mixes > settings.max_mixes_per_request:
         raise problem(
@@ -78,25 +86,37 @@ def create_mix(
             f"{mixes} mixes in one request; the limit is {settings.max_mixes_per_request} "
             "(LATENTMIX_MAX_MIXES_PER_REQUEST)",
         )
+    steps = body.steps or shared_value(inputs.steps) or DEFAULT_STEPS
     try:
         method = canonical_method(body.method)
         rows = _weight_rows(body.weights, len(body.latents), body.sample)
         check_weights(rows, len(body.latents), method)
+        check_generation_steps(origin, steps)
         check_attention(redis, inputs.model or settings.model, body.attention)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
     model = inputs.model or settings.model
+    # plain latents (the default method, no options: uploads, DDIM) are sampled as always
+    default_method = origin.method == _default_method(model, redis) and not origin.options
+    if body.attention != "none" and not default_method:
+        raise problem(
+            422,
+            f"attention interpolation mixes plain latents only; these are {origin.describe()} "
+            "latents: send attention 'none'",
+        )
     mix = plan_mix(
         latents=body.latents,
         rows=rows,
         method=method,
         prompt=body.prompt if body.prompt is not None else (shared_value(inputs.prompts) or ""),
-        steps=body.steps or shared_value(inputs.steps) or DEFAULT_STEPS,
+        steps=steps,
         guidance_scale=guidance_for(body.guidance_scale, card_of(model, redis)),
         seed=body.sample.seed if body.sample else None,
         producers=inputs.producers,
         attention=body.attention,
         attention_steps=body.attention_steps,
+        inversion=None if default_method else origin.method,
+        inversion_settings=None if default_method else origin.record_settings(),
     )
     if body.dry_run:
         return JSONResponse(_dry_run(catalog, mix, settings).model_dump(mode="json"))
@@ -172,13 +192,33 @@ def _weight_rows(weights, count: int, sample: SampleSpec | None = None) -> list[
 
 @dataclass
 class _Inputs:
-    """What the API knows of a mix's inputs: their model, prompts and inversion steps, and
-    the jobs still producing some of them."""
+    """What the API knows of a mix's inputs: their model, prompts and inversion steps, how
+    each was inverted, and the jobs still producing some of them."""
 
     model: str | None = None
     prompts: list[str | None] = field(default_factory=list)
     steps: list[int | None] = field(default_factory=list)
     producers: dict[str, str] = field(default_factory=dict)
+    # latent id -> (inversion method or None for the default, its settings)
+    inversions: dict[str, tuple[str | None, dict]] = field(default_factory=dict)
+
+
+def _default_method(model: str, redis) -> str:
+    card = card_of(model, redis)
+    return card.inversion_methods[0] if card else DEFAULT_INVERSION
+
+
+def _origin(inputs: _Inputs, redis, settings) -> InversionOrigin:
+    """The inputs' one inversion origin; a 422 naming two that differ."""
+    default = _default_method(inputs.model or settings.model, redis)
+    origins = {
+        latent_id: origin_of_record(inversion, recorded, default)
+        for latent_id, (inversion, recorded) in inputs.inversions.items()
+    }
+    try:
+        return shared_origin(origins)
+    except ValueError as exc:
+        raise problem(422, str(exc)) from None
 
 
 def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
@@ -194,6 +234,7 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
             shapes.add(tuple(record.shape))
             inputs.prompts.append(record.prompt)
             inputs.steps.append(record.settings.get("steps"))
+            inputs.inversions[latent_id] = (record.inversion, record.settings)
             continue
         holder = catalog.pending_job(latent_id)
         if holder and holder not in pending:
@@ -205,6 +246,7 @@ def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
         inputs.producers[latent_id] = job.id
         inputs.prompts.append(job.prompts.get(latent_id))
         inputs.steps.append(job.steps)
+        inputs.inversions[latent_id] = (job.inversion, job.inversion_settings)
     check_same_model(models, redis)
     if len(shapes) > 1:
         raise problem(422, f"latents of different shapes cannot be mixed: {sorted(shapes)}")
@@ -221,6 +263,8 @@ class _PendingJob:
     model: str | None
     prompts: dict[str, str]
     steps: int | None
+    inversion: str | None = None  # as a record will say (None: the model's default)
+    inversion_settings: dict = field(default_factory=dict)
 
     @classmethod
     def fetch(cls, redis, job_id: str) -> "_PendingJob | None":
@@ -228,8 +272,13 @@ class _PendingJob:
         if job is None:
             return None
         model = model_of_queue(job.origin)
+        if job_type_of(job) is MIX:
+            mix = MixRequest.model_validate(job.args[0])
+            return cls(job.id, model, {}, None, mix.inversion, mix.inversion_settings)
         if job_type_of(job) is not INVERT:
             return cls(job.id, model, {}, None)
         inversion = InvertRequest.model_validate(job.args[0])
         prompts = {item.latent_id: item.prompt for item in inversion.items}
-        return cls(job.id, model, prompts, inversion.settings.steps)
+        settings = inversion.settings
+        recorded = {"steps": settings.steps, "method": settings.method, **settings.options()}
+        return cls(job.id, model, prompts, settings.steps, settings.method, recorded)

@@ -13,7 +13,14 @@ def test_tiny_model_card_describes_a_stable_diffusion_model(tiny_model):
     card = tiny_model.card
     assert card.family == "stable-diffusion"
     assert (card.latent_channels, card.vae_scale_factor, card.default_size) == (4, 8, 64)
-    assert card.inversion_methods == ("ddim", "fixed-point", "edict", "bdia", "negative-prompt")
+    assert card.inversion_methods == (
+        "ddim",
+        "fixed-point",
+        "edict",
+        "bdia",
+        "negative-prompt",
+        "null-text",
+    )
     assert card.default_guidance == 7.5
     assert card.prediction_type == "epsilon"
 

@@ -71,6 +71,7 @@ def test_ddim_records_keep_todays_keys():
         ("edict", {"edict_mix": 0.93}),
         ("bdia", {"bdia_gamma": 1.0}),
         ("negative-prompt", {}),
+        ("null-text", {"null_text_iterations": 10}),
     ],
 )
 def test_records_carry_the_methods_own_options_only(method, options):
@@ -80,7 +81,7 @@ def test_records_carry_the_methods_own_options_only(method, options):
 
 def test_an_option_of_another_method_is_refused_naming_the_methods_options(tiny_model, images):
     settings = InversionSettings(steps=2, method="edict", inversion_iterations=3)
-    with pytest.raises(ValueError, match=r"'inversion_iterations'.*'edict'.*\['edict_mix'\]"):
+    with pytest.raises(ValueError, match=r"'inversion_iterations'.*'edict'.*\['edict_mix', "):
         invert(tiny_model, images[:1], PROMPT, settings)
 
 
@@ -104,22 +105,26 @@ def test_bad_option_values_are_refused_before_any_compute(
 
 
 def test_each_method_lists_its_options_and_an_unknown_one_names_the_methods():
-    assert inversion_options("ddim") == ()
-    assert inversion_options("fixed-point") == ("inversion_iterations", "renoise_average")
-    assert inversion_options("edict") == ("edict_mix",)
-    assert inversion_options("bdia") == ("bdia_gamma",)
+    sampler = ("timestep_spacing", "guidance_rescale")
+    assert inversion_options("ddim") == sampler
+    assert inversion_options("fixed-point") == ("inversion_iterations", "renoise_average", *sampler)
+    assert inversion_options("edict") == ("edict_mix", *sampler)
+    assert inversion_options("bdia") == ("bdia_gamma", *sampler)
+    assert inversion_options("negative-prompt") == sampler
+    assert inversion_options("null-text") == ("null_text_iterations", *sampler)
     with pytest.raises(ValueError, match=r"'nope'.*'ddim', 'fixed-point', 'edict'"):
         inversion_options("nope")
 
 
 def test_the_unknown_method_error_lists_every_method(tiny_model, images):
-    with pytest.raises(ValueError, match="'null-text'") as info:
-        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="null-text"))
+    with pytest.raises(ValueError, match="'direct'") as info:
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="direct"))
     for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt"):
         assert f"'{name}' (stable-diffusion, stable-diffusion-xl)" in str(info.value)
+    assert "'null-text' (stable-diffusion)" in str(info.value)
 
 
-@pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt"])
+@pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt", "null-text"])
 def test_each_method_records_its_name_and_generates_images(tiny_model, images, method):
     settings = InversionSettings(steps=2, guidance_scale=1.0, method=method)
     if method == "fixed-point":

@@ -75,6 +75,19 @@ class ModelCard:
         return {**asdict(self), "inversion_methods": list(self.inversion_methods)}
 
 
+def rescale_guidance(
+    guided: torch.Tensor, conditional: torch.Tensor, guidance_rescale: float
+) -> torch.Tensor:
+    """Lin et al., "Common diffusion noise schedules ...", eq. 15-16: the guided output
+    rescaled to the conditional output's standard deviation per row, blended by phi =
+    `guidance_rescale` (0: unchanged). diffusers' own `rescale_noise_cfg`."""
+    if guidance_rescale == 0.0:
+        return guided
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    return rescale_noise_cfg(guided, conditional, guidance_rescale=guidance_rescale)
+
+
 class ModelFamily(Protocol):
     """One kind of pipeline (Stable Diffusion 1.x/2.x, SD 3, ...), stateless: every method
     takes the `LoadedModel` it works on."""
@@ -114,9 +127,11 @@ class ModelFamily(Protocol):
         timestep: int,
         conditioning: Conditioning,
         guidance_scale: float,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """The denoiser's output at `timestep` with classifier-free guidance, float32 (a
-        flow family's timestep is 1000 sigma, a float)."""
+        flow family's timestep is 1000 sigma, a float), rescaled by `guidance_rescale`
+        (`rescale_guidance`)."""
         ...
 
     def to_noise(

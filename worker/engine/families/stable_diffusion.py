@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from latentmix.worker.engine.checks import check_latents, check_size, prompts_per_row
-from latentmix.worker.engine.families.base import Conditioning, ModelCard
+from latentmix.worker.engine.families.base import Conditioning, ModelCard, rescale_guidance
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 from latentmix.worker.engine.inversion import methods_for
 
@@ -130,11 +130,14 @@ class StableDiffusion:
         timestep: int,
         conditioning: Conditioning,
         guidance_scale: float,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """The UNet's output at `timestep`, float32, with classifier-free guidance.
 
         out = out_u + g (out_c - out_u) (method.md section 1), as one doubled batch; g == 1
-        needs only the conditional pass.
+        needs only the conditional pass. `guidance_rescale` phi > 0 rescales the guided
+        output towards the conditional one's standard deviation (Lin et al., eq. 15-16:
+        diffusers' `rescale_noise_cfg`).
         """
         unet = model.pipe.unet
         t = torch.tensor(timestep, device=model.device)
@@ -146,7 +149,7 @@ class StableDiffusion:
         text = torch.cat([uncond, cond])
         out = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=text, return_dict=False)[0]
         out_u, out_c = out.float().chunk(2)
-        return out_u + guidance_scale * (out_c - out_u)
+        return rescale_guidance(out_u + guidance_scale * (out_c - out_u), out_c, guidance_rescale)
 
     def to_noise(
         self, model: LoadedModel, output: torch.Tensor, x: torch.Tensor, timestep: int

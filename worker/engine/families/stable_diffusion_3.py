@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from latentmix.worker.engine.checks import check_latents, check_size, prompts_per_row
-from latentmix.worker.engine.families.base import Conditioning, ModelCard
+from latentmix.worker.engine.families.base import Conditioning, ModelCard, rescale_guidance
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 from latentmix.worker.engine.inversion import methods_for
 
@@ -137,6 +137,7 @@ class StableDiffusion3:
         timestep: float,
         conditioning: Conditioning,
         guidance_scale: float,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """The velocity v^ = v_u + g (v_c - v_u) at the transformer's timestep
         T = 1000 sigma, float32, as one doubled batch; g == 1 needs only the conditional
@@ -165,7 +166,7 @@ class StableDiffusion3:
         if guidance_scale == 1.0:
             return out
         out_u, out_c = out.chunk(2)
-        return out_u + guidance_scale * (out_c - out_u)
+        return rescale_guidance(out_u + guidance_scale * (out_c - out_u), out_c, guidance_rescale)
 
     def to_noise(
         self, model: LoadedModel, output: torch.Tensor, x: torch.Tensor, timestep: float

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.worker.engine.checks import prompts_per_row
-from latentmix.worker.engine.families.base import Conditioning
+from latentmix.worker.engine.families.base import Conditioning, rescale_guidance
 from latentmix.worker.engine.families.stable_diffusion import StableDiffusion
 
 if TYPE_CHECKING:
@@ -89,10 +89,12 @@ class StableDiffusionXL(StableDiffusion):
         timestep: int,
         conditioning: Conditioning,
         guidance_scale: float,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """The UNet's eps at `timestep`, float32, with classifier-free guidance
-        out = out_u + g (out_c - out_u) as one doubled batch (g == 1: conditional only);
-        the pooled embeddings and time ids go in through `added_cond_kwargs`."""
+        out = out_u + g (out_c - out_u) as one doubled batch (g == 1: conditional only),
+        rescaled by `guidance_rescale` (`rescale_guidance`); the pooled embeddings and time
+        ids go in through `added_cond_kwargs`."""
         if conditioning.pooled is None or conditioning.uncond_pooled is None:
             raise ValueError("SDXL conditioning needs pooled embeddings (encode_prompts)")
         rows = len(x)
@@ -118,7 +120,7 @@ class StableDiffusionXL(StableDiffusion):
         if guidance_scale == 1.0:
             return out
         out_u, out_c = out.chunk(2)
-        return out_u + guidance_scale * (out_c - out_u)
+        return rescale_guidance(out_u + guidance_scale * (out_c - out_u), out_c, guidance_rescale)
 
     def time_ids(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         """SDXL's added time ids for latents `x` [1, 6]: original size, crop top-left (0, 0)

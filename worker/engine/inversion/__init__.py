@@ -15,6 +15,7 @@ from latentmix.worker.engine.inversion.edict import EDICT
 from latentmix.worker.engine.inversion.fixed_point import FIXED_POINT
 from latentmix.worker.engine.inversion.flow_euler import FLOW_EULER
 from latentmix.worker.engine.inversion.negative_prompt import NEGATIVE_PROMPT
+from latentmix.worker.engine.inversion.null_text import NULL_TEXT
 from latentmix.worker.engine.inversion.rf_solver import RF_SOLVER
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 INVERSION_METHODS: dict[str, InversionMethod] = {
     method.name: method for method in (DDIM, FIXED_POINT, EDICT, BDIA, NEGATIVE_PROMPT)
 }
+INVERSION_METHODS[NULL_TEXT.name] = NULL_TEXT
 # Rectified flow (SD 3 / 3.5); flow-euler first: the family's default method.
 INVERSION_METHODS.update({method.name: method for method in (FLOW_EULER, RF_SOLVER)})
 

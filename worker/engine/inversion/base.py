@@ -52,6 +52,8 @@ class InversionMethod:
     sample: SampleFn
     options: tuple[str, ...] = ()
     check_options: CheckOptionsFn = lambda options: None  # no options to check
+    # aux tensors that are latents themselves (mixed like the latent; others linearly)
+    latent_state: tuple[str, ...] = ()
 
 
 def row_chunks(model: LoadedModel, rows: int) -> list[tuple[int, int]]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import INVERSION_OPTIONS, INVERTIBLE_BDIA_GAMMA
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import (
@@ -41,8 +42,8 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
-DEFAULTS: dict[str, Any] = {"bdia_gamma": 1.0}
-INVERTIBLE_GAMMA = 1.0
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["bdia"]  # the contract's
+INVERTIBLE_GAMMA = INVERTIBLE_BDIA_GAMMA  # the contract's
 
 
 def check_options(options: Mapping[str, Any]) -> None:
@@ -75,20 +76,19 @@ def invert(
 ) -> Inverted:
     """BDIA-invert clean latents x0 to the pair (x_1, x_2) at t_1 and t_2 (gamma = 1)."""
     options = {**DEFAULTS, **(options or {})}
+    sampler = ddim.Sampler.of(options)
     check_options(options)
     gamma = float(options["bdia_gamma"])
-    schedule = ddim.ddim_schedule(model, steps)
+    schedule = sampler.schedule(model, steps)
     alphas = (*schedule.alphas, schedule.final_alpha)  # a_1 .. a_{N+1}, zero-based
-    family = model.family
     chunks = row_chunks(model, len(x0))
     step = step_counter(progress, steps * len(chunks))
 
     def noise(x: torch.Tensor, i: int, rows: Conditioning) -> torch.Tensor:
         """eps^ at the timestep of sampling step i (zero-based)."""
         t = schedule.timesteps[i]
-        output = family.predict(model, x, t, rows, guidance_scale)
         step()
-        return family.to_noise(model, output, x, t)
+        return sampler.noise(model, x, t, rows, guidance_scale)
 
     firsts, seconds = [], []
     for start, stop in chunks:
@@ -131,18 +131,17 @@ def sample(
     """BDIA sampling from x_1 (and x_2, when the latent has it) to clean latents x_{N+1}."""
     gamma = float(inverted.settings.get("bdia_gamma", DEFAULTS["bdia_gamma"]))
     check_sampling_gamma(gamma)
-    schedule = ddim.ddim_schedule(model, steps)
+    sampler = ddim.Sampler.of(inverted.settings)
+    schedule = sampler.schedule(model, steps)
     alphas = (*schedule.alphas, schedule.final_alpha)
     previous_state = inverted.aux.get("previous") if gamma != 0.0 else None
-    family = model.family
     chunks = row_chunks(model, len(inverted))
     step = step_counter(progress, (steps - (previous_state is not None)) * len(chunks))
 
     def noise(x: torch.Tensor, i: int, rows: Conditioning) -> torch.Tensor:
         t = schedule.timesteps[i]
-        output = family.predict(model, x, t, rows, guidance_scale)
         step()
-        return family.to_noise(model, output, x, t)
+        return sampler.noise(model, x, t, rows, guidance_scale)
 
     results = []
     for start, stop in chunks:
@@ -174,4 +173,5 @@ BDIA = InversionMethod(
     sample=sample,
     options=tuple(DEFAULTS),
     check_options=check_options,
+    latent_state=("previous",),
 )

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import SAMPLER_OPTIONS as CONTRACT_SAMPLER_OPTIONS
+from latentmix.service.contract import TIMESTEP_SPACINGS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion.base import (
     EPS_MODEL_FAMILIES,
@@ -44,6 +46,39 @@ if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+SAMPLER_OPTIONS = tuple(CONTRACT_SAMPLER_OPTIONS)  # every DDIM-type method's
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The options every DDIM-type method takes, used identically in inversion and
+    generation: the timestep spacing (None: the scheduler's own) and the guidance rescale
+    phi (0: none). Read from a method's options, or from a latent's recorded settings."""
+
+    spacing: str | None = None
+    guidance_rescale: float = 0.0
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None) -> Sampler:
+        options = options or {}
+        spacing, rescale = options.get("timestep_spacing"), options.get("guidance_rescale")
+        if spacing not in (None, *TIMESTEP_SPACINGS):
+            raise ValueError(
+                f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}"
+            )
+        if rescale is not None and not (isinstance(rescale, int | float) and 0 <= rescale <= 1):
+            raise ValueError(f"guidance_rescale must be a number in [0, 1], got {rescale!r}")
+        return cls(spacing, float(rescale or 0.0))
+
+    def schedule(self, model: LoadedModel, steps: int) -> DdimSchedule:
+        return ddim_schedule(model, steps, self.spacing)
+
+    def noise(
+        self, model: LoadedModel, x: torch.Tensor, t: int, rows: Conditioning, guidance: float
+    ) -> torch.Tensor:
+        """The guided noise estimate eps^ at timestep t (a v-prediction converted)."""
+        output = model.family.predict(model, x, t, rows, guidance, self.guidance_rescale)
+        return model.family.to_noise(model, output, x, t)
 
 
 # --- the schedule -------------------------------------------------------------------------
@@ -68,10 +103,13 @@ class DdimSchedule:
             yield t, a_to, a_from
 
 
-def ddim_schedule(model: LoadedModel, steps: int) -> DdimSchedule:
-    """The DDIM timesteps the sampler uses for `steps` steps (a fresh scheduler per call)."""
-    check(model, steps)
-    scheduler = _fresh_scheduler(model)
+def ddim_schedule(model: LoadedModel, steps: int, spacing: str | None = None) -> DdimSchedule:
+    """The DDIM timesteps the sampler uses for `steps` steps (a fresh scheduler per call),
+    with the scheduler's own timestep spacing or `spacing` ("leading", "trailing": Lin et
+    al., section 3.3)."""
+    check_steps(model, steps, spacing)
+    _check_prediction_type(model)
+    scheduler = _fresh_scheduler(model, spacing)
     scheduler.set_timesteps(steps)
     timesteps = tuple(int(t) for t in scheduler.timesteps)
     alphas_cumprod = scheduler.alphas_cumprod.double()
@@ -82,21 +120,24 @@ def ddim_schedule(model: LoadedModel, steps: int) -> DdimSchedule:
     )
 
 
-def _fresh_scheduler(model: LoadedModel):
+def _fresh_scheduler(model: LoadedModel, spacing: str | None = None):
     """A private copy, so set_timesteps never mutates the shared pipeline's scheduler."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler.from_config(model.pipe.scheduler.config)
+    overrides = {} if spacing is None else {"timestep_spacing": spacing}
+    return DDIMScheduler.from_config(model.pipe.scheduler.config, **overrides)
 
 
-def check_steps(model: LoadedModel, steps: int) -> None:
+def check_steps(model: LoadedModel, steps: int, spacing: str | None = None) -> None:
     config = model.pipe.scheduler.config
+    if spacing not in (None, *TIMESTEP_SPACINGS):
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
     train_steps = int(config.num_train_timesteps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= train_steps:
         raise ValueError(f"steps must be an integer in [1, {train_steps}], got {steps!r}")
     # "leading" spacing with steps_offset=1 puts the largest timestep at
     # (N-1) * (T // N) + 1, which is out of range for N = T (e.g. 1000 steps).
-    if config.timestep_spacing == "leading":
+    if (spacing or config.timestep_spacing) == "leading":
         largest = (steps - 1) * (train_steps // steps) + int(config.steps_offset)
         if largest >= train_steps:
             raise ValueError(
@@ -118,6 +159,9 @@ def _check_prediction_type(model: LoadedModel) -> None:
             f"model {model.name!r} predicts {prediction_type!r}; supported prediction types are "
             f"{SUPPORTED_PREDICTION_TYPES}"
         )
+
+
+PLAIN_SAMPLER = Sampler()  # the scheduler's spacing, no guidance rescale
 
 
 # --- one step -----------------------------------------------------------------------------
@@ -147,9 +191,10 @@ def _run_ddim(
     steps: Sequence[tuple[int, float, float]],
     guidance_scale: float,
     progress: ProgressFn | None,
+    sampler: Sampler | None = None,
 ) -> torch.Tensor:
     """Run `steps` over the batch in chunks of max_batch_size; float32 CPU result."""
-    family = model.family
+    sampler = sampler or PLAIN_SAMPLER
     chunks = row_chunks(model, len(latents))
     step = step_counter(progress, len(steps) * len(chunks))
     results = []
@@ -157,8 +202,7 @@ def _run_ddim(
         x = latents[start:stop].to(model.device, torch.float32)
         rows = conditioning.rows(start, stop)
         for t, a_from, a_to in steps:
-            output = family.predict(model, x, t, rows, guidance_scale)
-            x = ddim_step(x, family.to_noise(model, output, x, t), a_from, a_to)
+            x = ddim_step(x, sampler.noise(model, x, t, rows, guidance_scale), a_from, a_to)
             step()
         results.append(x.cpu())
     return torch.cat(results)
@@ -177,9 +221,10 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """DDIM-invert clean latents x0 to the noise latents x_T at t_1 (method.md section 1)."""
-    schedule = ddim_schedule(model, steps)
+    sampler = Sampler.of(options)
+    schedule = sampler.schedule(model, steps)
     inversion_steps = list(schedule.inversion_steps())
-    latent = _run_ddim(model, x0, conditioning, inversion_steps, guidance_scale, progress)
+    latent = _run_ddim(model, x0, conditioning, inversion_steps, guidance_scale, progress, sampler)
     return Inverted(
         latent=latent, method=DDIM.name, settings={"start_timestep": schedule.timesteps[0]}
     )
@@ -194,8 +239,11 @@ def sample(
     progress: ProgressFn | None = None,
 ) -> torch.Tensor:
     """DDIM (eta = 0) from noise latents x_T down to clean latents x0 (method.md section 3)."""
-    sampling_steps = list(ddim_schedule(model, steps).sampling_steps())
-    return _run_ddim(model, inverted.latent, conditioning, sampling_steps, guidance_scale, progress)
+    sampler = Sampler.of(inverted.settings)
+    sampling_steps = list(sampler.schedule(model, steps).sampling_steps())
+    return _run_ddim(
+        model, inverted.latent, conditioning, sampling_steps, guidance_scale, progress, sampler
+    )
 
 
 DDIM = InversionMethod(
@@ -204,4 +252,5 @@ DDIM = InversionMethod(
     check=check,
     invert=invert,
     sample=sample,
+    options=SAMPLER_OPTIONS,
 )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import INVERSION_OPTIONS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import (
@@ -41,7 +42,7 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
-DEFAULTS: dict[str, Any] = {"edict_mix": 0.93}
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["edict"]  # the contract's
 
 
 def check_options(options: Mapping[str, Any]) -> None:
@@ -72,17 +73,16 @@ def invert(
 ) -> Inverted:
     """EDICT-invert clean latents x0 to the pair (x, y) at t_1."""
     options = {**DEFAULTS, **(options or {})}
+    sampler = ddim.Sampler.of(options)
     check_options(options)
     p = float(options["edict_mix"])
-    schedule = ddim.ddim_schedule(model, steps)
-    family = model.family
+    schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(x0))
     step = step_counter(progress, 2 * steps * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        output = family.predict(model, x, t, rows, guidance_scale)
         step()
-        return family.to_noise(model, output, x, t)
+        return sampler.noise(model, x, t, rows, guidance_scale)
 
     xs, ys = [], []
     for start, stop in chunks:
@@ -118,15 +118,14 @@ def sample(
     """EDICT generation from (x, y) (y = x when the latent has none) to clean latents x."""
     p = _mix_of(inverted.settings)
     check_options({"edict_mix": p})
-    schedule = ddim.ddim_schedule(model, steps)
-    family = model.family
+    sampler = ddim.Sampler.of(inverted.settings)
+    schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(inverted))
     step = step_counter(progress, 2 * steps * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        output = family.predict(model, x, t, rows, guidance_scale)
         step()
-        return family.to_noise(model, output, x, t)
+        return sampler.noise(model, x, t, rows, guidance_scale)
 
     results = []
     for start, stop in chunks:
@@ -154,4 +153,5 @@ EDICT = InversionMethod(
     sample=sample,
     options=tuple(DEFAULTS),
     check_options=check_options,
+    latent_state=("y",),
 )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.contract import INVERSION_OPTIONS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import (
@@ -73,19 +74,18 @@ def invert(
 ) -> Inverted:
     """Invert clean latents x0 to noise latents at t_1, each step solved by iteration."""
     options = {**DEFAULTS, **(options or {})}
+    sampler = ddim.Sampler.of(options)
     check_options(options)
     iterations = options["inversion_iterations"]
     averaged = averaged_estimates(iterations) if options["renoise_average"] else 1
-    schedule = ddim.ddim_schedule(model, steps)
+    schedule = sampler.schedule(model, steps)
     inversion_steps = list(schedule.inversion_steps())
-    family = model.family
     chunks = row_chunks(model, len(x0))
     step = step_counter(progress, len(inversion_steps) * (iterations + 1) * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        output = family.predict(model, x, t, rows, guidance_scale)
         step()
-        return family.to_noise(model, output, x, t)
+        return sampler.noise(model, x, t, rows, guidance_scale)
 
     results = []
     for start, stop in chunks:
@@ -108,7 +108,7 @@ def invert(
     )
 
 
-DEFAULTS: dict[str, Any] = {"inversion_iterations": 5, "renoise_average": False}
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["fixed-point"]  # the contract's
 
 FIXED_POINT = InversionMethod(
     name="fixed-point",

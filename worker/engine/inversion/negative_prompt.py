@@ -37,7 +37,7 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """DDIM inversion with phi_i = c, i.e. at guidance 1."""
-    inverted = ddim.invert(model, x0, conditioning, steps, EFFECTIVE_GUIDANCE, progress)
+    inverted = ddim.invert(model, x0, conditioning, steps, EFFECTIVE_GUIDANCE, progress, options)
     return Inverted(latent=inverted.latent, method=NEGATIVE_PROMPT.name, settings=inverted.settings)
 
 
@@ -59,4 +59,5 @@ NEGATIVE_PROMPT = InversionMethod(
     check=ddim.check,
     invert=invert,
     sample=sample,
+    options=ddim.SAMPLER_OPTIONS,
 )

@@ -1,0 +1,212 @@
+"""Null-text inversion (Mokady et al. 2023; inversion.md section 1).
+
+1. Pivot: DDIM inversion at guidance 1 gives the trajectory x*_1 (noise) .. x*_{N+1} (x0).
+2. From x_1 = x*_1 and phi = u (the embedding of ""), for each sampling step i:
+   eps_c = eps(x_i, t_i, c) once; minimise with Adam (lr 0.01 (1 - i / 100))
+       L(phi) = || D(x_i, eps(x_i, t_i, phi) + g (eps_c - eps(x_i, t_i, phi)); a_i -> a_{i+1})
+                  - x*_{i+1} ||^2
+   for at most K = `null_text_iterations` iterations, stopping early once
+   L < 1e-5 + 2e-5 i (the reference, google/prompt-to-prompt `null_text_w_ptp.ipynb`);
+   keep phi_i, and advance x_{i+1} with it. phi carries over to the next step.
+3. Generation is guided DDIM sampling with u replaced by phi_i at step i.
+
+The state is `latent` = x*_1 and `aux["uncond_embeddings"]` [B, N, L, D], stored in float16
+(half the size; the tested round trip stays in bound). The optimisation runs in float32
+(phi, Adam's state and the loss) with gradients through the denoiser in the model's dtype;
+only phi's gradient is computed (`torch.autograd.grad`), never the UNet's. Rows of a batch
+are optimised together (each row's loss is its own mean; a step stops early once every
+row's loss is below the bound). Cost: N pivot estimates, then per step one conditional
+estimate, up to K unconditional forward and backward passes, and one guided estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from latentmix.service.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
+from latentmix.worker.engine.families.base import Conditioning, rescale_guidance
+from latentmix.worker.engine.inversion import ddim
+from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
+from latentmix.worker.engine.results import Inverted, ProgressFn
+
+if TYPE_CHECKING:
+    from latentmix.worker.engine.models import LoadedModel
+
+DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["null-text"]  # the contract's
+EMBEDDINGS = "uncond_embeddings"  # the aux tensor: phi_i per sampling step
+STORED_DTYPE = torch.float16
+LEARNING_RATE = 1e-2
+EARLY_STOP = (1e-5, 2e-5)  # stop step i once the loss < 1e-5 + 2e-5 i
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    iterations = options["null_text_iterations"]
+    if (
+        isinstance(iterations, bool)
+        or not isinstance(iterations, int)
+        or not 0 <= iterations <= MAX_INVERSION_ITERATIONS
+    ):
+        raise ValueError(
+            f"null_text_iterations must be an integer in [0, {MAX_INVERSION_ITERATIONS}] "
+            f"(0 keeps the empty prompt's embedding), got {iterations!r}"
+        )
+
+
+def invert(
+    model: LoadedModel,
+    x0: torch.Tensor,
+    conditioning: Conditioning,
+    steps: int,
+    guidance_scale: float,
+    progress: ProgressFn | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Inverted:
+    """Null-text-invert clean latents x0: the pivot's noise latent and phi_1 .. phi_N."""
+    options = {**DEFAULTS, **(options or {})}
+    check_options(options)
+    return invert_with(
+        model, x0, conditioning, steps, guidance_scale, progress,
+        iterations=options["null_text_iterations"], sampler=ddim.Sampler.of(options),
+    )  # fmt: skip
+
+
+def invert_with(
+    model: LoadedModel,
+    x0: torch.Tensor,
+    conditioning: Conditioning,
+    steps: int,
+    guidance_scale: float,
+    progress: ProgressFn | None = None,
+    *,
+    iterations: int,
+    early_stop: bool = True,
+    sampler: ddim.Sampler = ddim.PLAIN_SAMPLER,
+) -> Inverted:
+    """`invert` with the early stop optional (the paper's figures are without it)."""
+    schedule = sampler.schedule(model, steps)
+    chunks = row_chunks(model, len(x0))
+    step = step_counter(progress, steps * (iterations + 3) * len(chunks))
+    latents, embeddings = [], []
+    for start, stop in chunks:
+        rows = conditioning.rows(start, stop)
+        pivot = _pivot(model, x0[start:stop], rows, schedule, sampler, step)
+        latents.append(pivot[0].cpu())
+        embeddings.append(
+            _optimise(
+                model, pivot, rows, schedule, sampler, guidance_scale, iterations, early_stop, step
+            )
+        )
+    return Inverted(
+        latent=torch.cat(latents),
+        aux={EMBEDDINGS: torch.cat(embeddings).to(STORED_DTYPE)},
+        method=NULL_TEXT.name,
+        settings={"start_timestep": schedule.timesteps[0], "null_text_iterations": iterations},
+    )
+
+
+@torch.no_grad()
+def _pivot(model, x0, rows, schedule, sampler, step) -> list[torch.Tensor]:
+    """Step 1: the DDIM inversion trajectory at guidance 1, x*_1 (noise) first."""
+    x = x0.to(model.device, torch.float32)
+    trajectory = [x]
+    for t, a_from, a_to in schedule.inversion_steps():
+        x = ddim.ddim_step(x, sampler.noise(model, x, t, rows, 1.0), a_from, a_to)
+        trajectory.append(x)
+        step()
+    return trajectory[::-1]
+
+
+def _optimise(model, pivot, rows, schedule, sampler, guidance, iterations, early_stop, step):
+    """Step 2: phi_i for each sampling step, [B, N, L, D] float32 CPU."""
+    with torch.inference_mode(False), torch.enable_grad():
+        # fresh tensors outside inference mode, so autograd may save them
+        x = pivot[0].clone()
+        cond = rows.cond.to(model.device, torch.float32).clone()
+        phi = rows.uncond.to(model.device, torch.float32).expand_as(cond).clone()
+        kept = []
+        for i, (t, a_i, a_next) in enumerate(schedule.sampling_steps()):
+            target = pivot[i + 1].clone()
+            with torch.no_grad():
+                eps_c = sampler.noise(model, x, t, _with(rows, cond), 1.0)
+            step()
+            phi = phi.detach().requires_grad_(True)
+            adam = torch.optim.Adam([phi], lr=LEARNING_RATE * (1.0 - i / 100.0))
+            bound = EARLY_STOP[0] + EARLY_STOP[1] * i
+            done = 0
+            while done < iterations:
+                eps_u = sampler.noise(model, x, t, _with(rows, phi), 1.0)
+                eps = rescale_guidance(
+                    eps_u + guidance * (eps_c - eps_u), eps_c, sampler.guidance_rescale
+                )
+                reconstructed = ddim.ddim_step(x, eps, a_i, a_next)
+                losses = (reconstructed - target).pow(2).flatten(1).mean(1)
+                (phi.grad,) = torch.autograd.grad(losses.sum(), [phi])
+                adam.step()
+                done += 1
+                step()
+                if early_stop and bool((losses < bound).all()):
+                    break
+            for _ in range(iterations - done):
+                step()  # skipped iterations count as done
+            phi = phi.detach().clone()  # Adam updates in place: keep phi_i apart
+            kept.append(phi.cpu())
+            with torch.no_grad():  # advance with phi_i
+                eps = sampler.noise(model, x, t, Conditioning(cond=cond, uncond=phi), guidance)
+                x = ddim.ddim_step(x, eps, a_i, a_next)
+            step()
+    return torch.stack(kept, dim=1)
+
+
+def _with(rows: Conditioning, embeddings: torch.Tensor) -> Conditioning:
+    """`rows` conditioned on `embeddings` instead of the prompt (for guidance 1 passes)."""
+    return Conditioning(cond=embeddings, uncond=rows.uncond, pooled=rows.pooled, extra=rows.extra)
+
+
+def sample(
+    model: LoadedModel,
+    inverted: Inverted,
+    conditioning: Conditioning,
+    steps: int,
+    guidance_scale: float,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Step 3: guided DDIM sampling with phi_i as the unconditional embedding at step i
+    (plain DDIM for a latent without embeddings: an upload)."""
+    embeddings = inverted.aux.get(EMBEDDINGS)
+    if embeddings is None:
+        return ddim.sample(model, inverted, conditioning, steps, guidance_scale, progress)
+    if embeddings.shape[1] != steps:
+        raise ValueError(
+            f"null-text latents hold embeddings for {embeddings.shape[1]} steps; generate "
+            f"with steps={embeddings.shape[1]}, not {steps}"
+        )
+    sampler = ddim.Sampler.of(inverted.settings)
+    sampling_steps = list(sampler.schedule(model, steps).sampling_steps())
+    chunks = row_chunks(model, len(inverted))
+    step = step_counter(progress, steps * len(chunks))
+    results = []
+    for start, stop in chunks:
+        x = inverted.latent[start:stop].to(model.device, torch.float32)
+        rows = conditioning.rows(start, stop)
+        phis = embeddings[start:stop].to(model.device, torch.float32)
+        for i, (t, a_from, a_to) in enumerate(sampling_steps):
+            per_step = Conditioning(cond=rows.cond, uncond=phis[:, i], pooled=rows.pooled)
+            eps = sampler.noise(model, x, t, per_step, guidance_scale)
+            x = ddim.ddim_step(x, eps, a_from, a_to)
+            step()
+        results.append(x.cpu())
+    return torch.cat(results)
+
+
+NULL_TEXT = InversionMethod(
+    name="null-text",
+    families=("stable-diffusion",),
+    check=ddim.check,
+    invert=invert,
+    sample=sample,
+    options=tuple(DEFAULTS),
+    check_options=check_options,
+)
