@@ -89,7 +89,9 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     images = [request.image(index, diagnostics[index]) for index in range(len(request.rows))]
     # The mixed latents are stored while the first batches generate.
     rendered = [
-        STORAGE_IO.submit(_publish_mix, ctx, mixed_state.rows(index, index + 1), image, request)
+        STORAGE_IO.submit(
+            _publish_mix, ctx, mixed_state.rows(index, index + 1), image, request.inversion
+        )
         for index, image in enumerate(images)
     ]
 
@@ -215,10 +217,13 @@ def _select(state: Inverted, rows: list[int]) -> Inverted:
     )
 
 
-def _publish_mix(ctx: WorkerContext, state: Inverted, image: MixImage, request: MixRequest) -> bool:
-    """Store one mixed latent (with its mixed state) as a latent in its own right; return
-    whether its image is stored already. Images are stored only after their latent: a new
-    latent has none."""
+def _publish_mix(
+    ctx: WorkerContext, state: Inverted, image: MixImage, inversion: str | None
+) -> bool:
+    """Store one mixed latent (with its mixed state and the inversion method its inputs
+    came from, None for plain latents) as a latent in its own right; return whether its
+    image is stored already. Images are stored only after their latent: a new latent has
+    none."""
     latent = state.latent[0].numpy()
     aux = {name: value[0].numpy() for name, value in state.aux.items()}
     record = LatentRecord.describe(
@@ -230,8 +235,8 @@ def _publish_mix(ctx: WorkerContext, state: Inverted, image: MixImage, request: 
         weights=image.provenance.weights,
         method=image.provenance.method,
         prompt=image.provenance.prompt,
-        inversion=request.inversion,
-        settings=dict(request.inversion_settings),
+        inversion=inversion,
+        settings=dict(state.settings),
         aux={name: list(value.shape) for name, value in aux.items()},
         aux_bytes=sum(value.nbytes for value in aux.values()),
     )

@@ -24,9 +24,11 @@ from latentmix.worker.engine.frame_distance import (
     FrameDistance,
     configured_distance,
 )
+from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
 from latentmix.worker.engine.morph_metrics import consistency, smoothness
+from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.mix import (
     _check_compatible,
@@ -152,7 +154,8 @@ class _Renderer:
         ctx = self.ctx
         mixed, conditioning = self.prepare(planned)
         rendered = [
-            STORAGE_IO.submit(_publish_mix, ctx, latent, frame)
+            # Morphs mix plain latents only (the API refuses others): no state, no method.
+            STORAGE_IO.submit(_publish_mix, ctx, _plain_state(ctx, latent), frame, None)
             for latent, frame in zip(mixed, frames, strict=True)
         ]
         images: dict[int, Image.Image] = {}
@@ -228,3 +231,8 @@ def _per_segment(planned: Sequence[PlannedFrame], path: str) -> list[list[float]
     groups = list(segments.values())
     last = len(groups) - 1 if path == "chain" else None
     return [values if i == last else [*values, 1.0] for i, values in enumerate(groups)]
+
+
+def _plain_state(ctx: WorkerContext, latent: torch.Tensor) -> Inverted:
+    """One mixed frame latent as the state /mix publishes: a plain latent, no aux."""
+    return Inverted(latent=latent[None], method=default_inversion(ctx.model.family).name)
