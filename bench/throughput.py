@@ -403,6 +403,8 @@ class ServiceRun:
                 inversion_steps=w.steps,
                 guidance_scale=w.guidance,
                 size=w.size,
+                # The baselines do not regenerate to measure the round trip: neither does this.
+                measure_reconstruction=False,
                 wait=False,
             )
             jobs = {latent.job for latent in latents}
@@ -453,6 +455,7 @@ def _inversion_form(w: Workload) -> dict:
         "inversion_steps": str(w.steps),
         "guidance_scale": str(w.guidance),
         "size": str(w.size),
+        "measure_reconstruction": "false",
     }
 
 

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_batch_size: int | None = None  # None: a per-device default
     vae_batch_size: int | None = None  # images per VAE call; None: a per-device default
+    # Images per UNet call when inverting; None: a per-device default (the largest that pays)
+    inversion_batch_size: int | None = None
     compile: bool = False  # torch.compile the UNet (for CUDA; each new batch shape compiles)
     # SD 3: load the T5 text encoder (most of the model's memory); false leaves it out and the
     # T5 part of the prompt embedding is zeros. The model card says which (`t5`).

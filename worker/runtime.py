@@ -99,6 +99,7 @@ def start(settings: Settings) -> WorkerContext:
         cache_dir=settings.data_dir / "models",
         max_batch_size=settings.max_batch_size,
         vae_batch_size=settings.vae_batch_size,
+        inversion_batch_size=settings.inversion_batch_size,
         compile=settings.compile,
         t5=settings.t5,
     )

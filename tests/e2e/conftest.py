@@ -50,6 +50,7 @@ def service_stack(
         s3_secret_access_key="testing",
         webhook_secret=WEBHOOK_SECRET,
         max_batch_size=MAX_BATCH,
+        inversion_batch_size=MAX_BATCH,  # several batches per job: streaming is tested
         clip_model="tiny-clip",  # evaluations: the seeded random encoders, offline
         inception_weights="tiny-inception",
     )

@@ -111,6 +111,9 @@ class LoadedModel:
     default_size: int  # image side in pixels the model was trained at
     max_batch_size: int  # images per UNet call (twice as many rows with guidance)
     vae_batch_size: int  # images per VAE encode/decode call
+    # Images per UNet call when inverting: a job's images are all known at once and nobody
+    # waits for the first of them, so they go through in the largest batch that pays.
+    inversion_batch_size: int
     compiled: bool = False  # UNet wrapped by torch.compile
     prompt_cache: PromptCache = field(
         default_factory=lambda: PromptCache(DEFAULT_PROMPT_CACHE_SIZE), repr=False
@@ -147,6 +150,7 @@ def load_model(
     cache_dir: Path | None = None,
     max_batch_size: int | None = None,
     vae_batch_size: int | None = None,
+    inversion_batch_size: int | None = None,
     compile: bool = False,
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     t5: bool = True,
@@ -169,10 +173,18 @@ def load_model(
     """
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
-    default_unet_batch, default_vae_batch = default_batch_sizes(torch_device)
+    default_unet_batch, default_vae_batch, default_inversion_batch = default_batch_sizes(
+        torch_device
+    )
     max_batch_size = default_unet_batch if max_batch_size is None else max_batch_size
     vae_batch_size = default_vae_batch if vae_batch_size is None else vae_batch_size
-    for label, value in (("max_batch_size", max_batch_size), ("vae_batch_size", vae_batch_size)):
+    if inversion_batch_size is None:
+        inversion_batch_size = max(default_inversion_batch, max_batch_size)
+    for label, value in (
+        ("max_batch_size", max_batch_size),
+        ("vae_batch_size", vae_batch_size),
+        ("inversion_batch_size", inversion_batch_size),
+    ):
         if value < 1:
             raise ValueError(f"{label} must be >= 1, got {value}")
     prompt_cache = PromptCache(prompt_cache_size)
@@ -204,27 +216,32 @@ def load_model(
         default_size=family.native_size(pipe),
         max_batch_size=max_batch_size,
         vae_batch_size=vae_batch_size,
+        inversion_batch_size=inversion_batch_size,
         compiled=compile,
         prompt_cache=prompt_cache,
     )
 
 
-def default_batch_sizes(device: torch.device) -> tuple[int, int]:
-    """(images per UNet call, images per VAE call) for `device`.
+def default_batch_sizes(device: torch.device) -> tuple[int, int, int]:
+    """(images per UNet call when generating, images per VAE call, images per UNet call when
+    inverting) for `device`.
 
-    CPU: 4 and 4; larger batches barely raise a CPU's throughput. CUDA: by memory, for SD 1.5
-    at 512 px in fp16 with guidance (the UNet sees twice the batch): 16 and 8 from 40 GiB,
-    8 and 4 from 16 GiB, else 4 and 2. Override with LATENTMIX_MAX_BATCH_SIZE and
-    LATENTMIX_VAE_BATCH_SIZE.
+    CPU: 4, 4 and 16. Generating, larger batches barely raise a CPU's throughput and only
+    delay the first images; inverting, nobody waits for the first latent, and one call over
+    16 images measured 17% faster than four calls of 4 (tiny, 10 steps). CUDA: by memory, for
+    SD 1.5 at 512 px in fp16 with guidance (the UNet sees twice the batch): 16 and 8 from
+    40 GiB, 8 and 4 from 16 GiB, else 4 and 2; inversion the same as generation there, since
+    memory, not latency, is the bound. Override with LATENTMIX_MAX_BATCH_SIZE,
+    LATENTMIX_VAE_BATCH_SIZE and LATENTMIX_INVERSION_BATCH_SIZE.
     """
     if device.type != "cuda":
-        return 4, 4
+        return 4, 4, 16
     memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
     if memory_gib >= 40:
-        return 16, 8
+        return 16, 8, 16
     if memory_gib >= 16:
-        return 8, 4
-    return 4, 2
+        return 8, 4, 8
+    return 4, 2, 4
 
 
 def _optimize_for_device(pipe: Any, device: torch.device, *, compile: bool) -> None:

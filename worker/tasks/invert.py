@@ -34,7 +34,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     # Fetched side by side; a batch waits only for its own images.
     images = [STORAGE_IO.submit(_fetch_image, ctx, item.upload_key) for item in items]
     progress = progress_reporter(ctx.redis, job)
-    batches = in_batches(len(items), ctx.model.max_batch_size)
+    batches = in_batches(len(items), ctx.model.inversion_batch_size)
     with BatchPublisher() as publisher:
         for number, rows in enumerate(batches):
             result = invert(

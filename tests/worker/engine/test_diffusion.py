@@ -315,7 +315,7 @@ def test_sampling_matches_the_diffusers_pipeline(tiny_model):
 def test_batched_and_one_by_one_runs_agree(tiny_model, images, unet_calls):
     prompts = [PROMPT, "a red car", "a blue tree"]
     settings = InversionSettings(steps=4, guidance_scale=7.5)
-    batched_model = dataclasses.replace(tiny_model, max_batch_size=2)
+    batched_model = dataclasses.replace(tiny_model, max_batch_size=2, inversion_batch_size=2)
     batched = invert(batched_model, images, prompts, settings)
     assert [c["batch"] for c in unet_calls] == [4] * 4 + [2] * 4  # CFG doubles each chunk
     singles = [
@@ -399,7 +399,7 @@ def test_decode_latents_returns_one_image_per_row(tiny_model):
 
 def test_progress_counts_unet_steps_up_to_the_total(tiny_model, images):
     reports: list[tuple[int, int]] = []
-    model = dataclasses.replace(tiny_model, max_batch_size=2)
+    model = dataclasses.replace(tiny_model, max_batch_size=2, inversion_batch_size=2)
     invert(model, images, PROMPT, InversionSettings(steps=3), lambda d, t: reports.append((d, t)))
     assert reports == [(done, 6) for done in range(1, 7)]  # 3 images = 2 chunks x 3 steps
 

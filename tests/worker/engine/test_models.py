@@ -152,8 +152,8 @@ def test_describe_is_json_friendly(tiny_model):
 # --- speed settings -----------------------------------------------------------------------
 
 
-def test_cpu_batch_sizes_default_to_four_images():
-    assert default_batch_sizes(torch.device("cpu")) == (4, 4)
+def test_cpu_batch_sizes_default_to_four_images_and_sixteen_when_inverting():
+    assert default_batch_sizes(torch.device("cpu")) == (4, 4, 16)
 
 
 def test_batch_sizes_and_prompt_cache_follow_the_options(tiny_model_dir):
@@ -163,9 +163,11 @@ def test_batch_sizes_and_prompt_cache_follow_the_options(tiny_model_dir):
         cache_dir=tiny_model_dir.parent,
         max_batch_size=8,
         vae_batch_size=2,
+        inversion_batch_size=5,
         prompt_cache_size=3,
     )
-    assert (model.max_batch_size, model.vae_batch_size) == (8, 2)
+    assert (model.max_batch_size, model.vae_batch_size, model.inversion_batch_size) == (8, 2, 5)
+    assert model.describe()["inversion_batch_size"] == 5
     assert model.prompt_cache.capacity == 3 and len(model.prompt_cache) == 0
 
 

@@ -190,7 +190,7 @@ def test_every_eps_method_round_trips_on_sdxl(tiny_sdxl, x0, conditioning, name)
 def test_batched_inversion_and_generation_equal_one_by_one(tiny_sdxl, images):
     prompts = [PROMPT, "a red car", "a blue tree"]
     settings = diffusion.InversionSettings(steps=4, guidance_scale=5.0)
-    batched_model = dataclasses.replace(tiny_sdxl, max_batch_size=2)
+    batched_model = dataclasses.replace(tiny_sdxl, max_batch_size=2, inversion_batch_size=2)
     batched = diffusion.invert(batched_model, images, prompts, settings).latent
     singles = torch.cat(
         [

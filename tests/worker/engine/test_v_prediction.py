@@ -100,7 +100,10 @@ def test_batched_inversion_equals_one_by_one(tiny_v, images):
     prompts = [PROMPT, "a red car", "a blue tree"]
     settings = diffusion.InversionSettings(steps=4, guidance_scale=7.5)
     batched = diffusion.invert(
-        dataclasses.replace(tiny_v, max_batch_size=2), images, prompts, settings
+        dataclasses.replace(tiny_v, max_batch_size=2, inversion_batch_size=2),
+        images,
+        prompts,
+        settings,
     )
     singles = [
         diffusion.invert(tiny_v, [image], [prompt], settings).latent

@@ -68,6 +68,7 @@ class ModelCard:
     dtype: str
     max_batch_size: int
     vae_batch_size: int
+    inversion_batch_size: int
     compiled: bool
     t5: bool | None = None  # T5 text encoder loaded; None: the family has none (SD 1.x/2.x)
 

@@ -67,6 +67,7 @@ class StableDiffusion:
             dtype=str(model.dtype).removeprefix("torch."),
             max_batch_size=model.max_batch_size,
             vae_batch_size=model.vae_batch_size,
+            inversion_batch_size=model.inversion_batch_size,
             compiled=model.compiled,
         )
 

@@ -73,6 +73,7 @@ class StableDiffusion3:
             dtype=str(model.dtype).removeprefix("torch."),
             max_batch_size=model.max_batch_size,
             vae_batch_size=model.vae_batch_size,
+            inversion_batch_size=model.inversion_batch_size,
             compiled=model.compiled,
             t5=getattr(pipe, "text_encoder_3", None) is not None,
         )

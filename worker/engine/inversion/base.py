@@ -56,9 +56,10 @@ class InversionMethod:
     latent_state: tuple[str, ...] = ()
 
 
-def row_chunks(model: LoadedModel, rows: int) -> list[tuple[int, int]]:
-    """(start, stop) of each batch of at most `model.max_batch_size` rows."""
-    chunk = model.max_batch_size
+def row_chunks(model: LoadedModel, rows: int, *, inverting: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of at most `model.inversion_batch_size` rows when
+    inverting, `model.max_batch_size` when sampling."""
+    chunk = model.inversion_batch_size if inverting else model.max_batch_size
     return [(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
 
 

@@ -81,7 +81,7 @@ def invert(
     gamma = float(options["bdia_gamma"])
     schedule = sampler.schedule(model, steps)
     alphas = (*schedule.alphas, schedule.final_alpha)  # a_1 .. a_{N+1}, zero-based
-    chunks = row_chunks(model, len(x0))
+    chunks = row_chunks(model, len(x0), inverting=True)
     step = step_counter(progress, steps * len(chunks))
 
     def noise(x: torch.Tensor, i: int, rows: Conditioning) -> torch.Tensor:
@@ -135,7 +135,7 @@ def sample(
     schedule = sampler.schedule(model, steps)
     alphas = (*schedule.alphas, schedule.final_alpha)
     previous_state = inverted.aux.get("previous") if gamma != 0.0 else None
-    chunks = row_chunks(model, len(inverted))
+    chunks = row_chunks(model, len(inverted), inverting=False)
     step = step_counter(progress, (steps - (previous_state is not None)) * len(chunks))
 
     def noise(x: torch.Tensor, i: int, rows: Conditioning) -> torch.Tensor:

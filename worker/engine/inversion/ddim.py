@@ -192,10 +192,12 @@ def _run_ddim(
     guidance_scale: float,
     progress: ProgressFn | None,
     sampler: Sampler | None = None,
+    *,
+    inverting: bool,
 ) -> torch.Tensor:
-    """Run `steps` over the batch in chunks of max_batch_size; float32 CPU result."""
+    """Run `steps` over the batch in chunks (`row_chunks`); float32 CPU result."""
     sampler = sampler or PLAIN_SAMPLER
-    chunks = row_chunks(model, len(latents))
+    chunks = row_chunks(model, len(latents), inverting=inverting)
     step = step_counter(progress, len(steps) * len(chunks))
     results = []
     for start, stop in chunks:
@@ -224,7 +226,9 @@ def invert(
     sampler = Sampler.of(options)
     schedule = sampler.schedule(model, steps)
     inversion_steps = list(schedule.inversion_steps())
-    latent = _run_ddim(model, x0, conditioning, inversion_steps, guidance_scale, progress, sampler)
+    latent = _run_ddim(
+        model, x0, conditioning, inversion_steps, guidance_scale, progress, sampler, inverting=True
+    )
     return Inverted(
         latent=latent, method=DDIM.name, settings={"start_timestep": schedule.timesteps[0]}
     )
@@ -242,7 +246,14 @@ def sample(
     sampler = Sampler.of(inverted.settings)
     sampling_steps = list(sampler.schedule(model, steps).sampling_steps())
     return _run_ddim(
-        model, inverted.latent, conditioning, sampling_steps, guidance_scale, progress, sampler
+        model,
+        inverted.latent,
+        conditioning,
+        sampling_steps,
+        guidance_scale,
+        progress,
+        sampler,
+        inverting=False,
     )
 
 

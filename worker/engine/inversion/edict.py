@@ -77,7 +77,7 @@ def invert(
     check_options(options)
     p = float(options["edict_mix"])
     schedule = sampler.schedule(model, steps)
-    chunks = row_chunks(model, len(x0))
+    chunks = row_chunks(model, len(x0), inverting=True)
     step = step_counter(progress, 2 * steps * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
@@ -120,7 +120,7 @@ def sample(
     check_options({"edict_mix": p})
     sampler = ddim.Sampler.of(inverted.settings)
     schedule = sampler.schedule(model, steps)
-    chunks = row_chunks(model, len(inverted))
+    chunks = row_chunks(model, len(inverted), inverting=False)
     step = step_counter(progress, 2 * steps * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:

@@ -80,7 +80,7 @@ def invert(
     averaged = averaged_estimates(iterations) if options["renoise_average"] else 1
     schedule = sampler.schedule(model, steps)
     inversion_steps = list(schedule.inversion_steps())
-    chunks = row_chunks(model, len(x0))
+    chunks = row_chunks(model, len(x0), inverting=True)
     step = step_counter(progress, len(inversion_steps) * (iterations + 1) * len(chunks))
 
     def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:

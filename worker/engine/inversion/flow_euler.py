@@ -136,10 +136,12 @@ def run_flow(
     step: StepFn,
     guidance_scale: float,
     progress: ProgressFn | None,
+    *,
+    inverting: bool,
 ) -> torch.Tensor:
-    """Apply `step` over `steps` to the batch in chunks of max_batch_size; float32 CPU."""
+    """Apply `step` over `steps` to the batch in chunks (`row_chunks`); float32 CPU."""
     family = model.family
-    chunks = row_chunks(model, len(latents))
+    chunks = row_chunks(model, len(latents), inverting=inverting)
     count_step = step_counter(progress, len(steps) * len(chunks))
     results = []
     for start, stop in chunks:
@@ -175,7 +177,15 @@ def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> Inv
         schedule = flow_schedule(model, steps)
         path = list(schedule.inversion_steps())
         latent = run_flow(
-            model, x0, conditioning, schedule, path, inversion_step, guidance_scale, progress
+            model,
+            x0,
+            conditioning,
+            schedule,
+            path,
+            inversion_step,
+            guidance_scale,
+            progress,
+            inverting=True,
         )
         return Inverted(latent=latent, method=name, settings={"start_sigma": schedule.sigmas[0]})
 
@@ -191,7 +201,15 @@ def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> Inv
         path = list(schedule.sampling_steps())
         latent = inverted.latent
         return run_flow(
-            model, latent, conditioning, schedule, path, sampling_step, guidance_scale, progress
+            model,
+            latent,
+            conditioning,
+            schedule,
+            path,
+            sampling_step,
+            guidance_scale,
+            progress,
+            inverting=False,
         )
 
     return InversionMethod(

@@ -87,7 +87,7 @@ def invert_with(
 ) -> Inverted:
     """`invert` with the early stop optional (the paper's figures are without it)."""
     schedule = sampler.schedule(model, steps)
-    chunks = row_chunks(model, len(x0))
+    chunks = row_chunks(model, len(x0), inverting=True)
     step = step_counter(progress, steps * (iterations + 3) * len(chunks))
     latents, embeddings = [], []
     for start, stop in chunks:
@@ -185,7 +185,7 @@ def sample(
         )
     sampler = ddim.Sampler.of(inverted.settings)
     sampling_steps = list(sampler.schedule(model, steps).sampling_steps())
-    chunks = row_chunks(model, len(inverted))
+    chunks = row_chunks(model, len(inverted), inverting=False)
     step = step_counter(progress, steps * len(chunks))
     results = []
     for start, stop in chunks:
