@@ -168,13 +168,14 @@ class DiffusersBaseline:
         self.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
 
     @torch.no_grad()
-    def invert(self, image: Image.Image, w: Workload) -> torch.Tensor:
+    def invert(self, images: list[Image.Image], w: Workload) -> torch.Tensor:
+        """The DiffEdit / pix2pix-zero inversion loop over a batch of images."""
         pipe, scheduler, device = self.pipe, self.inverse_scheduler, self.pipe.device
-        pixels = pipe.image_processor.preprocess(image, height=w.size, width=w.size)
+        pixels = pipe.image_processor.preprocess(images, height=w.size, width=w.size)
         pixels = pixels.to(device, pipe.vae.dtype)
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         do_cfg = w.guidance > 1.0
-        prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, device, 1, do_cfg)
+        prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, device, len(images), do_cfg)
         if do_cfg:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
         scheduler.set_timesteps(w.steps, device=device)
@@ -210,27 +211,6 @@ class BatchedDiffusersBaseline(DiffusersBaseline):
         super().__init__(pipe)
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def invert_all(self, images: list[Image.Image], w: Workload) -> torch.Tensor:
-        pipe, scheduler, device = self.pipe, self.inverse_scheduler, self.pipe.device
-        pixels = pipe.image_processor.preprocess(images, height=w.size, width=w.size)
-        pixels = pixels.to(device, pipe.vae.dtype)
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        do_cfg = w.guidance > 1.0
-        prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, device, len(images), do_cfg)
-        if do_cfg:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
-        scheduler.set_timesteps(w.steps, device=device)
-        for t in scheduler.timesteps:
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
-            if do_cfg:
-                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + w.guidance * (noise_pred_text - noise_pred_uncond)
-            latents = scheduler.step(noise_pred, t, latents).prev_sample
-        return latents.float().cpu()
-
     def generate_all(self, latents: torch.Tensor, w: Workload) -> list[Image.Image]:
         images = []
         for start in range(0, len(latents), self.batch_size):
@@ -253,7 +233,7 @@ class BatchedBaselineRun:
 
     def invert(self, out: dict) -> None:
         with measured(time.process_time, out, "invert"):
-            self.latents = self.baseline.invert_all([_open(d) for d in self.pngs], self.w)
+            self.latents = self.baseline.invert([_open(d) for d in self.pngs], self.w)
 
     def mix(self, out: dict) -> None:
         mixed = mix(self.latents, self.w.weights(), METHOD)
@@ -268,7 +248,7 @@ class BaselineRun:
 
     def invert(self, out: dict) -> None:
         with measured(time.process_time, out, "invert"):
-            self.latents = torch.cat([self.baseline.invert(_open(d), self.w) for d in self.pngs])
+            self.latents = torch.cat([self.baseline.invert([_open(d)], self.w) for d in self.pngs])
 
     def mix(self, out: dict) -> None:
         mixed = mix(self.latents, self.w.weights(), METHOD)

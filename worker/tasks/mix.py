@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -18,6 +18,7 @@ from latentmix.service.contract import (
     MixImage,
     MixRequest,
     MixResult,
+    MorphFrame,
     plan_mix,
     shared_value,
 )
@@ -95,30 +96,20 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         for index, image in enumerate(images)
     ]
 
-    def list_finished(rows: list[int]) -> None:
-        finished = [images[i].model_dump(mode="json") for i in rows]
-        append_partial_result(ctx.redis, job.id, finished, ctx.settings)
-
-    def publish_batch(rows: list[int], pictures: list[Image.Image]) -> None:
-        def upload(index: int, picture: Image.Image) -> None:
-            ctx.storage.put(image_key(images[index].id), encode_png(picture), "image/png")
-
-        in_parallel(upload, rows, pictures)
-        list_finished(rows)
-
+    stream = ImageStream(ctx, job, images)
     progress = progress_reporter(ctx.redis, job)
     with BatchPublisher() as publisher:
         batches = rows_to_render(
             rendered,
             ctx.model.max_batch_size,
-            on_rendered=lambda rows: publisher.submit(functools.partial(list_finished, rows)),
+            on_rendered=lambda rows: publisher.submit(functools.partial(stream.list, rows)),
         )
         generated = 0
         for rows, planned in batches:
             pictures = _render(
                 ctx, request, stack, mixed_state, rows, batch_progress(progress, generated, planned)
             )
-            publisher.submit(functools.partial(publish_batch, rows, pictures))
+            publisher.submit(functools.partial(stream.publish, rows, pictures))
             generated += 1
         if generated:  # fewer batches than planned when the last rows were rendered before
             progress(generated * request.steps, generated * request.steps)
@@ -215,6 +206,26 @@ def _select(state: Inverted, rows: list[int]) -> Inverted:
         method=state.method,
         settings=state.settings,
     )
+
+
+class ImageStream:
+    """A job's images (mix images or morph frames) streamed as they finish: each batch's PNGs
+    uploaded, then the batch appended to the job's partial result, which clients poll."""
+
+    def __init__(self, ctx: WorkerContext, job: Job, images: Sequence[MixImage | MorphFrame]):
+        self.ctx, self.job, self.images = ctx, job, images
+
+    def list(self, rows: list[int]) -> None:
+        finished = [self.images[i].model_dump(mode="json") for i in rows]
+        append_partial_result(self.ctx.redis, self.job.id, finished, self.ctx.settings)
+
+    def publish(self, rows: list[int], pictures: list[Image.Image]) -> None:
+        def upload(index: int, picture: Image.Image) -> None:
+            key = image_key(self.images[index].id)
+            self.ctx.storage.put(key, encode_png(picture), "image/png")
+
+        in_parallel(upload, rows, pictures)
+        self.list(rows)
 
 
 def _publish_mix(

@@ -12,8 +12,6 @@ from PIL import Image
 from rq.job import Job
 
 from latentmix.service.contract import MorphFrame, MorphMetrics, MorphRequest, MorphResult
-from latentmix.service.images import encode_png
-from latentmix.service.jobs import append_partial_result
 from latentmix.service.latents import image_key
 from latentmix.service.morph_plan import PlannedFrame, respace_by_distance
 from latentmix.service.storage import STORAGE_IO, in_parallel
@@ -31,6 +29,7 @@ from latentmix.worker.engine.morph_metrics import consistency, smoothness
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.mix import (
+    ImageStream,
     _check_compatible,
     _publish_mix,
     _ready_record,
@@ -160,23 +159,13 @@ class _Renderer:
         ]
         images: dict[int, Image.Image] = {}
 
-        def list_finished(rows: list[int]) -> None:
-            finished = [frames[i].model_dump(mode="json") for i in rows]
-            append_partial_result(ctx.redis, job.id, finished, ctx.settings)
-
-        def publish_batch(rows: list[int], pictures: list[Image.Image]) -> None:
-            def upload(index: int, picture: Image.Image) -> None:
-                ctx.storage.put(image_key(frames[index].id), encode_png(picture), "image/png")
-
-            in_parallel(upload, rows, pictures)
-            list_finished(rows)
-
+        stream = ImageStream(ctx, job, frames)
         progress = progress_reporter(ctx.redis, job)
         with BatchPublisher() as publisher:
             batches = rows_to_render(
                 rendered,
                 ctx.model.max_batch_size,
-                on_rendered=lambda rows: publisher.submit(functools.partial(list_finished, rows)),
+                on_rendered=lambda rows: publisher.submit(functools.partial(stream.list, rows)),
             )
             for number, (rows, planned_batches) in enumerate(batches):
                 pictures = self._render_rows(
@@ -186,7 +175,7 @@ class _Renderer:
                     batch_progress(progress, number, planned_batches),
                 )
                 images.update(zip(rows, pictures, strict=True))
-                publisher.submit(functools.partial(publish_batch, rows, pictures))
+                publisher.submit(functools.partial(stream.publish, rows, pictures))
         stored = [i for i in range(len(frames)) if i not in images]
         pictures = in_parallel(lambda i: _stored(ctx, frames[i]), stored)
         images.update(zip(stored, pictures, strict=True))
