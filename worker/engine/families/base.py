@@ -8,7 +8,7 @@ family of `stable_diffusion.py`, SD 3 / 3.5 (rectified flow) of `stable_diffusio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -74,6 +74,32 @@ class ModelCard:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "inversion_methods": list(self.inversion_methods)}
+
+
+def cached_encodings(
+    model: LoadedModel, prompts: Sequence[str], encode: Callable[[list[str]], Sequence[Any]]
+) -> dict[str, Any]:
+    """Each distinct prompt of `prompts`, and "" (guidance's unconditional), by prompt: from
+    the model's prompt cache, else encoded by `encode(texts)` (one entry per text) in batches
+    of `max_batch_size` and cached. A worker runs its text encoders once per prompt, not once
+    per job or per row."""
+    cache = model.prompt_cache
+    table = {p: cache.get(p) for p in dict.fromkeys([*prompts, ""])}
+    missing = [p for p, entry in table.items() if entry is None]
+    for start in range(0, len(missing), model.max_batch_size):
+        texts = missing[start : start + model.max_batch_size]
+        for text, entry in zip(texts, encode(texts), strict=True):
+            table[text] = entry
+            cache.put(text, entry)
+    return table
+
+
+def pooled_rows(
+    embeds: torch.Tensor, pooled: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per text of a batch: its (states, pooled embedding), each with a batch axis of one (the
+    cache entries of families with a pooled text embedding: SDXL, SD 3)."""
+    return [(embeds[i : i + 1].clone(), pooled[i : i + 1].clone()) for i in range(len(embeds))]
 
 
 def rescale_guidance(

@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 
 from latentmix.worker.engine.checks import check_latents, check_size, prompts_per_row
-from latentmix.worker.engine.families.base import Conditioning, ModelCard, rescale_guidance
+from latentmix.worker.engine.families.base import (
+    Conditioning,
+    ModelCard,
+    cached_encodings,
+    rescale_guidance,
+)
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 from latentmix.worker.engine.inversion import methods_for
 
@@ -114,14 +119,11 @@ class StableDiffusion:
         prompts = [prompts] if isinstance(prompts, str) else prompts_per_row(prompts, len(prompts))
         if not prompts:
             raise ValueError("prompts must not be empty")
-        cache = model.prompt_cache
-        table = {p: cache.get(p) for p in dict.fromkeys([*prompts, ""])}
-        missing = [p for p, embedding in table.items() if embedding is None]
-        for start in range(0, len(missing), model.max_batch_size):
-            texts = missing[start : start + model.max_batch_size]
-            for text, embedding in zip(texts, _encode_texts(model, texts), strict=True):
-                table[text] = embedding.unsqueeze(0).clone()
-                cache.put(text, table[text])
+        table = cached_encodings(
+            model,
+            prompts,
+            lambda texts: [e.unsqueeze(0).clone() for e in _encode_texts(model, texts)],
+        )
         return Conditioning(cond=torch.cat([table[p] for p in prompts]), uncond=table[""])
 
     def predict(

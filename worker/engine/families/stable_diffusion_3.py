@@ -12,7 +12,13 @@ import torch
 from PIL import Image
 
 from latentmix.worker.engine.checks import check_latents, check_size, prompts_per_row
-from latentmix.worker.engine.families.base import Conditioning, ModelCard, rescale_guidance
+from latentmix.worker.engine.families.base import (
+    Conditioning,
+    ModelCard,
+    cached_encodings,
+    pooled_rows,
+    rescale_guidance,
+)
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 from latentmix.worker.engine.inversion import methods_for
 
@@ -114,15 +120,9 @@ class StableDiffusion3:
         prompts = [prompts] if isinstance(prompts, str) else prompts_per_row(prompts, len(prompts))
         if not prompts:
             raise ValueError("prompts must not be empty")
-        cache = model.prompt_cache
-        table = {p: cache.get(p) for p in dict.fromkeys([*prompts, ""])}
-        missing = [p for p, entry in table.items() if entry is None]
-        for start in range(0, len(missing), model.max_batch_size):
-            texts = missing[start : start + model.max_batch_size]
-            embeds, pooled = _encode_texts(model, texts)
-            for i, text in enumerate(texts):
-                table[text] = (embeds[i : i + 1].clone(), pooled[i : i + 1].clone())
-                cache.put(text, table[text])
+        table = cached_encodings(
+            model, prompts, lambda texts: pooled_rows(*_encode_texts(model, texts))
+        )
         return Conditioning(
             cond=torch.cat([table[p][0] for p in prompts]),
             uncond=table[""][0],

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.worker.engine.checks import prompts_per_row
-from latentmix.worker.engine.families.base import Conditioning, rescale_guidance
+from latentmix.worker.engine.families.base import (
+    Conditioning,
+    cached_encodings,
+    pooled_rows,
+    rescale_guidance,
+)
 from latentmix.worker.engine.families.stable_diffusion import StableDiffusion
 
 if TYPE_CHECKING:
@@ -62,15 +67,9 @@ class StableDiffusionXL(StableDiffusion):
         prompts = [prompts] if isinstance(prompts, str) else prompts_per_row(prompts, len(prompts))
         if not prompts:
             raise ValueError("prompts must not be empty")
-        cache = model.prompt_cache
-        table = {p: cache.get(p) for p in dict.fromkeys([*prompts, ""])}
-        missing = [p for p, entry in table.items() if entry is None]
-        for start in range(0, len(missing), model.max_batch_size):
-            texts = missing[start : start + model.max_batch_size]
-            embeds, pooled = _encode_texts(model, texts)
-            for i, text in enumerate(texts):
-                table[text] = (embeds[i : i + 1].clone(), pooled[i : i + 1].clone())
-                cache.put(text, table[text])
+        table = cached_encodings(
+            model, prompts, lambda texts: pooled_rows(*_encode_texts(model, texts))
+        )
         uncond, uncond_pooled = table[""]
         if model.pipe.config.get("force_zeros_for_empty_prompt", False):
             uncond, uncond_pooled = torch.zeros_like(uncond), torch.zeros_like(uncond_pooled)
