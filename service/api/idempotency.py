@@ -30,10 +30,12 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from redis import Redis
+from rq.job import Job
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from latentmix.service.api.metrics import Metrics
 from latentmix.service.api.multipart import MultipartWalker, PartListener
 from latentmix.service.api.problems import (
     REDIS_ERRORS,
@@ -42,6 +44,9 @@ from latentmix.service.api.problems import (
     unavailable,
 )
 from latentmix.service.api.security import principal_of
+from latentmix.service.config import Settings
+from latentmix.service.contract import Contract, JobType
+from latentmix.service.jobs import enqueue, fetch_job
 
 HEADER = "Idempotency-Key"
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as in UUIDs or ULIDs
@@ -122,6 +127,37 @@ def stable_job_id(request: Request) -> str | None:
     if digest is None or not fingerprint.complete:
         return None
     return hashlib.sha256(f"{digest}\n{fingerprint.hexdigest()}".encode()).hexdigest()[:32]
+
+
+def enqueue_once(
+    request: Request,
+    redis: Redis,
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    job_type: JobType,
+    model: str,
+    contract: Contract,
+    depends_on: list[str] | None = None,
+    webhook: str | None = None,
+) -> Job:
+    """Queue `contract` as a `job_type` job, unless a retry of this request (same
+    Idempotency-Key and body) queued it already and lost the answer: then that job."""
+    job_id = stable_job_id(request) or uuid.uuid4().hex
+    job = fetch_job(redis, job_id)
+    if job is None:
+        job = enqueue(
+            redis,
+            settings,
+            job_type=job_type,
+            model=model,
+            request=contract,
+            job_id=job_id,
+            depends_on=depends_on,
+            webhook=webhook,
+        )
+        metrics.jobs_submitted.labels(job_type.name).inc()
+    return job
 
 
 class IdempotencyMiddleware:

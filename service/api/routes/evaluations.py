@@ -1,14 +1,13 @@
 """POST /evaluations (score generated images against real ones), GET /evaluations/{id}."""
 
 import json
-import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import StringConstraints
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
-from latentmix.service.api.idempotency import stable_job_id
+from latentmix.service.api.idempotency import enqueue_once
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import JobIdPath, public_job
 from latentmix.service.api.routes.latents import _read_image
@@ -17,7 +16,6 @@ from latentmix.service.contract import EVALUATE, MIX, EvaluateRequest, MixReques
 from latentmix.service.ids import ID_RE
 from latentmix.service.jobs import (
     JobStatus,
-    enqueue,
     fetch_job,
     job_type_of,
     model_of_queue,
@@ -82,19 +80,16 @@ def create_evaluation(
     evaluation = EvaluateRequest(
         generated=generated, references=keys, label=label, features=features
     )
-    job_id = stable_job_id(request) or uuid.uuid4().hex
-    queued = fetch_job(redis, job_id)  # queued by a try whose answer was lost
-    if queued is None:
-        queued = enqueue(
-            redis,
-            settings,
-            job_type=EVALUATE,
-            model=model or settings.model,
-            request=evaluation,
-            job_id=job_id,
-            depends_on=[producer] if producer else None,
-        )
-        metrics.jobs_submitted.labels("evaluate").inc()
+    queued = enqueue_once(
+        request,
+        redis,
+        settings,
+        metrics,
+        job_type=EVALUATE,
+        model=model or settings.model,
+        contract=evaluation,
+        depends_on=[producer] if producer else None,
+    )
     return public_job(view_job(redis, queued), request)
 
 

@@ -1,6 +1,5 @@
 """POST /mix: mix latents with weights and generate an image per mix."""
 
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -8,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
-from latentmix.service.api.idempotency import stable_job_id
+from latentmix.service.api.idempotency import enqueue_once
 from latentmix.service.api.models import card_of, check_same_model, guidance_for
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
@@ -38,7 +37,7 @@ from latentmix.service.inversion_mixing import (
     origin_of_record,
     shared_origin,
 )
-from latentmix.service.jobs import enqueue, fetch_job, job_type_of, model_of_queue, view_job
+from latentmix.service.jobs import fetch_job, job_type_of, model_of_queue, view_job
 from latentmix.service.latents import LatentCatalog
 from latentmix.service.mix_methods import canonical_method, check_weights
 from latentmix.service.model_cards import check_attention
@@ -121,20 +120,17 @@ def create_mix(
     if body.dry_run:
         return JSONResponse(_dry_run(catalog, mix, settings).model_dump(mode="json"))
     webhook = checked_webhook(body.webhook, settings)
-    job_id = stable_job_id(request) or uuid.uuid4().hex
-    job = fetch_job(redis, job_id)  # queued by a try whose answer was lost
-    if job is None:
-        job = enqueue(
-            redis,
-            settings,
-            job_type=MIX,
-            model=model,
-            request=mix,
-            job_id=job_id,
-            depends_on=sorted(set(inputs.producers.values())) or None,
-            webhook=webhook,
-        )
-        metrics.jobs_submitted.labels("mix").inc()
+    job = enqueue_once(
+        request,
+        redis,
+        settings,
+        metrics,
+        job_type=MIX,
+        model=model,
+        contract=mix,
+        depends_on=sorted(set(inputs.producers.values())) or None,
+        webhook=webhook,
+    )
     return public_job(view_job(redis, job), request).model_copy(
         update={"planned": [_planned(mix, index, request) for index in range(len(mix.rows))]}
     )

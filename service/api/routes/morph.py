@@ -1,11 +1,9 @@
 """POST /morph: frames between keyframes (shared/morph.md), streamed as images like a mix's."""
 
-import uuid
-
 from fastapi import APIRouter, Request
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep
-from latentmix.service.api.idempotency import stable_job_id
+from latentmix.service.api.idempotency import enqueue_once
 from latentmix.service.api.models import card_of, guidance_for
 from latentmix.service.api.morph_schemas import MorphCreate
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
@@ -14,7 +12,7 @@ from latentmix.service.api.routes.mix import _inputs
 from latentmix.service.api.schemas import JobPublic, PlannedImage
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import DEFAULT_STEPS, MORPH, MorphRequest, shared_value
-from latentmix.service.jobs import enqueue, fetch_job, view_job
+from latentmix.service.jobs import view_job
 from latentmix.service.mix_methods import canonical_method, check_weights
 from latentmix.service.model_cards import check_attention
 from latentmix.service.morph_plan import check_morph
@@ -83,20 +81,17 @@ def create_morph(
     except ValueError as exc:
         raise problem(422, str(exc)) from None
     webhook = checked_webhook(body.webhook, settings)
-    job_id = stable_job_id(request) or uuid.uuid4().hex
-    job = fetch_job(redis, job_id)  # queued by a try whose answer was lost
-    if job is None:
-        job = enqueue(
-            redis,
-            settings,
-            job_type=MORPH,
-            model=model,
-            request=morph,
-            job_id=job_id,
-            depends_on=sorted(set(inputs.producers.values())) or None,
-            webhook=webhook,
-        )
-        metrics.jobs_submitted.labels("morph").inc()
+    job = enqueue_once(
+        request,
+        redis,
+        settings,
+        metrics,
+        job_type=MORPH,
+        model=model,
+        contract=morph,
+        depends_on=sorted(set(inputs.producers.values())) or None,
+        webhook=webhook,
+    )
     planned = None
     if morph.spacing != "perceptual":
         planned = [
