@@ -76,7 +76,7 @@ def create_mix(
         )
     # Then the inputs (their number is bounded now): a latent that does not exist (404) says
     # more than weights that do not fit it. Then the rows, bounded before any is drawn.
-    inputs = _inputs(catalog, redis, body.latents)
+    inputs = resolve_inputs(catalog, redis, body.latents)
     origin = _origin(inputs, redis, settings)
     mixes = body.sample.count if body.sample else len(_weight_rows(body.weights, 1))
     if mixes > settings.max_mixes_per_request:
@@ -217,7 +217,7 @@ def _origin(inputs: _Inputs, redis, settings) -> InversionOrigin:
         raise problem(422, str(exc)) from None
 
 
-def _inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
+def resolve_inputs(catalog: LatentCatalog, redis, latent_ids: list[str]) -> _Inputs:
     """Check every input exists (ready or pending) and shares one model and shape; read
     each one's prompt and steps from its record, or from the request of its pending job."""
     inputs, models, shapes = _Inputs(), set(), set()

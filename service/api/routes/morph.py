@@ -8,7 +8,7 @@ from latentmix.service.api.models import card_of, guidance_for
 from latentmix.service.api.morph_schemas import MorphCreate
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import public_job
-from latentmix.service.api.routes.mix import _inputs
+from latentmix.service.api.routes.mix import resolve_inputs
 from latentmix.service.api.schemas import JobPublic, PlannedImage
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.contract import DEFAULT_STEPS, MORPH, MorphRequest, shared_value
@@ -40,7 +40,7 @@ def create_morph(
         )
     # The keyframes first: one that does not exist (404) says more than a plan that does
     # not fit them.
-    inputs = _inputs(catalog, redis, body.keyframes)
+    inputs = resolve_inputs(catalog, redis, body.keyframes)
     model = inputs.model or settings.model
     try:
         check_morph(
