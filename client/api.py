@@ -15,6 +15,7 @@ carries an `Idempotency-Key`, the same on each retry, so retrying never submits 
 
 from __future__ import annotations
 
+import argparse
 import io
 import mimetypes
 import os
@@ -40,6 +41,23 @@ from latentmix.client.models import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command that talks to the service takes: --url and --api-key,
+    defaulting to $LATENTMIX_URL and $LATENTMIX_API_KEY."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LATENTMIX_URL", DEFAULT_URL),
+        help="service URL (default: $LATENTMIX_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LATENTMIX_API_KEY"),
+        help="bearer API key (default: $LATENTMIX_API_KEY)",
+    )
+
+
 DEFAULT_METHOD = "nin/chm"
 SCHEMES = ("dirichlet", "subset")
 LONG_POLL_S = 10.0  # GET /jobs/{id}?wait=S while nothing is shown

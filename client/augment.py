@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from latentmix.client.api import (
     DEFAULT_METHOD,
-    DEFAULT_URL,
     LatentMixClient,
+    add_service_arguments,
     check_file,
     image_pixels,
 )
@@ -120,16 +120,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch", type=_positive, default=DEFAULT_BATCH, help="mixes per job (default %(default)s)"
     )
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("LATENTMIX_URL", DEFAULT_URL),
-        help="service URL (default: $LATENTMIX_URL or %(default)s)",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("LATENTMIX_API_KEY"),
-        help="bearer API key (default: $LATENTMIX_API_KEY)",
-    )
+    add_service_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
     return parser

@@ -26,7 +26,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -34,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentmix.client.api import DEFAULT_URL, LatentMixClient, write_atomic
+from latentmix.client.api import LatentMixClient, add_service_arguments, write_atomic
 from latentmix.client.augment import ImageClass, UsageError, exclusive, find_classes
 from latentmix.client.errors import LatentMixError
 from latentmix.client.models import Job
@@ -108,12 +107,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale")
     parser.add_argument("--size", type=_positive, default=None, help="image side in pixels")
     parser.add_argument("--model", default=None, help="model (default: the service's)")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("LATENTMIX_URL", DEFAULT_URL),
-        help="service URL (default: $LATENTMIX_URL or %(default)s)",
-    )
-    parser.add_argument("--api-key", default=os.environ.get("LATENTMIX_API_KEY"))
+    add_service_arguments(parser)
     parser.add_argument(
         "--title", default="", help="a line on the figure, e.g. what the weights are"
     )

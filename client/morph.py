@@ -5,12 +5,16 @@ morph.mp4`: invert the keyframe images, morph through them, save the animation (
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from latentmix.client.api import DEFAULT_METHOD, DEFAULT_URL, LatentMixClient, write_atomic
+from latentmix.client.api import (
+    DEFAULT_METHOD,
+    LatentMixClient,
+    add_service_arguments,
+    write_atomic,
+)
 from latentmix.client.errors import LatentMixError
 
 FORMATS = (".webp", ".gif", ".mp4")
@@ -45,16 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--bounce", action="store_true", help="play forward, then backward")
     parser.add_argument("--frames-dir", type=Path, default=None, help="also save each frame")
     parser.add_argument("--model", default=None, help="model (default: the service's)")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("LATENTMIX_URL", DEFAULT_URL),
-        help="service URL (default: $LATENTMIX_URL or %(default)s)",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("LATENTMIX_API_KEY"),
-        help="bearer API key (default: $LATENTMIX_API_KEY)",
-    )
+    add_service_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
     return parser
