@@ -4,10 +4,12 @@
 
 Stages, in order: the classifier (shape, colour and background heads), the VAE (L1 + MSE +
 KL), the latent scaling factor (1 / std of the training latents, as Stable Diffusion's 0.18215
-was found), then the UNet (SD 1.5's DDPM schedule, epsilon prediction, 10% empty captions for
-classifier-free guidance, EMA). The CLIP text encoder is random and frozen: its embeddings of
-the world's 97 captions are distinct enough to condition on (the closest pair is printed), so
-training it buys little here. Weights are stored as float16 safetensors: the pipeline as a
+was found), the UNet (SD 1.5's DDPM schedule, epsilon prediction, Min-SNR loss weights, 10%
+empty captions for classifier-free guidance, EMA), then the VAE's decoder alone (the encoder
+frozen, so the latent space the UNet learnt stays as it is: how SD's ft-MSE VAE was made).
+The CLIP text encoder is random and frozen: its embeddings of the world's 97 captions are
+distinct enough to condition on (the closest pair is printed), so training it buys little
+here. Weights are stored as float16 safetensors: the pipeline as a
 diffusers folder `OUT/pipeline` (DDIM sampler), the classifier as `OUT/classifier.safetensors`.
 """
 
@@ -72,7 +74,8 @@ class Settings:
     """Everything that decides the result; `quick` is a tiny run for tests."""
 
     seed: int = 0
-    images: int = 8192  # training images of the world (seed `seed`)
+    images: int = 8192  # training images of the world (seed `seed`): classifier, VAE, decoder
+    unet_images: int = 16384  # the UNet's (the first `images` of them are the same drawings)
     classifier_steps: int = 800
     classifier_batch: int = 64
     classifier_lr: float = 3e-3
@@ -80,12 +83,15 @@ class Settings:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # per latent value
-    unet_steps: int = 1500
+    unet_steps: int = 6000
+    decoder_steps: int = 600
+    decoder_lr: float = 3e-4
     unet_batch: int = 32
     unet_lr: float = 8e-4
     unet_min_lr: float = 1e-4
     warmup_steps: int = 100
     ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0  # loss weight min(SNR, gamma) / SNR (0: unweighted)
     caption_dropout: float = 0.1  # empty caption: classifier-free guidance's unconditional
     short_caption_rate: float = 0.5  # "a red circle" instead of "... on a white background"
     checkpoint_every: int = 250  # UNet steps between saved pipelines (0: only at the end)
@@ -93,12 +99,14 @@ class Settings:
 
 QUICK = Settings(
     images=64,
+    unet_images=64,
     classifier_steps=3,
     classifier_batch=8,
     vae_steps=3,
     vae_batch=4,
     unet_steps=3,
     unet_batch=4,
+    decoder_steps=2,
     warmup_steps=1,
     checkpoint_every=0,
 )
@@ -240,6 +248,39 @@ def train_vae(data: Dataset, settings: Settings, generator: torch.Generator) -> 
     return vae.eval().requires_grad_(False)
 
 
+def finetune_decoder(vae: Any, data: Dataset, settings: Settings, generator: torch.Generator):
+    """L1 + MSE of the decoded posterior samples, with the encoder frozen: sharper
+    reconstructions from the very latents the UNet was trained on."""
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    vae.requires_grad_(False)
+    for parameter in decoder:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(decoder, lr=settings.decoder_lr)
+    schedule = replace(settings, unet_steps=settings.decoder_steps)
+    order = batches(len(data.images), settings.vae_batch, generator)
+    bar = tqdm(range(settings.decoder_steps), desc="decoder")
+    for step in bar:
+        pixels = data.images[next(order)] * 2 - 1
+        with torch.no_grad():
+            posterior = vae.encode(pixels).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(
+                posterior.mean.shape, generator=generator
+            )
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(
+                step, schedule, settings.decoder_lr, settings.decoder_lr / 10
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    print(f"decoder: final loss {loss.item():.4f}")
+    return vae.eval().requires_grad_(False)
+
+
 @torch.no_grad()
 def encode_dataset(vae: Any, data: Dataset, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE posterior's mean and std of every training image."""
@@ -299,7 +340,8 @@ def train_unet(
         )
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings[caption]).sample
-        loss = F.mse_loss(prediction, noise)
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (min_snr_weight(scheduler, timesteps, settings.min_snr_gamma) * per_sample).mean()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings, settings.unet_lr, settings.unet_min_lr)
         optimizer.zero_grad()
@@ -312,6 +354,18 @@ def train_unet(
             save(ema, step + 1)
     print(f"unet: final loss {loss.item():.4f}")
     return ema.eval()
+
+
+def min_snr_weight(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction, min(SNR, gamma) / SNR (Hang et al.
+    2023, eq. 7 with SNR = alpha_bar / (1 - alpha_bar)): the nearly clean timesteps, whose
+    easy targets otherwise dominate the gradient, stop crowding out the noisy ones that decide
+    shape and colour. Converges several times faster in their measurements."""
+    if gamma <= 0:
+        return torch.ones(len(timesteps))
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
 
 
 @torch.no_grad()
@@ -357,6 +411,14 @@ def save_classifier(out: Path, classifier: Any) -> Path:
     return path
 
 
+def load_unet(out: Path) -> Any:
+    """The UNet of a saved pipeline (to fine-tune only the decoder)."""
+    from diffusers import UNet2DConditionModel
+
+    folder = out / "pipeline" / "unet"
+    return UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
+
+
 def load_parts(out: Path) -> tuple[Any, Any, Any]:
     """The VAE, text encoder and tokenizer of a saved pipeline (to train only the UNet)."""
     from diffusers import AutoencoderKL
@@ -390,10 +452,12 @@ def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
         tokenizer = build_tokenizer_for_world()
         text_encoder = build_text_encoder(tokenizer)
         vae = train_vae(data, settings, generator)
-    elif "unet" in stages:
+    elif "unet" in stages or "decoder" in stages:
         vae, text_encoder, tokenizer = load_parts(out)
     if "unet" in stages:
-        means, stds = encode_dataset(vae, data)
+        same = settings.unet_images == settings.images
+        unet_data = data if same else make_dataset(settings.unet_images, settings.seed)
+        means, stds = encode_dataset(vae, unet_data)
         scaling_factor = latent_scaling_factor(means, stds, settings.seed)
         vae.register_to_config(scaling_factor=scaling_factor)
         print(f"latents: std {1 / scaling_factor:.4f}, scaling factor {scaling_factor:.5f}")
@@ -407,12 +471,22 @@ def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
             tqdm.write(f"checkpoint: UNet step {step} saved ({time.monotonic() - started:.0f} s)")
 
         unet = train_unet(
-            means, stds, scaling_factor, data, embeddings, settings, generator, checkpoint
+            means, stds, scaling_factor, unet_data, embeddings, settings, generator, checkpoint
         )
         save_pipeline(out, vae, text_encoder, tokenizer, unet)
     elif "vae" in stages:
         print("vae trained but not saved: the pipeline is saved with a UNet (add the unet stage)")
+    if "decoder" in stages:
+        unet = unet if "unet" in stages else load_unet(out)
+        vae = finetune_decoder(vae, data, settings, generator)
+        save_pipeline(out, vae, text_encoder, tokenizer, unet)
     print(f"done in {time.monotonic() - started:.0f} s; weights in {out}")
+
+
+OVERRIDABLE = (
+    "images", "unet_images", "classifier_steps", "vae_steps", "unet_steps", "decoder_steps",
+    "checkpoint_every",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -424,10 +498,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--stages",
-        default="classifier,vae,unet",
-        help="comma-separated subset of classifier,vae,unet (unet alone reuses the saved VAE)",
+        default="classifier,vae,unet,decoder",
+        help="comma-separated subset of classifier,vae,unet,decoder (unet or decoder alone "
+        "reuse the saved parts)",
     )
-    for name in ("images", "classifier_steps", "vae_steps", "unet_steps", "checkpoint_every"):
+    for name in OVERRIDABLE:
         parser.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     return parser.parse_args(argv)
 
@@ -435,17 +510,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    unknown = set(stages) - {"classifier", "vae", "unet"}
+    unknown = set(stages) - {"classifier", "vae", "unet", "decoder"}
     if unknown:
         print(
-            f"unknown stage(s) {sorted(unknown)}; expected classifier, vae, unet", file=sys.stderr
+            f"unknown stage(s) {sorted(unknown)}; expected classifier, vae, unet, decoder",
+            file=sys.stderr,
         )
         return 2
     settings = replace(QUICK if args.quick else Settings(), seed=args.seed)
     overrides = {
-        name: getattr(args, name)
-        for name in ("images", "classifier_steps", "vae_steps", "unet_steps", "checkpoint_every")
-        if getattr(args, name) is not None
+        name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None
     }
     train(args.out, replace(settings, **overrides), stages)
     return 0

@@ -34,7 +34,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_quick_training_prints_each_stage_s_final_loss(quick_run: tuple[Path, str]):
     _, stdout = quick_run
-    for stage in ("classifier", "vae", "unet"):
+    for stage in ("classifier", "vae", "unet", "decoder"):
         assert f"{stage}: final loss " in stdout
     assert "scaling factor" in stdout and "closest pair" in stdout
 
@@ -81,5 +81,5 @@ def test_the_learning_rate_warms_up_then_decays_to_the_floor():
 
 
 def test_an_unknown_stage_is_refused_by_name(capsys: pytest.CaptureFixture[str]):
-    assert training.main(["--stages", "vae,decoder", "--out", "/nonexistent"]) == 2
-    assert "decoder" in capsys.readouterr().err
+    assert training.main(["--stages", "vae,denoiser", "--out", "/nonexistent"]) == 2
+    assert "denoiser" in capsys.readouterr().err
