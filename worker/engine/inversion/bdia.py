@@ -35,7 +35,6 @@ from latentmix.worker.engine.inversion.base import (
     EPS_MODEL_FAMILIES,
     InversionMethod,
     row_chunks,
-    step_counter,
 )
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
@@ -75,20 +74,13 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """BDIA-invert clean latents x0 to the pair (x_1, x_2) at t_1 and t_2 (gamma = 1)."""
-    options = {**DEFAULTS, **(options or {})}
-    sampler = ddim.Sampler.of(options)
-    check_options(options)
+    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
     gamma = float(options["bdia_gamma"])
     schedule = sampler.schedule(model, steps)
     alphas = (*schedule.alphas, schedule.final_alpha)  # a_1 .. a_{N+1}, zero-based
     chunks = row_chunks(model, len(x0), inverting=True)
-    step = step_counter(progress, steps * len(chunks))
-
-    def noise(x: torch.Tensor, i: int, rows: Conditioning) -> torch.Tensor:
-        """eps^ at the timestep of sampling step i (zero-based)."""
-        t = schedule.timesteps[i]
-        step()
-        return sampler.noise(model, x, t, rows, guidance_scale)
+    total = steps * len(chunks)
+    noise = _at_step(schedule, sampler.counted_noise(model, guidance_scale, progress, total))
 
     firsts, seconds = [], []
     for start, stop in chunks:
@@ -116,6 +108,11 @@ def invert(
     )
 
 
+def _at_step(schedule: ddim.DdimSchedule, noise: ddim.NoiseFn) -> ddim.NoiseFn:
+    """`noise` taking the zero-based index i of a sampling step instead of its timestep."""
+    return lambda x, i, rows: noise(x, schedule.timesteps[i], rows)
+
+
 def _settings(schedule: ddim.DdimSchedule, gamma: float) -> dict[str, Any]:
     return {"start_timestep": schedule.timesteps[0], "bdia_gamma": gamma}
 
@@ -136,12 +133,8 @@ def sample(
     alphas = (*schedule.alphas, schedule.final_alpha)
     previous_state = inverted.aux.get("previous") if gamma != 0.0 else None
     chunks = row_chunks(model, len(inverted), inverting=False)
-    step = step_counter(progress, (steps - (previous_state is not None)) * len(chunks))
-
-    def noise(x: torch.Tensor, i: int, rows: Conditioning) -> torch.Tensor:
-        t = schedule.timesteps[i]
-        step()
-        return sampler.noise(model, x, t, rows, guidance_scale)
+    total = (steps - (previous_state is not None)) * len(chunks)
+    noise = _at_step(schedule, sampler.counted_noise(model, guidance_scale, progress, total))
 
     results = []
     for start, stop in chunks:

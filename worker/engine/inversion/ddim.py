@@ -25,7 +25,7 @@ trip is exact. The neighbours come from the timestep list itself, which equals
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,34 @@ class Sampler:
         """The guided noise estimate eps^ at timestep t (a v-prediction converted)."""
         output = model.family.predict(model, x, t, rows, guidance, self.guidance_rescale)
         return model.family.to_noise(model, output, x, t)
+
+    def counted_noise(
+        self, model: LoadedModel, guidance: float, progress: ProgressFn | None, total: int
+    ) -> NoiseFn:
+        """`noise(x, t, rows)` at this guidance, each call reported to `progress` as one
+        more of `total` denoiser steps."""
+        step = step_counter(progress, total)
+
+        def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
+            step()
+            return self.noise(model, x, t, rows, guidance)
+
+        return noise
+
+
+NoiseFn = Callable[[torch.Tensor, int, Conditioning], torch.Tensor]
+
+
+def method_options(
+    options: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any],
+    check_options: Callable[[Mapping[str, Any]], None],
+) -> tuple[dict[str, Any], Sampler]:
+    """A DDIM-type method's options over its defaults, checked, and the sampler they name."""
+    merged = {**defaults, **(options or {})}
+    sampler = Sampler.of(merged)
+    check_options(merged)
+    return merged, sampler
 
 
 # --- the schedule -------------------------------------------------------------------------

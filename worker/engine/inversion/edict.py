@@ -35,7 +35,6 @@ from latentmix.worker.engine.inversion.base import (
     EPS_MODEL_FAMILIES,
     InversionMethod,
     row_chunks,
-    step_counter,
 )
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
@@ -72,17 +71,11 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """EDICT-invert clean latents x0 to the pair (x, y) at t_1."""
-    options = {**DEFAULTS, **(options or {})}
-    sampler = ddim.Sampler.of(options)
-    check_options(options)
+    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
     p = float(options["edict_mix"])
     schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(x0), inverting=True)
-    step = step_counter(progress, 2 * steps * len(chunks))
-
-    def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        step()
-        return sampler.noise(model, x, t, rows, guidance_scale)
+    noise = sampler.counted_noise(model, guidance_scale, progress, 2 * steps * len(chunks))
 
     xs, ys = [], []
     for start, stop in chunks:
@@ -121,11 +114,7 @@ def sample(
     sampler = ddim.Sampler.of(inverted.settings)
     schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(inverted), inverting=False)
-    step = step_counter(progress, 2 * steps * len(chunks))
-
-    def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        step()
-        return sampler.noise(model, x, t, rows, guidance_scale)
+    noise = sampler.counted_noise(model, guidance_scale, progress, 2 * steps * len(chunks))
 
     results = []
     for start, stop in chunks:

@@ -31,7 +31,6 @@ from latentmix.worker.engine.inversion.base import (
     EPS_MODEL_FAMILIES,
     InversionMethod,
     row_chunks,
-    step_counter,
 )
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
@@ -73,19 +72,14 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """Invert clean latents x0 to noise latents at t_1, each step solved by iteration."""
-    options = {**DEFAULTS, **(options or {})}
-    sampler = ddim.Sampler.of(options)
-    check_options(options)
+    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
     iterations = options["inversion_iterations"]
     averaged = averaged_estimates(iterations) if options["renoise_average"] else 1
     schedule = sampler.schedule(model, steps)
     inversion_steps = list(schedule.inversion_steps())
     chunks = row_chunks(model, len(x0), inverting=True)
-    step = step_counter(progress, len(inversion_steps) * (iterations + 1) * len(chunks))
-
-    def noise(x: torch.Tensor, t: int, rows: Conditioning) -> torch.Tensor:
-        step()
-        return sampler.noise(model, x, t, rows, guidance_scale)
+    total = len(inversion_steps) * (iterations + 1) * len(chunks)
+    noise = sampler.counted_noise(model, guidance_scale, progress, total)
 
     results = []
     for start, stop in chunks:

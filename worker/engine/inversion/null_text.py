@@ -65,11 +65,10 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """Null-text-invert clean latents x0: the pivot's noise latent and phi_1 .. phi_N."""
-    options = {**DEFAULTS, **(options or {})}
-    check_options(options)
+    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
     return invert_with(
         model, x0, conditioning, steps, guidance_scale, progress,
-        iterations=options["null_text_iterations"], sampler=ddim.Sampler.of(options),
+        iterations=options["null_text_iterations"], sampler=sampler,
     )  # fmt: skip
 
 
