@@ -265,3 +265,22 @@ def test_a_mix_queued_by_the_previous_release_still_runs(api, service_stack):
     expected = mixed_latent_id(latent_ids, [0.5, 0.5], "nin/chm")
     assert done["result"]["latents"] == [expected]
     assert fetch_png(api, done["result"]["images"][0]["url"]).size == (TINY_SIZE, TINY_SIZE)
+
+
+def test_identical_weight_rows_are_rendered_once_and_listed_for_each_row(api):
+    latent_ids, job = invert(api, png_bytes(43), png_bytes(44))
+    wait_for(api, job["id"])
+    rows = [[1, 2], [2, 1], [1, 2], [2, 1]]  # two pictures, each asked for twice
+
+    mixed = wait_for(
+        api,
+        api.post("/mix", json={"latents": latent_ids, "weights": rows, "steps": 4}).json()["id"],
+    )
+
+    assert mixed["status"] == "succeeded", mixed
+    images = mixed["result"]["images"]
+    assert [image["id"] for image in images[2:]] == [image["id"] for image in images[:2]]
+    # Two distinct rows make one batch of the e2e worker's two: 4 steps, not 8.
+    assert mixed["progress"]["done"] == mixed["progress"]["total"] == 4
+    for image in images:
+        assert fetch_png(api, image["url"]).size == (TINY_SIZE, TINY_SIZE)

@@ -62,6 +62,35 @@ def test_the_planned_batch_count_shrinks_as_stored_rows_turn_up():
     assert batches == [([0, 1], 3), ([4], 2)]
 
 
+def test_copies_of_earlier_rows_are_neither_rendered_nor_planned():
+    rendered: list[list[int]] = []
+    futures = [done(False), None, done(True), done(False), None]
+    batches = list(rows_to_render(futures, 2, rendered.append))
+    # Rows 1 and 4 repeat earlier rows: three rows are known, one batch of two renders
+    # rows 0 and 3, and the trailing copy does not hold the last batch back.
+    assert batches == [([0, 3], 1)]
+    assert rendered == [[2]]
+
+
+def test_a_copy_is_listed_together_with_the_row_it_repeats(monkeypatch):
+    appended: list[list[dict]] = []
+    monkeypatch.setattr(
+        mix_task,
+        "append_partial_result",
+        lambda redis, job_id, rows, settings: appended.append(rows),
+    )
+    images = [
+        SimpleNamespace(id=image, model_dump=lambda mode, i=image: {"id": i}) for image in "abab"
+    ]
+    ctx = SimpleNamespace(redis=None, settings=None)
+    stream = mix_task.ImageStream(ctx, SimpleNamespace(id="job"), images)
+
+    assert stream.copies == {2: 0, 3: 1}
+    stream.list([1])
+    stream.list([0])
+    assert appended == [[{"id": "b"}, {"id": "b"}], [{"id": "a"}, {"id": "a"}]]
+
+
 def test_in_batches_covers_every_row_once():
     assert in_batches(5, 2) == [[0, 1], [2, 3], [4]]
     assert in_batches(0, 4) == []

@@ -88,15 +88,17 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         InputStatistics.of(inputs), request.weights, request.method, Thresholds.of(ctx.settings)
     )
     images = [request.image(index, diagnostics[index]) for index in range(len(request.rows))]
-    # The mixed latents are stored while the first batches generate.
+    stream = ImageStream(ctx, job, images)
+    # The mixed latents are stored while the first batches generate (a row that repeats an
+    # earlier one is neither stored nor rendered again: it is listed with that one).
     rendered = [
-        STORAGE_IO.submit(
+        None
+        if index in stream.copies
+        else STORAGE_IO.submit(
             _publish_mix, ctx, mixed_state.rows(index, index + 1), image, request.inversion
         )
         for index, image in enumerate(images)
     ]
-
-    stream = ImageStream(ctx, job, images)
     progress = progress_reporter(ctx.redis, job)
     with BatchPublisher() as publisher:
         batches = rows_to_render(
@@ -160,18 +162,21 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
 
 
 def rows_to_render(
-    rendered: list[Future], size: int, on_rendered: Callable[[list[int]], None]
+    rendered: list[Future | None], size: int, on_rendered: Callable[[list[int]], None]
 ) -> Iterator[tuple[list[int], int]]:
     """Batches of the rows whose image is not stored yet, each as soon as its rows are
     known, with the number of batches planned so far (rows not yet known count as to be
     rendered). The rows whose image is stored go to `on_rendered`, together, before the
-    next batch."""
+    next batch. Rows without a future (copies of an earlier row) are skipped."""
     batch: list[int] = []
     stored: list[int] = []
     yielded = 0
+    unknown = sum(future is not None for future in rendered)
     for index, future in enumerate(rendered):
+        if future is None:
+            continue
         (stored if future.result() else batch).append(index)
-        unknown = len(rendered) - index - 1
+        unknown -= 1
         if stored and (len(batch) == size or not unknown):
             on_rendered(stored)
             stored = []
@@ -210,12 +215,23 @@ def _select(state: Inverted, rows: list[int]) -> Inverted:
 
 class ImageStream:
     """A job's images (mix images or morph frames) streamed as they finish: each batch's PNGs
-    uploaded, then the batch appended to the job's partial result, which clients poll."""
+    uploaded, then the batch appended to the job's partial result, which clients poll.
+
+    Rows with the same image id (identical weight rows: the same picture) are rendered once:
+    `copies` maps each later one to the first, and is listed together with it."""
 
     def __init__(self, ctx: WorkerContext, job: Job, images: Sequence[MixImage | MorphFrame]):
         self.ctx, self.job, self.images = ctx, job, images
+        self.copies: dict[int, int] = {}  # row -> the earlier row with the same image
+        first: dict[str, int] = {}
+        for index, image in enumerate(images):
+            original = first.setdefault(image.id, index)
+            if original != index:
+                self.copies[index] = original
 
     def list(self, rows: list[int]) -> None:
+        listed = set(rows)
+        rows = rows + [copy for copy, row in self.copies.items() if row in listed]
         finished = [self.images[i].model_dump(mode="json") for i in rows]
         append_partial_result(self.ctx.redis, self.job.id, finished, self.ctx.settings)
 

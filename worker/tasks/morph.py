@@ -152,14 +152,16 @@ class _Renderer:
         result. Returns every frame's image (stored ones read back, for the metrics)."""
         ctx = self.ctx
         mixed, conditioning = self.prepare(planned)
+        stream = ImageStream(ctx, job, frames)
         rendered = [
             # Morphs mix plain latents only (the API refuses others): no state, no method.
-            STORAGE_IO.submit(_publish_mix, ctx, _plain_state(ctx, latent), frame, None)
-            for latent, frame in zip(mixed, frames, strict=True)
+            None
+            if index in stream.copies
+            else STORAGE_IO.submit(_publish_mix, ctx, _plain_state(ctx, latent), frame, None)
+            for index, (latent, frame) in enumerate(zip(mixed, frames, strict=True))
         ]
         images: dict[int, Image.Image] = {}
 
-        stream = ImageStream(ctx, job, frames)
         progress = progress_reporter(ctx.redis, job)
         with BatchPublisher() as publisher:
             batches = rows_to_render(
