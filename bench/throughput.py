@@ -498,7 +498,10 @@ def run(args: argparse.Namespace) -> dict:
 
         warmup = w.warmup(model.max_batch_size)
         warm_pngs = warmup.images(offset=1000)
-        for runner in _runners(baselines, model, service_client, svc, warmup, warm_pngs).values():
+        warm_runners = _runners(baselines, model, service_client, svc, warmup, warm_pngs)
+        for name, runner in warm_runners.items():
+            if name in args.skip:
+                continue
             runner.invert({})
             runner.mix({})
         print("warm-up done", file=sys.stderr)
@@ -507,6 +510,7 @@ def run(args: argparse.Namespace) -> dict:
             # Fresh images each round: the service would otherwise answer from its caches.
             pngs = w.images(offset=round_ * w.k)
             runners = _runners(baselines, model, service_client, svc, w, pngs)
+            runners = {name: r for name, r in runners.items() if name not in args.skip}
             # Each round starts with another variant, so no side always runs first or last.
             names = [name for name in VARIANTS if name in runners]
             order = [*names[round_ % len(names) :], *names[: round_ % len(names)]]
@@ -665,6 +669,11 @@ def report(data: dict) -> str:
             f"{throughput['engine'] / throughput['baseline']:.2f}x; service / engine: "
             f"{throughput['service'] / throughput['engine']:.2f}x."
         )
+    elif "batched" in r:
+        lines.append(
+            f"- service / engine: {throughput['service'] / throughput['engine']:.2f}x (the "
+            "one-at-a-time reference was left out of this run)."
+        )
     else:
         lines.append(
             f"- service / engine: **{throughput['service'] / throughput['engine']:.2f}x**; no "
@@ -735,6 +744,13 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads in every process (default: all)"
     )
     parser.add_argument("--repeats", type=int, default=9, help="cached POST /latents timings")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("baseline",),
+        help="leave a variant out: `baseline`, the one-at-a-time reference, on slow models",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--report", type=Path, help="only print the report of a --json file")
     args = parser.parse_args()
