@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from latentmix.service.images import encode_png
 from latentmix.service.inversion_mixing import origin_of_record, shared_origin
 from latentmix.service.jobs import append_partial_result, fetch_job, view_job
 from latentmix.service.latents import LatentRecord, image_key
-from latentmix.service.storage import in_parallel
+from latentmix.service.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.attention.keyframes import worker_cache
 from latentmix.worker.engine.diffusion import encode_prompts, generate
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
@@ -42,12 +42,6 @@ from latentmix.worker.tasks.reporting import (
     progress_reporter,
     task,
 )
-
-# Stores a job's mixed latents in order, ahead of the batches that wait for them. Two threads:
-# each store is Python work (record, safetensors, Redis) that holds the GIL, and with the eight
-# storage threads side by side the first batches of a tiny-model mix denoised about 30% slower
-# than the next ones (measured 2026-11-30; bench/RESULTS.md).
-MIXED_LATENTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="latentmix-mixed")
 
 
 class LatentUnavailable(RuntimeError):
@@ -100,7 +94,7 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     rendered = [
         None
         if index in stream.copies
-        else MIXED_LATENTS.submit(
+        else STORAGE_IO.submit(
             _publish_mix, ctx, mixed_state.rows(index, index + 1), image, request.inversion
         )
         for index, image in enumerate(images)

@@ -14,7 +14,7 @@ from rq.job import Job
 from latentmix.service.contract import MorphFrame, MorphMetrics, MorphRequest, MorphResult
 from latentmix.service.latents import image_key
 from latentmix.service.morph_plan import PlannedFrame, respace_by_distance
-from latentmix.service.storage import in_parallel
+from latentmix.service.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.attention.keyframes import select_rows, worker_cache
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.frame_distance import (
@@ -29,7 +29,6 @@ from latentmix.worker.engine.morph_metrics import consistency, smoothness
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.mix import (
-    MIXED_LATENTS,
     ImageStream,
     _check_compatible,
     _publish_mix,
@@ -158,7 +157,7 @@ class _Renderer:
             # Morphs mix plain latents only (the API refuses others): no state, no method.
             None
             if index in stream.copies
-            else MIXED_LATENTS.submit(_publish_mix, ctx, _plain_state(ctx, latent), frame, None)
+            else STORAGE_IO.submit(_publish_mix, ctx, _plain_state(ctx, latent), frame, None)
             for index, (latent, frame) in enumerate(zip(mixed, frames, strict=True))
         ]
         images: dict[int, Image.Image] = {}
