@@ -102,17 +102,22 @@ def pooled_rows(
     return [(embeds[i : i + 1].clone(), pooled[i : i + 1].clone()) for i in range(len(embeds))]
 
 
-def rescale_guidance(
-    guided: torch.Tensor, conditional: torch.Tensor, guidance_rescale: float
+def guided(
+    unconditional: torch.Tensor,
+    conditional: torch.Tensor,
+    guidance_scale: float,
+    guidance_rescale: float = 0.0,
 ) -> torch.Tensor:
-    """Lin et al., "Common diffusion noise schedules ...", eq. 15-16: the guided output
-    rescaled to the conditional output's standard deviation per row, blended by phi =
-    `guidance_rescale` (0: unchanged). diffusers' own `rescale_noise_cfg`."""
+    """Classifier-free guidance, out_u + g (out_c - out_u) (method.md section 1), then, for
+    phi = `guidance_rescale` > 0, rescaled to the conditional output's standard deviation per
+    row and blended by phi (Lin et al., "Common diffusion noise schedules ...", eq. 15-16:
+    diffusers' own `rescale_noise_cfg`)."""
+    out = unconditional + guidance_scale * (conditional - unconditional)
     if guidance_rescale == 0.0:
-        return guided
+        return out
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-    return rescale_noise_cfg(guided, conditional, guidance_rescale=guidance_rescale)
+    return rescale_noise_cfg(out, conditional, guidance_rescale=guidance_rescale)
 
 
 class ModelFamily(Protocol):
@@ -158,7 +163,7 @@ class ModelFamily(Protocol):
     ) -> torch.Tensor:
         """The denoiser's output at `timestep` with classifier-free guidance, float32 (a
         flow family's timestep is 1000 sigma, a float), rescaled by `guidance_rescale`
-        (`rescale_guidance`)."""
+        (`guided`)."""
         ...
 
     def to_noise(

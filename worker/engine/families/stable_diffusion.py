@@ -16,7 +16,7 @@ from latentmix.worker.engine.families.base import (
     Conditioning,
     ModelCard,
     cached_encodings,
-    rescale_guidance,
+    guided,
 )
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 from latentmix.worker.engine.inversion import methods_for
@@ -151,8 +151,7 @@ class StableDiffusion:
         uncond = conditioning.uncond.to(model.device, model.dtype).expand(len(x), -1, -1)
         text = torch.cat([uncond, cond])
         out = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=text, return_dict=False)[0]
-        out_u, out_c = out.float().chunk(2)
-        return rescale_guidance(out_u + guidance_scale * (out_c - out_u), out_c, guidance_rescale)
+        return guided(*out.float().chunk(2), guidance_scale, guidance_rescale)
 
     def to_noise(
         self, model: LoadedModel, output: torch.Tensor, x: torch.Tensor, timestep: int

@@ -16,8 +16,8 @@ from latentmix.worker.engine.families.base import (
     Conditioning,
     ModelCard,
     cached_encodings,
+    guided,
     pooled_rows,
-    rescale_guidance,
 )
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 from latentmix.worker.engine.inversion import methods_for
@@ -166,8 +166,7 @@ class StableDiffusion3:
         )[0].float()
         if guidance_scale == 1.0:
             return out
-        out_u, out_c = out.chunk(2)
-        return rescale_guidance(out_u + guidance_scale * (out_c - out_u), out_c, guidance_rescale)
+        return guided(*out.chunk(2), guidance_scale, guidance_rescale)
 
     def to_noise(
         self, model: LoadedModel, output: torch.Tensor, x: torch.Tensor, timestep: float

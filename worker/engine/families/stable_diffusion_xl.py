@@ -15,8 +15,8 @@ from latentmix.worker.engine.checks import prompts_per_row
 from latentmix.worker.engine.families.base import (
     Conditioning,
     cached_encodings,
+    guided,
     pooled_rows,
-    rescale_guidance,
 )
 from latentmix.worker.engine.families.stable_diffusion import StableDiffusion
 
@@ -92,7 +92,7 @@ class StableDiffusionXL(StableDiffusion):
     ) -> torch.Tensor:
         """The UNet's eps at `timestep`, float32, with classifier-free guidance
         out = out_u + g (out_c - out_u) as one doubled batch (g == 1: conditional only),
-        rescaled by `guidance_rescale` (`rescale_guidance`); the pooled embeddings and time
+        rescaled by `guidance_rescale` (`guided`); the pooled embeddings and time
         ids go in through `added_cond_kwargs`."""
         if conditioning.pooled is None or conditioning.uncond_pooled is None:
             raise ValueError("SDXL conditioning needs pooled embeddings (encode_prompts)")
@@ -118,8 +118,7 @@ class StableDiffusionXL(StableDiffusion):
         )[0].float()
         if guidance_scale == 1.0:
             return out
-        out_u, out_c = out.chunk(2)
-        return rescale_guidance(out_u + guidance_scale * (out_c - out_u), out_c, guidance_rescale)
+        return guided(*out.chunk(2), guidance_scale, guidance_rescale)
 
     def time_ids(self, model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         """SDXL's added time ids for latents `x` [1, 6]: original size, crop top-left (0, 0)

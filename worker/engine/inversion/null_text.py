@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.service.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
-from latentmix.worker.engine.families.base import Conditioning, rescale_guidance
+from latentmix.worker.engine.families.base import Conditioning, guided
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
 from latentmix.worker.engine.results import Inverted, ProgressFn
@@ -137,9 +137,7 @@ def _optimise(model, pivot, rows, schedule, sampler, guidance, iterations, early
             done = 0
             while done < iterations:
                 eps_u = sampler.noise(model, x, t, _with(rows, phi), 1.0)
-                eps = rescale_guidance(
-                    eps_u + guidance * (eps_c - eps_u), eps_c, sampler.guidance_rescale
-                )
+                eps = guided(eps_u, eps_c, guidance, sampler.guidance_rescale)
                 reconstructed = ddim.ddim_step(x, eps, a_i, a_next)
                 losses = (reconstructed - target).pow(2).flatten(1).mean(1)
                 (phi.grad,) = torch.autograd.grad(losses.sum(), [phi])
