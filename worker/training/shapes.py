@@ -189,12 +189,11 @@ def batches(count: int, batch: int, generator: torch.Generator) -> Iterator[torc
             yield order[start : start + batch]
 
 
-def learning_rate(step: int, settings: Settings, peak: float, floor: float) -> float:
-    """Linear warm-up, then cosine decay from `peak` to `floor`."""
-    if step < settings.warmup_steps:
-        return peak * (step + 1) / settings.warmup_steps
-    steps = max(1, settings.unet_steps - settings.warmup_steps)
-    progress = min(1.0, (step - settings.warmup_steps) / steps)
+def learning_rate(step: int, steps: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay from `peak` to `floor` at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
@@ -226,26 +225,17 @@ def train_vae(data: Dataset, settings: Settings, generator: torch.Generator) -> 
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(**VAE)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr)
-    schedule = replace(settings, unet_steps=settings.vae_steps)
-    order = batches(len(data.images), settings.vae_batch, generator)
-    bar = tqdm(range(settings.vae_steps), desc="vae")
-    for step in bar:
-        pixels = data.images[next(order)] * 2 - 1
-        posterior = vae.encode(pixels).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        recon = vae.decode(z).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + settings.vae_kl_weight * kl
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, schedule, settings.vae_lr, settings.vae_lr / 10)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    print(f"vae: final loss {loss.item():.4f}")
-    return vae.eval().requires_grad_(False)
+    return _fit_vae(
+        vae,
+        list(vae.parameters()),
+        data,
+        settings,
+        generator,
+        stage="vae",
+        steps=settings.vae_steps,
+        lr=settings.vae_lr,
+        kl_weight=settings.vae_kl_weight,
+    )
 
 
 def finetune_decoder(vae: Any, data: Dataset, settings: Settings, generator: torch.Generator):
@@ -255,29 +245,53 @@ def finetune_decoder(vae: Any, data: Dataset, settings: Settings, generator: tor
     vae.requires_grad_(False)
     for parameter in decoder:
         parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(decoder, lr=settings.decoder_lr)
-    schedule = replace(settings, unet_steps=settings.decoder_steps)
+    return _fit_vae(
+        vae,
+        decoder,
+        data,
+        settings,
+        generator,
+        stage="decoder",
+        steps=settings.decoder_steps,
+        lr=settings.decoder_lr,
+        kl_weight=0.0,
+    )
+
+
+def _fit_vae(
+    vae: Any,
+    parameters: list[torch.nn.Parameter],
+    data: Dataset,
+    settings: Settings,
+    generator: torch.Generator,
+    *,
+    stage: str,
+    steps: int,
+    lr: float,
+    kl_weight: float,
+) -> Any:
+    """Train `parameters` of `vae` to reconstruct [-1, 1] pixels from posterior samples: L1 +
+    MSE, plus `kl_weight` x the KL term per latent value; AdamW, warm-up and cosine decay to
+    lr / 10, gradients clipped to norm 1."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
     order = batches(len(data.images), settings.vae_batch, generator)
-    bar = tqdm(range(settings.decoder_steps), desc="decoder")
+    bar = tqdm(range(steps), desc=stage)
     for step in bar:
         pixels = data.images[next(order)] * 2 - 1
-        with torch.no_grad():
-            posterior = vae.encode(pixels).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(
-                posterior.mean.shape, generator=generator
-            )
+        posterior = vae.encode(pixels).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(z).sample
         loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels)
+        if kl_weight:
+            loss = loss + kl_weight * posterior.kl().mean() / posterior.mean[0].numel()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(
-                step, schedule, settings.decoder_lr, settings.decoder_lr / 10
-            )
+            group["lr"] = learning_rate(step, steps, settings.warmup_steps, lr, lr / 10)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    print(f"decoder: final loss {loss.item():.4f}")
+    print(f"{stage}: final loss {loss.item():.4f}")
     return vae.eval().requires_grad_(False)
 
 
@@ -343,7 +357,13 @@ def train_unet(
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (min_snr_weight(scheduler, timesteps, settings.min_snr_gamma) * per_sample).mean()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings, settings.unet_lr, settings.unet_min_lr)
+            group["lr"] = learning_rate(
+                step,
+                settings.unet_steps,
+                settings.warmup_steps,
+                settings.unet_lr,
+                settings.unet_min_lr,
+            )
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -73,8 +73,7 @@ def test_the_scaling_factor_gives_unit_variance_latents():
 
 
 def test_the_learning_rate_warms_up_then_decays_to_the_floor():
-    settings = training.Settings(warmup_steps=10, unet_steps=110)
-    rates = [training.learning_rate(s, settings, 1.0, 0.1) for s in range(111)]
+    rates = [training.learning_rate(s, 110, 10, 1.0, 0.1) for s in range(111)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert rates[10] == pytest.approx(1.0) and rates[60] == pytest.approx(0.55)
     assert rates[110] == pytest.approx(0.1)
