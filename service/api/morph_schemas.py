@@ -4,8 +4,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from latentmix.service.api.schemas import MAX_SEED, LatentId, RequestBody, WebhookUrl
-from latentmix.service.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
+from latentmix.service.api.schemas import (
+    MAX_SEED,
+    GuidanceScale,
+    LatentId,
+    RequestBody,
+    WebhookUrl,
+)
+from latentmix.service.contract import MAX_PROMPT_CHARS, MAX_STEPS
 from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
 from latentmix.service.morph_plan import (
     ATTENTION_MODES,
@@ -71,12 +77,7 @@ class MorphCreate(RequestBody):
     guide_prompt: Prompt | None = Field(
         default=None, description="PAID: replaces the interpolated text condition of inner frames"
     )
-    guidance_scale: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=MAX_GUIDANCE,
-        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
-    )
+    guidance_scale: GuidanceScale = None
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the keyframes' inversion steps"
     )

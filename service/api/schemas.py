@@ -32,6 +32,15 @@ WeightRow = Annotated[
     list[Annotated[float, Field(json_schema_extra={"minimum": 0})]], Field(min_length=1)
 ]
 
+# A request's classifier-free guidance; None takes the model's.
+GuidanceScale = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
+    ),
+]
 WebhookUrl = Annotated[
     AnyHttpUrl,
     Field(description="receives a signed POST when the job ends (needs LATENTMIX_WEBHOOK_SECRET)"),
@@ -198,12 +207,7 @@ class MixCreate(RequestBody):
         max_length=MAX_PROMPT_CHARS,
         description="default: the prompt the inputs were inverted with",
     )
-    guidance_scale: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=MAX_GUIDANCE,
-        description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
-    )
+    guidance_scale: GuidanceScale = None
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="default: the inputs' inversion steps"
     )
