@@ -95,6 +95,11 @@ def latent_file(array, name: str = "latent") -> bytes:
 # --- processes of the service under test ------------------------------------------------------
 
 
+def relative_error(actual, expected) -> float:
+    """||actual - expected|| / ||expected|| of two tensors."""
+    return float((actual - expected).norm() / expected.norm())
+
+
 def start_process(
     args: list[str], env: dict[str, str], log, *, new_session: bool = False
 ) -> subprocess.Popen:

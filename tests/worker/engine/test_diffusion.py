@@ -9,6 +9,7 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
+from helpers import relative_error
 from PIL import Image
 
 from latentmix.worker.engine.diffusion import (
@@ -27,10 +28,6 @@ from latentmix.worker.engine.models import PromptCache, load_model
 from latentmix.worker.engine.results import Inverted
 
 PROMPT = "a photo of a cat"
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm())
 
 
 def round_trip(model, images, steps: int, guidance_scale: float = 1.0) -> tuple[float, dict]:

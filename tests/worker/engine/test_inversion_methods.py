@@ -12,6 +12,7 @@ from functools import cache
 
 import pytest
 import torch
+from helpers import relative_error
 
 from latentmix.worker.engine.diffusion import (
     InversionSettings,
@@ -26,10 +27,6 @@ from latentmix.worker.engine.inversion import bdia, ddim, edict, fixed_point
 from latentmix.worker.engine.results import Inverted
 
 PROMPT = "a photo of a cat"
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm())
 
 
 @pytest.fixture(scope="module")

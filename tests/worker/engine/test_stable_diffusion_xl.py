@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
+from helpers import relative_error
 
 from latentmix.worker.engine import diffusion
 from latentmix.worker.engine.families import family_for_pipeline_class
@@ -20,10 +21,6 @@ from latentmix.worker.engine.models import load_model
 
 PROMPT = "a photo of a cat"
 EPS_METHODS = ("ddim", "fixed-point", "edict", "bdia", "negative-prompt")
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm())
 
 
 @pytest.fixture(scope="module")

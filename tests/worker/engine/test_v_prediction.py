@@ -9,15 +9,12 @@ import math
 
 import pytest
 import torch
+from helpers import relative_error
 
 from latentmix.worker.engine import diffusion
 from latentmix.worker.engine.inversion.ddim import DDIM
 
 PROMPT = "a photo of a cat"
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).norm() / expected.norm())
 
 
 @pytest.fixture(scope="module")
