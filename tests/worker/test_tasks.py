@@ -91,6 +91,18 @@ def test_a_copy_is_listed_together_with_the_row_it_repeats(monkeypatch):
     assert appended == [[{"id": "b"}, {"id": "b"}], [{"id": "a"}, {"id": "a"}]]
 
 
+def test_latents_are_stored_for_every_row_but_the_copies():
+    images = [SimpleNamespace(id=image) for image in "aba"]
+    stream = mix_task.ImageStream(SimpleNamespace(), SimpleNamespace(id="job"), images)
+    published: list[int] = []
+
+    futures = stream.store_latents(lambda row: published.append(row) or row == 1)
+
+    assert futures[2] is None
+    assert [future.result() for future in futures[:2]] == [False, True]
+    assert sorted(published) == [0, 1]
+
+
 def test_in_batches_covers_every_row_once():
     assert in_batches(5, 2) == [[0, 1], [2, 3], [4]]
     assert in_batches(0, 4) == []

@@ -89,16 +89,11 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     )
     images = [request.image(index, diagnostics[index]) for index in range(len(request.rows))]
     stream = ImageStream(ctx, job, images)
-    # The mixed latents are stored while the first batches generate (a row that repeats an
-    # earlier one is neither stored nor rendered again: it is listed with that one).
-    rendered = [
-        None
-        if index in stream.copies
-        else STORAGE_IO.submit(
-            _publish_mix, ctx, mixed_state.rows(index, index + 1), image, request.inversion
+    rendered = stream.store_latents(
+        lambda index: _publish_mix(
+            ctx, mixed_state.rows(index, index + 1), images[index], request.inversion
         )
-        for index, image in enumerate(images)
-    ]
+    )
     progress = progress_reporter(ctx.redis, job)
     with BatchPublisher() as publisher:
         batches = rows_to_render(
@@ -228,6 +223,15 @@ class ImageStream:
             original = first.setdefault(image.id, index)
             if original != index:
                 self.copies[index] = original
+
+    def store_latents(self, publish: Callable[[int], bool]) -> list[Future | None]:
+        """`publish(row)` (store the row's mixed latent; whether its image is stored) for each
+        row but the copies, on the storage threads: the latents are stored while the first
+        batches generate. A copy's entry is None (`rows_to_render` skips it)."""
+        return [
+            None if row in self.copies else STORAGE_IO.submit(publish, row)
+            for row in range(len(self.images))
+        ]
 
     def list(self, rows: list[int]) -> None:
         listed = set(rows)

@@ -14,7 +14,7 @@ from rq.job import Job
 from latentmix.service.contract import MorphFrame, MorphMetrics, MorphRequest, MorphResult
 from latentmix.service.latents import image_key
 from latentmix.service.morph_plan import PlannedFrame, respace_by_distance
-from latentmix.service.storage import STORAGE_IO, in_parallel
+from latentmix.service.storage import in_parallel
 from latentmix.worker.engine.attention.keyframes import select_rows, worker_cache
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.frame_distance import (
@@ -153,13 +153,10 @@ class _Renderer:
         ctx = self.ctx
         mixed, conditioning = self.prepare(planned)
         stream = ImageStream(ctx, job, frames)
-        rendered = [
-            # Morphs mix plain latents only (the API refuses others): no state, no method.
-            None
-            if index in stream.copies
-            else STORAGE_IO.submit(_publish_mix, ctx, _plain_state(ctx, latent), frame, None)
-            for index, (latent, frame) in enumerate(zip(mixed, frames, strict=True))
-        ]
+        # Morphs mix plain latents only (the API refuses others): no state, no method.
+        rendered = stream.store_latents(
+            lambda row: _publish_mix(ctx, _plain_state(ctx, mixed[row]), frames[row], None)
+        )
         images: dict[int, Image.Image] = {}
 
         progress = progress_reporter(ctx.redis, job)
@@ -178,6 +175,7 @@ class _Renderer:
                 )
                 images.update(zip(rows, pictures, strict=True))
                 publisher.submit(functools.partial(stream.publish, rows, pictures))
+        images.update({c: images[row] for c, row in stream.copies.items() if row in images})
         stored = [i for i in range(len(frames)) if i not in images]
         pictures = in_parallel(lambda i: _stored(ctx, frames[i]), stored)
         images.update(zip(stored, pictures, strict=True))
