@@ -82,3 +82,30 @@ def test_the_learning_rate_warms_up_then_decays_to_the_floor():
 def test_an_unknown_stage_is_refused_by_name(capsys: pytest.CaptureFixture[str]):
     assert training.main(["--stages", "vae,denoiser", "--out", "/nonexistent"]) == 2
     assert "denoiser" in capsys.readouterr().err
+
+
+def test_min_snr_weights_are_min_snr_gamma_over_snr_on_sd15_s_schedule():
+    from diffusers import DDPMScheduler
+
+    from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG
+
+    config = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"}
+    scheduler = DDPMScheduler(**config)
+    timesteps = torch.tensor([0, 100, 500, 999])
+    # Independent reference: SD's scaled_linear betas, alpha_bar as their cumulative product.
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr
+
+    weights = training.min_snr_weight(scheduler, timesteps, 5.0)
+
+    torch.testing.assert_close(weights.double(), expected, rtol=1e-4, atol=0)
+    assert weights[0] < 0.01 and weights[-1] == pytest.approx(1.0)  # clean steps down-weighted
+    assert torch.equal(training.min_snr_weight(scheduler, timesteps, 0.0), torch.ones(4))
+
+
+def test_the_unet_s_larger_world_starts_with_the_vae_s_drawings():
+    small, large = training.make_dataset(8, seed=3), training.make_dataset(12, seed=3)
+    assert torch.equal(large.images[:8], small.images)
+    assert large.long_caption[:8] == small.long_caption
