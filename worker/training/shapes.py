@@ -4,9 +4,10 @@
 
 Stages, in order: the classifier (shape, colour and background heads), the VAE (L1 + MSE +
 KL), the latent scaling factor (1 / std of the training latents, as Stable Diffusion's 0.18215
-was found), the UNet (SD 1.5's DDPM schedule, epsilon prediction, Min-SNR loss weights, 10%
-empty captions for classifier-free guidance, EMA), then the VAE's decoder alone (the encoder
-frozen, so the latent space the UNet learnt stays as it is: how SD's ft-MSE VAE was made).
+was found), the UNet (SD 1.5's DDPM schedule, epsilon prediction, offset noise, Min-SNR loss
+weights, 10% empty captions for classifier-free guidance, EMA), then the VAE's decoder alone
+(the encoder frozen, so the latent space the UNet learnt stays as it is: how SD's ft-MSE VAE
+was made).
 The CLIP text encoder is random and frozen: its embeddings of the world's 97 captions are
 distinct enough to condition on (the closest pair is printed), so training it buys little
 here. Weights are stored as float16 safetensors: the pipeline as a
@@ -92,6 +93,7 @@ class Settings:
     warmup_steps: int = 100
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0  # loss weight min(SNR, gamma) / SNR (0: unweighted)
+    offset_noise: float = 0.1  # std of a per-channel constant added to the training noise
     caption_dropout: float = 0.1  # empty caption: classifier-free guidance's unconditional
     short_caption_rate: float = 0.5  # "a red circle" instead of "... on a white background"
     checkpoint_every: int = 250  # UNet steps between saved pipelines (0: only at the end)
@@ -348,7 +350,7 @@ def train_unet(
         caption = torch.where(use_short, short[index], long[index])
         dropped = torch.rand(n, generator=generator) < settings.caption_dropout
         caption = torch.where(dropped, torch.full_like(caption, empty), caption)
-        noise = torch.randn(latents.shape, generator=generator)
+        noise = offset_noise(latents.shape, settings.offset_noise, generator)
         timesteps = torch.randint(
             0, scheduler.config.num_train_timesteps, (n,), generator=generator
         )
@@ -374,6 +376,19 @@ def train_unet(
             save(ema, step + 1)
     print(f"unet: final loss {loss.item():.4f}")
     return ema.eval()
+
+
+def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise plus `offset` x a constant per image and channel (Guttenberg 2023,
+    "Diffusion with offset noise"). SD 1.5's schedule keeps sqrt(alpha_bar) = 0.068 of the
+    image at t = 999, so a model trained on plain noise reads each latent channel's mean
+    (background and overall colour) from that leak instead of the caption; sampling starts
+    from pure noise with no leak, and the background becomes whatever tint the noise's mean
+    happens to carry. The offset hides the leak, so the caption has to decide it."""
+    noise = torch.randn(shape, generator=generator)
+    if offset == 0:
+        return noise
+    return noise + offset * torch.randn((*shape[:2], 1, 1), generator=generator)
 
 
 def min_snr_weight(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -460,21 +475,21 @@ def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
     data = make_dataset(settings.images, settings.seed)
     print(f"world: {len(data.images)} training images, seed {settings.seed}")
 
-    # The classifier and the diffusion model draw from their own seeded streams, so training
-    # them in one run or in two gives the same weights.
+    # Every stage draws from its own seeded stream and the UNet learns from the parts as they
+    # ship (float16 weights), so a run of all stages and one of `unet,decoder` on its saved
+    # parts give the same UNet.
     if "classifier" in stages:
-        torch.manual_seed(settings.seed)
-        generator = torch.Generator().manual_seed(settings.seed)
+        generator = seeded(settings.seed, "classifier")
         save_classifier(out, train_classifier(data, settings, generator))
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     if "vae" in stages:
+        generator = seeded(settings.seed, "vae")
         tokenizer = build_tokenizer_for_world()
-        text_encoder = build_text_encoder(tokenizer)
-        vae = train_vae(data, settings, generator)
+        text_encoder = as_shipped(build_text_encoder(tokenizer))
+        vae = as_shipped(train_vae(data, settings, generator))
     elif "unet" in stages or "decoder" in stages:
         vae, text_encoder, tokenizer = load_parts(out)
     if "unet" in stages:
+        generator = seeded(settings.seed, "unet")
         same = settings.unet_images == settings.images
         unet_data = data if same else make_dataset(settings.unet_images, settings.seed)
         means, stds = encode_dataset(vae, unet_data)
@@ -497,10 +512,28 @@ def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
     elif "vae" in stages:
         print("vae trained but not saved: the pipeline is saved with a UNet (add the unet stage)")
     if "decoder" in stages:
+        generator = seeded(settings.seed, "decoder")
         unet = unet if "unet" in stages else load_unet(out)
         vae = finetune_decoder(vae, data, settings, generator)
         save_pipeline(out, vae, text_encoder, tokenizer, unet)
     print(f"done in {time.monotonic() - started:.0f} s; weights in {out}")
+
+
+STAGES = ("classifier", "vae", "unet", "decoder")
+
+
+def seeded(seed: int, stage: str) -> torch.Generator:
+    """The stage's own random stream (and torch's global one, which initialises new modules),
+    so a stage's result does not depend on which stages ran before it."""
+    stage_seed = seed * len(STAGES) + STAGES.index(stage)
+    torch.manual_seed(stage_seed)
+    return torch.Generator().manual_seed(stage_seed)
+
+
+def as_shipped(model: Any) -> Any:
+    """`model` with its weights rounded to float16, as `save_pipeline` stores them, kept in
+    float32 for training."""
+    return model.half().float()
 
 
 OVERRIDABLE = (
@@ -530,7 +563,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    unknown = set(stages) - {"classifier", "vae", "unet", "decoder"}
+    unknown = set(stages) - set(STAGES)
     if unknown:
         print(
             f"unknown stage(s) {sorted(unknown)}; expected classifier, vae, unet, decoder",

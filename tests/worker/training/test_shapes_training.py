@@ -3,6 +3,7 @@ end and writes a pipeline that loads as a StableDiffusionPipeline. The full trai
 run in CI."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,19 @@ from latentmix.worker.training import shapes as training
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("shapes-quick")
+def train_quick(out: Path, *args: str) -> str:
+    """The training CLI in quick mode, in its own process; its standard output."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "latentmix.worker.training.shapes", "--quick", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "latentmix.worker.training.shapes",
+            "--quick",
+            "--out",
+            str(out),
+            *args,
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -29,7 +37,13 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("shapes-quick")
+    return out, train_quick(out)
 
 
 def test_quick_training_prints_each_stage_s_final_loss(quick_run: tuple[Path, str]):
@@ -53,6 +67,21 @@ def test_quick_training_writes_a_loadable_float16_pipeline(quick_run: tuple[Path
     factor = pipe.vae.config.scaling_factor
     assert f"scaling factor {factor:.5f}" in stdout  # the one computed from the data
     assert (out / "classifier.safetensors").is_file()
+
+
+def test_training_the_unet_again_on_the_saved_parts_gives_the_same_unet(
+    quick_run: tuple[Path, str], tmp_path: Path
+):
+    from safetensors.torch import load_file
+
+    full, _ = quick_run
+    shutil.copytree(full, tmp_path, dirs_exist_ok=True)
+    train_quick(tmp_path, "--stages", "unet")
+
+    weights = Path("pipeline", "unet", "diffusion_pytorch_model.safetensors")
+    again, first = load_file(tmp_path / weights), load_file(full / weights)
+    assert again.keys() == first.keys()
+    assert all(torch.equal(again[name], first[name]) for name in first)
 
 
 def test_every_word_of_the_world_is_one_token():
@@ -109,3 +138,15 @@ def test_the_unet_s_larger_world_starts_with_the_vae_s_drawings():
     small, large = training.make_dataset(8, seed=3), training.make_dataset(12, seed=3)
     assert torch.equal(large.images[:8], small.images)
     assert large.long_caption[:8] == small.long_caption
+
+
+def test_offset_noise_adds_a_per_channel_constant_of_the_given_std():
+    generator = torch.Generator().manual_seed(0)
+    noise = training.offset_noise(torch.Size((4096, 4, 16, 16)), 0.1, generator)
+    channel_means = noise.mean(dim=(2, 3))
+    # A channel's spatial mean: the offset's variance 0.1^2 plus plain noise's 1 / (16 * 16).
+    assert float(channel_means.std()) == pytest.approx((0.1**2 + 1 / 256) ** 0.5, rel=0.03)
+    within = noise - noise.mean(dim=(2, 3), keepdim=True)
+    assert float(within.std()) == pytest.approx(1.0, rel=0.01)  # the pixels' noise is unchanged
+    plain = training.offset_noise(torch.Size((4096, 4, 16, 16)), 0.0, generator)
+    assert float(plain.mean(dim=(2, 3)).std()) == pytest.approx(1 / 16, rel=0.03)
