@@ -43,7 +43,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guide-prompt", default=None, help="PAID: inner frames' prompt")
     parser.add_argument("--steps", type=int, default=None, help="generation steps")
     parser.add_argument("--inversion-steps", type=int, default=None, help="inversion steps")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)"
+    )
+    parser.add_argument(
+        "--inversion-guidance-scale",
+        type=float,
+        default=None,
+        help="the keyframes' inversion CFG scale (default: --guidance-scale, as a keyframe "
+        "only comes back when it is generated at the guidance it was inverted at)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--fps", type=float, default=8.0, help="default %(default)s")
     parser.add_argument("--bounce", action="store_true", help="play forward, then backward")
@@ -71,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
                 prompt=prompts,
                 model=args.model,
                 inversion_steps=args.inversion_steps,
+                guidance_scale=(
+                    args.guidance_scale
+                    if args.inversion_guidance_scale is None
+                    else args.inversion_guidance_scale
+                ),
                 progress=progress,
             )
             job = lm.morph(
