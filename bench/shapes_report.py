@@ -1,6 +1,6 @@
 """The `shapes` model measured: every figure of the README's `shapes` section, reproducibly.
 
-    .venv/bin/python bench/shapes_report.py                      # all four parts
+    .venv/bin/python bench/shapes_report.py                      # all five parts
     .venv/bin/python bench/shapes_report.py --parts generation --per-prompt 2 --steps 25
 
 1. generation: "a {colour} {shape}" for the 24 pairs from seeded noise (guidance 7.5, DDIM
@@ -10,7 +10,9 @@
 3. mix: a red circle and a blue square inverted, mixed with `nin/chm` at weights (1 - t, t),
    generated with the prompts' embeddings mixed alike; the classifier's two top shapes and
    colours of the 0.5/0.5 mix; the strip in docs/.
-4. bias (the paper's Sec. 4.2 on this world): a pool of "a red circle" drawings inverted at
+4. mix-grid: the 0.5/0.5 mix of part 3 under each setting a user would try (inversion and
+   generation guidance, AID's fused attention or none, mixed captions or the empty prompt).
+5. bias (the paper's Sec. 4.2 on this world): a pool of "a red circle" drawings inverted at
    the paper's guidance 7.5; uniform centroids of K of them for each method: the channel-mean
    bias of the centroid latents, and the shapes-classifier feature cosine distance of the
    generated centroids to the mean feature of the real drawings; the plot in docs/.
@@ -22,6 +24,7 @@ scores use the shapes classifier: "shapes-classifier features" stand in for CLIP
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -35,6 +38,7 @@ from PIL import Image
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import load_model
+from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
 from latentmix.worker.engine.shapes import evaluation as ev
 from latentmix.worker.engine.shapes import world
 from latentmix.worker.engine.shapes.classifier import classify, load_classifier
@@ -42,7 +46,7 @@ from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE, SHAPES_MODEL_N
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PARTS = ("generation", "inversion", "mix", "bias")
+PARTS = ("generation", "inversion", "mix", "mix-grid", "bias")
 BIAS_METHODS = ("fix/0", "nin/0", "fix/chm", "nin/chm")
 
 
@@ -117,6 +121,61 @@ def part_mix(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str,
         "mid_top2_colours": prediction.top("colour", 2)[middle],
         "mid_shape_probabilities": _probabilities(prediction, "shape", middle),
         "mid_colour_probabilities": _probabilities(prediction, "colour", middle),
+    }
+
+
+def part_mix_grid(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The 0.5/0.5 `nin/chm` mix of part 3 under every setting a user would try: inversion
+    guidance 1 or 7.5, generation guidance 1, 3 or 7.5, AID's fused attention or none, the
+    captions' embeddings mixed or the empty prompt; the classifier's top two of each head."""
+    ends = [
+        ev.find_samples("circle", "red", 1, seed=2, background="white")[0],
+        ev.find_samples("square", "blue", 1, seed=2, background="white")[0],
+    ]
+    captions = [s.caption for s in ends]
+    weights = [[0.5, 0.5]]
+    rows = []
+    for inversion_guidance in (1.0, 7.5):
+        settings = InversionSettings(steps=args.steps, guidance_scale=inversion_guidance)
+        inverted = invert(model, [ev.to_pil(s) for s in ends], captions, settings)
+        mixed = mix(inverted.latent, weights, "nin/chm")
+        keyframes = Keyframes(inverted.latent, captions, ["red circle", "blue square"])
+        settings_grid = itertools.product((1.0, 3.0, 7.5), ("none", "fused"), ("mixed", "empty"))
+        for guidance, attention, prompt in settings_grid:
+            conditioning = frame_conditioning(
+                model, captions, [None if prompt == "mixed" else ""], weights
+            )
+            images = render_frames(
+                model,
+                mixed,
+                conditioning,
+                steps=args.steps,
+                guidance_scale=guidance,
+                attention=attention,
+                row_weights=weights,
+                keyframes=keyframes,
+            )
+            prediction = classify(classifier, ev.to_tensor(images))
+            shapes, colours = prediction.top("shape", 2)[0], prediction.top("colour", 2)[0]
+            rows.append(
+                {
+                    "inversion_guidance": inversion_guidance,
+                    "guidance": guidance,
+                    "attention": attention,
+                    "prompt": prompt,
+                    "top2_shapes": shapes,
+                    "top2_colours": colours,
+                    "shapes_are_the_ends": set(shapes) == {"circle", "square"},
+                    "colours_are_the_ends": set(colours) == {"red", "blue"},
+                }
+            )
+    return {
+        "method": "nin/chm",
+        "weights": weights[0],
+        "settings": rows,
+        "shapes_are_the_ends": sum(r["shapes_are_the_ends"] for r in rows),
+        "colours_are_the_ends": sum(r["colours_are_the_ends"] for r in rows),
+        "of": len(rows),
     }
 
 
@@ -217,7 +276,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--per-prompt", type=int, default=4)
+    parser.add_argument("--per-prompt", type=int, default=8, help="images per prompt (192 in all)")
     parser.add_argument("--held-out", type=int, default=32)
     parser.add_argument("--mix-inversion-guidance", type=float, default=1.0)
     parser.add_argument("--mix-guidance", type=float, default=1.0)
@@ -247,6 +306,7 @@ def main() -> None:
         "generation": lambda: part_generation(model, classifier, args),
         "inversion": lambda: part_inversion(model, args),
         "mix": lambda: part_mix(model, classifier, args),
+        "mix-grid": lambda: part_mix_grid(model, classifier, args),
         "bias": lambda: part_bias(model, classifier, args),
     }
     for part in parts:

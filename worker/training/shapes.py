@@ -80,7 +80,7 @@ class Settings:
     classifier_steps: int = 800
     classifier_batch: int = 64
     classifier_lr: float = 3e-3
-    vae_steps: int = 400
+    vae_steps: int = 900
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # per latent value
@@ -520,12 +520,15 @@ def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
 
 
 STAGES = ("classifier", "vae", "unet", "decoder")
+# Each stage's random stream. The classifier and the VAE keep the first release's (both drew
+# from `seed` itself), so their shipped weights stay reproducible.
+STAGE_STREAMS = {"classifier": 0, "vae": 0, "unet": 1, "decoder": 2}
 
 
 def seeded(seed: int, stage: str) -> torch.Generator:
     """The stage's own random stream (and torch's global one, which initialises new modules),
     so a stage's result does not depend on which stages ran before it."""
-    stage_seed = seed * len(STAGES) + STAGES.index(stage)
+    stage_seed = seed + (STAGE_STREAMS[stage] << 32)
     torch.manual_seed(stage_seed)
     return torch.Generator().manual_seed(stage_seed)
 
