@@ -85,6 +85,9 @@ def test_interrupted_augment_resumes_without_redoing_finished_images(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As a terminal starts it: a test run started in the background (`cmd &`) ignores
+        # SIGINT and its children would inherit that, so Ctrl-C would never arrive.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
