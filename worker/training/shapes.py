@@ -520,8 +520,8 @@ def train(out: Path, settings: Settings, stages: tuple[str, ...]) -> None:
 
 
 STAGES = ("classifier", "vae", "unet", "decoder")
-# Each stage's random stream. The classifier and the VAE keep the first release's (both drew
-# from `seed` itself), so their shipped weights stay reproducible.
+# Each stage's random stream. The classifier and the VAE draw from `seed` itself, as the
+# first release did; the UNet and the decoder from streams of their own.
 STAGE_STREAMS = {"classifier": 0, "vae": 0, "unet": 1, "decoder": 2}
 
 
