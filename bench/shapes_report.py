@@ -90,11 +90,16 @@ def part_inversion(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {**result, "steps": args.steps, "guidance_scale": 1.0, "world_seed": 1}
 
 
-def part_mix(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
-    ends = [
+def _mix_ends() -> list[world.Sample]:
+    """The mix's two drawings: a red circle and a blue square on white (world seed 2)."""
+    return [
         ev.find_samples("circle", "red", 1, seed=2, background="white")[0],
         ev.find_samples("square", "blue", 1, seed=2, background="white")[0],
     ]
+
+
+def part_mix(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    ends = _mix_ends()
     captions = [s.caption for s in ends]
     settings = InversionSettings(steps=args.steps, guidance_scale=args.mix_inversion_guidance)
     inverted = invert(model, [ev.to_pil(s) for s in ends], captions, settings)
@@ -128,10 +133,7 @@ def part_mix_grid(model: Any, classifier: Any, args: argparse.Namespace) -> dict
     """The 0.5/0.5 `nin/chm` mix of part 3 under every setting a user would try: inversion
     guidance 1 or 7.5, generation guidance 1, 3 or 7.5, AID's fused attention or none, the
     captions' embeddings mixed or the empty prompt; the classifier's top two of each head."""
-    ends = [
-        ev.find_samples("circle", "red", 1, seed=2, background="white")[0],
-        ev.find_samples("square", "blue", 1, seed=2, background="white")[0],
-    ]
+    ends = _mix_ends()
     captions = [s.caption for s in ends]
     weights = [[0.5, 0.5]]
     rows = []

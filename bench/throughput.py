@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -498,10 +498,10 @@ def run(args: argparse.Namespace) -> dict:
 
         warmup = w.warmup(model.max_batch_size)
         warm_pngs = warmup.images(offset=1000)
-        warm_runners = _runners(baselines, model, service_client, svc, warmup, warm_pngs)
-        for name, runner in warm_runners.items():
-            if name in args.skip:
-                continue
+        warm_runners = _runners(
+            baselines, model, service_client, svc, warmup, warm_pngs, skip=args.skip
+        )
+        for runner in warm_runners.values():
             runner.invert({})
             runner.mix({})
         print("warm-up done", file=sys.stderr)
@@ -509,8 +509,7 @@ def run(args: argparse.Namespace) -> dict:
         for round_ in range(args.rounds):
             # Fresh images each round: the service would otherwise answer from its caches.
             pngs = w.images(offset=round_ * w.k)
-            runners = _runners(baselines, model, service_client, svc, w, pngs)
-            runners = {name: r for name, r in runners.items() if name not in args.skip}
+            runners = _runners(baselines, model, service_client, svc, w, pngs, skip=args.skip)
             # Each round starts with another variant, so no side always runs first or last.
             names = [name for name in VARIANTS if name in runners]
             order = [*names[round_ % len(names) :], *names[: round_ % len(names)]]
@@ -557,8 +556,11 @@ def _has_baselines(model: LoadedModel) -> bool:
     return model.family.name == "stable-diffusion"
 
 
-def _runners(baselines, model, client, svc, w: Workload, pngs: list[bytes]) -> dict:
-    """The variants of one round; without `baselines` (other families) engine and service."""
+def _runners(
+    baselines, model, client, svc, w: Workload, pngs: list[bytes], skip: Sequence[str] = ()
+) -> dict:
+    """The variants of one round but those in `skip`; without `baselines` (other families)
+    engine and service."""
     runners = {}
     if baselines is not None:
         batched, one_at_a_time = baselines
@@ -566,7 +568,7 @@ def _runners(baselines, model, client, svc, w: Workload, pngs: list[bytes]) -> d
         runners["baseline"] = BaselineRun(one_at_a_time, w, pngs)
     runners["engine"] = EngineRun(model, w, pngs)
     runners["service"] = ServiceRun(client, svc, w, pngs)
-    return runners
+    return {name: runner for name, runner in runners.items() if name not in skip}
 
 
 def _max_pixel_difference(a, b) -> int:

@@ -92,12 +92,12 @@ def latent_file(array, name: str = "latent") -> bytes:
     return save({name: np.ascontiguousarray(array)})
 
 
-# --- processes of the service under test ------------------------------------------------------
-
-
 def relative_error(actual, expected) -> float:
     """||actual - expected|| / ||expected|| of two tensors."""
     return float((actual - expected).norm() / expected.norm())
+
+
+# --- processes of the service under test ------------------------------------------------------
 
 
 def start_process(

@@ -554,7 +554,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--stages",
-        default="classifier,vae,unet,decoder",
+        default=",".join(STAGES),
         help="comma-separated subset of classifier,vae,unet,decoder (unet or decoder alone "
         "reuse the saved parts)",
     )
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(stages) - set(STAGES)
     if unknown:
         print(
-            f"unknown stage(s) {sorted(unknown)}; expected classifier, vae, unet, decoder",
+            f"unknown stage(s) {sorted(unknown)}; expected {', '.join(STAGES)}",
             file=sys.stderr,
         )
         return 2
