@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from latentmix.service.images import seeded_image
+from latentmix.service.core.images import seeded_image
 from latentmix.worker.engine import reconstruction
 from latentmix.worker.engine.diffusion import (
     InversionSettings,

@@ -44,8 +44,8 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save
 
-from latentmix.service.config import Settings
-from latentmix.service.stack import ServiceStack
+from latentmix.service.cli.stack import ServiceStack
+from latentmix.service.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"succeeded", "failed", "canceled"}

@@ -58,9 +58,9 @@ import torch
 from PIL import Image
 
 from latentmix.client import Job, LatentMixClient
-from latentmix.service.config import Settings
-from latentmix.service.images import encode_png, seeded_image
-from latentmix.service.stack import Child, ServiceStack
+from latentmix.service.cli.stack import Child, ServiceStack
+from latentmix.service.core.config import Settings
+from latentmix.service.core.images import encode_png, seeded_image
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
 from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.mixing import mix
@@ -333,7 +333,7 @@ class Service:
 
     def _start_s3(self) -> dict[str, str]:
         """moto's S3 server with a fresh bucket; the service's settings for it."""
-        from latentmix.service.storage import S3Storage
+        from latentmix.service.core.storage import S3Storage
 
         port = _free_port()
         s3_url = f"http://127.0.0.1:{port}"

@@ -21,10 +21,10 @@ from helpers import (
 from redis import Redis
 
 from latentmix.service.api.app import create_app
-from latentmix.service.config import Settings
-from latentmix.service.model_cards import CARDS_KEY
-from latentmix.service.stack import EmbeddedRedis
-from latentmix.service.storage import LocalStorage, S3Storage
+from latentmix.service.cli.stack import EmbeddedRedis
+from latentmix.service.core.config import Settings
+from latentmix.service.core.model_cards import CARDS_KEY
+from latentmix.service.core.storage import LocalStorage, S3Storage
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

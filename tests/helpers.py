@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from latentmix.service.config import Settings
-from latentmix.service.contract import ModelCard
-from latentmix.service.stack import Child, StackError
-from latentmix.service.storage import S3Storage
+from latentmix.service.cli.stack import Child, StackError
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import ModelCard
+from latentmix.service.core.storage import S3Storage
 
 WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
 S3_TEST_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
@@ -74,10 +74,10 @@ def make_s3_storage(endpoint_url: str, **overrides: object) -> S3Storage:
 
 
 def png_bytes(seed: int, size: int = 64, image_format: str = "PNG") -> bytes:
-    """The seeded test picture (latentmix.service.images.seeded_image), encoded."""
+    """The seeded test picture (latentmix.service.core.images.seeded_image), encoded."""
     import io
 
-    from latentmix.service.images import seeded_image
+    from latentmix.service.core.images import seeded_image
 
     buffer = io.BytesIO()
     seeded_image(seed, size).save(buffer, format=image_format)

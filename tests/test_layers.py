@@ -1,8 +1,12 @@
 """The import rules that keep the layers one-way, read from the source (no imports run):
 
-- `service/` outside `service/api/` is the torch-free ground floor both processes share: it
-  never imports `latentmix.worker` or `latentmix.service.api`;
-- `worker/` never imports `latentmix.service.api` (the HTTP process);
+- `service/core/` is the torch-free ground floor both processes share: it imports neither
+  `latentmix.worker`, the HTTP app (`latentmix.service.api`) nor the command line
+  (`latentmix.service.cli`);
+- `service/api/` (the HTTP process) never imports the worker or the command line;
+- `service/cli/` (the `latentmix` command and launcher) starts the API and the workers as
+  processes, by module name: it imports neither;
+- `worker/` imports of the service only its core: never the HTTP app or the command line;
 - training code (`worker/training/`) is imported by nothing else in the package: the
   serving worker never loads it;
 - `client/` talks HTTP only: it imports neither the service nor the worker;
@@ -48,14 +52,31 @@ def violations(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
     ]
 
 
-def test_the_shared_service_layer_imports_neither_the_worker_nor_the_api():
-    shared = [p for p in sources("service") if "api" not in p.relative_to(ROOT).parts[1:2]]
-    assert shared, "no service sources found"
-    assert violations(shared, ("latentmix.worker", "latentmix.service.api")) == []
+def test_the_service_package_has_only_its_three_layers():
+    loose = sorted(p.name for p in (ROOT / "service").glob("*.py") if p.name != "__init__.py")
+    assert loose == []
 
 
-def test_the_worker_never_imports_the_api():
-    assert violations(sources("worker"), ("latentmix.service.api",)) == []
+def test_the_core_imports_neither_the_worker_the_api_nor_the_command_line():
+    core = sources("service/core")
+    assert core, "no service/core sources found"
+    forbidden = ("latentmix.worker", "latentmix.service.api", "latentmix.service.cli")
+    assert violations(core, forbidden) == []
+
+
+def test_the_api_imports_neither_the_worker_nor_the_command_line():
+    forbidden = ("latentmix.worker", "latentmix.service.cli")
+    assert violations(sources("service/api"), forbidden) == []
+
+
+def test_the_command_line_starts_the_api_and_workers_as_processes_never_imports_them():
+    forbidden = ("latentmix.worker", "latentmix.service.api")
+    assert violations(sources("service/cli"), forbidden) == []
+
+
+def test_the_worker_imports_only_the_core_of_the_service():
+    forbidden = ("latentmix.service.api", "latentmix.service.cli")
+    assert violations(sources("worker"), forbidden) == []
 
 
 def test_nothing_outside_training_imports_the_training_code():

@@ -53,7 +53,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path):
         assert archive.read(top_level).decode().split() == ["latentmix"]
     code = {name.split("/")[0] for name in names if name.endswith(".py")}
     assert code == {"latentmix"}
-    assert "latentmix = latentmix.service.cli:main" in entry_points.decode()
+    assert "latentmix = latentmix.service.cli.main:main" in entry_points.decode()
     assert "augment = latentmix.client.augment:add_parser" in entry_points.decode()
 
 

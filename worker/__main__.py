@@ -4,7 +4,7 @@ configured model's queue."""
 import argparse
 import logging
 
-from latentmix.service.config import get_settings
+from latentmix.service.core.config import get_settings
 from latentmix.worker.quiet import quiet_libraries
 from latentmix.worker.runtime import run
 

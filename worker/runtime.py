@@ -43,10 +43,10 @@ from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
-from latentmix.service.config import Settings
-from latentmix.service.contract import ModelCard
-from latentmix.service.job_events import announce
-from latentmix.service.jobs import (
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import ModelCard
+from latentmix.service.core.job_events import announce
+from latentmix.service.core.jobs import (
     REDIS_ERRORS,
     JobStatus,
     LatentMixJob,
@@ -56,9 +56,9 @@ from latentmix.service.jobs import (
     report_abandoned,
     report_job_end,
 )
-from latentmix.service.latents import LatentCatalog
-from latentmix.service.model_cards import keep_serving, publish_card, stop_serving
-from latentmix.service.webhooks import webhook_queue
+from latentmix.service.core.latents import LatentCatalog
+from latentmix.service.core.model_cards import keep_serving, publish_card, stop_serving
+from latentmix.service.core.webhooks import webhook_queue
 from latentmix.worker.engine.models import LoadedModel, load_model
 from latentmix.worker.writer import OffloadedWrites
 

@@ -26,8 +26,13 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-from latentmix.service.config import Settings
-from latentmix.service.storage import STORAGE_SETTINGS, Storage, storage_from_settings, validate_key
+from latentmix.service.core.config import Settings
+from latentmix.service.core.storage import (
+    STORAGE_SETTINGS,
+    Storage,
+    storage_from_settings,
+    validate_key,
+)
 
 _LENGTH = struct.Struct("<Q")
 WRITE_THREADS = 8  # writes the child makes side by side

@@ -2,7 +2,7 @@
 
 import uvicorn
 
-from latentmix.service.config import get_settings
+from latentmix.service.core.config import get_settings
 
 
 def main() -> None:

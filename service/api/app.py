@@ -29,10 +29,10 @@ from latentmix.service.api.routes import (
 )
 from latentmix.service.api.routes import metrics as metrics_route
 from latentmix.service.api.routes import morph as morph_route
-from latentmix.service.config import Settings, get_settings
-from latentmix.service.job_events import JobEvents
-from latentmix.service.latents import LatentCatalog
-from latentmix.service.storage import storage_from_settings
+from latentmix.service.core.config import Settings, get_settings
+from latentmix.service.core.job_events import JobEvents
+from latentmix.service.core.latents import LatentCatalog
+from latentmix.service.core.storage import storage_from_settings
 
 SHUTDOWN_TIMEOUT_S = 5.0
 log = logging.getLogger("latentmix.api")

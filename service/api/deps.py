@@ -6,10 +6,10 @@ from fastapi import Depends, Request
 from redis import Redis
 
 from latentmix.service.api.metrics import Metrics
-from latentmix.service.config import Settings
-from latentmix.service.job_events import JobEvents
-from latentmix.service.latents import LatentCatalog
-from latentmix.service.storage import Storage
+from latentmix.service.core.config import Settings
+from latentmix.service.core.job_events import JobEvents
+from latentmix.service.core.latents import LatentCatalog
+from latentmix.service.core.storage import Storage
 
 
 def get_settings(request: Request) -> Settings:

@@ -44,9 +44,9 @@ from latentmix.service.api.problems import (
     unavailable,
 )
 from latentmix.service.api.security import principal_of
-from latentmix.service.config import Settings
-from latentmix.service.contract import Contract, JobType
-from latentmix.service.jobs import enqueue, fetch_job
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import Contract, JobType
+from latentmix.service.core.jobs import enqueue, fetch_job
 
 HEADER = "Idempotency-Key"
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as in UUIDs or ULIDs

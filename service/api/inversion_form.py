@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from fastapi import Form
 
 from latentmix.service.api.problems import problem
-from latentmix.service.contract import (
+from latentmix.service.core.contract import (
     DEFAULT_INVERSION,
     INVERSION_OPTIONS,
     MAX_INVERSION_ITERATIONS,

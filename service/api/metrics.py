@@ -21,8 +21,8 @@ from redis import Redis
 from rq import Queue
 from rq.registry import DeferredJobRegistry
 
-from latentmix.service.job_metrics import HISTOGRAMS, JOB_BUCKETS, JOBS_KEY, histogram_key
-from latentmix.service.jobs import QUEUE_PREFIX
+from latentmix.service.core.job_metrics import HISTOGRAMS, JOB_BUCKETS, JOBS_KEY, histogram_key
+from latentmix.service.core.jobs import QUEUE_PREFIX
 
 
 class _RedisCollector(Collector):

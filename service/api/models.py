@@ -3,9 +3,9 @@
 from redis import Redis
 
 from latentmix.service.api.problems import problem
-from latentmix.service.config import Settings
-from latentmix.service.contract import DEFAULT_GUIDANCE, ModelCard
-from latentmix.service.model_cards import model_card, model_cards, served_models
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import DEFAULT_GUIDANCE, ModelCard
+from latentmix.service.core.model_cards import model_card, model_cards, served_models
 
 
 def resolve_model(requested: str | None, settings: Settings, redis: Redis) -> str:

@@ -1,4 +1,4 @@
-"""The request body of POST /morph (shared/morph.md); the planner is service/morph_plan.py."""
+"""The request body of POST /morph (shared/morph.md); the planner is service/core/morph_plan.py."""
 
 from typing import Annotated
 
@@ -11,9 +11,9 @@ from latentmix.service.api.schemas import (
     RequestBody,
     WebhookUrl,
 )
-from latentmix.service.contract import MAX_PROMPT_CHARS, MAX_STEPS
-from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
-from latentmix.service.morph_plan import (
+from latentmix.service.core.contract import MAX_PROMPT_CHARS, MAX_STEPS
+from latentmix.service.core.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
+from latentmix.service.core.morph_plan import (
     ATTENTION_MODES,
     DEFAULT_ATTENTION_STEPS,
     DEFAULT_BETA,

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from latentmix.service.api.app import create_app
-from latentmix.service.config import Settings
+from latentmix.service.core.config import Settings
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from latentmix.service.jobs import REDIS_ERRORS
-from latentmix.service.storage import StorageUnavailable
+from latentmix.service.core.jobs import REDIS_ERRORS
+from latentmix.service.core.storage import StorageUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = 5

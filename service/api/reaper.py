@@ -30,8 +30,8 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from latentmix.service.api.problems import REDIS_ERRORS
-from latentmix.service.config import Settings
-from latentmix.service.jobs import LatentMixJob, report_abandoned
+from latentmix.service.core.config import Settings
+from latentmix.service.core.jobs import LatentMixJob, report_abandoned
 
 LATENTMIX_QUEUES = "latentmix"  # model queues (`latentmix:<model>`) and auxiliary ones
 LOCK_KEY = "latentmix:reaper-lock"

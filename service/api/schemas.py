@@ -6,16 +6,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from latentmix.service.contract import (
+from latentmix.service.core.contract import (
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
 )
-from latentmix.service.diagnostics import MixDiagnostics
-from latentmix.service.ids import ID_RE
-from latentmix.service.jobs import JobStatus
-from latentmix.service.latents import Reconstruction
-from latentmix.service.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
+from latentmix.service.core.diagnostics import MixDiagnostics
+from latentmix.service.core.ids import ID_RE
+from latentmix.service.core.jobs import JobStatus
+from latentmix.service.core.latents import Reconstruction
+from latentmix.service.core.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
 
 LatentId = Annotated[
     str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])
@@ -27,7 +27,7 @@ LatentId = Annotated[
 MAX_SEED = 2**53 - 1
 
 # One weight per input latent. Negative weights are refused by the route, naming the entry
-# (service/mix_methods.py); the schema says so with `minimum`.
+# (service/core/mix_methods.py); the schema says so with `minimum`.
 WeightRow = Annotated[
     list[Annotated[float, Field(json_schema_extra={"minimum": 0})]], Field(min_length=1)
 ]

@@ -5,8 +5,8 @@ import ipaddress
 from pydantic import AnyHttpUrl
 
 from latentmix.service.api.problems import problem
-from latentmix.service.config import Settings
-from latentmix.service.webhooks import blocked_address
+from latentmix.service.core.config import Settings
+from latentmix.service.core.webhooks import blocked_address
 
 
 def checked_webhook(url: AnyHttpUrl | None, settings: Settings) -> str | None:

@@ -14,7 +14,7 @@ from redis import Redis
 from latentmix.client import LatentMixClient, Limits
 from latentmix.client.augment import EXIT_USAGE
 from latentmix.client.augment import main as augment
-from latentmix.service.model_cards import CARDS_KEY
+from latentmix.service.core.model_cards import CARDS_KEY
 
 # Without the checks, augment would wait forever on an inversion no worker runs.
 pytestmark = pytest.mark.timeout(60)

@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
-from latentmix.service.config import Settings
+from latentmix.service.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -26,7 +26,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
-from latentmix.service.stack import Child
+from latentmix.service.cli.stack import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "latentmix:tiny"

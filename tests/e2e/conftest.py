@@ -1,5 +1,5 @@
 """The service as a client sees it, one for the whole session, shared by the end-to-end
-modules: a ServiceStack (service/stack.py) with one worker serving the tiny model and the
+modules: a ServiceStack (service/cli/stack.py) with one worker serving the tiny model and the
 API under uvicorn, on the session's Redis (a database of its own) and a fresh bucket of the
 session's moto S3 server (so images answer with redirects to presigned URLs). Modules that
 stop or kill parts of the service start their own stack (test_faults, test_up)."""
@@ -19,8 +19,8 @@ from helpers import (
 )
 from redis import Redis
 
-from latentmix.service.config import Settings
-from latentmix.service.stack import ServiceStack
+from latentmix.service.cli.stack import ServiceStack
+from latentmix.service.core.config import Settings
 
 SERVICE_REDIS_DB = 7  # apart from the in-process tests' databases 0 and 2
 MAX_BATCH = 2  # worker batch: a mix of a few images finishes in several batches (streaming)

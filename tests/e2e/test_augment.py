@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from latentmix.client.augment import Ledger
-from latentmix.service.cli import main as latentmix
+from latentmix.service.cli.main import main as latentmix
 
 pytestmark = pytest.mark.e2e
 

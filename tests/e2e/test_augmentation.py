@@ -13,8 +13,8 @@ from helpers import WEBHOOK_SECRET, png_bytes, wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from latentmix.service.webhooks import verify_signature
-from latentmix.service.weight_sampling import sample_weights
+from latentmix.service.core.webhooks import verify_signature
+from latentmix.service.core.weight_sampling import sample_weights
 
 pytestmark = pytest.mark.e2e
 

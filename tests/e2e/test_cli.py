@@ -28,7 +28,7 @@ from redis import Redis
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from latentmix.service.stack import EmbeddedRedis
+from latentmix.service.cli.stack import EmbeddedRedis
 
 pytestmark = pytest.mark.e2e
 

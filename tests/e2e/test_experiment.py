@@ -15,7 +15,7 @@ from redis import Redis
 
 from latentmix.client import LatentMixClient, experiment
 from latentmix.client.experiment import EXIT_INTERRUPTED, EXIT_OK, Experiment
-from latentmix.service.jobs import fetch_job
+from latentmix.service.core.jobs import fetch_job
 
 pytestmark = pytest.mark.e2e
 

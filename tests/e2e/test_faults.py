@@ -46,12 +46,12 @@ from redis.client import PubSub
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from latentmix.service.config import Settings
-from latentmix.service.contract import INVERT
-from latentmix.service.ids import uploaded_latent_id
-from latentmix.service.job_events import CHANNEL_PREFIX
-from latentmix.service.stack import Child, ServiceStack
-from latentmix.service.storage import S3Storage
+from latentmix.service.cli.stack import Child, ServiceStack
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import INVERT
+from latentmix.service.core.ids import uploaded_latent_id
+from latentmix.service.core.job_events import CHANNEL_PREFIX
+from latentmix.service.core.storage import S3Storage
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.numpy import load
 
 from latentmix.client import LatentMixClient
-from latentmix.service.cli import main as latentmix
+from latentmix.service.cli.main import main as latentmix
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from helpers import assert_problem, free_port, png_bytes, service_environment, w
 from PIL import Image
 from redis import Redis
 
-from latentmix.service.config import Settings
-from latentmix.service.stack import ServiceStack
+from latentmix.service.cli.stack import ServiceStack
+from latentmix.service.core.config import Settings
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
 from safetensors.numpy import load
 
-from latentmix.service.ids import mixed_latent_id
+from latentmix.service.core.ids import mixed_latent_id
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from helpers import free_port, service_environment, wait_for
 from PIL import Image
 from redis import Redis
 
-from latentmix.service.config import Settings
-from latentmix.service.stack import ServiceStack
+from latentmix.service.cli.stack import ServiceStack
+from latentmix.service.core.config import Settings
 from latentmix.worker.engine.shapes import world
 
 pytestmark = pytest.mark.e2e

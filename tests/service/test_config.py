@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from latentmix.service.config import Settings
+from latentmix.service.core.config import Settings
 
 README = Path(__file__).parents[2] / "README.md"
 

@@ -5,7 +5,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from latentmix.service.contract import (
+from latentmix.service.core.contract import (
     EVALUATE,
     INVERT,
     JOB_TYPES,
@@ -19,8 +19,8 @@ from latentmix.service.contract import (
     plan_mix,
     shared_value,
 )
-from latentmix.service.ids import image_id, image_latent_id, mixed_latent_id
-from latentmix.service.weight_sampling import sample_weights
+from latentmix.service.core.ids import image_id, image_latent_id, mixed_latent_id
+from latentmix.service.core.weight_sampling import sample_weights
 
 IDS = [f"{i:032x}" for i in range(3)]
 

@@ -1,4 +1,4 @@
-"""Mix diagnostics (service/diagnostics.py, numpy) against the worker's torch mix, and Eq. 9
+"""Mix diagnostics (service/core/diagnostics.py, numpy) against the worker's torch mix, and Eq. 9
 on synthetic biased latents."""
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentmix.service import diagnostics as diagnostics_module
-from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
-from latentmix.service.mix_methods import MIX_METHODS
+from latentmix.service.core import diagnostics as diagnostics_module
+from latentmix.service.core.diagnostics import InputStatistics, Thresholds, diagnose
+from latentmix.service.core.mix_methods import MIX_METHODS
 from latentmix.worker.engine.mixing import mix
 
 

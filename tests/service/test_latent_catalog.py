@@ -6,8 +6,8 @@ from cachetools import LRUCache
 from redis import Redis
 from safetensors import safe_open
 
-from latentmix.service.latents import LatentCatalog, LatentRecord, latent_key
-from latentmix.service.storage import LocalStorage
+from latentmix.service.core.latents import LatentCatalog, LatentRecord, latent_key
+from latentmix.service.core.storage import LocalStorage
 
 
 class CountingStorage(LocalStorage):
@@ -56,7 +56,7 @@ def test_a_record_only_in_storage_is_found_and_then_cached(catalog):
 def test_many_records_are_looked_up_in_a_few_redis_round_trips(catalog, monkeypatch):
     records = [published(catalog, f"{i:032x}") for i in range(5)]
     catalog.redis.delete(f"latentmix:latent-record:{records[2].id}")  # only in storage
-    monkeypatch.setattr("latentmix.service.latents._RECORDS_PER_READ", 2)
+    monkeypatch.setattr("latentmix.service.core.latents._RECORDS_PER_READ", 2)
     reads = []
     mget = catalog.redis.mget
     monkeypatch.setattr(catalog.redis, "mget", lambda keys: reads.append(keys) or mget(keys))

@@ -5,7 +5,7 @@ import itertools
 import pytest
 from scipy import stats
 
-from latentmix.service.morph_plan import (
+from latentmix.service.core.morph_plan import (
     beta_cdf,
     beta_ppf,
     check_morph,

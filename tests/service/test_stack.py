@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 
-from latentmix.service import cli
-from latentmix.service.config import Settings
-from latentmix.service.stack import (
+from latentmix.service.cli import main as cli
+from latentmix.service.cli.stack import (
     EmbeddedRedis,
     RestartPolicy,
     ServiceStack,
@@ -23,6 +22,7 @@ from latentmix.service.stack import (
     gpu_count,
     worker_device,
 )
+from latentmix.service.core.config import Settings
 
 
 def test_settings_pass_to_a_child_as_the_environment_that_reads_them_back(monkeypatch):

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from helpers import free_port, make_s3_storage
 
-from latentmix.service.config import Settings
-from latentmix.service.storage import (
+from latentmix.service.core.config import Settings
+from latentmix.service.core.storage import (
     LocalStorage,
     NotFound,
     S3Storage,

@@ -13,8 +13,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from helpers import WebhookReceiver, assert_problem, png_bytes
 
-from latentmix.service.config import Settings
-from latentmix.service.webhooks import WebhookRefused, blocked_address, deliver, verify_signature
+from latentmix.service.core.config import Settings
+from latentmix.service.core.webhooks import (
+    WebhookRefused,
+    blocked_address,
+    deliver,
+    verify_signature,
+)
 
 SECRET = "webhook-secret-for-these-tests"
 DEFAULT_BLOCKED = Settings().webhook_blocked_networks
@@ -58,7 +63,7 @@ def worker_settings(monkeypatch) -> Iterator:
 
     def use(**values) -> None:
         settings = Settings(webhook_secret=SECRET, **values)
-        monkeypatch.setattr("latentmix.service.webhooks.get_settings", lambda: settings)
+        monkeypatch.setattr("latentmix.service.core.webhooks.get_settings", lambda: settings)
 
     return use
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latentmix.service.weight_sampling import sample_weights
+from latentmix.service.core.weight_sampling import sample_weights
 
 
 def test_the_same_seed_gives_the_same_rows_and_another_seed_others():

@@ -8,10 +8,10 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 
 from latentmix.service.api.reaper import reap
-from latentmix.service.config import Settings
-from latentmix.service.contract import MIX, plan_mix
-from latentmix.service.job_metrics import JOBS_KEY
-from latentmix.service.jobs import WORKER_DIED, LatentMixJob, enqueue, get_queue, view_job
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import MIX, plan_mix
+from latentmix.service.core.job_metrics import JOBS_KEY
+from latentmix.service.core.jobs import WORKER_DIED, LatentMixJob, enqueue, get_queue, view_job
 from latentmix.worker.runtime import LatentMixWorker
 
 IDS = [f"{i:032x}" for i in range(2)]

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from redis import Redis
 
-from latentmix.service.contract import InversionSettings, MixRequest, plan_mix
-from latentmix.service.jobs import request_cancel
+from latentmix.service.core.contract import InversionSettings, MixRequest, plan_mix
+from latentmix.service.core.jobs import request_cancel
 from latentmix.worker.engine.families import family_for_pipeline_class
 from latentmix.worker.tasks import mix as mix_task
 from latentmix.worker.tasks.invert import _engine_settings
@@ -195,7 +195,7 @@ def test_an_inversion_naming_no_method_uses_the_model_familys_default(pipeline, 
 
 
 def test_a_morphs_coefficients_are_listed_per_segment_with_both_ends():
-    from latentmix.service.morph_plan import plan_frames
+    from latentmix.service.core.morph_plan import plan_frames
     from latentmix.worker.tasks.morph import _per_segment
 
     chain = plan_frames(3, 6, path="chain")  # 3 inner frames: 2 on the first segment, 1 on the next
@@ -210,7 +210,7 @@ def test_a_morphs_coefficients_are_listed_per_segment_with_both_ends():
 def test_perceptual_respacing_closes_a_loop_with_its_first_frame():
     from PIL import Image
 
-    from latentmix.service.contract import MorphRequest
+    from latentmix.service.core.contract import MorphRequest
     from latentmix.worker.tasks.morph import _respaced
 
     request = MorphRequest(

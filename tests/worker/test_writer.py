@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import S3_TEST_CREDENTIALS, make_s3_storage
 
-from latentmix.service.config import Settings
-from latentmix.service.storage import S3Storage
+from latentmix.service.core.config import Settings
+from latentmix.service.core.storage import S3Storage
 from latentmix.worker.writer import OffloadedWrites, StorageWriteFailed
 
 

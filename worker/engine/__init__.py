@@ -13,8 +13,8 @@ from typing import Any
 
 _EXPORTS = {
     "mix": "latentmix.worker.engine.mixing",
-    "MIX_METHODS": "latentmix.service.mix_methods",
-    "DEFAULT_METHOD": "latentmix.service.mix_methods",
+    "MIX_METHODS": "latentmix.service.core.mix_methods",
+    "DEFAULT_METHOD": "latentmix.service.core.mix_methods",
     "load_model": "latentmix.worker.engine.models",
     "LoadedModel": "latentmix.worker.engine.models",
     "ModelLoadError": "latentmix.worker.engine.models",

@@ -3,7 +3,7 @@
 Equation numbers refer to Landolsi & Kahl, "Addressing degeneracies in latent
 interpolation for diffusion models" (formulas restored in shared/method.md,
 section 2). Method names and the edge-case rules are documented in
-`latentmix.service.mix_methods`.
+`latentmix.service.core.mix_methods`.
 """
 
 import math
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from latentmix.service.mix_methods import DEFAULT_METHOD, canonical_method, check_weights
+from latentmix.service.core.mix_methods import DEFAULT_METHOD, canonical_method, check_weights
 
 # fix/nin refuse to normalise a weighted sum this much shorter than its terms.
 CANCEL_RTOL = 1e-6

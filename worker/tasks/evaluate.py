@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 from rq.job import Job
 
-from latentmix.service.contract import EvaluateRequest, EvaluateResult
-from latentmix.service.latents import evaluation_key, image_key
-from latentmix.service.storage import in_parallel
+from latentmix.service.core.contract import EvaluateRequest, EvaluateResult
+from latentmix.service.core.latents import evaluation_key, image_key
+from latentmix.service.core.storage import in_parallel
 from latentmix.worker.engine.metrics import (
     clip_distances,
     frechet_distance,

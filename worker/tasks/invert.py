@@ -9,10 +9,10 @@ import math
 from PIL import Image
 from rq.job import Job
 
-from latentmix.service.contract import InversionSettings as ContractSettings
-from latentmix.service.contract import InvertItem, InvertRequest, InvertResult
-from latentmix.service.latents import LatentRecord, Reconstruction
-from latentmix.service.storage import STORAGE_IO, in_parallel
+from latentmix.service.core.contract import InversionSettings as ContractSettings
+from latentmix.service.core.contract import InvertItem, InvertRequest, InvertResult
+from latentmix.service.core.latents import LatentRecord, Reconstruction
+from latentmix.service.core.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.diffusion import InversionSettings, invert
 from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.results import Inverted

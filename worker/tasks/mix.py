@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from rq.job import Job
 
-from latentmix.service.contract import (
+from latentmix.service.core.contract import (
     DEFAULT_STEPS,
     MixImage,
     MixRequest,
@@ -22,12 +22,12 @@ from latentmix.service.contract import (
     plan_mix,
     shared_value,
 )
-from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
-from latentmix.service.images import encode_png
-from latentmix.service.inversion_mixing import origin_of_record, shared_origin
-from latentmix.service.jobs import append_partial_result, fetch_job, view_job
-from latentmix.service.latents import LatentRecord, image_key
-from latentmix.service.storage import STORAGE_IO, in_parallel
+from latentmix.service.core.diagnostics import InputStatistics, Thresholds, diagnose
+from latentmix.service.core.images import encode_png
+from latentmix.service.core.inversion_mixing import origin_of_record, shared_origin
+from latentmix.service.core.jobs import append_partial_result, fetch_job, view_job
+from latentmix.service.core.latents import LatentRecord, image_key
+from latentmix.service.core.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.attention.keyframes import worker_cache
 from latentmix.worker.engine.diffusion import encode_prompts, generate
 from latentmix.worker.engine.inversion import default_inversion, get_inversion

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from rq.job import Job
 
-from latentmix.service.contract import MorphFrame, MorphMetrics, MorphRequest, MorphResult
-from latentmix.service.latents import image_key
-from latentmix.service.morph_plan import PlannedFrame, respace_by_distance
-from latentmix.service.storage import in_parallel
+from latentmix.service.core.contract import MorphFrame, MorphMetrics, MorphRequest, MorphResult
+from latentmix.service.core.latents import image_key
+from latentmix.service.core.morph_plan import PlannedFrame, respace_by_distance
+from latentmix.service.core.storage import in_parallel
 from latentmix.worker.engine.attention.keyframes import select_rows, worker_cache
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.frame_distance import (

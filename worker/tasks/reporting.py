@@ -15,8 +15,8 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from latentmix.service.contract import Contract
-from latentmix.service.jobs import REDIS_ERRORS, JobStatus, cancel_requested, report_job_end
+from latentmix.service.core.contract import Contract
+from latentmix.service.core.jobs import REDIS_ERRORS, JobStatus, cancel_requested, report_job_end
 from latentmix.worker.runtime import (
     RedisUnavailable,
     WorkerContext,

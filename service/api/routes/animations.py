@@ -7,13 +7,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from PIL import Image
 
-from latentmix.service.animation import FORMATS, encode_animation
+from latentmix.service.api.animation import FORMATS, encode_animation
 from latentmix.service.api.deps import RedisDep, StorageDep
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import _view
-from latentmix.service.jobs import JobStatus
-from latentmix.service.latents import image_key
-from latentmix.service.storage import in_parallel
+from latentmix.service.core.jobs import JobStatus
+from latentmix.service.core.latents import image_key
+from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["jobs"])
 MAX_ANIMATION_FRAMES = 1000

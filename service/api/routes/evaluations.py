@@ -12,17 +12,17 @@ from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.routes.jobs import JobIdPath, public_job
 from latentmix.service.api.routes.latents import _read_image
 from latentmix.service.api.schemas import JobPublic
-from latentmix.service.contract import EVALUATE, MIX, EvaluateRequest, MixRequest
-from latentmix.service.ids import ID_RE
-from latentmix.service.jobs import (
+from latentmix.service.core.contract import EVALUATE, MIX, EvaluateRequest, MixRequest
+from latentmix.service.core.ids import ID_RE
+from latentmix.service.core.jobs import (
     JobStatus,
     fetch_job,
     job_type_of,
     model_of_queue,
     view_job,
 )
-from latentmix.service.latents import LatentCatalog, evaluation_key, image_key, upload_key
-from latentmix.service.storage import NotFound, in_parallel
+from latentmix.service.core.latents import LatentCatalog, evaluation_key, image_key, upload_key
+from latentmix.service.core.storage import NotFound, in_parallel
 
 router = APIRouter(tags=["evaluations"])
 

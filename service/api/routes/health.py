@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from latentmix.service.api.deps import RedisDep, StorageDep
-from latentmix.service.model_cards import served_models
+from latentmix.service.core.model_cards import served_models
 
 router = APIRouter(tags=["health"])
 

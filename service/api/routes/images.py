@@ -7,9 +7,9 @@ from fastapi.responses import RedirectResponse
 
 from latentmix.service.api.deps import StorageDep
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
-from latentmix.service.ids import ID_RE
-from latentmix.service.latents import image_key
-from latentmix.service.storage import NotFound
+from latentmix.service.core.ids import ID_RE
+from latentmix.service.core.latents import image_key
+from latentmix.service.core.storage import NotFound
 
 router = APIRouter(tags=["images"])
 

@@ -14,9 +14,9 @@ from rq.exceptions import InvalidJobOperation
 from latentmix.service.api.deps import JobEventsDep, RedisDep, SettingsDep, StorageDep
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.schemas import JobPublic
-from latentmix.service.images import encode_png
-from latentmix.service.job_events import FALLBACK_POLL_S, announce
-from latentmix.service.jobs import (
+from latentmix.service.core.images import encode_png
+from latentmix.service.core.job_events import FALLBACK_POLL_S, announce
+from latentmix.service.core.jobs import (
     JobStatus,
     JobView,
     fetch_job,
@@ -24,7 +24,7 @@ from latentmix.service.jobs import (
     request_cancel,
     view_job,
 )
-from latentmix.service.latents import image_key
+from latentmix.service.core.latents import image_key
 
 router = APIRouter(tags=["jobs"])
 

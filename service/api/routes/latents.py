@@ -25,7 +25,7 @@ from latentmix.service.api.schemas import (
     unknown_fields,
 )
 from latentmix.service.api.webhooks import checked_webhook
-from latentmix.service.contract import (
+from latentmix.service.core.contract import (
     DEFAULT_STEPS,
     INVERT,
     MAX_GUIDANCE,
@@ -35,9 +35,9 @@ from latentmix.service.contract import (
     InvertRequest,
     ModelCard,
 )
-from latentmix.service.ids import ID_RE, image_latent_id, uploaded_latent_id
-from latentmix.service.jobs import enqueue, fetch_job, view_job
-from latentmix.service.latents import (
+from latentmix.service.core.ids import ID_RE, image_latent_id, uploaded_latent_id
+from latentmix.service.core.jobs import enqueue, fetch_job, view_job
+from latentmix.service.core.latents import (
     InvalidLatent,
     LatentCatalog,
     LatentRecord,
@@ -45,7 +45,7 @@ from latentmix.service.latents import (
     latent_key,
     upload_key,
 )
-from latentmix.service.storage import in_parallel
+from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 

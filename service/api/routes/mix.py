@@ -20,7 +20,7 @@ from latentmix.service.api.schemas import (
     SampleSpec,
 )
 from latentmix.service.api.webhooks import checked_webhook
-from latentmix.service.contract import (
+from latentmix.service.core.contract import (
     DEFAULT_INVERSION,
     DEFAULT_STEPS,
     INVERT,
@@ -30,19 +30,19 @@ from latentmix.service.contract import (
     plan_mix,
     shared_value,
 )
-from latentmix.service.diagnostics import InputStatistics, Thresholds, diagnose
-from latentmix.service.inversion_mixing import (
+from latentmix.service.core.diagnostics import InputStatistics, Thresholds, diagnose
+from latentmix.service.core.inversion_mixing import (
     InversionOrigin,
     check_generation_steps,
     origin_of_record,
     shared_origin,
 )
-from latentmix.service.jobs import fetch_job, job_type_of, model_of_queue, view_job
-from latentmix.service.latents import LatentCatalog
-from latentmix.service.mix_methods import canonical_method, check_weights
-from latentmix.service.model_cards import check_attention
-from latentmix.service.storage import in_parallel
-from latentmix.service.weight_sampling import sample_weights
+from latentmix.service.core.jobs import fetch_job, job_type_of, model_of_queue, view_job
+from latentmix.service.core.latents import LatentCatalog
+from latentmix.service.core.mix_methods import canonical_method, check_weights
+from latentmix.service.core.model_cards import check_attention
+from latentmix.service.core.storage import in_parallel
+from latentmix.service.core.weight_sampling import sample_weights
 
 router = APIRouter(tags=["mix"])
 

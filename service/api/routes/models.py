@@ -4,8 +4,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from latentmix.service.api.deps import RedisDep, SettingsDep
-from latentmix.service.contract import ModelCard
-from latentmix.service.model_cards import model_cards, served_models
+from latentmix.service.core.contract import ModelCard
+from latentmix.service.core.model_cards import model_cards, served_models
 
 router = APIRouter(tags=["models"])
 

@@ -11,11 +11,11 @@ from latentmix.service.api.routes.jobs import public_job
 from latentmix.service.api.routes.mix import resolve_inputs
 from latentmix.service.api.schemas import JobPublic, PlannedImage
 from latentmix.service.api.webhooks import checked_webhook
-from latentmix.service.contract import DEFAULT_STEPS, MORPH, MorphRequest, shared_value
-from latentmix.service.jobs import view_job
-from latentmix.service.mix_methods import canonical_method, check_weights
-from latentmix.service.model_cards import check_attention
-from latentmix.service.morph_plan import check_morph
+from latentmix.service.core.contract import DEFAULT_STEPS, MORPH, MorphRequest, shared_value
+from latentmix.service.core.jobs import view_job
+from latentmix.service.core.mix_methods import canonical_method, check_weights
+from latentmix.service.core.model_cards import check_attention
+from latentmix.service.core.morph_plan import check_morph
 
 router = APIRouter(tags=["morph"])
 

@@ -24,11 +24,11 @@ from safetensors.numpy import load
 
 from latentmix.service.api.app import create_app
 from latentmix.service.api.routes import jobs as jobs_routes
-from latentmix.service.contract import MixRequest
-from latentmix.service.ids import image_id, mixed_latent_id
-from latentmix.service.job_metrics import JOBS_KEY
-from latentmix.service.jobs import append_partial_result, fetch_job
-from latentmix.service.model_cards import CARDS_KEY, publish_card, stop_serving
+from latentmix.service.core.contract import MixRequest
+from latentmix.service.core.ids import image_id, mixed_latent_id
+from latentmix.service.core.job_metrics import JOBS_KEY
+from latentmix.service.core.jobs import append_partial_result, fetch_job
+from latentmix.service.core.model_cards import CARDS_KEY, publish_card, stop_serving
 
 OPENAPI_FILE = Path(__file__).parents[3] / "openapi" / "openapi.json"
 

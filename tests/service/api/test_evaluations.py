@@ -6,9 +6,9 @@ import json
 import numpy as np
 from helpers import assert_problem, latent_file, png_bytes
 
-from latentmix.service.contract import EvaluateRequest
-from latentmix.service.jobs import fetch_job
-from latentmix.service.latents import LatentRecord, upload_key
+from latentmix.service.core.contract import EvaluateRequest
+from latentmix.service.core.jobs import fetch_job
+from latentmix.service.core.latents import LatentRecord, upload_key
 
 
 def uploaded_latents(client, count: int) -> list[str]:

@@ -21,8 +21,8 @@ from redis import Redis
 from schemathesis.checks import CHECKS, is_check_class, load_all_checks
 from schemathesis.config import SchemathesisConfig
 
-from latentmix.service.config import Settings
-from latentmix.service.model_cards import publish_card
+from latentmix.service.core.config import Settings
+from latentmix.service.core.model_cards import publish_card
 
 OPENAPI_FILE = Path(__file__).parents[3] / "openapi" / "openapi.json"
 load_all_checks()

@@ -6,9 +6,9 @@ import pytest
 from helpers import TINY_CARD, assert_problem, png_bytes, upload_latent
 from redis import Redis
 
-from latentmix.service.contract import InvertRequest, MixRequest
-from latentmix.service.jobs import fetch_job
-from latentmix.service.model_cards import CARDS_KEY
+from latentmix.service.core.contract import InvertRequest, MixRequest
+from latentmix.service.core.jobs import fetch_job
+from latentmix.service.core.model_cards import CARDS_KEY
 
 
 def post_images(client, *images: bytes, **form):

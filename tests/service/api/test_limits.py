@@ -13,7 +13,7 @@ import pytest
 from helpers import latent_file, png_bytes, upload_random_latents
 from PIL import Image
 
-from latentmix.service.ids import image_latent_id
+from latentmix.service.core.ids import image_latent_id
 
 PROBLEM = "application/problem+json"
 KIB = 1024

@@ -7,7 +7,7 @@ from helpers import assert_problem, latent_file, png_bytes
 from redis import Redis
 from rq import Queue
 
-from latentmix.service.diagnostics import InputStatistics, diagnose
+from latentmix.service.core.diagnostics import InputStatistics, diagnose
 
 BIAS = np.array([0.02, -0.01, 0.015, 0.02])  # per channel; small against the noise / sqrt(K)
 

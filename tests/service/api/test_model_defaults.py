@@ -7,8 +7,8 @@ import pytest
 from helpers import TINY_CARD, assert_problem, png_bytes, upload_latent
 from redis import Redis
 
-from latentmix.service.jobs import fetch_job, queue_name
-from latentmix.service.model_cards import publish_card
+from latentmix.service.core.jobs import fetch_job, queue_name
+from latentmix.service.core.model_cards import publish_card
 
 SD3_CARD = TINY_CARD.model_copy(
     update={

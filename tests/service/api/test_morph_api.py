@@ -13,10 +13,10 @@ from redis import Redis
 from rq.job import JobStatus as RQStatus
 from rq.results import Result
 
-from latentmix.service.contract import MixResult
-from latentmix.service.jobs import fetch_job, get_queue
-from latentmix.service.latents import image_key
-from latentmix.service.model_cards import publish_card
+from latentmix.service.core.contract import MixResult
+from latentmix.service.core.jobs import fetch_job, get_queue
+from latentmix.service.core.latents import image_key
+from latentmix.service.core.model_cards import publish_card
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from rq.serializers import JSONSerializer
 
 from latentmix.service.api import security
 from latentmix.service.api.idempotency import PENDING_TTL_S, RECORD_KEY
-from latentmix.service.contract import EVALUATE, INVERT, MIX, MORPH
-from latentmix.service.jobs import TASKS, LatentMixJob, UnknownTask
-from latentmix.service.webhooks import DELIVER_TASK, deliver
+from latentmix.service.core.contract import EVALUATE, INVERT, MIX, MORPH
+from latentmix.service.core.jobs import TASKS, LatentMixJob, UnknownTask
+from latentmix.service.core.webhooks import DELIVER_TASK, deliver
 
 KEYS = ["first-key-0123456789abcdef", "second-key-0123456789abcdef"]
 
@@ -100,7 +100,7 @@ def test_short_keys_are_refused_at_startup(make_settings):
 
 
 def test_keys_come_from_a_comma_separated_variable(monkeypatch):
-    from latentmix.service.config import Settings
+    from latentmix.service.core.config import Settings
 
     monkeypatch.setenv("LATENTMIX_API_KEYS", f" {KEYS[0]} ,{KEYS[1]}")
     monkeypatch.setenv("LATENTMIX_CORS_ORIGINS", "https://a.example,https://b.example")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from latentmix.service.mix_methods import (
+from latentmix.service.core.mix_methods import (
     DEFAULT_METHOD,
     MIX_METHODS,
     canonical_method,

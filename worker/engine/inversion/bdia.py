@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.contract import INVERSION_OPTIONS, INVERTIBLE_BDIA_GAMMA
+from latentmix.service.core.contract import INVERSION_OPTIONS, INVERTIBLE_BDIA_GAMMA
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import (

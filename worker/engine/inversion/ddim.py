@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.contract import SAMPLER_OPTIONS as CONTRACT_SAMPLER_OPTIONS
-from latentmix.service.contract import TIMESTEP_SPACINGS
+from latentmix.service.core.contract import SAMPLER_OPTIONS as CONTRACT_SAMPLER_OPTIONS
+from latentmix.service.core.contract import TIMESTEP_SPACINGS
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion.base import (
     EPS_MODEL_FAMILIES,

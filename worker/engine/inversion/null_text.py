@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
+from latentmix.service.core.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
 from latentmix.worker.engine.families.base import Conditioning, guided
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentmix.service.mix_methods import MIX_METHODS
+from latentmix.service.core.mix_methods import MIX_METHODS
 from latentmix.worker.engine.diffusion import (
     InversionSettings,
     decode_latents,

@@ -1,5 +1,5 @@
 """Jobs on RQ: queues, statuses, enqueueing, progress and results (what each job type's
-request and result hold is in service/contract.py).
+request and result hold is in service/core/contract.py).
 
 Jobs go through RQ with the JSON serializer (no pickles in Redis) and are enqueued by
 dotted path, so the API never imports the worker's torch code. Each model has its own
@@ -24,11 +24,11 @@ from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 from rq.utils import now as rq_now
 
-from latentmix.service.config import Settings
-from latentmix.service.contract import INVERT, JOB_TYPES, MIX, Contract, JobType
-from latentmix.service.job_events import announce
-from latentmix.service.job_metrics import record_job_end
-from latentmix.service.webhooks import DELIVER_TASK, enqueue_delivery
+from latentmix.service.core.config import Settings
+from latentmix.service.core.contract import INVERT, JOB_TYPES, MIX, Contract, JobType
+from latentmix.service.core.job_events import announce
+from latentmix.service.core.job_metrics import record_job_end
+from latentmix.service.core.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
 # Redis being away (as opposed to a command that failed): the API answers 503 and retries

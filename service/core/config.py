@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # Inception features for FID/KID on request (features=inception): a local TorchScript
     # Inception file (inception-2015-12-05.pt of StyleGAN2-ADA / clean-fid) or "tiny-inception".
     inception_weights: str | None = None
-    # Mix diagnostics (service/diagnostics.py): warn when a mix amplifies the inputs' channel
+    # Mix diagnostics (service/core/diagnostics.py): warn when a mix amplifies the inputs' channel
     # means more than this (Eq. 9), or when lerp/slerp keep less than this fraction of the
     # inputs' interpolated norm.
     diagnostics_max_amplification: float = Field(default=2.0, gt=0)

@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
-    from latentmix.service.config import Settings
+    from latentmix.service.core.config import Settings
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]+")
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600  # SigV4 presigned URLs are valid for at most 7 days

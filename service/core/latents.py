@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from latentmix.service.jobs import fetch_job, status_of
-from latentmix.service.storage import NotFound, Storage
+from latentmix.service.core.jobs import fetch_job, status_of
+from latentmix.service.core.storage import NotFound, Storage
 
 LATENT_TENSOR = "latent"
 AUX_PREFIX = "aux."  # auxiliary state tensors: `aux.{name}`

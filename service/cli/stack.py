@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentmix.service.config import Settings, redacted
+from latentmix.service.core.config import Settings, redacted
 
 WORKER_COMMAND = ["-m", "latentmix.service.cli", "worker"]
 API_COMMAND = ["-m", "latentmix.service.cli", "api"]

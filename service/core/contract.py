@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from latentmix.service.diagnostics import MixDiagnostics
-from latentmix.service.ids import image_id, mixed_latent_id, morph_frame_image_id
-from latentmix.service.morph_plan import (
+from latentmix.service.core.diagnostics import MixDiagnostics
+from latentmix.service.core.ids import image_id, mixed_latent_id, morph_frame_image_id
+from latentmix.service.core.morph_plan import (
     DEFAULT_ATTENTION_STEPS,
     DEFAULT_BETA,
     PlannedFrame,
@@ -210,7 +210,7 @@ class MixRequest(Contract):
     rows: list[MixRow] = Field(min_length=1)
     producers: dict[str, str] = Field(default_factory=dict)  # pending input -> its job
     # The inputs' inversion method when not the model's default (None: plain latents,
-    # sampled as today), and its steps and options; see service/inversion_mixing.py.
+    # sampled as today), and its steps and options; see service/core/inversion_mixing.py.
     inversion: str | None = None
     inversion_settings: dict[str, Any] = Field(default_factory=dict)
     # N-way attention interpolation with the inputs (worker/engine/attention/): "none" or
@@ -316,7 +316,7 @@ class MixImage(Contract):
     id: str
     latent: str
     provenance: Provenance
-    diagnostics: MixDiagnostics | None = None  # service/diagnostics.py; None from release 0.1
+    diagnostics: MixDiagnostics | None = None  # service/core/diagnostics.py; None from release 0.1
 
 
 class MixResult(Contract):
@@ -367,7 +367,7 @@ class MorphFrame(Contract):
 
 
 class MorphRequest(Contract):
-    """A morph job, resolved by the API (shared/morph.md; planner: service/morph_plan.py)."""
+    """A morph job, resolved by the API (shared/morph.md; planner: service/core/morph_plan.py)."""
 
     keyframes: list[str] = Field(min_length=2)
     prompts: list[str]  # one per keyframe

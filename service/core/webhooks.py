@@ -29,10 +29,10 @@ from rq import Queue
 from rq.job import Retry
 from rq.serializers import JSONSerializer
 
-from latentmix.service.config import Settings, get_settings
+from latentmix.service.core.config import Settings, get_settings
 
 WEBHOOK_QUEUE = "latentmix-webhooks"
-DELIVER_TASK = "latentmix.service.webhooks.deliver"
+DELIVER_TASK = "latentmix.service.core.webhooks.deliver"
 RETRY_INTERVALS_S = [1, 2, 4, 8, 16, 32, 64]
 TIMEOUT_S = 10
 

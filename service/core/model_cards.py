@@ -11,8 +11,8 @@ validates requests for a model whose workers are restarting against its last car
 
 from redis import Redis
 
-from latentmix.service.contract import ModelCard
-from latentmix.service.morph_plan import ATTENTION_FAMILIES, ATTENTION_MODES
+from latentmix.service.core.contract import ModelCard
+from latentmix.service.core.morph_plan import ATTENTION_FAMILIES, ATTENTION_MODES
 
 CARDS_KEY = "latentmix:model-cards"  # hash: model -> card JSON
 SERVING_KEY = "latentmix:serving:{worker}"  # the model a live worker serves

@@ -1,0 +1,3 @@
+from latentmix.service.cli.main import main
+
+raise SystemExit(main())
