@@ -5,7 +5,7 @@ Two sources:
   (per process, as Prometheus expects; each replica is scraped);
 - Redis, read at scrape time: jobs finished by type and status, job duration and queue
   wait (recorded by the workers when a job ends, `service.job_metrics.record_job_end`), and
-  queue depth. These
+  per model queue the jobs waiting and running (what a queue-driven autoscaler reads). These
   are global, so every replica reports the same values.
 """
 
@@ -22,7 +22,7 @@ from rq import Queue
 from rq.registry import DeferredJobRegistry
 
 from latentmix.service.core.job_metrics import HISTOGRAMS, JOB_BUCKETS, JOBS_KEY, histogram_key
-from latentmix.service.core.jobs import QUEUE_PREFIX
+from latentmix.service.core.jobs import QUEUE_PREFIX, running_count
 
 
 class _RedisCollector(Collector):
@@ -43,7 +43,7 @@ class _RedisCollector(Collector):
         yield finished
         for name, help_text in HISTOGRAMS.items():
             yield self._histogram(name, help_text)
-        yield self._queue_depth()
+        yield from self._queue_gauges()
 
     def _histogram(self, name: str, help_text: str) -> HistogramMetricFamily:
         family = HistogramMetricFamily(f"latentmix_{name}", help_text, labels=["type"])
@@ -59,15 +59,23 @@ class _RedisCollector(Collector):
             family.add_metric([job_type], buckets, sum_value=fields.get(f"{job_type}|sum", 0.0))
         return family
 
-    def _queue_depth(self) -> GaugeMetricFamily:
-        gauge = GaugeMetricFamily(
+    def _queue_gauges(self) -> Iterable[GaugeMetricFamily]:
+        """Per model queue, what an autoscaler needs: jobs waiting and jobs running."""
+        depth = GaugeMetricFamily(
             "latentmix_queue_depth", "Jobs waiting: queued, or deferred on inputs", labels=["queue"]
+        )
+        running = GaugeMetricFamily(
+            "latentmix_jobs_running",
+            "Jobs a live worker is running (heartbeat not lapsed)",
+            labels=["queue"],
         )
         for queue in Queue.all(connection=self.redis):
             if queue.name.startswith(QUEUE_PREFIX):
-                deferred = DeferredJobRegistry(queue=queue).count
-                gauge.add_metric([queue.name], queue.count + deferred)
-        return gauge
+                deferred = DeferredJobRegistry(queue=queue).get_job_count(cleanup=False)
+                depth.add_metric([queue.name], queue.count + deferred)
+                running.add_metric([queue.name], running_count(queue))
+        yield depth
+        yield running
 
 
 class Metrics:

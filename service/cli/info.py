@@ -1,5 +1,7 @@
 """`latentmix info`: what Redis knows about the service, read through RQ (JSON serializer):
-the model queues with their job counts by status, and the live workers with their models."""
+the model queues with their job counts by status, and the live workers with their models.
+Read only: RQ's registry counts would first run RQ's cleanup (failing a dead worker's job
+unreported); the reaper does that, reporting it."""
 
 from __future__ import annotations
 
@@ -9,11 +11,11 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from latentmix.service.core.jobs import QUEUE_PREFIX, model_of_queue
+from latentmix.service.core.jobs import QUEUE_PREFIX, model_of_queue, running_count
 
-# RQ's registries, named as the API names the job statuses (`GET /jobs/{id}`).
+# RQ's registries, named as the API names the job statuses (`GET /jobs/{id}`); running
+# jobs are counted apart (`running_count`).
 _REGISTRIES = {
-    "running": "started_job_registry",
     "succeeded": "finished_job_registry",
     "failed": "failed_job_registry",
     "canceled": "canceled_job_registry",
@@ -34,9 +36,9 @@ def service_info(redis: Redis) -> dict[str, Any]:
     queues = []
     for name in sorted(names):
         queue = Queue(name, connection=redis, serializer=JSONSerializer)
-        counts = {"queued": queue.count}
+        counts = {"queued": queue.count, "running": running_count(queue)}
         for status, registry in _REGISTRIES.items():
-            counts[status] = getattr(queue, registry).count
+            counts[status] = getattr(queue, registry).get_job_count(cleanup=False)
         queues.append({"name": name, "model": model_of_queue(name), "jobs": counts})
     return {
         "queues": queues,

@@ -22,6 +22,7 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
+from rq.utils import current_timestamp
 from rq.utils import now as rq_now
 
 from latentmix.service.core.config import Settings
@@ -122,6 +123,15 @@ def model_of_queue(name: str) -> str | None:
 
 def get_queue(redis: Redis, model: str) -> Queue:
     return Queue(queue_name(model), connection=redis, serializer=JSONSerializer)
+
+
+def running_count(queue: Queue) -> int:
+    """Jobs a live worker is running from `queue`: entries of RQ's started registry (the
+    sorted set `rq:wip:<queue>`) whose heartbeat deadline has not passed. A dead worker's
+    job stays there, past its deadline, until the reaper fails it; RQ's own `count` would
+    fail it on the spot, unreported (no webhook, no metrics), so this only reads."""
+    key = queue.started_job_registry.key
+    return queue.connection.zcount(key, current_timestamp(), "+inf")
 
 
 def enqueue(
