@@ -21,8 +21,7 @@ from rq.job import Dependency, Job
 from rq.job import JobStatus as RQStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import import_attribute
-from rq.utils import current_timestamp
+from rq.utils import current_timestamp, import_attribute
 from rq.utils import now as rq_now
 
 from latentmix.service.core.config import Settings
