@@ -1,7 +1,15 @@
 """GET /healthz (process alive), GET /readyz (Redis, storage and a worker with its model
-loaded)."""
+loaded).
 
-from fastapi import APIRouter
+`/readyz?exclude=workers` leaves the fleet out: whether this API process can take requests.
+That is the readiness probe of an API replica whose workers scale to zero on an empty queue
+(deploy/kubernetes): counting workers there would take the API out of its Service until a
+worker runs, and no job could be queued to start one. (kube-apiserver's `/readyz?exclude=`
+is the model.)"""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from latentmix.service.api.deps import RedisDep, StorageDep
@@ -17,13 +25,21 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
-def readyz(redis: RedisDep, storage: StorageDep) -> JSONResponse:
+def readyz(
+    redis: RedisDep,
+    storage: StorageDep,
+    exclude: Annotated[
+        list[Literal["workers"]],
+        Query(description="checks to leave out: `workers` (an API replica's own readiness)"),
+    ] = [],  # noqa: B006 (FastAPI copies query defaults)
+) -> JSONResponse:
     """Redis and storage are reachable, and at least one live worker has its model loaded
     (a worker still loading, or one that died, does not count)."""
     checks = {"redis": _check(redis.ping), "storage": _check(storage.check)}
     models = served_models(redis) if checks["redis"] == "ok" else {}
     workers = sum(models.values())
-    checks["workers"] = "ok" if workers else "no worker with a loaded model"
+    if "workers" not in exclude:
+        checks["workers"] = "ok" if workers else "no worker with a loaded model"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {

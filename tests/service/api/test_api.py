@@ -319,6 +319,12 @@ def test_health_and_readiness(client):
         "storage": "ok",
         "workers": "no worker with a loaded model",
     }
+    # An API replica's own readiness (Kubernetes' probe while workers are scaled to zero).
+    own = client.get("/readyz", params={"exclude": "workers"})
+    assert own.status_code == 200
+    assert own.json()["checks"] == {"redis": "ok", "storage": "ok"}
+    assert own.json()["workers"] == 0
+    assert_problem(client.get("/readyz", params={"exclude": "redis"}), 422, "exclude")
 
 
 def test_ready_means_a_live_worker_with_its_model_loaded(client, settings):
