@@ -1,4 +1,4 @@
-"""The `shapes` model measured: every figure of the README's `shapes` section, reproducibly.
+"""The `shapes` model measured: every figure of docs/models.md's `shapes` section, reproducibly.
 
     .venv/bin/python bench/shapes_report.py                      # all five parts
     .venv/bin/python bench/shapes_report.py --parts generation --per-prompt 2 --steps 25

@@ -1,6 +1,6 @@
 """Settings: one class, read from the environment once (`get_settings()`).
 
-Every variable is documented in README.md, section "Configuration".
+Every variable is documented in docs/configuration.md (tests/service/test_config.py checks it).
 """
 
 import ipaddress

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from latentmix.service.core.mix_methods import canonical_method
 
-# Defaults of the warning thresholds (settings LATENTMIX_DIAGNOSTICS_*; README "Configuration").
+# Defaults of the warning thresholds (settings LATENTMIX_DIAGNOSTICS_*; docs/configuration.md).
 DEFAULT_MAX_AMPLIFICATION = 2.0  # channel means amplified more than this: Eq. 9 at K_eff >= 4
 DEFAULT_MIN_NORM_RATIO = 0.8  # norm below this fraction of the inputs' interpolated norm
 # Channel means this small against the noise are not a bias: no amplification is reported.

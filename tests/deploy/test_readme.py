@@ -1,5 +1,6 @@
-"""The README's commands, read as a new user runs them: what they write stays out of git, and
-scripts fed to the system `python3` use only the standard library."""
+"""The commands of the README and the documentation pages (docs/), read as a new user runs
+them: what they write stays out of git, and scripts fed to the system `python3` use only
+the standard library."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.DOTALL | re.MULTILINE)
+    return [
+        block
+        for page in PAGES
+        for block in re.findall(
+            rf"^```{language}\n(.*?)^```",
+            page.read_text(encoding="utf-8"),
+            flags=re.DOTALL | re.MULTILINE,
+        )
+    ]
 
 
 def written_paths() -> list[str]:

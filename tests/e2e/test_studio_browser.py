@@ -319,7 +319,7 @@ def test_the_page_is_labelled_and_fits_desktop_and_phone_widths(
     browser, studio: Studio, service_url
 ):
     """Every control has a label; nothing overflows sideways at 1280x800 or 390 px wide. The
-    screenshots go to LATENTMIX_SCREENSHOTS_DIR when set (docs/ holds the README's)."""
+    screenshots go to LATENTMIX_SCREENSHOTS_DIR when set (docs/ holds the Studio page's)."""
     page = studio.page
     studio.drop_examples()
     studio.drop([("seeded.png", png_bytes(3), "image/png")])

@@ -10,12 +10,12 @@ from latentmix.worker.engine.models import LoadedModel, ModelLoadError, load_mod
 from latentmix.worker.engine.shapes import evaluation, model, world
 from latentmix.worker.engine.shapes.classifier import classify, load_classifier
 
-# Measured on the shipped weights (see the README's `shapes` section); the bounds leave room
+# Measured on the shipped weights (see docs/models.md, the `shapes` section); the bounds leave room
 # for float differences across machines, not for a worse model.
 CLASSIFIER_ACCURACY_BOUND = 0.97  # measured: 1.0 for each head on these 192 drawings
 # The shipped model (UNet 6000 steps with offset noise, decoder fine-tuned): at 15 steps these
 # 12 generations measured 12/12 right colours, shapes and both (chance 1/6 and 1/24); at 50
-# steps over all 24 prompts, 97% colour, 95% shape, 94% both (README). One miss allowed in
+# steps over all 24 prompts, 97% colour, 95% shape, 94% both (docs/models.md). One miss allowed in
 # colour, two in both.
 FEW_STEPS_RIGHT_COLOUR_BOUND = 0.9
 FEW_STEPS_RIGHT_SHAPE_AND_COLOUR_BOUND = 0.8
