@@ -24,6 +24,7 @@ from latentmix.worker.engine.families import (
     family_for_source,
     family_of,
 )
+from latentmix.worker.engine.inversion import methods_for
 from latentmix.worker.engine.random_models import (
     ON_DISK_MODELS,
     RANDOM_MODELS,
@@ -121,7 +122,9 @@ class LoadedModel:
 
     @property
     def card(self) -> ModelCard:
-        return self.family.card(self)
+        """The family's description of the model, with the inversion methods that work with
+        it: built here, where both are known (families never import the inversion methods)."""
+        return self.family.card(self, methods_for(self.family.name))
 
     @property
     def vae_scale_factor(self) -> int:

@@ -140,7 +140,10 @@ class ModelFamily(Protocol):
         """The image side in pixels the model was trained at."""
         ...
 
-    def card(self, model: LoadedModel) -> ModelCard: ...
+    def card(self, model: LoadedModel, inversion_methods: tuple[str, ...]) -> ModelCard:
+        """The loaded model described, with the `inversion_methods` that work with it (the
+        inversion registry knows them; a family never imports it)."""
+        ...
 
     def encode_images(
         self, model: LoadedModel, images: Sequence[Image.Image], size: int

@@ -19,7 +19,6 @@ from latentmix.worker.engine.families.base import (
     guided,
 )
 from latentmix.worker.engine.images import prepare_images, to_pil_images
-from latentmix.worker.engine.inversion import methods_for
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
@@ -54,7 +53,7 @@ class StableDiffusion:
     def native_size(self, pipe: Any) -> int:
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
-    def card(self, model: LoadedModel) -> ModelCard:
+    def card(self, model: LoadedModel, inversion_methods: tuple[str, ...]) -> ModelCard:
         pipe = model.pipe
         return ModelCard(
             family=self.name,
@@ -65,7 +64,7 @@ class StableDiffusion:
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=pipe.scheduler.config.prediction_type,
-            inversion_methods=methods_for(self.name),
+            inversion_methods=inversion_methods,
             scheduler=type(pipe.scheduler).__name__,
             attention=type(_first_attention_processor(pipe.unet)).__name__,
             device=str(model.device),

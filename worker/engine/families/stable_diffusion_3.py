@@ -20,7 +20,6 @@ from latentmix.worker.engine.families.base import (
     pooled_rows,
 )
 from latentmix.worker.engine.images import prepare_images, to_pil_images
-from latentmix.worker.engine.inversion import methods_for
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
@@ -60,7 +59,7 @@ class StableDiffusion3:
     def native_size(self, pipe: Any) -> int:
         return int(pipe.transformer.config.sample_size) * int(pipe.vae_scale_factor)
 
-    def card(self, model: LoadedModel) -> ModelCard:
+    def card(self, model: LoadedModel, inversion_methods: tuple[str, ...]) -> ModelCard:
         pipe = model.pipe
         processors = getattr(pipe.transformer, "attn_processors", {})
         return ModelCard(
@@ -72,7 +71,7 @@ class StableDiffusion3:
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=FLOW_PREDICTION,
-            inversion_methods=methods_for(self.name),
+            inversion_methods=inversion_methods,
             scheduler=type(pipe.scheduler).__name__,
             attention=type(next(iter(processors.values()), None)).__name__,
             device=str(model.device),
