@@ -59,7 +59,8 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 DEFAULT_METHOD = "nin/chm"
-SCHEMES = ("dirichlet", "subset")
+SCHEMES = ("few", "dirichlet", "subset")
+DEFAULT_SCHEME = "few"
 LONG_POLL_S = 10.0  # GET /jobs/{id}?wait=S while nothing is shown
 STREAM_POLL_S = 0.5  # ... while a progress bar wants news
 MAX_RETRY_AFTER_S = 30.0
@@ -213,7 +214,7 @@ class LatentMixClient:
         latents: Sequence[LatentRef],
         count: int,
         *,
-        scheme: str = "dirichlet",
+        scheme: str = DEFAULT_SCHEME,
         alpha: float | None = None,
         k: int | None = None,
         seed: int | None = None,
@@ -222,8 +223,10 @@ class LatentMixClient:
         guidance_scale: float | None = None,
         steps: int | None = None,
     ) -> Job:
-        """Queue `count` mixes with weights the service draws: `dirichlet` (concentration
-        `alpha`) or `subset` (uniform centroids of random `k`-subsets). The same seed gives
+        """Queue `count` mixes with weights the service draws: `few` (Dirichlet(`alpha`) over
+        a random subset of 2 to `k` inputs, k default 4: mixes of few inputs whatever the
+        number of latents), `dirichlet` (Dirichlet(`alpha`) over all latents) or `subset`
+        (uniform centroids of random `k`-subsets). The same seed gives
         the same weights and images; each image's provenance records them."""
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")

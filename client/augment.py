@@ -1,13 +1,22 @@
 """`latentmix augment DATA --per-class N --out OUT`: synthetic training images per class.
 
-DATA is an ImageFolder-style tree, one folder of images per class. For each class the
-command inverts the class's images once (the service caches latents by content, so reruns
-skip this), then samples mixes of them in batches (one mix job per batch, `--batch` images
-each) with the class name in the prompt, and writes
+DATA is an ImageFolder tree (one folder of images per class), a Hugging Face dataset saved
+with `save_to_disk`, or parquet / ImageFolder-with-metadata files with a label column
+(client/dataset_sources.py). For each class the command inverts the class's images once (the
+service caches latents by content, so reruns skip this), then samples mixes of them in
+batches (one mix job per batch, `--batch` images each) with the class name in the prompt.
+
+What is not given on the command line comes from the model's card (GET /models): the prompt
+template, the guidance for inverting and for generating, the inversion method that keeps
+mixes on-class; the weights default to the `few` scheme (Dirichlet over a random 2-4 of the
+class's images, whatever its size: the paper's degeneracy grows with the number of inputs
+per mix). The command prints what it chose. It writes
 
     OUT/<class>/<image id>.png     one file per image, written atomically
     OUT/provenance.jsonl           one JSON line per image, appended once its file is complete
     OUT/augment.json               the settings the set was made with
+    OUT/metadata.jsonl             the set as a Hugging Face `imagefolder` dataset
+    OUT/webdataset/*.tar           with --shard-size: WebDataset shards (client/dataset_exports.py)
 
 Batch `i` of class `c` samples with a seed derived from (`--seed`, `c`, `i`), so the same
 command makes the same images. Interrupt it (Ctrl-C) and run it again: batches whose images
@@ -35,19 +44,26 @@ from tqdm.auto import tqdm
 
 from latentmix.client.api import (
     DEFAULT_METHOD,
+    DEFAULT_SCHEME,
+    SCHEMES,
     LatentMixClient,
     add_service_arguments,
     check_file,
     image_pixels,
 )
+from latentmix.client.dataset_sources import (
+    Source,
+    SourceError,
+    read_labelled_images,
+)
 from latentmix.client.errors import JobFailed, LatentMixError, LimitExceeded, ProblemError
 from latentmix.client.models import ImageResult, Job, Latent, Limits
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 PROVENANCE_FILE = "provenance.jsonl"
 SETTINGS_FILE = "augment.json"
 LOCK_FILE = ".augment.lock"
-DEFAULT_PROMPT = "a photo of a {class}"
+DEFAULT_PROMPT = "a photo of a {class}"  # a card without a prompt template: SD's (method.md)
+FEW_MAX_INPUTS = 4  # the service's default k of the `few` scheme
 DEFAULT_BATCH = 25
 IN_FLIGHT = 3  # mix jobs submitted and not yet downloaded: keeps every worker busy
 
@@ -72,7 +88,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "class name in the prompt, and write the images in the same layout plus "
         "provenance.jsonl. Rerunning the same command resumes.",
     )
-    parser.add_argument("data", type=Path, help="folder with one sub-folder of images per class")
+    parser.add_argument(
+        "data",
+        type=Path,
+        help="an ImageFolder tree (one sub-folder of images per class), a Hugging Face "
+        "dataset saved with save_to_disk, or parquet files with image and label columns",
+    )
+    parser.add_argument(
+        "--label-column", default="label", help="datasets: the label column (default %(default)s)"
+    )
+    parser.add_argument(
+        "--image-column", default="image", help="datasets: the image column (default %(default)s)"
+    )
+    parser.add_argument(
+        "--split", default="train", help="a saved DatasetDict's split (default %(default)s)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--per-class", type=_positive, required=True, help="synthetic images per class"
@@ -82,21 +112,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scheme",
-        choices=("dirichlet", "subset"),
-        default="dirichlet",
-        help="how mix weights are drawn: Dirichlet(alpha) over all of a class's images, or the "
-        "centroid of a random k-subset (default %(default)s)",
+        choices=SCHEMES,
+        default=DEFAULT_SCHEME,
+        help="how mix weights are drawn: few: Dirichlet(alpha) over a random 2 to k of a "
+        "class's images (k default 4); dirichlet: Dirichlet(alpha) over all of them (near the "
+        "class centroid for a large class: degenerate); subset: the centroid of a random "
+        "k-subset (large k: the paper's centroids) (default %(default)s)",
     )
     parser.add_argument(
         "--alpha", type=float, default=1.0, help="Dirichlet concentration (default %(default)s)"
     )
-    parser.add_argument("--k", type=_positive, default=None, help="images per subset (subset)")
+    parser.add_argument(
+        "--k", type=_positive, default=None, help="few: most images per mix; subset: images per mix"
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default %(default)s)")
     parser.add_argument(
         "--prompt",
-        default=DEFAULT_PROMPT,
-        help="prompt template; {class} is the folder name, underscores as spaces "
-        "(default %(default)r)",
+        default=None,
+        help="prompt template; {class} is the class name, underscores as spaces (default: the "
+        f"model card's prompt template, else {DEFAULT_PROMPT!r})",
     )
     parser.add_argument("--steps", type=_positive, default=None, help="generation steps")
     parser.add_argument("--inversion-steps", type=_positive, default=None, help="inversion steps")
@@ -104,7 +138,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--inversion",
         default=None,
         help="inversion method: ddim, fixed-point, edict, bdia, negative-prompt, null-text "
-        "(default: the model's)",
+        "(default: the model card's method for mixes, else the model's default)",
     )
     parser.add_argument(
         "--inversion-option",
@@ -114,7 +148,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an option of the method, e.g. edict_mix=0.9 (repeatable)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="CFG scale of generation, and of inversion unless --inversion-guidance-scale "
+        "(default: the model card's guidance for each)",
+    )
+    parser.add_argument(
+        "--inversion-guidance-scale",
+        type=float,
+        default=None,
+        help="CFG scale of inversion (default: --guidance-scale, else the model card's)",
+    )
     parser.add_argument("--size", type=_positive, default=None, help="image side in pixels")
     parser.add_argument("--model", default=None, help="model (default: the service's)")
     parser.add_argument(
@@ -136,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run `augment`; returns the exit status (0 done, 1 failed, 2 usage, 130 interrupted)."""
     try:
-        classes = find_classes(args.data, args.out, args.prompt)
+        classes = find_classes(args)
         plan = Plan.of(args, classes)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -144,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         augmenter = Augmenter(lm, plan, progress=not args.no_progress)
         try:
             with exclusive(plan.out):
+                augmenter.plan = plan = plan.resolved(model_card(lm, plan.settings["model"]))
+                print(f"latentmix augment: {plan.describe()}", file=sys.stderr)
                 return augmenter.run()
         except KeyboardInterrupt:
             augmenter.cancel()
@@ -171,31 +219,46 @@ def run(args: argparse.Namespace) -> int:
 @dataclass(frozen=True)
 class ImageClass:
     name: str
-    sources: list[Path]  # image files, sorted, relative to the data folder
-    prompt: str
+    sources: list[Source]  # images in a stable order (ImageFolder: sorted paths)
+    prompt: str = ""  # set by Plan.resolved, from the prompt template
 
 
-def find_classes(data: Path, out: Path, template: str) -> list[ImageClass]:
-    """The class folders of an ImageFolder tree, sorted; each with its images, sorted."""
-    if not data.is_dir():
-        raise UsageError(f"{data} is not a folder")
+def find_classes(args: argparse.Namespace) -> list[ImageClass]:
+    """The input's classes, sorted, each with its images (client/dataset_sources.py)."""
+    data, out = args.data, args.out
     if out.resolve().is_relative_to(data.resolve()):
         raise UsageError(f"--out {out} must not be inside the data folder {data}")
-    classes = []
-    for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        sources = sorted(
-            path.relative_to(data)
-            for path in folder.rglob("*")
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    try:
+        found = read_labelled_images(
+            data,
+            label_column=args.label_column,
+            image_column=args.image_column,
+            split=args.split,
         )
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    classes = []
+    for name, sources in found.classes.items():
         if not sources:
-            print(f"latentmix augment: skipping {folder}: no images", file=sys.stderr)
+            print(f"latentmix augment: skipping class {name!r}: no images", file=sys.stderr)
             continue
-        prompt = template.replace("{class}", folder.name.replace("_", " "))
-        classes.append(ImageClass(folder.name, sources, prompt))
+        classes.append(ImageClass(name, sources))
     if not classes:
-        raise UsageError(f"{data} has no class folders with images (.png, .jpg, .jpeg, .webp)")
+        raise UsageError(f"{data} has no classes with images (.png, .jpg, .jpeg, .webp)")
     return classes
+
+
+def class_prompt(template: str, class_name: str) -> str:
+    return template.replace("{class}", class_name.replace("_", " "))
+
+
+def model_card(lm: LatentMixClient, model: str | None) -> dict[str, Any]:
+    """The card of `model` (None: the service's default model); {} while no worker has
+    described it (the service's defaults then apply)."""
+    for info in lm.models():
+        if (info.name == model) if model else info.default:
+            return info.card or {}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -225,14 +288,16 @@ class Plan:
                 _check_subsets(image_class, args.k, args.per_class)
         elif args.alpha <= 0:
             raise UsageError(f"--alpha must be positive, got {args.alpha}")
+        elif args.scheme == "few" and args.k is not None and args.k < 2:
+            raise UsageError(f"--scheme few mixes 2 to --k images: --k must be >= 2, got {args.k}")
         for image_class in classes:
             if len(image_class.sources) < 2:
                 raise UsageError(f"class {image_class.name!r} has one image: mixing needs two")
         settings = {
             "method": args.method,
             "scheme": args.scheme,
-            "alpha": args.alpha if args.scheme == "dirichlet" else None,
-            "k": args.k if args.scheme == "subset" else None,
+            "alpha": args.alpha if args.scheme != "subset" else None,
+            "k": (args.k or FEW_MAX_INPUTS) if args.scheme == "few" else args.k,
             "seed": args.seed,
             "batch": args.batch,
             "prompt": args.prompt,
@@ -241,10 +306,66 @@ class Plan:
             "inversion": args.inversion,
             "inversion_options": dict(args.inversion_option) if args.inversion_option else None,
             "guidance_scale": args.guidance_scale,
+            "inversion_guidance_scale": args.inversion_guidance_scale,
             "size": args.size,
             "model": args.model,
         }
         return cls(args.data, args.out, args.per_class, classes, settings)
+
+    def resolved(self, card: dict[str, Any]) -> Plan:
+        """The plan with what the command line left open taken from the model's card: the
+        prompt template, each guidance scale, the inversion method for mixes. `chosen` in
+        the settings names the card's choices (what `describe` prints)."""
+        given = self.settings
+        generation = given["guidance_scale"]
+        inversion_guidance = given["inversion_guidance_scale"]
+        picks = {
+            "prompt": (given["prompt"], card.get("prompt_template")),
+            "guidance_scale": (generation, card.get("generation_guidance")),
+            "inversion_guidance_scale": (
+                inversion_guidance if inversion_guidance is not None else generation,
+                card.get("inversion_guidance"),
+            ),
+            "inversion": (given["inversion"], card.get("mix_inversion")),
+        }
+        settings = dict(given, model=given["model"] or card.get("model"))
+        chosen = []
+        for key, (value, from_card) in picks.items():
+            if value is None and from_card is not None:
+                value = from_card
+                chosen.append(key)
+            settings[key] = value
+        if settings["prompt"] is None:
+            settings["prompt"] = DEFAULT_PROMPT
+        settings["chosen"] = chosen
+        classes = [
+            ImageClass(c.name, c.sources, class_prompt(settings["prompt"], c.name))
+            for c in self.classes
+        ]
+        return Plan(self.data, self.out, self.per_class, classes, settings)
+
+    def describe(self) -> str:
+        """What the run does, and which of it the model's card chose."""
+        s = self.settings
+        chosen = set(s.get("chosen", ()))
+
+        def note(key: str, value: Any, default: str = "the service's default") -> str:
+            text = default if value is None else f"{value:g}" if isinstance(value, float) else value
+            return f"{text} (model card)" if key in chosen else str(text)
+
+        weights = {
+            "few": f"Dirichlet({s['alpha']:g}) over a random 2 to {s['k']} of a class's images",
+            "dirichlet": f"Dirichlet({s['alpha']:g}) over all of a class's images",
+            "subset": f"centroids of random {s['k']}-subsets",
+        }[s["scheme"]]
+        return (
+            f"model {s['model'] or 'the service default'}; prompt {note('prompt', s['prompt'])!r}"
+            f"; inversion {note('inversion', s['inversion'])} at guidance "
+            f"{note('inversion_guidance_scale', s['inversion_guidance_scale'])}, "
+            f"{s['inversion_steps'] or 'default'} steps; generation at guidance "
+            f"{note('guidance_scale', s['guidance_scale'])}, {s['steps'] or 'default'} steps; "
+            f"weights: {weights}; method {s['method']}"
+        )
 
     def batches(self, image_class: ImageClass) -> list[Batch]:
         size = self.settings["batch"]
@@ -291,6 +412,7 @@ def check_limits(plan: Plan, classes: list[ImageClass], limits: Limits) -> None:
         ("--steps", settings["steps"], limits.max_steps),
         ("--inversion-steps", settings["inversion_steps"], limits.max_steps),
         ("--guidance-scale", settings["guidance_scale"], limits.max_guidance),
+        ("--inversion-guidance-scale", settings["inversion_guidance_scale"], limits.max_guidance),
     ):
         if value is not None and value > limit:
             raise UsageError(f"{name} {value} is over the service's limit of {limit}")
@@ -315,9 +437,8 @@ def check_limits(plan: Plan, classes: list[ImageClass], limits: Limits) -> None:
                 f"characters; the service's limit is {limits.max_prompt_chars}"
             )
         for source in image_class.sources:
-            path = plan.data / source
             try:
-                check_file(limits, source.as_posix(), path.stat().st_size, image_pixels(path))
+                check_file(limits, source.name, source.size(), image_pixels(source.image))
             except LimitExceeded as exc:
                 raise UsageError(f"class {image_class.name!r}: {exc}") from None
 
@@ -430,6 +551,7 @@ class Augmenter:
         self.written = 0
         self.in_flight: deque[tuple[Batch, Job]] = deque()
         self.sources: dict[str, dict[str, str]] = {}  # class -> latent id -> source file
+        self.warned: set[str] = set()  # classes whose mixes' diagnostics warning was shown
 
     def run(self) -> int:
         """Make what OUT lacks (the caller holds its lock); returns the exit status."""
@@ -487,11 +609,11 @@ class Augmenter:
         submitted: dict[str, list[Latent]] = {}
         for image_class in classes:
             submitted[image_class.name] = self.lm.invert(
-                [self.plan.data / source for source in image_class.sources],
+                [source.image for source in image_class.sources],
                 prompt=image_class.prompt,
                 model=settings["model"],
                 inversion_steps=settings["inversion_steps"],
-                guidance_scale=settings["guidance_scale"],
+                guidance_scale=settings["inversion_guidance_scale"],
                 size=settings["size"],
                 inversion=settings["inversion"],
                 inversion_options=settings["inversion_options"],
@@ -510,7 +632,7 @@ class Augmenter:
             entries = submitted[image_class.name]
             by_id = self.sources.setdefault(image_class.name, {})
             for latent, source in zip(entries, image_class.sources, strict=True):
-                by_id.setdefault(latent.id, source.as_posix())
+                by_id.setdefault(latent.id, source.name)
             latent_ids[image_class.name] = list(by_id)
             if len(by_id) < 2:
                 raise UsageError(f"class {image_class.name!r} has one distinct image")
@@ -538,9 +660,20 @@ class Augmenter:
             batch, job = self.in_flight[0]
             bar.set_postfix_str(batch.cls.name, refresh=False)
             for image in self.lm.iter_images(job):
+                self.warn_once(batch.cls.name, image)
                 if self.store(batch, job, image):
                     bar.update(1)
             self.in_flight.popleft()
+
+    def warn_once(self, class_name: str, image: ImageResult) -> None:
+        """The first degeneracy warning of a class's mixes (service/core/diagnostics.py),
+        printed once for the class."""
+        warnings = (image.diagnostics or {}).get("warnings") or []
+        if warnings and class_name not in self.warned:
+            self.warned.add(class_name)
+            tqdm.write(
+                f"latentmix augment: warning: class {class_name!r}: {warnings[0]}", file=sys.stderr
+            )
 
     def store(self, batch: Batch, job: Job, image: ImageResult) -> bool:
         """Write one image and its provenance line, unless it is already there."""

@@ -128,6 +128,8 @@ class ImageResult:
     latent: str | None = None
     url: str | None = None
     provenance: Provenance | None = None
+    # The mix's degeneracy figures (norms, bias amplification, k_eff, warnings), as sent.
+    diagnostics: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any], job_result: dict[str, Any]) -> ImageResult:
@@ -142,6 +144,7 @@ class ImageResult:
             latent=data.get("latent"),
             url=data.get("url"),
             provenance=Provenance.from_json(provenance) if provenance is not None else None,
+            diagnostics=data.get("diagnostics"),
         )
 
 

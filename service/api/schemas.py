@@ -16,6 +16,7 @@ from latentmix.service.core.ids import ID_RE
 from latentmix.service.core.jobs import JobStatus
 from latentmix.service.core.latents import Reconstruction
 from latentmix.service.core.mix_methods import DEFAULT_METHOD, METHOD_ALIASES, MIX_METHODS
+from latentmix.service.core.weight_sampling import DEFAULT_SCHEME, FEW_MAX_INPUTS
 
 LatentId = Annotated[
     str, Field(pattern=ID_RE.pattern, examples=["3f2a9c0d4b1e5f6a7b8c9d0e1f2a3b4c"])
@@ -163,13 +164,21 @@ class SampleSpec(RequestBody):
     """Seeded weights for many mixes, instead of explicit weights."""
 
     count: int = Field(ge=1, description="number of mixes (one image each)")
-    scheme: Literal["dirichlet", "subset"] = Field(
-        default="dirichlet",
-        description="dirichlet: Dirichlet(alpha) rows; subset: uniform centroids of random "
-        "k-subsets (the paper's experiment)",
+    scheme: Literal["few", "dirichlet", "subset"] = Field(
+        default=DEFAULT_SCHEME,
+        description="few: Dirichlet(alpha) over a random subset of 2 to k inputs (k default "
+        f"{FEW_MAX_INPUTS}), whatever the number of latents: mixes of few inputs, where "
+        "quality holds; dirichlet: Dirichlet(alpha) over all latents (near the centroid of "
+        "a large class: its effective K grows with the class); subset: uniform centroids of "
+        "random k-subsets (the paper's experiment)",
     )
     alpha: float = Field(default=1.0, gt=0, le=1000, description="dirichlet concentration")
-    k: int | None = Field(default=None, ge=1, description="subset size; default all latents")
+    k: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"few: the most inputs per mix (default {FEW_MAX_INPUTS}); subset: the "
+        "subset size (default all latents)",
+    )
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="same seed, same weights and images"
     )

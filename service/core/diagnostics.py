@@ -38,6 +38,12 @@ from latentmix.service.core.mix_methods import canonical_method
 # Defaults of the warning thresholds (settings LATENTMIX_DIAGNOSTICS_*; docs/configuration.md).
 DEFAULT_MAX_AMPLIFICATION = 2.0  # channel means amplified more than this: Eq. 9 at K_eff >= 4
 DEFAULT_MIN_NORM_RATIO = 0.8  # norm below this fraction of the inputs' interpolated norm
+# Effective K above which a method's mixes lose quality (Fig. 7 and Sec. 6): lerp and the
+# unadjusted or globally adjusted norms drop "long before the degeneration is visible" (on
+# `shapes`, fix/0 centroids are tinted from K = 4 on, shared/shapes.md); the channel-mean
+# adjusted methods hold much longer but still drop "as K grows sufficiently large" (on
+# `shapes`, nin/chm centroids of a 120-drawing class collapse to one blob, issue 28).
+DEGRADING_K_EFF = {"chm": 16.0, "other": 4.0}
 # Channel means this small against the noise are not a bias: no amplification is reported.
 _NO_BIAS = 1e-12
 _CHUNK_ELEMENTS = 2**22  # float64 values converted at a time (32 MiB)
@@ -204,8 +210,24 @@ def _mean_adjusted(
     return norms, means
 
 
+def degrading_k_eff(method: str) -> float | None:
+    """The effective K above which the paper measures `method`'s quality dropping; None for
+    slerp (two inputs)."""
+    method = canonical_method(method)
+    if method == "slerp":
+        return None
+    return DEGRADING_K_EFF["chm" if method.endswith("/chm") else "other"]
+
+
 def _warnings(diagnostics: MixDiagnostics, method: str, thresholds: Thresholds) -> list[str]:
     warnings = []
+    degrading = degrading_k_eff(method)
+    if degrading is not None and diagnostics.k_eff > degrading:
+        warnings.append(
+            f"K_eff = {diagnostics.k_eff:.1f} inputs: above {degrading:g}, where the paper "
+            f"measures {method}'s quality dropping (Fig. 7); mix fewer inputs per image "
+            "(sample scheme 'few')"
+        )
     amplification = diagnostics.bias_amplification
     if amplification is not None and amplification > thresholds.max_amplification:
         warnings.append(

@@ -68,7 +68,7 @@ def test_augment_writes_per_class_images_with_matching_provenance(
     assert [line["batch"] for line in lines if line["class"] == "cat"] == [0, 0, 1]
     assert len({line["seed"] for line in lines}) == 4  # one per (class, batch)
     settings = json.loads((out / "augment.json").read_text())
-    assert settings["method"] == "nin/chm" and settings["scheme"] == "dirichlet"
+    assert settings["method"] == "nin/chm" and settings["scheme"] == "few"
     before = snapshot(out)
     assert run_cli(args) == 0  # everything there: nothing to do
     assert snapshot(out) == before and read_provenance(out) == lines
