@@ -126,7 +126,7 @@ class LatentMixClient:
         size: int | None = None,
         inversion: str | None = None,
         inversion_options: Mapping[str, Any] | None = None,
-        measure_reconstruction: bool | None = None,
+        measure_reconstruction: bool | str | None = None,
         wait: bool = True,
         progress: bool = False,
         timeout: float | None = None,
@@ -137,8 +137,10 @@ class LatentMixClient:
 
         `inversion` names the method (default: the model's, ddim for Stable Diffusion;
         `models()` lists each model's), `inversion_options` its options by form field name
-        (e.g. {"edict_mix": 0.9}); `measure_reconstruction=False` skips the round-trip error
-        the service records with each latent.
+        (e.g. {"edict_mix": 0.9}). `measure_reconstruction` says which latents the service
+        regenerates to record their round-trip error, each costing a generation pass:
+        "sample" (the service's default: one per request, none for exact methods), "all"
+        (or True), "none" (or False).
 
         With `wait` (the default) returns once every latent is ready; otherwise at once,
         with pending latents naming the job that computes them."""

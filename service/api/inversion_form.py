@@ -8,11 +8,14 @@ from fastapi import Form
 from latentmix.service.api.problems import problem
 from latentmix.service.core.contract import (
     DEFAULT_INVERSION,
+    DEFAULT_RECONSTRUCTION_MEASURE,
     INVERSION_OPTIONS,
     MAX_INVERSION_ITERATIONS,
     OPTION_FIELDS,
     InversionSettings,
     ModelCard,
+    ReconstructionMeasure,
+    reconstruction_measure,
 )
 
 # The form fields this module reads, as inversion_form declares them.
@@ -22,7 +25,9 @@ INVERSION_FORM_FIELDS = ("inversion", *OPTION_FIELDS, "measure_reconstruction")
 class InversionForm:
     """The method and options as sent; `settings` checks them against a model."""
 
-    def __init__(self, method: str | None, options: dict, measure_reconstruction: bool):
+    def __init__(
+        self, method: str | None, options: dict, measure_reconstruction: ReconstructionMeasure
+    ):
         self.method = method
         self.options = {name: value for name, value in options.items() if value is not None}
         self.measure_reconstruction = measure_reconstruction
@@ -102,12 +107,14 @@ def inversion_form(
         ),
     ] = None,
     measure_reconstruction: Annotated[
-        bool,
+        str,
         Form(
-            description="regenerate each latent and record its reconstruction error (latent "
-            "RMSE, pixel PSNR); costs one generation pass"
+            description="which latents to regenerate to record their round trip's error "
+            "(latent RMSE, pixel PSNR), each costing a generation pass: sample (one per job, "
+            "its record says `sample_of`; none for edict and bdia, exact by construction), "
+            "all, or none; true and false (as before) mean all and none",
         ),
-    ] = True,
+    ] = DEFAULT_RECONSTRUCTION_MEASURE,
 ) -> InversionForm:
     options = {
         "inversion_iterations": inversion_iterations,
@@ -118,4 +125,8 @@ def inversion_form(
         "timestep_spacing": timestep_spacing,
         "guidance_rescale": guidance_rescale,
     }
-    return InversionForm(inversion, options, measure_reconstruction)
+    try:
+        measure = reconstruction_measure(measure_reconstruction)
+    except ValueError as exc:
+        raise problem(422, str(exc)) from None
+    return InversionForm(inversion, options, measure)

@@ -11,9 +11,9 @@ else.
 """
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from latentmix.service.core.diagnostics import MixDiagnostics
 from latentmix.service.core.ids import image_id, mixed_latent_id, morph_frame_image_id
@@ -176,15 +176,57 @@ class InvertItem(Contract):
     prompt: str
 
 
+# Which latents of an inversion job are regenerated to record their round trip's error
+# (each costs a generation pass): "sample" one per job (none for methods exact by
+# construction), "all" every one, "none". Booleans, as release 0.2 took them, mean all or none.
+ReconstructionMeasure = Literal["sample", "all", "none"]
+RECONSTRUCTION_MEASURES: tuple[str, ...] = get_args(ReconstructionMeasure)
+DEFAULT_RECONSTRUCTION_MEASURE: ReconstructionMeasure = "sample"
+_MEASURE_WORDS = {"true": "all", "1": "all", "yes": "all", "on": "all"} | {
+    "false": "none",
+    "0": "none",
+    "no": "none",
+    "off": "none",
+}
+
+
+def reconstruction_measure(value: object) -> ReconstructionMeasure:
+    """The measure a request names (a boolean or its words included); ValueError naming
+    the allowed values otherwise."""
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    word = str(value).strip().lower()
+    word = _MEASURE_WORDS.get(word, word)
+    if word not in RECONSTRUCTION_MEASURES:
+        raise ValueError(
+            f"measure_reconstruction must be one of {list(RECONSTRUCTION_MEASURES)} "
+            f"(or true = all, false = none), got {value!r}"
+        )
+    return word
+
+
 class InvertRequest(Contract):
     items: list[InvertItem] = Field(min_length=1)
     settings: InversionSettings
-    # Regenerate each latent and record its reconstruction error (one generation pass).
-    measure_reconstruction: bool = True
+    measure_reconstruction: ReconstructionMeasure = DEFAULT_RECONSTRUCTION_MEASURE
+
+    @field_validator("measure_reconstruction", mode="before")
+    @classmethod
+    def _measure(cls, value: object) -> ReconstructionMeasure:
+        return reconstruction_measure(value)
+
+
+class ReconstructionSample(Contract):
+    measure: ReconstructionMeasure
+    measured: list[str]
+    of: int
 
 
 class InvertResult(Contract):
     latents: list[str]
+    # The latents whose round trip was measured (their records hold the error), and how
+    # many the job inverted: a sample of 1 of N by default.
+    reconstruction: ReconstructionSample | None = None
 
 
 # --- mix --------------------------------------------------------------------------------

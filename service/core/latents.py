@@ -138,6 +138,11 @@ class Reconstruction(BaseModel):
         "null when they are identical"
     )
     pixel_max_error: int = Field(description="largest difference of one 8-bit pixel value")
+    sample_of: int | None = Field(
+        default=None,
+        description="measured as the sample of its inversion job: this one latent of that "
+        "many (measure_reconstruction=sample, the default); null when every latent was",
+    )
 
 
 class LatentRecord(BaseModel):

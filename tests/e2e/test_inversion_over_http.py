@@ -39,14 +39,23 @@ def api(service_url) -> Iterator[httpx.Client]:
         yield client
 
 
+# Methods exact by construction: their round trip is measured only when asked.
+EXACT = ("edict", "bdia")
+
+
 def invert(api, seeds: list[int], guidance: float = 7.5, **form) -> list[str]:
+    return [entry["id"] for entry in invert_job(api, seeds, guidance, **form)[0]["latents"]]
+
+
+def invert_job(api, seeds: list[int], guidance: float = 7.5, **form) -> tuple[dict, dict]:
+    """POST /latents's answer and its ended job."""
     files = [("images", (f"i{s}.png", png_bytes(s), "image/png")) for s in seeds]
     data = {"inversion_steps": STEPS, "guidance_scale": guidance, "prompt": PROMPT, **form}
     response = api.post("/latents", files=files, data=data)
     assert response.status_code == 202, response.text
     done = wait_for(api, response.json()["job"]["id"])
     assert done["status"] == "succeeded", done
-    return [entry["id"] for entry in response.json()["latents"]]
+    return response.json(), done
 
 
 def mix(api, latents: list[str], weights: list[float], guidance: float = 7.5) -> dict:
@@ -77,7 +86,14 @@ def test_each_method_inverts_reports_its_error_and_mixes_with_itself(api, method
     )
     assert record["aux_bytes"] == expected_bytes
     errors = record["reconstruction"]
-    assert errors["latent_rmse"] >= 0 and errors["pixel_max_error"] >= 0
+    if method in EXACT:  # nothing measured by default: the round trip is exact
+        assert errors is None
+    else:  # one latent of the two is the job's measured sample
+        sample, other = (first, second) if errors else (second, first)
+        errors = api.get(f"/latents/{sample}").json()["reconstruction"]
+        assert errors["latent_rmse"] >= 0 and errors["pixel_max_error"] >= 0
+        assert errors["sample_of"] == 2
+        assert api.get(f"/latents/{other}").json()["reconstruction"] is None
     stored = load(api.get(f"/latents/{first}/data").content)
     assert {k.removeprefix("aux.") for k in stored if k != "latent"} == set(STATE[method])
 
@@ -91,6 +107,30 @@ def test_each_method_inverts_reports_its_error_and_mixes_with_itself(api, method
 def test_reconstruction_can_be_skipped(api):
     (latent,) = invert(api, [33], measure_reconstruction="false")
     assert api.get(f"/latents/{latent}").json()["reconstruction"] is None
+
+
+def test_by_default_one_latent_per_job_is_measured_and_said_to_be_a_sample(api):
+    answer, done = invert_job(api, [41, 42, 43])
+    ids = [entry["id"] for entry in answer["latents"]]
+    sample = done["result"]["reconstruction"]
+    assert sample["measure"] == "sample" and sample["of"] == 3
+    (measured,) = sample["measured"]  # the first of the job's last inversion batch
+    for latent in ids:
+        errors = api.get(f"/latents/{latent}").json()["reconstruction"]
+        if latent == measured:
+            assert errors["sample_of"] == 3 and errors["latent_rmse"] >= 0
+        else:
+            assert errors is None
+
+
+@pytest.mark.parametrize("method", ["ddim", "edict"])
+def test_measuring_every_latent_is_opt_in(api, method):
+    answer, done = invert_job(api, [44, 45], inversion=method, measure_reconstruction="all")
+    ids = [entry["id"] for entry in answer["latents"]]
+    assert done["result"]["reconstruction"] == {"measure": "all", "measured": ids, "of": 2}
+    for latent in ids:
+        errors = api.get(f"/latents/{latent}").json()["reconstruction"]
+        assert errors["sample_of"] is None and errors["latent_rmse"] >= 0
 
 
 def test_a_cross_method_mix_is_refused_naming_both(api):
@@ -107,7 +147,7 @@ def test_an_exact_methods_latent_at_weight_1_regenerates_the_inputs_vae_round_tr
     """Mixed alone at weight 1 (nin/chm keeps a single latent up to rounding), the latent
     and its state regenerate the input's VAE round trip within one 8-bit level: the
     reconstruction the worker measured says so, and the mix's image shows it."""
-    (latent,) = invert(api, [35], guidance=1.0, inversion=method)
+    (latent,) = invert(api, [35], guidance=1.0, inversion=method, measure_reconstruction="all")
     errors = api.get(f"/latents/{latent}").json()["reconstruction"]
     assert errors["pixel_max_error"] <= 1, errors
 

@@ -10,8 +10,9 @@ from redis import Redis
 from latentmix.service.core.contract import InversionSettings, MixRequest, plan_mix
 from latentmix.service.core.jobs import request_cancel
 from latentmix.worker.engine.families import family_for_pipeline_class
+from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.tasks import mix as mix_task
-from latentmix.worker.tasks.invert import _engine_settings
+from latentmix.worker.tasks.invert import _engine_settings, measured_per_batch
 from latentmix.worker.tasks.mix import rows_to_render
 from latentmix.worker.tasks.reporting import (
     JobCanceled,
@@ -252,3 +253,20 @@ def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
     unset = SimpleNamespace(settings=SimpleNamespace(lpips_weights=None), model=model)
     assert _distance(configured).name == "lpips-alex"
     assert _distance(unset).name == "rgb-rmse"
+
+
+@pytest.mark.parametrize(
+    ("measure", "method", "expected"),
+    [
+        ("sample", "ddim", [0, 0, 1]),  # one latent per job, in its last batch
+        ("sample", "fixed-point", [0, 0, 1]),
+        ("sample", "edict", [0, 0, 0]),  # exact by construction: nothing to learn
+        ("sample", "bdia", [0, 0, 0]),
+        ("all", "ddim", [2, 2, 1]),
+        ("all", "edict", [2, 2, 1]),  # asked for: measured even so
+        ("none", "ddim", [0, 0, 0]),
+    ],
+)
+def test_which_latents_of_an_inversion_are_regenerated_to_measure_them(measure, method, expected):
+    chosen = get_inversion(method, "stable-diffusion")
+    assert measured_per_batch(measure, chosen, in_batches(5, 2)) == expected

@@ -8,6 +8,7 @@ and the timestep convention inversion and generation share.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -148,19 +149,21 @@ def invert(
     settings: InversionSettings,
     progress: ProgressFn | None = None,
     *,
-    measure: bool = False,
+    measure: bool | int = False,
 ) -> Inverted:
     """Invert images to the noise latents generation starts from (method.md section 1).
-    With `measure`, sample each latent back with the same method, steps and guidance and
-    record the round trip's error (one generation pass more: `progress` then counts the
-    inversion as its first half and the generation as its second)."""
+    With `measure` (True: every row; a number n: the first n rows), sample those
+    latents back with the same method, steps and guidance and record the round trip's
+    error, NaN for the rows not measured (one generation pass more over the measured rows:
+    `progress` counts it after the inversion's steps as their share of the rows)."""
     settings = settings.resolved(model)
     if not images:
         raise ValueError("images must be a non-empty list of PIL images")
     prompt_list = prompts_per_row(prompts, len(images))
     method = get_inversion(settings.method, model.family)
+    measured = min(len(images), len(images) if measure is True else int(measure))
 
-    halves = _Halves(progress) if measure and progress is not None else None
+    halves = _Passes(progress, len(images), measured) if measured and progress else None
     x0 = encode_images(model, images, settings.size)
     conditioning = encode_prompts(model, prompt_list)
     inverted = method.invert(
@@ -179,29 +182,42 @@ def invert(
         **inverted.settings,
     }
     inverted = replace(inverted, settings=record)
-    if measure:
+    if measured:
         errors = _round_trip_errors(
-            model, inverted, x0, conditioning, halves.second if halves else None
+            model,
+            inverted.rows(0, measured),
+            x0[:measured],
+            conditioning.rows(0, measured),
+            halves.second if halves else None,
         )
-        inverted = replace(inverted, reconstruction=errors)
+        inverted = replace(inverted, reconstruction=_spread(errors, len(images)))
     return inverted
 
 
-class _Halves:
-    """One progress over two passes of unknown lengths: the first pass's steps as the first
-    half, the second's scaled into the second half (monotonic; cancelation still stops
-    either pass at its next step)."""
+def _spread(errors: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Errors of the first rows measured, padded with NaN to `count` rows."""
+    return {
+        name: torch.cat([values, values.new_full((count - len(values),), math.nan)])
+        for name, values in errors.items()
+    }
 
-    def __init__(self, progress: ProgressFn):
-        self.progress = progress
-        self.total = 1
 
-    def first(self, done: int, total: int) -> None:
-        self.total = total
-        self.progress(done, 2 * total)
+class _Passes:
+    """One progress over two passes of unknown lengths: the inversion's steps, then the
+    measuring pass over `measured` of the `rows` rows, counted as that share of as many
+    steps (all rows: the second half; monotonic; cancelation still stops either pass at its
+    next step)."""
 
-    def second(self, done: int, total: int) -> None:
-        self.progress(self.total + done * self.total // total, 2 * self.total)
+    def __init__(self, progress: ProgressFn, rows: int, measured: int):
+        self.progress, self.share = progress, measured / rows
+        self.steps = self.total = 1
+
+    def first(self, done: int, steps: int) -> None:
+        self.steps, self.total = steps, steps + math.ceil(steps * self.share)
+        self.progress(done, self.total)
+
+    def second(self, done: int, steps: int) -> None:
+        self.progress(self.steps + done * (self.total - self.steps) // steps, self.total)
 
 
 def _round_trip_errors(

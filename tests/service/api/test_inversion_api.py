@@ -99,11 +99,26 @@ def test_option_values_out_of_range_name_the_field(client, form, field):
     assert_problem(post_images(client, png_bytes(1), **form), 422, field)
 
 
-def test_reconstruction_is_measured_unless_opted_out(client):
-    measured = queued_request(client, post_images(client, png_bytes(1)).json())
-    skipped = post_images(client, png_bytes(2), measure_reconstruction="false").json()
-    assert measured.measure_reconstruction is True
-    assert queued_request(client, skipped).measure_reconstruction is False
+@pytest.mark.parametrize(
+    ("seed", "form", "queued"),
+    [
+        (1, {}, "sample"),  # the default: one latent per job
+        (2, {"measure_reconstruction": "all"}, "all"),
+        (3, {"measure_reconstruction": "none"}, "none"),
+        (4, {"measure_reconstruction": "true"}, "all"),  # as release 0.2 took it
+        (5, {"measure_reconstruction": "false"}, "none"),
+    ],
+)
+def test_reconstruction_is_sampled_by_default_and_measured_fully_on_request(
+    client, seed, form, queued
+):
+    answer = post_images(client, png_bytes(seed), **form).json()
+    assert queued_request(client, answer).measure_reconstruction == queued
+
+
+def test_an_unknown_reconstruction_measure_is_refused_naming_the_allowed_ones(client):
+    response = post_images(client, png_bytes(1), measure_reconstruction="most")
+    assert_problem(response, 422, "measure_reconstruction", "sample", "all", "none", "most")
 
 
 # --- mixing -------------------------------------------------------------------------------

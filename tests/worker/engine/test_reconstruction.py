@@ -68,3 +68,25 @@ def test_progress_counts_inversion_then_measurement_and_can_cancel_either(tiny_m
 
     with pytest.raises(Canceled):
         invert(tiny_model, images[:1], PROMPT, settings, cancel_in_second_half, measure=True)
+
+
+def test_measuring_the_first_rows_records_their_errors_as_measuring_all_does(tiny_model, images):
+    settings = InversionSettings(steps=3, guidance_scale=7.5)
+    every = invert(tiny_model, images[:3], PROMPT, settings, measure=True)
+    first = invert(tiny_model, images[:3], PROMPT, settings, measure=1)
+    # Within float rounding of batch 1 against batch 3 (one 8-bit level for the largest).
+    tolerance = {"latent_rmse": 1e-3, "pixel_psnr_db": 1e-3, "pixel_max_error": 1.0}
+    for name, values in first.reconstruction.items():
+        expected = float(every.reconstruction[name][0])
+        assert float(values[0]) == pytest.approx(expected, rel=1e-3, abs=tolerance[name])
+        assert values[1:].isnan().all()
+
+
+def test_progress_counts_a_sampled_measurement_as_its_share_of_the_rows(tiny_model, images):
+    reports: list[tuple[int, int]] = []
+    settings = InversionSettings(steps=6)
+    invert(tiny_model, images, PROMPT, settings, lambda *r: reports.append(r), measure=1)
+    # 6 inversion steps, then one row of three regenerated: a third of 6 steps more.
+    assert reports[-1] == (8, 8)
+    assert {total for _, total in reports} == {8}
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)

@@ -54,6 +54,9 @@ class InversionMethod:
     check_options: CheckOptionsFn = lambda options: None  # no options to check
     # aux tensors that are latents themselves (mixed like the latent; others linearly)
     latent_state: tuple[str, ...] = ()
+    # Exact by construction: sampling undoes inversion up to float rounding (EDICT, BDIA at
+    # gamma 1), so measuring the round trip by default would spend a pass to learn nothing.
+    exact: bool = False
 
 
 def row_chunks(model: LoadedModel, rows: int, *, inverting: bool) -> list[tuple[int, int]]:

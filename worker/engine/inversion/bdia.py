@@ -167,4 +167,5 @@ BDIA = InversionMethod(
     options=tuple(DEFAULTS),
     check_options=check_options,
     latent_state=("previous",),
+    exact=True,
 )

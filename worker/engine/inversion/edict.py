@@ -143,4 +143,5 @@ EDICT = InversionMethod(
     options=tuple(DEFAULTS),
     check_options=check_options,
     latent_state=("y",),
+    exact=True,
 )
