@@ -36,7 +36,6 @@ from latentmix.worker.engine.diffusion import (
     invert,
     sample,
 )
-from latentmix.worker.engine.inversion import methods_for
 from latentmix.worker.engine.models import load_model
 
 PROMPT = "a photo of a cat"
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     model = load_model(args.model, device=args.device, cache_dir=MODELS_DIR)
     size = args.size or model.default_size
     pictures = [seeded_image(seed, size) for seed in range(args.k)]
-    methods = args.methods or list(methods_for(model.family.name))
+    methods = args.methods or list(model.card.inversion_methods)
     invert(model, pictures[:1], PROMPT, InversionSettings(steps=1))  # warm-up
     rows = [
         measure(model, pictures, method, args.steps, guidance)

@@ -273,7 +273,7 @@ class EngineRun:
             steps=w.steps,
             guidance_scale=w.guidance,
             size=w.size,
-            method=default_inversion(self.model.family).name,  # as the worker's default
+            method=default_inversion(self.model.card).name,  # as the worker's default
         )
         with measured(time.process_time, out, "invert"):
             images = [_open(data) for data in self.pngs]

@@ -15,15 +15,15 @@ from pathlib import Path
 
 from latentmix.service.cli.stack import Child, StackError
 from latentmix.service.core.config import Settings
-from latentmix.service.core.contract import ModelCard
+from latentmix.service.core.model_card import ModelCard
 from latentmix.service.core.storage import S3Storage
 
 WEBHOOK_SECRET = "test-webhook-secret"  # LATENTMIX_WEBHOOK_SECRET of the session's service
 S3_TEST_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 
 
-# The card a worker serving the built-in tiny model publishes (tests/e2e/test_service.py
-# checks it against a real worker's).
+# The card a worker serving the built-in tiny model publishes on the CPU with the e2e
+# session's batch sizes (tests/e2e/test_service.py checks it against a real worker's).
 TINY_CARD = ModelCard(
     model="tiny",
     family="stable-diffusion",
@@ -34,6 +34,15 @@ TINY_CARD = ModelCard(
     prediction_type="epsilon",
     inversion_methods=("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text"),
     size_multiple=8,
+    attention_interpolation=True,
+    scheduler="DDIMScheduler",
+    attention="AttnProcessor2_0",
+    device="cpu",
+    dtype="float32",
+    max_batch_size=2,
+    vae_batch_size=4,
+    inversion_batch_size=2,
+    compiled=False,
 )
 
 

@@ -44,7 +44,6 @@ from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
 from latentmix.service.core.config import Settings
-from latentmix.service.core.contract import ModelCard
 from latentmix.service.core.job_events import announce
 from latentmix.service.core.jobs import (
     REDIS_ERRORS,
@@ -149,7 +148,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         device=ctx.model.device,
     )
     # Served from now on: /readyz and GET /models count this worker while its heartbeat lives.
-    publish_card(ctx.redis, model_card(ctx), worker.name, settings.worker_heartbeat_ttl_s)
+    publish_card(ctx.redis, ctx.model.card, worker.name, settings.worker_heartbeat_ttl_s)
     try:
         with Heartbeat(worker, settings.worker_heartbeat_ttl_s):
             worker.work(
@@ -162,11 +161,6 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     ctx.storage.close()
     if worker.device_lost:
         raise SystemExit(EXIT_DEVICE_LOST)
-
-
-def model_card(ctx: WorkerContext) -> ModelCard:
-    """The loaded model's card (worker/engine/families), as the API reads it."""
-    return ModelCard(**ctx.model.card.as_dict() | {"model": ctx.settings.model})
 
 
 class LatentMixWorker(SimpleWorker):

@@ -13,10 +13,10 @@ from latentmix.service.core.contract import (
     MAX_INVERSION_ITERATIONS,
     OPTION_FIELDS,
     InversionSettings,
-    ModelCard,
     ReconstructionMeasure,
     reconstruction_measure,
 )
+from latentmix.service.core.model_card import ModelCard
 
 # The form fields this module reads, as inversion_form declares them.
 INVERSION_FORM_FIELDS = ("inversion", *OPTION_FIELDS, "measure_reconstruction")

@@ -4,7 +4,8 @@ from redis import Redis
 
 from latentmix.service.api.problems import problem
 from latentmix.service.core.config import Settings
-from latentmix.service.core.contract import DEFAULT_GUIDANCE, ModelCard
+from latentmix.service.core.contract import DEFAULT_GUIDANCE
+from latentmix.service.core.model_card import ModelCard
 from latentmix.service.core.model_cards import model_card, model_cards, served_models
 
 

@@ -40,33 +40,6 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# --- model cards ------------------------------------------------------------------------
-
-
-class ModelCard(BaseModel):
-    """What a worker publishes about the model it serves (worker/engine's card as JSON);
-    the API validates requests against it. Fields beyond these (device, dtype, batch sizes)
-    are kept as they come."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    model: str
-    family: str
-    latent_channels: int
-    vae_scale_factor: int
-    default_size: int
-    default_guidance: float
-    prediction_type: str
-    inversion_methods: tuple[str, ...]
-    # Pixels an image side must be a multiple of (SD 3: the latent cell x the patch size);
-    # None on cards of workers from before it was published: the latent cell.
-    size_multiple: int | None = None
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.size_multiple or self.vae_scale_factor
-
-
 # --- invert -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Which models are served, and what each is: the cards workers publish in Redis.
+"""Which models are served, and what each is: the cards (model_card.py) workers publish in
+Redis.
 
 A worker publishes its model's card once the model is loaded, and keeps a liveness key
 (`latentmix:serving:{worker}`) alive with its heartbeat; it deletes the key when it stops,
@@ -11,8 +12,8 @@ validates requests for a model whose workers are restarting against its last car
 
 from redis import Redis
 
-from latentmix.service.core.contract import ModelCard
-from latentmix.service.core.morph_plan import ATTENTION_FAMILIES, ATTENTION_MODES
+from latentmix.service.core.model_card import ModelCard
+from latentmix.service.core.morph_plan import ATTENTION_MODES
 
 CARDS_KEY = "latentmix:model-cards"  # hash: model -> card JSON
 SERVING_KEY = "latentmix:serving:{worker}"  # the model a live worker serves
@@ -65,8 +66,5 @@ def check_attention(redis: Redis, model: str, attention: str) -> None:
     if attention not in ATTENTION_MODES:
         raise ValueError(f"unknown attention {attention!r}; allowed: {', '.join(ATTENTION_MODES)}")
     card = model_card(redis, model) if attention != "none" else None
-    if card is not None and card.family not in ATTENTION_FAMILIES:
-        raise ValueError(
-            f"attention {attention!r} is not supported for model {model!r} (family "
-            f"{card.family!r}); families that support it: {', '.join(ATTENTION_FAMILIES)}"
-        )
+    if card is not None:
+        card.check_attention_interpolation()

@@ -29,8 +29,6 @@ ATTENTION_MODES = ("none", "inner", "outer", "fused")
 DEFAULT_BETA = (6.0, 3.0)  # AID's demo defaults for (alpha, beta)
 MAX_BETA_PARAMETER = 1e4  # Beta(1e4, 1e4) already puts every frame within 1% of the middle
 DEFAULT_ATTENTION_STEPS = 0.5  # AID's warmup_ratio: the first half of the steps
-# Model families whose attention layers worker/engine/attention/ interpolates.
-ATTENTION_FAMILIES = ("stable-diffusion",)
 
 
 @dataclass(frozen=True)

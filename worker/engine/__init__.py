@@ -26,7 +26,7 @@ _EXPORTS = {
     "encode_prompts": "latentmix.worker.engine.diffusion",
     "InversionSettings": "latentmix.worker.engine.diffusion",
     "Inverted": "latentmix.worker.engine.results",
-    "ModelCard": "latentmix.worker.engine.families.base",
+    "ModelCard": "latentmix.service.core.model_card",
     "Conditioning": "latentmix.worker.engine.families.base",
     "INVERSION_METHODS": "latentmix.worker.engine.inversion",
     "get_inversion": "latentmix.worker.engine.inversion",

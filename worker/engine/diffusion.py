@@ -68,7 +68,7 @@ class InversionSettings:
         """These settings with `size` filled in from the model, validated."""
         size = model.default_size if self.size is None else self.size
         resolved = replace(self, guidance_scale=float(self.guidance_scale), size=size)
-        method = get_inversion(resolved.method, model.family)
+        method = get_inversion(resolved.method, model.card)
         method.check(model, resolved.steps)
         resolved.check_options(method)
         check_guidance(resolved.guidance_scale)
@@ -160,7 +160,7 @@ def invert(
     if not images:
         raise ValueError("images must be a non-empty list of PIL images")
     prompt_list = prompts_per_row(prompts, len(images))
-    method = get_inversion(settings.method, model.family)
+    method = get_inversion(settings.method, model.card)
     measured = min(len(images), len(images) if measure is True else int(measure))
 
     halves = _Passes(progress, len(images), measured) if measured and progress else None
@@ -252,11 +252,11 @@ def _as_inverted(model: LoadedModel, latents: torch.Tensor | Inverted) -> Invert
         check_latents(model, latents.latent)
         return latents
     check_latents(model, latents)
-    return Inverted(latent=latents, method=default_inversion(model.family).name)
+    return Inverted(latent=latents, method=default_inversion(model.card).name)
 
 
 def _method_of(model: LoadedModel, inverted: Inverted) -> InversionMethod:
-    return get_inversion(inverted.method, model.family)
+    return get_inversion(inverted.method, model.card)
 
 
 @torch.inference_mode()

@@ -18,12 +18,8 @@ from typing import Any
 
 import torch
 
-from latentmix.worker.engine.families import (
-    ModelCard,
-    ModelFamily,
-    family_for_source,
-    family_of,
-)
+from latentmix.service.core.model_card import ModelCard
+from latentmix.worker.engine.families import ModelFamily, family_for_source, family_of
 from latentmix.worker.engine.inversion import methods_for
 from latentmix.worker.engine.random_models import (
     ON_DISK_MODELS,
@@ -122,9 +118,10 @@ class LoadedModel:
 
     @property
     def card(self) -> ModelCard:
-        """The family's description of the model, with the inversion methods that work with
-        it: built here, where both are known (families never import the inversion methods)."""
-        return self.family.card(self, methods_for(self.family.name))
+        """The family's description of the model, with the inversion methods whose needs
+        it meets (families know their pipelines, not the methods)."""
+        card = self.family.card(self)
+        return card.model_copy(update={"inversion_methods": methods_for(card)})
 
     @property
     def vae_scale_factor(self) -> int:
@@ -142,7 +139,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary for health endpoints and logs."""
-        return self.card.as_dict()
+        return self.card.model_dump(mode="json")
 
 
 def load_model(

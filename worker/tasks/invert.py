@@ -92,7 +92,7 @@ def measured_per_batch(
 
 def _engine_settings(ctx: WorkerContext, settings: ContractSettings) -> InversionSettings:
     """The engine's settings; no method named means the model family's default."""
-    method = settings.method or default_inversion(ctx.model.family).name
+    method = settings.method or default_inversion(ctx.model.card).name
     return InversionSettings(
         steps=settings.steps,
         guidance_scale=settings.guidance_scale,

@@ -189,8 +189,8 @@ def _mixed_state(
     latents (the default method, no options) have no state."""
     _check_inversions(records, request, ctx.model)
     if request.inversion is None:
-        return Inverted(latent=mixed, method=default_inversion(ctx.model.family).name)
-    method = get_inversion(request.inversion, ctx.model.family)
+        return Inverted(latent=mixed, method=default_inversion(ctx.model.card).name)
+    method = get_inversion(request.inversion, ctx.model.card)
     states = in_parallel(lambda r: ctx.catalog.load_aux(r.id), records)
     tensors = [{name: torch.from_numpy(v) for name, v in state.items()} for state in states]
     aux = mix_states(tensors, request.weights, request.method, method.latent_state)
@@ -290,7 +290,7 @@ def _ready_record(ctx: WorkerContext, latent_id: str, producer_id: str | None) -
 
 def _check_inversions(records: list[LatentRecord], request: MixRequest, model) -> None:
     """The inputs share the inversion origin the API planned the mix for."""
-    default = default_inversion(model.family).name
+    default = default_inversion(model.card).name
     origins = {r.id: origin_of_record(r.inversion, r.settings, default) for r in records}
     origin = shared_origin(origins)
     planned = request.inversion or default

@@ -224,4 +224,4 @@ def _per_segment(planned: Sequence[PlannedFrame], path: str) -> list[list[float]
 
 def _plain_state(ctx: WorkerContext, latent: torch.Tensor) -> Inverted:
     """One mixed frame latent as the state /mix publishes: a plain latent, no aux."""
-    return Inverted(latent=latent[None], method=default_inversion(ctx.model.family).name)
+    return Inverted(latent=latent[None], method=default_inversion(ctx.model.card).name)

@@ -33,7 +33,6 @@ from latentmix.service.core.contract import (
     MAX_STEPS,
     InvertItem,
     InvertRequest,
-    ModelCard,
 )
 from latentmix.service.core.ids import ID_RE, image_latent_id, uploaded_latent_id
 from latentmix.service.core.jobs import enqueue, fetch_job, view_job
@@ -45,6 +44,7 @@ from latentmix.service.core.latents import (
     latent_key,
     upload_key,
 )
+from latentmix.service.core.model_card import ModelCard
 from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["latents"])

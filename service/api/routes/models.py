@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from latentmix.service.api.deps import RedisDep, SettingsDep
-from latentmix.service.core.contract import ModelCard
+from latentmix.service.core.model_card import ModelCard
 from latentmix.service.core.model_cards import model_cards, served_models
 
 router = APIRouter(tags=["models"])

@@ -74,8 +74,14 @@ def test_bad_morphs_are_refused_before_queueing(client, keyframes, body, phrase)
     assert len(get_queue(client.app.state.redis, "tiny")) == queued
 
 
-def test_attention_on_a_family_without_support_is_refused_naming_the_families(client, settings):
-    card = TINY_CARD.model_copy(update={"model": "tiny-sd3", "family": "stable-diffusion-3"})
+def test_attention_on_a_model_without_support_is_refused_naming_it(client, settings):
+    card = TINY_CARD.model_copy(
+        update={
+            "model": "tiny-sd3",
+            "family": "stable-diffusion-3",
+            "attention_interpolation": False,
+        }
+    )
     with Redis.from_url(settings.redis_url) as redis:
         publish_card(redis, card, worker="sd3-worker", ttl_s=60)
     ids = [
@@ -88,8 +94,7 @@ def test_attention_on_a_family_without_support_is_refused_naming_the_families(cl
     assert_problem(
         client.post("/morph", json=body),
         422,
-        "'stable-diffusion-3'",
-        "support it: stable-diffusion",
+        "model 'tiny-sd3' (family 'stable-diffusion-3') cannot interpolate attention",
     )
     assert client.post("/morph", json=body | {"attention": "none"}).status_code == 202
     mix = {"latents": ids, "attention": "inner"}

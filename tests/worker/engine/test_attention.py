@@ -14,7 +14,6 @@ import torch
 from latentmix.worker.engine.attention import KeyframeAttentionCache, keyframe_attention
 from latentmix.worker.engine.attention.keyframes import (
     active_timesteps,
-    check_supported,
     sample_with_attention,
 )
 from latentmix.worker.engine.attention.processors import AttentionSession, LayerProcessor
@@ -266,7 +265,17 @@ def test_a_cache_too_small_keeps_nothing_and_recomputes(tiny_model, keyframe_lat
     assert len(cache) == 0
 
 
-def test_families_without_attention_support_are_refused_by_name():
-    model = SimpleNamespace(family=SimpleNamespace(name="stable-diffusion-3"))
-    with pytest.raises(ValueError, match="families that support it: stable-diffusion"):
-        check_supported(model)
+def test_models_whose_card_cannot_interpolate_attention_are_refused_by_name(tiny_model):
+    card = tiny_model.card.model_copy(update={"family": "new", "attention_interpolation": False})
+    model = SimpleNamespace(card=card, max_batch_size=2)
+    with pytest.raises(ValueError, match="model 'tiny' \\(family 'new'\\) cannot interpolate"):
+        keyframe_attention(
+            model,
+            torch.zeros(1, 4, 8, 8),
+            None,
+            ["k"],
+            steps=STEPS,
+            guidance_scale=1.0,
+            timesteps=frozenset(),
+            cache=KeyframeAttentionCache(0),
+        )

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from helpers import TINY_CARD
 
+from latentmix.service.core.model_card import PREDICTS_FLOW
 from latentmix.worker.engine.inversion import (
     INVERSION_METHODS,
     InversionMethod,
@@ -18,34 +20,48 @@ from latentmix.worker.engine.inversion import (
 from latentmix.worker.engine.inversion.ddim import DDIM, ddim_schedule, ddim_step
 from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG
 
+EPS_METHODS = ("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text")
+FLOW_METHODS = ("flow-euler", "rf-solver")
+
 
 def test_get_inversion_finds_ddim_for_stable_diffusion(tiny_model):
-    assert get_inversion("ddim", tiny_model.family) is DDIM
-    assert methods_for("stable-diffusion") == (
-        "ddim",
-        "fixed-point",
-        "edict",
-        "bdia",
-        "negative-prompt",
-        "null-text",
+    assert get_inversion("ddim", tiny_model.card) is DDIM
+    assert methods_for(tiny_model.card) == EPS_METHODS
+
+
+def test_an_unknown_method_names_the_allowed_ones_and_the_models_they_need(tiny_model):
+    with pytest.raises(ValueError, match="'direct-inversion'") as info:
+        get_inversion("direct-inversion", tiny_model.card)
+    assert "'ddim' (models predicting epsilon or v_prediction)" in str(info.value)
+    assert "'null-text' (models predicting epsilon or v_prediction without a pooled" in str(
+        info.value
     )
 
 
-def test_an_unknown_method_names_the_allowed_ones_and_their_families(tiny_model):
-    with pytest.raises(ValueError, match="'direct-inversion'") as info:
-        get_inversion("direct-inversion", tiny_model.family)
-    assert "'ddim' (stable-diffusion, stable-diffusion-xl)" in str(info.value)
-
-
-def test_a_method_the_family_lacks_names_its_families_and_the_familys_methods(
+def test_a_method_the_model_cannot_run_names_what_it_needs_and_the_models_methods(
     tiny_model, monkeypatch
 ):
-    flow_only = dataclasses.replace(DDIM, name="rf-euler", families=("stable-diffusion-3",))
+    flow_only = dataclasses.replace(DDIM, name="rf-euler", needs=PREDICTS_FLOW)
     monkeypatch.setitem(INVERSION_METHODS, "rf-euler", flow_only)
     with pytest.raises(ValueError, match="'rf-euler'") as info:
-        get_inversion("rf-euler", tiny_model.family)
-    assert "['stable-diffusion-3']" in str(info.value)
-    assert "'stable-diffusion' supports ['ddim', 'fixed-point'" in str(info.value)
+        get_inversion("rf-euler", tiny_model.card)
+    assert "works with models predicting flow_prediction" in str(info.value)
+    assert "'tiny' supports ['ddim', 'fixed-point'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "methods"),
+    [
+        ({"prediction_type": "v_prediction"}, EPS_METHODS),
+        ({"prediction_type": "epsilon", "pooled_text_embedding": True}, EPS_METHODS[:-1]),
+        ({"prediction_type": "flow_prediction", "pooled_text_embedding": True}, FLOW_METHODS),
+    ],
+)
+def test_a_cards_methods_follow_its_capabilities_not_its_family_name(capabilities, methods):
+    """A family the registry has never heard of gets the methods its card's capabilities
+    meet: adding a family touches no method."""
+    card = TINY_CARD.model_copy(update={"family": "some-new-family", **capabilities})
+    assert methods_for(card) == methods
 
 
 def test_every_registered_method_is_filed_under_its_own_name():

@@ -141,7 +141,7 @@ def test_load_model_rejects_bad_options_naming_them(tiny_model_dir, option, valu
 
 def test_describe_is_json_friendly(tiny_model):
     description = tiny_model.describe()
-    assert description["name"] == "tiny"
+    assert description["model"] == "tiny"
     assert description["dtype"] == "float32"
     assert description["scheduler"] == "DDIMScheduler"
     assert description["attention"] == "AttnProcessor2_0"  # scaled-dot-product attention
@@ -227,7 +227,7 @@ def test_sd15_random_loads_and_inverts_an_image():
     from latentmix.worker.engine.diffusion import InversionSettings, invert
 
     model = load_model("sd15-random", device="cpu")
-    assert model.default_size == 512 and model.describe()["name"] == "sd15-random"
+    assert model.default_size == 512 and model.describe()["model"] == "sd15-random"
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     result = invert(model, [image], "a photo", InversionSettings(steps=1, size=64))
     assert result.latent.shape == (1, 4, 8, 8)

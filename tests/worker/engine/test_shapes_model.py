@@ -33,7 +33,7 @@ def classifier():
 
 def test_shapes_loads_offline_as_a_stable_diffusion_pipeline_at_64px(shapes_model: LoadedModel):
     card = shapes_model.card
-    assert card.family == "stable-diffusion" and card.name == "shapes"
+    assert card.family == "stable-diffusion" and card.model == "shapes"
     assert card.default_size == 64 and card.vae_scale_factor == 4 and card.latent_channels == 4
     assert card.scheduler == "DDIMScheduler" and card.prediction_type == "epsilon"
     assert shapes_model.pipe.scheduler.config.beta_schedule == "scaled_linear"

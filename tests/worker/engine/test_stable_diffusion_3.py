@@ -51,14 +51,15 @@ def test_tiny_sd3_card_describes_a_16_channel_flow_model_without_t5(tiny_sd3):
     assert card.prediction_type == "flow_prediction"
     assert card.scheduler == "FlowMatchEulerDiscreteScheduler"
     assert card.t5 is False
+    assert not card.attention_interpolation and card.pooled_text_embedding
     description = tiny_sd3.describe()
     assert json.loads(json.dumps(description)) == description
 
 
 def test_the_sd3_family_is_chosen_by_pipeline_class(tiny_sd3):
     assert family_for_pipeline_class("StableDiffusion3Pipeline") is tiny_sd3.family
-    assert methods_for("stable-diffusion-3") == ("flow-euler", "rf-solver")
-    assert default_inversion(tiny_sd3.family) is FLOW_EULER
+    assert methods_for(tiny_sd3.card) == ("flow-euler", "rf-solver")
+    assert default_inversion(tiny_sd3.card) is FLOW_EULER
 
 
 def test_tiny_sd3_is_a_few_mb_and_reloads_bit_identical_without_t5(tiny_sd3, tiny_model_dir):
@@ -111,10 +112,10 @@ def test_latents_are_shifted_and_scaled_vae_means(tiny_sd3, images):
 
 def test_ddim_for_sd3_is_refused_naming_the_familys_methods(tiny_sd3, tiny_model):
     with pytest.raises(ValueError, match="'ddim'") as info:
-        get_inversion("ddim", tiny_sd3.family)
-    assert "'stable-diffusion-3' supports ['flow-euler', 'rf-solver']" in str(info.value)
-    with pytest.raises(ValueError, match="'stable-diffusion' supports \\['ddim'"):
-        get_inversion("rf-solver", tiny_model.family)
+        get_inversion("ddim", tiny_sd3.card)
+    assert "'tiny-sd3' supports ['flow-euler', 'rf-solver']" in str(info.value)
+    with pytest.raises(ValueError, match="'tiny' supports \\['ddim'"):
+        get_inversion("rf-solver", tiny_model.card)
     with pytest.raises(ValueError, match="steps must be an integer in \\[1, 1000\\]"):
         FLOW_EULER.check(tiny_sd3, 0)
 

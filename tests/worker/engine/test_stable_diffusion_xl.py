@@ -52,8 +52,9 @@ def test_tiny_sdxl_card_describes_an_eps_model_with_the_ddim_type_methods(tiny_s
     assert card.prediction_type == "epsilon" and card.scheduler == "DDIMScheduler"
     assert card.inversion_methods == EPS_METHODS and card.t5 is None
     assert family_for_pipeline_class("StableDiffusionXLPipeline") is tiny_sdxl.family
-    assert methods_for("stable-diffusion-xl") == EPS_METHODS
-    assert default_inversion(tiny_sdxl.family).name == "ddim"
+    assert methods_for(tiny_sdxl.card) == EPS_METHODS
+    assert default_inversion(tiny_sdxl.card).name == "ddim"
+    assert not card.attention_interpolation and card.pooled_text_embedding
 
 
 def test_tiny_sdxl_is_a_few_mb_with_a_text_time_unet(tiny_sdxl, tiny_model_dir):

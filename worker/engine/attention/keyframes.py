@@ -29,8 +29,6 @@ from latentmix.worker.engine.inversion.ddim import ddim_schedule
 from latentmix.worker.engine.models import LoadedModel
 from latentmix.worker.engine.results import ProgressFn
 
-SUPPORTED_FAMILIES = ("stable-diffusion",)  # a UNet whose attention layers processors.py knows
-
 
 @dataclass(frozen=True)
 class KeyframeAttention:
@@ -77,14 +75,6 @@ def worker_cache(capacity_mb: int) -> KeyframeAttentionCache:
     return KeyframeAttentionCache(capacity_mb * 2**20)
 
 
-def check_supported(model: LoadedModel) -> None:
-    if model.family.name not in SUPPORTED_FAMILIES:
-        raise ValueError(
-            f"attention interpolation is not supported for the {model.family.name!r} family; "
-            f"families that support it: {', '.join(SUPPORTED_FAMILIES)}"
-        )
-
-
 def active_timesteps(model: LoadedModel, steps: int, fraction: float) -> frozenset[int]:
     """The first floor(fraction * steps) sampling timesteps (AID's warmup_ratio)."""
     timesteps = ddim_schedule(model, steps).timesteps
@@ -104,7 +94,7 @@ def keyframe_attention(
 ) -> list[KeyframeAttention]:
     """Each keyframe's attention: from `cache`, or from its reference pass (the keyframe's
     own denoising with its own prompt), run for the missing ones only."""
-    check_supported(model)
+    model.card.check_attention_interpolation()
     found = {i: cache.get((key, steps, guidance_scale, timesteps)) for i, key in enumerate(keys)}
     missing = [i for i, entry in found.items() if entry is None]
     for start in range(0, len(missing), model.max_batch_size):
@@ -139,7 +129,7 @@ def sample_with_attention(
 ) -> torch.Tensor:
     """Clean latents of `latents`, row i's attention interpolated with the keyframes'
     `references` by `row_weights[i]` (None: its own attention; a keyframe itself)."""
-    check_supported(model)
+    model.card.check_attention_interpolation()
     if len(row_weights) != len(latents):
         raise ValueError(f"{len(row_weights)} weight rows for {len(latents)} latents")
     layers = [reference.layers for reference in references]

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from latentmix.worker.engine.families.base import Conditioning, ModelCard, ModelFamily
+from latentmix.worker.engine.families.base import Conditioning, ModelFamily
 from latentmix.worker.engine.families.stable_diffusion import StableDiffusion
 from latentmix.worker.engine.families.stable_diffusion_3 import StableDiffusion3
 from latentmix.worker.engine.families.stable_diffusion_xl import StableDiffusionXL
@@ -48,7 +48,6 @@ def family_for_source(source: str | Path) -> ModelFamily:
 __all__ = [
     "FAMILIES",
     "Conditioning",
-    "ModelCard",
     "ModelFamily",
     "family_for_pipeline_class",
     "family_for_source",

@@ -1,5 +1,6 @@
-"""What the engine needs from a model family: the `ModelFamily` protocol, the `Conditioning`
-it encodes prompts into and the `ModelCard` it describes a loaded model with.
+"""What the engine needs from a model family: the `ModelFamily` protocol and the
+`Conditioning` it encodes prompts into. A family describes a loaded model with a
+`ModelCard` (service/core/model_card.py, the type the worker publishes).
 
 A family knows its pipeline (VAE, text encoders, denoiser, prediction type); the inversion
 methods (`worker/engine/inversion/`) know the sampler. Stable Diffusion 1.x/2.x is the one
@@ -9,11 +10,13 @@ family of `stable_diffusion.py`, SD 3 / 3.5 (rectified flow) of `stable_diffusio
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
+
+from latentmix.service.core.model_card import ModelCard
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
@@ -45,35 +48,6 @@ class Conditioning:
             uncond_pooled=self.uncond_pooled,
             extra={name: value[start:stop] for name, value in self.extra.items()},
         )
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """A loaded model described for health endpoints, logs and validation; JSON via as_dict."""
-
-    family: str
-    name: str  # what the user asked for: hub id, local path or "tiny"
-    latent_channels: int
-    vae_scale_factor: int  # pixels per latent cell along each side
-    # An image side must be a multiple of this many pixels: the latent cell, times the
-    # transformer's patch size where the denoiser cuts the latent into patches (SD 3: 16).
-    size_multiple: int
-    default_size: int  # image side in pixels the model was trained at
-    default_guidance: float
-    prediction_type: str
-    inversion_methods: tuple[str, ...]
-    scheduler: str
-    attention: str
-    device: str
-    dtype: str
-    max_batch_size: int
-    vae_batch_size: int
-    inversion_batch_size: int
-    compiled: bool
-    t5: bool | None = None  # T5 text encoder loaded; None: the family has none (SD 1.x/2.x)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "inversion_methods": list(self.inversion_methods)}
 
 
 def cached_encodings(
@@ -127,6 +101,8 @@ class ModelFamily(Protocol):
     name: str  # e.g. "stable-diffusion"
     pipeline_classes: tuple[str, ...]  # diffusers pipeline class names this family loads
     default_guidance: float
+    attention_interpolation: bool  # worker/engine/attention/ can interpolate its attention
+    pooled_text_embedding: bool  # its text conditioning has a pooled embedding (SDXL, SD 3)
 
     def load_pipeline(
         self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
@@ -140,9 +116,9 @@ class ModelFamily(Protocol):
         """The image side in pixels the model was trained at."""
         ...
 
-    def card(self, model: LoadedModel, inversion_methods: tuple[str, ...]) -> ModelCard:
-        """The loaded model described, with the `inversion_methods` that work with it (the
-        inversion registry knows them; a family never imports it)."""
+    def card(self, model: LoadedModel) -> ModelCard:
+        """The loaded model's card with no inversion methods: the engine adds those whose
+        needs the card meets (`LoadedModel.card`)."""
         ...
 
     def encode_images(

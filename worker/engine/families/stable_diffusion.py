@@ -11,13 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from latentmix.service.core.model_card import ModelCard
 from latentmix.worker.engine.checks import check_latents, check_size, prompts_per_row
-from latentmix.worker.engine.families.base import (
-    Conditioning,
-    ModelCard,
-    cached_encodings,
-    guided,
-)
+from latentmix.worker.engine.families.base import Conditioning, cached_encodings, guided
 from latentmix.worker.engine.images import prepare_images, to_pil_images
 
 if TYPE_CHECKING:
@@ -30,6 +26,8 @@ class StableDiffusion:
     name = "stable-diffusion"
     pipeline_classes = ("StableDiffusionPipeline",)
     default_guidance = 7.5  # the paper's setting (method.md section 1)
+    attention_interpolation = True  # worker/engine/attention/ knows its UNet's layers
+    pooled_text_embedding = False
 
     def load_pipeline(
         self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
@@ -53,18 +51,20 @@ class StableDiffusion:
     def native_size(self, pipe: Any) -> int:
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
-    def card(self, model: LoadedModel, inversion_methods: tuple[str, ...]) -> ModelCard:
+    def card(self, model: LoadedModel) -> ModelCard:
         pipe = model.pipe
         return ModelCard(
+            model=model.name,
             family=self.name,
-            name=model.name,
             latent_channels=int(pipe.unet.config.in_channels),
             vae_scale_factor=int(pipe.vae_scale_factor),
             size_multiple=int(pipe.vae_scale_factor),
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=pipe.scheduler.config.prediction_type,
-            inversion_methods=inversion_methods,
+            inversion_methods=(),  # the engine adds the methods the card's capabilities fit
+            attention_interpolation=self.attention_interpolation,
+            pooled_text_embedding=self.pooled_text_embedding,
             scheduler=type(pipe.scheduler).__name__,
             attention=type(_first_attention_processor(pipe.unet)).__name__,
             device=str(model.device),

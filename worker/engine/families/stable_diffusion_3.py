@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from latentmix.service.core.model_card import FLOW_PREDICTION, ModelCard
 from latentmix.worker.engine.checks import check_latents, check_size, prompts_per_row
 from latentmix.worker.engine.families.base import (
     Conditioning,
-    ModelCard,
     cached_encodings,
     guided,
     pooled_rows,
@@ -24,9 +24,6 @@ from latentmix.worker.engine.images import prepare_images, to_pil_images
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
-# What diffusers calls a model that predicts the flow velocity (UniPC's prediction_type).
-FLOW_PREDICTION = "flow_prediction"
-
 
 class StableDiffusion3:
     """The `ModelFamily` of `StableDiffusion3Pipeline` checkpoints (SD 3 medium, SD 3.5)."""
@@ -34,6 +31,8 @@ class StableDiffusion3:
     name = "stable-diffusion-3"
     pipeline_classes = ("StableDiffusion3Pipeline",)
     default_guidance = 4.5  # the paper's SD 3.5 setting (inversion.md section 6)
+    attention_interpolation = False  # a transformer: worker/engine/attention/ knows UNets
+    pooled_text_embedding = True
 
     def load_pipeline(
         self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None
@@ -59,19 +58,21 @@ class StableDiffusion3:
     def native_size(self, pipe: Any) -> int:
         return int(pipe.transformer.config.sample_size) * int(pipe.vae_scale_factor)
 
-    def card(self, model: LoadedModel, inversion_methods: tuple[str, ...]) -> ModelCard:
+    def card(self, model: LoadedModel) -> ModelCard:
         pipe = model.pipe
         processors = getattr(pipe.transformer, "attn_processors", {})
         return ModelCard(
+            model=model.name,
             family=self.name,
-            name=model.name,
             latent_channels=int(pipe.transformer.config.in_channels),
             vae_scale_factor=int(pipe.vae_scale_factor),
             size_multiple=int(pipe.vae_scale_factor) * int(pipe.transformer.config.patch_size),
             default_size=model.default_size,
             default_guidance=self.default_guidance,
             prediction_type=FLOW_PREDICTION,
-            inversion_methods=inversion_methods,
+            inversion_methods=(),  # the engine adds the methods the card's capabilities fit
+            attention_interpolation=self.attention_interpolation,
+            pooled_text_embedding=self.pooled_text_embedding,
             scheduler=type(pipe.scheduler).__name__,
             attention=type(next(iter(processors.values()), None)).__name__,
             device=str(model.device),

@@ -35,6 +35,8 @@ class StableDiffusionXL(StableDiffusion):
     name = "stable-diffusion-xl"
     pipeline_classes = ("StableDiffusionXLPipeline",)
     default_guidance = 5.0  # StableDiffusionXLPipeline's default
+    attention_interpolation = False  # its UNet's attention layers are not processors.py's
+    pooled_text_embedding = True  # text_encoder_2's
 
     def load_pipeline(
         self, source: str, dtype: torch.dtype, *, t5: bool = True, variant: str | None = None

@@ -1,13 +1,13 @@
-"""The inversion methods, by name, and the model families each works with.
+"""The inversion methods, by name, and the models each works with (by their cards'
+capabilities: `InversionMethod.needs`).
 
 Adding a method: a module here that defines its `InversionMethod` (see `ddim.py`), and one
-entry in `INVERSION_METHODS`. Families list the methods that name them in their model card.
+entry in `INVERSION_METHODS`. A model's card lists the methods whose needs it meets.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from latentmix.service.core.model_card import ModelCard
 from latentmix.worker.engine.inversion.base import InversionMethod
 from latentmix.worker.engine.inversion.bdia import BDIA
 from latentmix.worker.engine.inversion.ddim import DDIM
@@ -18,9 +18,6 @@ from latentmix.worker.engine.inversion.negative_prompt import NEGATIVE_PROMPT
 from latentmix.worker.engine.inversion.null_text import NULL_TEXT
 from latentmix.worker.engine.inversion.rf_solver import RF_SOLVER
 
-if TYPE_CHECKING:
-    from latentmix.worker.engine.families.base import ModelFamily
-
 INVERSION_METHODS: dict[str, InversionMethod] = {
     method.name: method for method in (DDIM, FIXED_POINT, EDICT, BDIA, NEGATIVE_PROMPT)
 }
@@ -29,35 +26,34 @@ INVERSION_METHODS[NULL_TEXT.name] = NULL_TEXT
 INVERSION_METHODS.update({method.name: method for method in (FLOW_EULER, RF_SOLVER)})
 
 
-def methods_for(family_name: str) -> tuple[str, ...]:
-    """The names of the methods that work with the family, in registry order."""
-    return tuple(m.name for m in INVERSION_METHODS.values() if family_name in m.families)
+def methods_for(card: ModelCard) -> tuple[str, ...]:
+    """The names of the methods whose needs the card meets, in registry order."""
+    return tuple(m.name for m in INVERSION_METHODS.values() if m.needs.met_by(card))
 
 
-def get_inversion(name: str, family: ModelFamily | str) -> InversionMethod:
-    """The method called `name`; ValueError naming the allowed ones unless the family has it."""
-    family_name = family if isinstance(family, str) else family.name
+def get_inversion(name: str, card: ModelCard) -> InversionMethod:
+    """The method called `name`; ValueError naming the allowed ones unless the card's model
+    has it."""
     method = INVERSION_METHODS.get(name)
     if method is None:
-        allowed = ", ".join(
-            f"{m.name!r} ({', '.join(m.families)})" for m in INVERSION_METHODS.values()
-        )
+        allowed = ", ".join(f"{m.name!r} ({m.needs})" for m in INVERSION_METHODS.values())
         raise ValueError(
-            f"unknown inversion method {name!r}; allowed methods (with the model families "
-            f"each works with): {allowed}"
+            f"unknown inversion method {name!r}; allowed methods (with the models each "
+            f"works with): {allowed}"
         )
-    if family_name not in method.families:
+    if not method.needs.met_by(card):
         raise ValueError(
-            f"inversion method {name!r} works with model families {list(method.families)}, "
-            f"not {family_name!r}; {family_name!r} supports {list(methods_for(family_name))}"
+            f"inversion method {name!r} works with {method.needs}, not model "
+            f"{card.model!r} ({card.family}, {card.prediction_type}); {card.model!r} "
+            f"supports {list(card.inversion_methods)}"
         )
     return method
 
 
-def default_inversion(family: ModelFamily) -> InversionMethod:
-    """The family's first method: what latents without a method of their own (mixes,
+def default_inversion(card: ModelCard) -> InversionMethod:
+    """The card's first method: what latents without a method of their own (mixes,
     uploads) are sampled with."""
-    return get_inversion(methods_for(family.name)[0], family)
+    return get_inversion(card.inversion_methods[0], card)
 
 
 __all__ = [

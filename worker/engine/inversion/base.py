@@ -1,5 +1,5 @@
-"""The record each inversion method registers: its name, the families it works with, and
-its three entry points."""
+"""The record each inversion method registers: its name, what it needs of a model (checked
+against the model's card), and its three entry points."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.core.model_card import Needs
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
@@ -26,11 +27,6 @@ SampleFn = Callable[
 ]
 
 
-# Families whose denoiser predicts noise (or v, converted to it): every DDIM-type method
-# works with them through `ModelFamily.predict` and `to_noise`.
-EPS_MODEL_FAMILIES = ("stable-diffusion", "stable-diffusion-xl")
-
-
 @dataclass(frozen=True)
 class InversionMethod:
     """An inversion method and the sampler that regenerates from what it produced.
@@ -46,7 +42,7 @@ class InversionMethod:
     """
 
     name: str
-    families: tuple[str, ...]  # the `ModelFamily.name`s it works with
+    needs: Needs  # what a model's card must offer (e.g. PREDICTS_NOISE)
     check: CheckFn
     invert: InvertFn
     sample: SampleFn

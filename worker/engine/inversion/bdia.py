@@ -29,13 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.service.core.contract import INVERSION_OPTIONS, INVERTIBLE_BDIA_GAMMA
+from latentmix.service.core.model_card import PREDICTS_NOISE
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
-from latentmix.worker.engine.inversion.base import (
-    EPS_MODEL_FAMILIES,
-    InversionMethod,
-    row_chunks,
-)
+from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -160,7 +157,7 @@ def sample(
 
 BDIA = InversionMethod(
     name="bdia",
-    families=EPS_MODEL_FAMILIES,
+    needs=PREDICTS_NOISE,
     check=ddim.check,
     invert=invert,
     sample=sample,

@@ -33,13 +33,9 @@ import torch
 
 from latentmix.service.core.contract import SAMPLER_OPTIONS as CONTRACT_SAMPLER_OPTIONS
 from latentmix.service.core.contract import TIMESTEP_SPACINGS
+from latentmix.service.core.model_card import PREDICTS_NOISE
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import (
-    EPS_MODEL_FAMILIES,
-    InversionMethod,
-    row_chunks,
-    step_counter,
-)
+from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -287,7 +283,7 @@ def sample(
 
 DDIM = InversionMethod(
     name="ddim",
-    families=EPS_MODEL_FAMILIES,
+    needs=PREDICTS_NOISE,
     check=check,
     invert=invert,
     sample=sample,

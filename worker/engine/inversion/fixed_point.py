@@ -25,13 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.service.core.contract import INVERSION_OPTIONS
+from latentmix.service.core.model_card import PREDICTS_NOISE
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
-from latentmix.worker.engine.inversion.base import (
-    EPS_MODEL_FAMILIES,
-    InversionMethod,
-    row_chunks,
-)
+from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -106,7 +103,7 @@ DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["fixed-point"]  # the contract's
 
 FIXED_POINT = InversionMethod(
     name="fixed-point",
-    families=EPS_MODEL_FAMILIES,
+    needs=PREDICTS_NOISE,
     check=ddim.check,
     invert=invert,
     sample=ddim.sample,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from latentmix.service.core.model_card import PREDICTS_FLOW
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion.base import (
     InversionMethod,
@@ -214,7 +215,7 @@ def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> Inv
 
     return InversionMethod(
         name=name,
-        families=("stable-diffusion-3",),
+        needs=PREDICTS_FLOW,
         check=check,
         invert=invert,
         sample=sample,

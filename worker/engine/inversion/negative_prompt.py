@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.core.model_card import PREDICTS_NOISE
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
-from latentmix.worker.engine.inversion.base import EPS_MODEL_FAMILIES, InversionMethod
+from latentmix.worker.engine.inversion.base import InversionMethod
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def sample(
 
 NEGATIVE_PROMPT = InversionMethod(
     name="negative-prompt",
-    families=EPS_MODEL_FAMILIES,
+    needs=PREDICTS_NOISE,
     check=ddim.check,
     invert=invert,
     sample=sample,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latentmix.service.core.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
+from latentmix.service.core.model_card import NOISE_PREDICTIONS, Needs
 from latentmix.worker.engine.families.base import Conditioning, guided
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
@@ -200,7 +201,8 @@ def sample(
 
 NULL_TEXT = InversionMethod(
     name="null-text",
-    families=("stable-diffusion",),
+    # phi replaces the unconditional sequence alone: no pooled embedding beside it
+    needs=Needs(NOISE_PREDICTIONS, single_text_embedding=True),
     check=ddim.check,
     invert=invert,
     sample=sample,
