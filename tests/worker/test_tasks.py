@@ -5,11 +5,11 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
+from helpers import TINY_CARD
 from redis import Redis
 
 from latentmix.service.core.contract import InversionSettings, MixRequest, plan_mix
 from latentmix.service.core.jobs import request_cancel
-from latentmix.worker.engine.families import family_for_pipeline_class
 from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.tasks import mix as mix_task
 from latentmix.worker.tasks.invert import _engine_settings, measured_per_batch
@@ -178,12 +178,14 @@ def test_a_mix_request_of_the_previous_release_is_upgraded(monkeypatch):
     assert mix_task._upgrade(upgraded.model_dump()) == upgraded.model_dump()
 
 
-@pytest.mark.parametrize(
-    ("pipeline", "default"),
-    [("StableDiffusionPipeline", "ddim"), ("StableDiffusion3Pipeline", "flow-euler")],
+FLOW_CARD = TINY_CARD.model_copy(
+    update={"prediction_type": "flow_prediction", "inversion_methods": ("flow-euler", "rf-solver")}
 )
-def test_an_inversion_naming_no_method_uses_the_model_familys_default(pipeline, default):
-    ctx = SimpleNamespace(model=SimpleNamespace(family=family_for_pipeline_class(pipeline)))
+
+
+@pytest.mark.parametrize(("card", "default"), [(TINY_CARD, "ddim"), (FLOW_CARD, "flow-euler")])
+def test_an_inversion_naming_no_method_uses_the_models_default(card, default):
+    ctx = SimpleNamespace(model=SimpleNamespace(card=card))
 
     unnamed = _engine_settings(ctx, InversionSettings(steps=7, guidance_scale=1.0))
     named = _engine_settings(ctx, InversionSettings(method="bdia", steps=7))
@@ -268,5 +270,5 @@ def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
     ],
 )
 def test_which_latents_of_an_inversion_are_regenerated_to_measure_them(measure, method, expected):
-    chosen = get_inversion(method, "stable-diffusion")
+    chosen = get_inversion(method, TINY_CARD)
     assert measured_per_batch(measure, chosen, in_batches(5, 2)) == expected

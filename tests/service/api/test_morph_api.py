@@ -98,7 +98,7 @@ def test_attention_on_a_model_without_support_is_refused_naming_it(client, setti
     )
     assert client.post("/morph", json=body | {"attention": "none"}).status_code == 202
     mix = {"latents": ids, "attention": "inner"}
-    assert_problem(client.post("/mix", json=mix), 422, "support it: stable-diffusion")
+    assert_problem(client.post("/mix", json=mix), 422, "cannot interpolate attention")
 
 
 def test_a_mix_with_an_unknown_attention_mode_is_refused(client, keyframes):
