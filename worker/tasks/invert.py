@@ -45,7 +45,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     images = [STORAGE_IO.submit(_fetch_image, ctx, item.upload_key) for item in items]
     progress = progress_reporter(ctx.redis, job)
     batches = in_batches(len(items), ctx.model.inversion_batch_size)
-    method = get_inversion(settings.method, ctx.model.family)
+    method = get_inversion(settings.method, ctx.model.card)
     measured = measured_per_batch(request.measure_reconstruction, method, batches)
     with BatchPublisher() as publisher:
         for number, rows in enumerate(batches):
