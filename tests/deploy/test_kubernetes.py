@@ -4,7 +4,8 @@ binary in the venv) and every object validates against the Kubernetes schemas
 we support) or, for KEDA's, against the JSON schemas made from KEDA's CRDs
 (deploy/kubernetes/schemas, scripts/crd_schema.py). Then the invariants that the schemas
 cannot see: grace periods against the longest job the settings allow, probes against the
-API's routes, the scalers' keys against the queues the API enqueues to, no secret values.
+API's routes, the scalers' keys against the queues the API enqueues to, no secret values;
+and the webhook worker's command, run against a real Redis.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import WEBHOOK_SECRET, service_environment
+from redis import Redis
 from rq import Queue
 from rq.registry import StartedJobRegistry
 
 from latentmix.service.api.app import create_app
 from latentmix.service.core.config import Settings
 from latentmix.service.core.jobs import queue_name
-from latentmix.service.core.webhooks import WEBHOOK_QUEUE
+from latentmix.service.core.webhooks import WEBHOOK_QUEUE, enqueue_delivery, verify_signature
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -382,3 +385,23 @@ def test_workers_of_the_production_overlay_take_a_gpu_on_gpu_nodes():
         spec = pod_spec(deployment)
         assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_the_webhook_workers_command_delivers_a_signed_webhook(redis_url, receiver):
+    """The webhook worker's container command, as rendered, run here against a real Redis
+    (in burst mode: it exits once the queue is empty): the delivery arrives, signed."""
+    url, hook = receiver
+    settings = Settings(redis_url=redis_url, webhook_secret=WEBHOOK_SECRET)
+    with Redis.from_url(redis_url) as redis:
+        enqueue_delivery(redis, settings, url, {"id": "job-1", "status": "succeeded"})
+    [deployment] = objects("try", "Deployment", **{"app.kubernetes.io/component": "webhook-worker"})
+    args = [arg.replace("$(REDIS_URL)", redis_url) for arg in container(deployment)["args"]]
+    rq = Path(sys.executable).with_name(args[0])
+    env = {**service_environment(), **environment("try", deployment)}
+    env["LATENTMIX_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+    subprocess.run([rq, *args[1:], "--burst"], env=env, check=True, timeout=120)
+    [delivery] = hook.deliveries
+    assert json.loads(delivery["body"]) == {"id": "job-1", "status": "succeeded"}
+    timestamp = int(delivery["headers"]["x-latentmix-timestamp"])
+    signature = delivery["headers"]["x-latentmix-signature"]
+    assert verify_signature(WEBHOOK_SECRET, timestamp, delivery["body"], signature)
