@@ -51,6 +51,7 @@ from latentmix.client.api import (
     check_file,
     image_pixels,
 )
+from latentmix.client.dataset_exports import metadata_row, write_metadata, write_shards
 from latentmix.client.dataset_sources import (
     Source,
     SourceError,
@@ -167,6 +168,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--batch", type=_positive, default=DEFAULT_BATCH, help="mixes per job (default %(default)s)"
     )
     add_service_arguments(parser)
+    parser.add_argument(
+        "--shard-size",
+        type=_positive,
+        default=None,
+        help="also write WebDataset shards of this many images (OUT/webdataset/)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
     return parser
@@ -278,6 +285,7 @@ class Plan:
     per_class: int
     classes: list[ImageClass]
     settings: dict[str, Any]  # what decides the images: recorded in OUT/augment.json
+    shard_size: int | None = None  # WebDataset shards: images per shard; None: no shards
 
     @classmethod
     def of(cls, args: argparse.Namespace, classes: list[ImageClass]) -> Plan:
@@ -309,8 +317,9 @@ class Plan:
             "inversion_guidance_scale": args.inversion_guidance_scale,
             "size": args.size,
             "model": args.model,
+            "classes": [image_class.name for image_class in classes],
         }
-        return cls(args.data, args.out, args.per_class, classes, settings)
+        return cls(args.data, args.out, args.per_class, classes, settings, args.shard_size)
 
     def resolved(self, card: dict[str, Any]) -> Plan:
         """The plan with what the command line left open taken from the model's card: the
@@ -342,7 +351,7 @@ class Plan:
             ImageClass(c.name, c.sources, class_prompt(settings["prompt"], c.name))
             for c in self.classes
         ]
-        return Plan(self.data, self.out, self.per_class, classes, settings)
+        return Plan(self.data, self.out, self.per_class, classes, settings, self.shard_size)
 
     def describe(self) -> str:
         """What the run does, and which of it the model's card chose."""
@@ -568,6 +577,7 @@ class Augmenter:
         target = plan.per_class * len(plan.classes)
         already = sum(min(self.ledger.count(c.name), plan.per_class) for c in plan.classes)
         if not todo:
+            self.export()
             print(f"latentmix augment: all {target} images already in {plan.out}", file=sys.stderr)
             return EXIT_OK
         if not self.lm.ready():
@@ -584,6 +594,7 @@ class Augmenter:
             total=target, initial=already, unit="img", desc="augment", disable=not self.progress
         ) as bar:
             self.mix(todo, latents, bar)
+        self.export()
         short = {
             c.name: self.ledger.count(c.name)
             for c in plan.classes
@@ -602,6 +613,18 @@ class Augmenter:
                 EXIT_FAILED,
             )
         return EXIT_OK
+
+    def export(self) -> None:
+        """OUT/metadata.jsonl and, with --shard-size, the WebDataset shards, from the ledger
+        (client/dataset_exports.py)."""
+        settings = self.plan.settings
+        rows = [
+            metadata_row(record, settings["classes"], settings["model"])
+            for record in self.ledger.records
+        ]
+        write_metadata(self.plan.out, rows)
+        if self.plan.shard_size:
+            write_shards(self.plan.out, rows, settings["classes"], self.plan.shard_size)
 
     def invert(self, classes) -> dict[str, list[str]]:
         """Each class's distinct latent ids; all classes submitted before waiting on any."""
@@ -716,6 +739,7 @@ class Augmenter:
             "seed": seed,
             "steps": steps,
             "guidance_scale": guidance,
+            "model": self.plan.settings["model"],
             "batch": batch.index,
             "job": job.id,
         }

@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import pytest
+import webdataset
 
 from latentmix.client.augment import Ledger
 from latentmix.service.cli.main import main as latentmix
@@ -56,15 +58,39 @@ def check_output(out: Path, tree: Path, per_class: int) -> list[dict]:
     return lines
 
 
+def check_exports(out: Path, lines: list[dict]) -> None:
+    """The Hugging Face layout and the WebDataset shards hold every image of the ledger."""
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert sorted(loaded["image_id"]) == sorted(line["image"] for line in lines)
+    by_id = {line["image"]: line for line in lines}
+    for row in loaded:
+        line = by_id[row["image_id"]]
+        assert row["label"] == line["class"] and row["weights"] == line["weights"]
+        assert row["soft_label"] == [float(name == line["class"]) for name in CLASSES]
+        assert (row["method"], row["seed"], row["steps"]) == (
+            line["method"],
+            line["seed"],
+            line["steps"],
+        )
+        assert row["model"] == "tiny" and row["image"].size == (64, 64)
+    shards = sorted(str(p) for p in (out / "webdataset").glob("*.tar"))
+    assert len(shards) == 2  # 6 images, 4 per shard
+    keys = [s["__key__"] for s in webdataset.WebDataset(shards, shardshuffle=False)]
+    assert sorted(keys) == sorted(by_id)
+
+
 def test_augment_writes_per_class_images_with_matching_provenance(
     service_url, image_tree, tmp_path
 ):
     out = tmp_path / "aug"
-    args = augment_args(image_tree, out, service_url, "--per-class", "3", "--batch", "2")
+    args = augment_args(
+        image_tree, out, service_url, "--per-class", "3", "--batch", "2", "--shard-size", "4"
+    )
 
     assert run_cli(args) == 0
 
     lines = check_output(out, image_tree, per_class=3)
+    check_exports(out, lines)
     assert [line["batch"] for line in lines if line["class"] == "cat"] == [0, 0, 1]
     assert len({line["seed"] for line in lines}) == 4  # one per (class, batch)
     settings = json.loads((out / "augment.json").read_text())
