@@ -3,11 +3,13 @@ page is in the nav, and the README, its front door, stays short with links that 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -57,6 +59,7 @@ def test_every_docs_page_is_in_the_nav_once():
     nav = list(nav_pages(config["nav"]))
     pending = {line.strip().lstrip("/") for line in config.get("not_in_nav", "").splitlines()}
     pages = {path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md")}
+    pages.add("reference.md")  # written at build time (scripts/docs_api_reference.py)
     assert sorted(nav) == sorted(pages - pending)
     assert len(set(nav)) == len(nav)
     assert not pending & set(nav), "a linked page is still listed in not_in_nav"
@@ -103,6 +106,16 @@ def test_math_is_left_as_tex_for_the_page(site: Path):
     """pymdownx.arithmatex (generic) keeps the formulas as \\(...\\) / \\[...\\] text."""
     html = (site / "methods/mixing/index.html").read_text(encoding="utf-8")
     assert 'class="arithmatex"' in html and r"\sqrt{d}" in html
+
+
+def test_the_api_reference_lists_every_endpoint_of_the_committed_schema(site: Path):
+    openapi = json.loads((ROOT / "openapi/openapi.json").read_text(encoding="utf-8"))
+    html = unescape((site / "reference/index.html").read_text(encoding="utf-8"))
+    for path, operations in openapi["paths"].items():
+        for method in operations:
+            assert f"{method.upper()} {path}" in html
+    for name in openapi["components"]["schemas"]:
+        assert f'id="schema-{name}"' in html
 
 
 def readme_targets() -> list[str]:
