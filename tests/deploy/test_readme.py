@@ -31,6 +31,7 @@ def written_paths() -> list[str]:
     paths: list[str] = []
     for block in code_blocks("bash"):
         block = re.sub(r"<<'?EOF'?.*?^EOF$", "", block, flags=re.DOTALL | re.MULTILINE)
+        block = re.sub(r"(^|\s)#.*$", "", block, flags=re.MULTILINE)  # comments: "0 -> 1"
         paths += re.findall(r"(?<![<2&])>\s*([\w./-]+)", block)
         paths += re.findall(r"\s(?:-o|--out|mkdir -p)\s+([\w./-]+)", block)
     for block in code_blocks("python"):
