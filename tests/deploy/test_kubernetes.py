@@ -63,7 +63,6 @@ def render(overlay: str) -> tuple[dict[str, Any], ...]:
         capture_output=True,
         text=True,
         check=True,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(ROOT)},
     ).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
