@@ -118,6 +118,49 @@ def test_the_api_reference_lists_every_endpoint_of_the_committed_schema(site: Pa
         assert f'id="schema-{name}"' in html
 
 
+def named_paths(text: str) -> list[str]:
+    """Repository paths a page names in backticks (`service/core/config.py`, `bench/`)."""
+    top = {path.name for path in ROOT.iterdir()} - {"data"}
+    return [
+        token.rstrip(",.;:")
+        for token in re.findall(r"`([^`\s]+/[^`\s]*)`", text)
+        if token.split("/")[0] in top
+    ]
+
+
+def layout_paths(text: str) -> list[str]:
+    """The files and folders of architecture.md's layout tree (two spaces per level; deeper
+    indented lines continue a description)."""
+    tree = re.search(r"^```\nservice/\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    assert tree, "architecture.md: the layout tree starting with service/ is gone"
+    folders: list[str] = ["service"]
+    paths = []
+    for line in tree.group(1).splitlines():
+        indent = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0].rstrip(",") if line.strip() else ""
+        if indent > 4 or not re.fullmatch(r"[\w.-]+(/[\w.-]+)*/?", name):
+            continue  # a description's second line
+        folders = folders[:indent]
+        paths.append("/".join([*folders, name]))
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+    return paths
+
+
+def test_the_paths_the_docs_name_exist():
+    """Files move (service/*.py went to service/core/, ...): a page naming an old path fails."""
+    stale = [
+        f"{page.relative_to(ROOT)}: {path}"
+        for page in [README, *DOCS.rglob("*.md")]
+        for path in named_paths(page.read_text(encoding="utf-8"))
+        if not list(ROOT.glob(path.rstrip("/")))
+    ]
+    layout = layout_paths((DOCS / "architecture.md").read_text(encoding="utf-8"))
+    assert "service/core/config.py" in layout and "worker/engine/mixing.py" in layout
+    stale += [f"docs/architecture.md: {path}" for path in layout if not (ROOT / path).exists()]
+    assert stale == []
+
+
 def readme_targets() -> list[str]:
     text = README.read_text(encoding="utf-8")
     text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
