@@ -1,4 +1,5 @@
-"""The worker process: load the model once, then serve its queue with RQ's SimpleWorker.
+"""The worker process: load the model once, then serve its queue with RQ's SimpleWorker
+(with LATENTMIX_WORKER_BATCH_WAIT_MS set, several mix jobs at once: worker/batching.py).
 
 SimpleWorker runs jobs in this process: the pipeline stays warm across jobs and nothing
 forks after torch (or CUDA) is up. RQ handles SIGTERM as a warm shutdown: the current
@@ -40,6 +41,7 @@ from rq.executions import ExecutionRegistry
 from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
 from rq.utils import current_timestamp
 from rq.worker import DequeueStrategy
 
@@ -58,6 +60,7 @@ from latentmix.service.core.jobs import (
 from latentmix.service.core.latents import LatentCatalog
 from latentmix.service.core.model_cards import keep_serving, publish_card, stop_serving
 from latentmix.service.core.webhooks import webhook_queue
+from latentmix.worker.batching import claim_company, run_together
 from latentmix.worker.engine.models import LoadedModel, load_model
 from latentmix.worker.writer import OffloadedWrites
 
@@ -146,6 +149,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         serializer=JSONSerializer,
         settings=settings,
         device=ctx.model.device,
+        batch_rows=ctx.model.max_batch_size,
     )
     # Served from now on: /readyz and GET /models count this worker while its heartbeat lives.
     publish_card(ctx.redis, ctx.model.card, worker.name, settings.worker_heartbeat_ttl_s)
@@ -166,9 +170,16 @@ def run(settings: Settings, *, burst: bool = False) -> None:
 class LatentMixWorker(SimpleWorker):
     """SimpleWorker with a short job heartbeat TTL and a device check after failures."""
 
-    def __init__(self, *args, settings: Settings, device: torch.device, **kwargs):
+    # Jobs rendered together run in threads of their own (worker/batching.py): their
+    # timeouts come from a timer thread, as SIGALRM reaches the main thread only.
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(
+        self, *args, settings: Settings, device: torch.device, batch_rows: int = 1, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.settings = settings
+        self.batch_rows = batch_rows  # rows of jobs rendered together, at most
         self.heartbeat_ttl_s = settings.worker_heartbeat_ttl_s
         self.device = device
         self.device_lost = False
@@ -176,6 +187,24 @@ class LatentMixWorker(SimpleWorker):
         self.push_exc_handler(self._report_abandoned)
 
     def execute_job(self, job, queue) -> None:
+        """The job, with the queued jobs it can be rendered together with, if batching
+        across jobs is on (worker/batching.py)."""
+        company = self._company(job, queue)
+        if company:
+            run_together(self._execute_one, [job, *company], queue)
+        else:
+            self._execute_one(job, queue)
+
+    def _company(self, job, queue) -> list:
+        wait_ms = self.settings.worker_batch_wait_ms
+        if wait_ms is None:
+            return []
+        company = claim_company(self, job, queue, max_rows=self.batch_rows, wait_s=wait_ms / 1000)
+        for claimed in company:
+            claimed.redis_server_version = job.redis_server_version  # as RQ's dequeue sets it
+        return company
+
+    def _execute_one(self, job, queue) -> None:
         try:
             super().execute_job(job, queue)
         except REDIS_ERRORS as exc:  # RQ's own bookkeeping of the job's end

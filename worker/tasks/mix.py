@@ -28,8 +28,9 @@ from latentmix.service.core.inversion_mixing import origin_of_record, shared_ori
 from latentmix.service.core.jobs import append_partial_result, fetch_job, view_job
 from latentmix.service.core.latents import LatentRecord, image_key
 from latentmix.service.core.storage import STORAGE_IO, in_parallel
+from latentmix.worker.batching import generate_rows
 from latentmix.worker.engine.attention.keyframes import worker_cache
-from latentmix.worker.engine.diffusion import encode_prompts, generate
+from latentmix.worker.engine.diffusion import encode_prompts
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.morph import Keyframes, render_frames
@@ -128,7 +129,7 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
     its weights."""
     mixed = state.latent
     if request.attention == "none":
-        return generate(
+        return generate_rows(  # with other jobs' rows, when batched (worker/batching.py)
             ctx.model,
             _select(state, rows) if request.inversion else mixed[rows],
             request.prompt,
