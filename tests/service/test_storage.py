@@ -271,7 +271,7 @@ def test_storage_from_settings_with_a_bucket_is_s3() -> None:
 
 
 def test_importing_storage_does_not_import_torch() -> None:
-    code = "import service.storage, sys; assert 'torch' not in sys.modules"
+    code = "import latentmix.service.core.storage, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from latentmix.service.api.deps import RedisDep, StorageDep
+from latentmix.service.api.problems import PROBLEM_RESPONSES
 from latentmix.service.core.model_cards import served_models
 
 router = APIRouter(tags=["health"])
@@ -24,7 +25,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
+@router.get(
+    "/readyz",
+    responses={
+        422: PROBLEM_RESPONSES[422],
+        503: {"description": "a dependency is not ready"},
+    },
+)
 def readyz(
     redis: RedisDep,
     storage: StorageDep,
