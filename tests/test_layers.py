@@ -107,3 +107,34 @@ def test_the_rule_catches_a_reintroduced_worker_import(tmp_path: Path, monkeypat
         "service/bad.py:1 imports worker.engine",
         "service/bad.py:2 imports latentmix.worker.tasks",
     ]
+
+
+def private_imports(files: list[Path]) -> list[str]:
+    """`from latentmix.x import _name`: a module reaching for another one's private helper."""
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("latentmix"):
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    return found
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_no_module_imports_another_modules_private_helpers(folder: str):
+    """A helper two modules need is public in the module both import (tasks: `streaming`,
+    `reporting`), never one module's private reached into by another."""
+    assert private_imports(sources(folder)) == []
+
+
+def test_tasks_import_only_the_shared_task_modules():
+    """A task module imports `reporting` and `streaming`, never another job type's task."""
+    shared = ("reporting", "streaming")
+    tasks = sources("worker/tasks")
+    others = tuple(
+        f"latentmix.worker.tasks.{p.stem}" for p in tasks if p.stem not in (*shared, "__init__")
+    )
+    assert violations(tasks, others) == []

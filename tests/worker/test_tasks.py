@@ -13,13 +13,13 @@ from latentmix.service.core.jobs import request_cancel
 from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.tasks import mix as mix_task
 from latentmix.worker.tasks.invert import _engine_settings, measured_per_batch
-from latentmix.worker.tasks.mix import rows_to_render
 from latentmix.worker.tasks.reporting import (
     JobCanceled,
     batch_progress,
     in_batches,
     progress_reporter,
 )
+from latentmix.worker.tasks.streaming import rows_to_render
 
 IDS = [f"{i:032x}" for i in range(3)]
 
@@ -153,7 +153,7 @@ def test_a_mix_request_of_the_previous_release_is_upgraded(monkeypatch):
         for latent_id in IDS[:2]
     }
     monkeypatch.setattr(mix_task, "context", lambda: None)
-    monkeypatch.setattr(mix_task, "_ready_record", lambda ctx, i, producer: records[i])
+    monkeypatch.setattr(mix_task, "ready_record", lambda ctx, i, producer: records[i])
     legacy = {
         "latents": IDS[:2],
         "weights": [[0.25, 0.75]],

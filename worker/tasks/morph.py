@@ -28,19 +28,19 @@ from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_
 from latentmix.worker.engine.morph_metrics import consistency, smoothness
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
-from latentmix.worker.tasks.mix import (
-    ImageStream,
-    _check_compatible,
-    _publish_mix,
-    _ready_record,
-    rows_to_render,
-)
 from latentmix.worker.tasks.reporting import (
     BatchPublisher,
     batch_progress,
     in_batches,
     progress_reporter,
     task,
+)
+from latentmix.worker.tasks.streaming import (
+    ImageStream,
+    check_one_shape,
+    ready_record,
+    rows_to_render,
+    store_mixed_latent,
 )
 
 
@@ -49,8 +49,8 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
     """Plan the frames, mix their latents, render them batch by batch, publishing each batch
     as it finishes. Perceptual spacing first renders the uniform frames (not published),
     re-spaces each segment by their consecutive distances, then renders the frames kept."""
-    records = [_ready_record(ctx, i, request.producers.get(i)) for i in request.keyframes]
-    _check_compatible(records, ctx.settings.model)
+    records = [ready_record(ctx, i, request.producers.get(i)) for i in request.keyframes]
+    check_one_shape(records)
     stack = torch.stack(in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
     renderer = _Renderer(ctx, request, stack)
     distance = _distance(ctx)
@@ -155,7 +155,7 @@ class _Renderer:
         stream = ImageStream(ctx, job, frames)
         # Morphs mix plain latents only (the API refuses others): no state, no method.
         rendered = stream.store_latents(
-            lambda row: _publish_mix(ctx, _plain_state(ctx, mixed[row]), frames[row], None)
+            lambda row: store_mixed_latent(ctx, _plain_state(ctx, mixed[row]), frames[row], None)
         )
         images: dict[int, Image.Image] = {}
 
