@@ -1,8 +1,10 @@
 """Errors as RFC 9457 problem details (`application/problem+json`), one format everywhere.
 
-Route handlers raise `problem(status, detail)`; the handlers installed here render those,
-request validation errors (naming each offending field), an unreachable Redis or object
-store (503 with Retry-After) and anything unexpected (500, without internals). Pure ASGI
+Route handlers raise `problem(status, detail)`, the planning modules of service/core their
+domain errors (`Refused`; each kind's status is in `REFUSAL_STATUS`). The handlers
+installed here render those, request validation errors (naming each offending field), an
+unreachable Redis or object store (503 with Retry-After) and anything unexpected (500,
+without internals). Pure ASGI
 middleware, which runs outside these handlers, answers with `problem_response` directly.
 """
 
@@ -17,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from latentmix.service.core.errors import Invalid, Missing, NotReady, Refused
 from latentmix.service.core.jobs import REDIS_ERRORS
 from latentmix.service.core.storage import StorageUnavailable
 
@@ -74,6 +77,14 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
     return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
+# The planning modules' domain errors (service/core/errors.py) and the status each answers.
+REFUSAL_STATUS: dict[type[Refused], int] = {Invalid: 422, Missing: 404, NotReady: 409}
+
+
+async def _refused(_: Request, exc: Refused) -> JSONResponse:
+    return problem_response(REFUSAL_STATUS[type(exc)], str(exc))
+
+
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {"field": ".".join(str(part) for part in e["loc"]), "message": _message(e)}
@@ -107,6 +118,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Refused, _refused)
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, _redis_unavailable)
     for error in STORAGE_ERRORS:

@@ -63,6 +63,11 @@ def job_type_of(job: Job) -> JobType | None:
     return JOB_TYPES.get(task_of(job))
 
 
+def job_request(job: Job) -> Contract:
+    """The request a job of the service's was queued with, parsed by its job type's model."""
+    return job_type_of(job).request.model_validate(job.args[0])
+
+
 def type_name(job: Job) -> str:
     job_type = job_type_of(job)
     return job_type.name if job_type else job.func_name

@@ -12,6 +12,8 @@ validates requests for a model whose workers are restarting against its last car
 
 from redis import Redis
 
+from latentmix.service.core.contract import DEFAULT_GUIDANCE
+from latentmix.service.core.errors import Invalid
 from latentmix.service.core.model_card import ModelCard
 from latentmix.service.core.morph_plan import ATTENTION_MODES
 
@@ -68,3 +70,27 @@ def check_attention(redis: Redis, model: str, attention: str) -> None:
     card = model_card(redis, model) if attention != "none" else None
     if card is not None:
         card.check_attention_interpolation()
+
+
+def guidance_for(requested: float | None, card: ModelCard | None) -> float:
+    """The request's guidance, else the model's default (SD 3: 4.5); before any worker has
+    published the card, Stable Diffusion's."""
+    if requested is not None:
+        return requested
+    return card.default_guidance if card is not None else DEFAULT_GUIDANCE
+
+
+def check_same_model(models: set[str], redis: Redis) -> None:
+    """Latents of different models (or families) live in different spaces: Invalid naming
+    every model involved, with its family where its card is known."""
+    if len(models) <= 1:
+        return
+    cards = model_cards(redis)
+    named = [
+        f"{model!r} ({cards[model].family})" if model in cards else repr(model)
+        for model in sorted(models)
+    ]
+    raise Invalid(
+        f"latents from different models cannot be mixed: {' and '.join(named)}; "
+        "mix latents of one model"
+    )

@@ -12,6 +12,7 @@ from latentmix.service.core.contract import InversionSettings, MixRequest, plan_
 from latentmix.service.core.jobs import request_cancel
 from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.tasks import mix as mix_task
+from latentmix.worker.tasks import streaming
 from latentmix.worker.tasks.invert import _engine_settings, measured_per_batch
 from latentmix.worker.tasks.reporting import (
     JobCanceled,
@@ -76,7 +77,7 @@ def test_copies_of_earlier_rows_are_neither_rendered_nor_planned():
 def test_a_copy_is_listed_together_with_the_row_it_repeats(monkeypatch):
     appended: list[list[dict]] = []
     monkeypatch.setattr(
-        mix_task,
+        streaming,
         "append_partial_result",
         lambda redis, job_id, rows, settings: appended.append(rows),
     )
@@ -84,7 +85,7 @@ def test_a_copy_is_listed_together_with_the_row_it_repeats(monkeypatch):
         SimpleNamespace(id=image, model_dump=lambda mode, i=image: {"id": i}) for image in "abab"
     ]
     ctx = SimpleNamespace(redis=None, settings=None)
-    stream = mix_task.ImageStream(ctx, SimpleNamespace(id="job"), images)
+    stream = streaming.ImageStream(ctx, SimpleNamespace(id="job"), images)
 
     assert stream.copies == {2: 0, 3: 1}
     stream.list([1])
@@ -94,7 +95,7 @@ def test_a_copy_is_listed_together_with_the_row_it_repeats(monkeypatch):
 
 def test_latents_are_stored_for_every_row_but_the_copies():
     images = [SimpleNamespace(id=image) for image in "aba"]
-    stream = mix_task.ImageStream(SimpleNamespace(), SimpleNamespace(id="job"), images)
+    stream = streaming.ImageStream(SimpleNamespace(), SimpleNamespace(id="job"), images)
     published: list[int] = []
 
     futures = stream.store_latents(lambda row: published.append(row) or row == 1)

@@ -9,8 +9,8 @@ from PIL import Image
 
 from latentmix.service.api.animation import FORMATS, encode_animation
 from latentmix.service.api.deps import RedisDep, StorageDep
+from latentmix.service.api.job_views import existing_job
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
-from latentmix.service.api.routes.jobs import _view
 from latentmix.service.core.jobs import JobStatus
 from latentmix.service.core.latents import image_key
 from latentmix.service.core.storage import in_parallel
@@ -38,7 +38,7 @@ def get_job_animation(
     bounce: Annotated[bool, Query(description="play forward, then backward")] = False,
 ) -> Response:
     """The images of a succeeded job, in order, as an animated WebP or GIF or an H.264 MP4."""
-    view = _view(redis, job_id)
+    view = existing_job(redis, job_id)
     if view.status is not JobStatus.succeeded:
         raise problem(409, f"job {job_id} is {view.status}: animations are of succeeded jobs")
     images = (view.result or {}).get("images") or []

@@ -6,12 +6,13 @@ import time
 from contextlib import suppress
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from rq.exceptions import InvalidJobOperation
 
 from latentmix.service.api.deps import JobEventsDep, RedisDep, SettingsDep, StorageDep
+from latentmix.service.api.job_views import JobIdPath, existing_job, public_job
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.schemas import JobPublic
 from latentmix.service.core.images import encode_png
@@ -28,7 +29,6 @@ from latentmix.service.core.latents import image_key
 
 router = APIRouter(tags=["jobs"])
 
-JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 MAX_GRID_IMAGES = 256
 
 
@@ -53,7 +53,7 @@ async def get_job(
     with events.watch(job_id) as changed:
         while True:
             changed.clear()  # before reading: a change after the read wakes the wait below
-            view = await run_in_threadpool(_view, redis, job_id)
+            view = await run_in_threadpool(existing_job, redis, job_id)
             left = deadline - time.monotonic()
             if view.status.is_terminal() or _has_news(view, seen) or left <= 0:
                 return public_job(view, request)
@@ -110,7 +110,7 @@ def get_job_grid(
     tile: Annotated[int, Query(ge=16, le=512, description="tile size in pixels")] = 128,
 ) -> Response:
     """A contact sheet of the job's images so far (at most the first 256), for a person."""
-    images = ((_view(redis, job_id).result or {}).get("images") or [])[:MAX_GRID_IMAGES]
+    images = ((existing_job(redis, job_id).result or {}).get("images") or [])[:MAX_GRID_IMAGES]
     if not images:
         raise problem(404, f"job {job_id} has no images (yet)")
     tiles = [Image.open(io.BytesIO(storage.get(image_key(image["id"])))) for image in images]
@@ -125,33 +125,3 @@ def _contact_sheet(tiles: list[Image.Image], columns: int, tile: int) -> Image.I
         thumbnail = image.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS)
         sheet.paste(thumbnail, ((index % columns) * tile, (index // columns) * tile))
     return sheet
-
-
-def _view(redis, job_id: str) -> JobView:
-    job = fetch_job(redis, job_id)
-    if job is None:
-        raise problem(404, f"job {job_id} not found")
-    return view_job(redis, job)
-
-
-def public_job(view: JobView, request: Request | None = None) -> JobPublic:
-    """The API's view of a job; image results get URLs the client can fetch."""
-    result = view.result
-    if result and "images" in result and request is not None:
-        images = [
-            image | {"url": str(request.url_for("get_image", image_id=image["id"]))}
-            for image in result["images"]
-        ]
-        result = result | {"images": images}
-    return JobPublic(
-        id=view.id,
-        type=view.type,
-        model=view.model,
-        status=view.status,
-        progress=view.progress,
-        created_at=view.created_at,
-        started_at=view.started_at,
-        finished_at=view.finished_at,
-        error=view.error,
-        result=result,
-    )

@@ -1,12 +1,10 @@
 """POST /latents (invert images, store uploaded latents), GET /latents/{id}[/data]."""
 
-import io
 import uuid
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Request, Response, UploadFile
-from PIL import Image, UnidentifiedImageError
 
 from latentmix.service.api.deps import CatalogDep, MetricsDep, RedisDep, SettingsDep, StorageDep
 from latentmix.service.api.inversion_form import (
@@ -14,9 +12,9 @@ from latentmix.service.api.inversion_form import (
     InversionForm,
     inversion_form,
 )
-from latentmix.service.api.models import card_of, guidance_for, resolve_model
+from latentmix.service.api.job_views import public_job
+from latentmix.service.api.models import card_of, resolve_model
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
-from latentmix.service.api.routes.jobs import public_job
 from latentmix.service.api.schemas import (
     LatentEntry,
     LatentPublic,
@@ -24,6 +22,7 @@ from latentmix.service.api.schemas import (
     WebhookUrl,
     unknown_fields,
 )
+from latentmix.service.api.uploads import read_image
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.core.contract import (
     DEFAULT_STEPS,
@@ -45,11 +44,11 @@ from latentmix.service.core.latents import (
     upload_key,
 )
 from latentmix.service.core.model_card import ModelCard
+from latentmix.service.core.model_cards import guidance_for
 from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 
-IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 MIN_SIZE, MAX_SIZE = 64, 2048  # image sides in pixels; uploaded latents likewise
 LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
 # The form fields of POST /latents, as create_latents declares them.
@@ -148,7 +147,7 @@ def create_latents(
     work: list[dict] = []
     planned: set[str] = set()
     # Every file is checked before anything is claimed, stored or queued.
-    image_data = [_read_image(upload, settings.max_image_pixels) for upload in images]
+    image_data = [read_image(upload, settings.max_image_pixels) for upload in images]
     latent_arrays = [_read_latent(upload, card) for upload in latents]
     latent_ids = [
         image_latent_id(data, model, inversion.id_fields() | {"prompt": image_prompt})
@@ -243,51 +242,6 @@ def _prompts_for(prompts: list[str], image_count: int) -> list[str]:
             422, f"got {len(prompts)} prompts for {image_count} images: send one, or one per image"
         )
     return prompts
-
-
-def _read_image(upload: UploadFile, max_pixels: int) -> bytes:
-    data = upload.file.read()
-    _check_image(data, upload.filename, max_pixels)
-    return data
-
-
-def _check_image(data: bytes, filename: str | None, max_pixels: int) -> None:
-    """A whole, decodable PNG, JPEG or WebP of at most `max_pixels` pixels.
-
-    The format is sniffed from the bytes, not the file name; only the allowed decoders
-    ever see the data. The size is read from the header before anything is decoded, and
-    Pillow's decompression-bomb guard (an error, see service.api.app) is a 413 too. The image
-    is then fully decoded, so a truncated or corrupt file is refused here, not by a job."""
-    unreadable = f"{filename!r} is not a readable PNG, JPEG or WebP image"
-    try:
-        with Image.open(io.BytesIO(data), formats=sorted(IMAGE_FORMATS)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise _too_many_pixels(filename, width, height, max_pixels)
-            image.verify()
-        with Image.open(io.BytesIO(data), formats=sorted(IMAGE_FORMATS)) as image:
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise problem(413, f"{filename!r}: {exc}") from None
-    except UnidentifiedImageError:
-        raise problem(415, f"{unreadable}{_sniffed(data)}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise problem(415, f"{unreadable} ({exc})") from None
-
-
-def _too_many_pixels(filename: str | None, width: int, height: int, limit: int):
-    return problem(
-        413, f"{filename!r} is {width}x{height} = {width * height} pixels; the limit is {limit}"
-    )
-
-
-def _sniffed(data: bytes) -> str:
-    """What the bytes are, when Pillow knows the format but it is not allowed."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return f": it is {image.format}; allowed: PNG, JPEG, WebP"
-    except Exception:
-        return ""
 
 
 def _image_entry(
