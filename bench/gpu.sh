@@ -8,9 +8,14 @@
 #     bench/gpu.sh                 # on the GPU machine: about 5 minutes on one H200
 #     bench/gpu.sh --device cpu    # the same script on CPU with a tiny workload (tested in CI)
 #
+# Then the many-small-requests workload (bench/small_jobs.py, issue 30): BENCH_CLIENTS
+# concurrent clients each submitting one-row mixes of two ready latents, against the engine
+# rendering the same rows in batches, with and without cross-job batching.
+#
 # Override the workload with BENCH_MODEL, BENCH_SIZE, BENCH_STEPS, BENCH_K, BENCH_N,
-# BENCH_BATCH, BENCH_ROUNDS; BENCH_OUT is where the JSON files go; BENCH_MODES="eager" skips
-# the torch.compile run (compiling takes minutes on a CPU).
+# BENCH_BATCH, BENCH_ROUNDS; the small jobs' with BENCH_CLIENTS, BENCH_JOBS,
+# BENCH_SMALL_STEPS; BENCH_OUT is where the JSON files go; BENCH_MODES="eager" skips the
+# torch.compile run (compiling takes minutes on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device="cuda"
@@ -18,9 +23,11 @@ if [ "${1:-}" = "--device" ]; then device="$2"; shift 2; fi
 if [ "$device" = "cpu" ]; then
   model="${BENCH_MODEL:-tiny}" size="${BENCH_SIZE:-64}" steps="${BENCH_STEPS:-2}"
   k="${BENCH_K:-4}" n="${BENCH_N:-4}" batch="${BENCH_BATCH:-4}" dtype=float32
+  clients="${BENCH_CLIENTS:-4}" jobs="${BENCH_JOBS:-8}" small_steps="${BENCH_SMALL_STEPS:-2}"
 else
   model="${BENCH_MODEL:-sd15-random}" size="${BENCH_SIZE:-512}" steps="${BENCH_STEPS:-20}"
   k="${BENCH_K:-16}" n="${BENCH_N:-32}" batch="${BENCH_BATCH:-16}" dtype=float16
+  clients="${BENCH_CLIENTS:-16}" jobs="${BENCH_JOBS:-96}" small_steps="${BENCH_SMALL_STEPS:-20}"
 fi
 rounds="${BENCH_ROUNDS:-2}"
 out="${BENCH_OUT:-bench/results}"
@@ -37,3 +44,8 @@ for mode in ${BENCH_MODES:-eager compiled}; do
     --device "$device" --dtype "$dtype" --max-batch-size "$batch" --rounds "$rounds" \
     --store local $compile --json "$out/$name.json" "$@"
 done
+name="$stamp-gpu-small-jobs-$model-${size}px-$device"
+echo "== small jobs: $model, $size px, $small_steps steps, $clients clients, $jobs one-row mixes, batch $batch, $device $dtype"
+"$python" bench/small_jobs.py --model "$model" --size "$size" --steps "$small_steps" \
+  --clients "$clients" --jobs "$jobs" --batch "$batch" --device "$device" --dtype "$dtype" \
+  --rounds "$rounds" --threads "${BENCH_THREADS:-0}" --json "$out/$name.json"

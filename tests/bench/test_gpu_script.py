@@ -1,6 +1,7 @@
 """bench/gpu.sh, the GPU run ready to go, runs end to end on CPU (`--device cpu`) with a tiny
 workload: four variants side by side, raw numbers written, ratios against batched Diffusers
-printed. The torch.compile half is skipped here (BENCH_MODES=eager: compiling takes minutes
+printed; then the small-jobs workload (bench/small_jobs.py) with and without cross-job
+batching. The torch.compile half is skipped here (BENCH_MODES=eager: compiling takes minutes
 on two cores; tests/worker/engine/test_models.py covers the compile switch)."""
 
 import json
@@ -16,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_gpu_script_runs_the_four_way_comparison_on_cpu(tmp_path):
     env = os.environ | {
         "BENCH_OUT": str(tmp_path),
         "BENCH_MODES": "eager",
         "BENCH_ROUNDS": "1",
+        "BENCH_THREADS": "1",
         "LATENTMIX_VENV": str(Path(sys.executable).parents[1]),
     }
     done = subprocess.run(
@@ -30,7 +32,7 @@ def test_gpu_script_runs_the_four_way_comparison_on_cpu(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (raw,) = tmp_path.glob("*-gpu-tiny-64px-cpu.json")
@@ -41,3 +43,11 @@ def test_gpu_script_runs_the_four_way_comparison_on_cpu(tmp_path):
     assert data["max_pixel_difference_engine_vs_batched"] <= 1
     assert "service / batched Diffusers" in done.stdout
     assert "img/s" in done.stdout
+
+    (small,) = tmp_path.glob("*-gpu-small-jobs-tiny-64px-cpu.json")
+    rates = {
+        name: runs[0]["images_per_s"]
+        for name, runs in json.loads(small.read_text())["results"].items()
+    }
+    assert set(rates) == {"engine", "service-off", "service-on"} and min(rates.values()) > 0
+    assert "batching off" in done.stdout and "on / engine" in done.stdout
