@@ -16,7 +16,6 @@ run at once, each its own stack (API, Redis, one worker, local store) with UNet 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -32,7 +31,7 @@ import httpx
 import numpy as np
 import torch
 from safetensors.numpy import save
-from throughput import Service, _machine  # bench/ is the script's directory
+from throughput import Service, _machine, run_and_report  # bench/ is the script's directory
 
 from latentmix.client import LatentMixClient
 from latentmix.service.core.images import encode_png
@@ -256,16 +255,7 @@ def main() -> None:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
-    parser.add_argument("--report", type=Path, help="only print the report of a --json file")
-    args = parser.parse_args()
-    if args.report:
-        print(report(json.loads(args.report.read_text())))
-        return
-    data = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2, default=str))
-    print(report(data))
+    run_and_report(parser, run, report)
 
 
 if __name__ == "__main__":

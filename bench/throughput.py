@@ -761,6 +761,16 @@ def main() -> None:
         choices=("baseline",),
         help="leave a variant out: `baseline`, the one-at-a-time reference, on slow models",
     )
+    run_and_report(parser, run, report)
+
+
+def run_and_report(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict],
+    report: Callable[[dict], str],
+) -> None:
+    """A benchmark's command line: with `--report FILE.json` only print that run's report;
+    otherwise run, print the report, and with `--json PATH` also write the raw numbers."""
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--report", type=Path, help="only print the report of a --json file")
     args = parser.parse_args()
