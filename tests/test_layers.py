@@ -138,3 +138,12 @@ def test_tasks_import_only_the_shared_task_modules():
         f"latentmix.worker.tasks.{p.stem}" for p in tasks if p.stem not in (*shared, "__init__")
     )
     assert violations(tasks, others) == []
+
+
+def test_a_route_module_imports_no_other_route_module():
+    """Routes share helpers through service/api modules (job_views, uploads, ...) and the
+    planning modules of service/core, never through another route's module."""
+    routes = [p for p in sources("service/api/routes") if p.stem != "__init__"]
+    for path in routes:
+        others = tuple(f"latentmix.service.api.routes.{p.stem}" for p in routes if p != path)
+        assert violations([path], others) == []

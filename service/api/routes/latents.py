@@ -22,7 +22,7 @@ from latentmix.service.api.schemas import (
     WebhookUrl,
     unknown_fields,
 )
-from latentmix.service.api.uploads import read_image
+from latentmix.service.api.uploads import MAX_SIZE, MIN_SIZE, read_image
 from latentmix.service.api.webhooks import checked_webhook
 from latentmix.service.core.contract import (
     DEFAULT_STEPS,
@@ -49,7 +49,6 @@ from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 
-MIN_SIZE, MAX_SIZE = 64, 2048  # image sides in pixels; uploaded latents likewise
 LatentIdPath = Annotated[str, Path(pattern=ID_RE.pattern)]
 # The form fields of POST /latents, as create_latents declares them.
 FORM_FIELDS = (

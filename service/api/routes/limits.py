@@ -4,8 +4,8 @@ from fastapi import APIRouter
 
 from latentmix.service.api.deps import SettingsDep
 from latentmix.service.api.problems import PROBLEM_RESPONSES
-from latentmix.service.api.routes.latents import MAX_SIZE, MIN_SIZE
 from latentmix.service.api.schemas import LimitsPublic
+from latentmix.service.api.uploads import MAX_SIZE, MIN_SIZE
 from latentmix.service.core.config import Settings
 from latentmix.service.core.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
 
