@@ -7,6 +7,9 @@
 - `service/cli/` (the `latentmix` command and launcher) starts the API and the workers as
   processes, by module name: it imports neither;
 - `worker/` imports of the service only its core: never the HTTP app or the command line;
+- the engine (`worker/engine/`) is a library: of the service it imports only the core;
+- model families (`worker/engine/families/`) never import the inversion methods (the model
+  loader, which knows both, puts the methods on the card): no cycle between them;
 - training code (`worker/training/`) is imported by nothing else in the package: the
   serving worker never loads it;
 - `client/` talks HTTP only: it imports neither the service nor the worker;
@@ -77,6 +80,17 @@ def test_the_command_line_starts_the_api_and_workers_as_processes_never_imports_
 def test_the_worker_imports_only_the_core_of_the_service():
     forbidden = ("latentmix.service.api", "latentmix.service.cli")
     assert violations(sources("worker"), forbidden) == []
+
+
+def test_the_engine_imports_of_the_service_only_its_core():
+    forbidden = ("latentmix.service.api", "latentmix.service.cli", "latentmix.worker.tasks")
+    assert violations(sources("worker/engine"), forbidden) == []
+
+
+def test_families_never_import_the_inversion_methods():
+    families = sources("worker/engine/families")
+    assert families, "no families found"
+    assert violations(families, ("latentmix.worker.engine.inversion",)) == []
 
 
 def test_nothing_outside_training_imports_the_training_code():

@@ -1,20 +1,24 @@
-"""The inversion form fields of POST /latents: the method and each method's own options,
-checked against the model's card before anything is queued."""
+"""The inversion form fields of POST /latents: the method and each method's own options (the
+fields come from the method specs, service/core/inversion_methods.py), checked against the
+model's card before anything is queued."""
 
-from typing import Annotated, Literal
+import inspect
+from typing import Annotated, Any
 
 from fastapi import Form
+from pydantic.fields import FieldInfo
 
 from latentmix.service.api.problems import problem
 from latentmix.service.core.contract import (
-    DEFAULT_INVERSION,
     DEFAULT_RECONSTRUCTION_MEASURE,
-    INVERSION_OPTIONS,
-    MAX_INVERSION_ITERATIONS,
-    OPTION_FIELDS,
     InversionSettings,
     ReconstructionMeasure,
     reconstruction_measure,
+)
+from latentmix.service.core.inversion_methods import (
+    DEFAULT_INVERSION,
+    INVERSION_METHOD_SPECS,
+    OPTION_FIELDS,
 )
 from latentmix.service.core.model_card import ModelCard
 
@@ -39,7 +43,7 @@ class InversionForm:
         422 naming the allowed values for a method the model does not list or an option of
         another method. Without a card (no worker served the model yet) every method is
         allowed and the worker refuses what its family cannot run."""
-        allowed = card.inversion_methods if card else tuple(INVERSION_OPTIONS)
+        allowed = card.inversion_methods if card else tuple(INVERSION_METHOD_SPECS)
         default = card.inversion_methods[0] if card else DEFAULT_INVERSION
         settings = InversionSettings(
             method=self.method,
@@ -54,79 +58,68 @@ class InversionForm:
             raise problem(422, str(exc)) from None
 
 
-def inversion_form(
-    inversion: Annotated[
-        str | None,
-        Form(
-            description="inversion method: ddim, fixed-point, edict, bdia, negative-prompt, "
-            "null-text (Stable Diffusion), flow-euler, rf-solver (SD 3); GET /models lists each "
-            "model's. Default: the model family's first (ddim for Stable Diffusion)"
-        ),
-    ] = None,
-    inversion_iterations: Annotated[
-        int | None,
-        Form(
-            ge=0,
-            le=MAX_INVERSION_ITERATIONS,
-            description="fixed-point: iterations per step (default 5; 0 is DDIM)",
-        ),
-    ] = None,
-    renoise_average: Annotated[
-        bool | None,
-        Form(description="fixed-point: ReNoise averaging of the last estimates (default off)"),
-    ] = None,
-    edict_mix: Annotated[
-        float | None, Form(gt=0.0, le=1.0, description="edict: the mixing weight p (0.93)")
-    ] = None,
-    bdia_gamma: Annotated[
-        float | None,
-        Form(description="bdia: gamma; only 1 inverts (others diverge in float32)"),
-    ] = None,
-    null_text_iterations: Annotated[
-        int | None,
-        Form(
-            ge=0,
-            le=MAX_INVERSION_ITERATIONS,
-            description="null-text: Adam iterations per step (default 10, early stop)",
-        ),
-    ] = None,
-    timestep_spacing: Annotated[
-        Literal["leading", "trailing"] | None,
-        Form(
-            description="every DDIM-type method: timestep spacing in inversion and generation "
-            "(trailing: Lin et al.); default: the scheduler's (leading for SD 1.5)"
-        ),
-    ] = None,
-    guidance_rescale: Annotated[
-        float | None,
-        Form(
-            ge=0.0,
-            le=1.0,
-            description="every DDIM-type method: diffusers' rescale_noise_cfg phi, in "
-            "inversion and generation (default 0: none)",
-        ),
-    ] = None,
-    measure_reconstruction: Annotated[
-        str,
-        Form(
-            description="which latents to regenerate to record their round trip's error "
-            "(latent RMSE, pixel PSNR), each costing a generation pass: sample (one per job, "
-            "its record says `sample_of`; none for edict and bdia, exact by construction), "
-            "all, or none; true and false (as before) mean all and none",
-        ),
-    ] = DEFAULT_RECONSTRUCTION_MEASURE,
-) -> InversionForm:
-    options = {
-        "inversion_iterations": inversion_iterations,
-        "renoise_average": renoise_average,
-        "edict_mix": edict_mix,
-        "bdia_gamma": bdia_gamma,
-        "null_text_iterations": null_text_iterations,
-        "timestep_spacing": timestep_spacing,
-        "guidance_rescale": guidance_rescale,
+def _form_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    """A method option as an optional form field: its spec's type, bounds and description."""
+    bounds = {
+        key: getattr(constraint, key)
+        for constraint in field.metadata
+        for key in ("gt", "ge", "lt", "le")
+        if hasattr(constraint, key)
     }
+    form = Form(description=field.description, **bounds)
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[field.annotation | None, form],
+    )
+
+
+def inversion_form(
+    inversion: str | None = None,
+    measure_reconstruction: str = DEFAULT_RECONSTRUCTION_MEASURE,
+    **options: Any,
+) -> InversionForm:
     try:
         measure = reconstruction_measure(measure_reconstruction)
     except ValueError as exc:
         raise problem(422, str(exc)) from None
     return InversionForm(inversion, options, measure)
+
+
+_EXACT_METHODS = " and ".join(name for name, spec in INVERSION_METHOD_SPECS.items() if spec.exact)
+# FastAPI reads the form fields from the signature: the method, each option of the specs
+# (service/core/inversion_methods.py), then measure_reconstruction.
+inversion_form.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(
+            "inversion",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                Form(
+                    description=f"inversion method: {', '.join(INVERSION_METHOD_SPECS)}; GET "
+                    "/models lists each model's. Default: the model's first (ddim for Stable "
+                    "Diffusion)"
+                ),
+            ],
+        ),
+        *(_form_parameter(name, field) for name, field in OPTION_FIELDS.items()),
+        inspect.Parameter(
+            "measure_reconstruction",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=DEFAULT_RECONSTRUCTION_MEASURE,
+            annotation=Annotated[
+                str,
+                Form(
+                    description="which latents to regenerate to record their round trip's "
+                    "error (latent RMSE, pixel PSNR), each costing a generation pass: sample "
+                    "(one per job, its record says `sample_of`; none for "
+                    f"{_EXACT_METHODS}, exact by construction), all, or none; true and false "
+                    "(as before) mean all and none",
+                ),
+            ],
+        ),
+    ]
+)

@@ -11,12 +11,26 @@ else.
 """
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from latentmix.service.core.diagnostics import MixDiagnostics
 from latentmix.service.core.ids import image_id, mixed_latent_id, morph_frame_image_id
+from latentmix.service.core.inversion_methods import (
+    DEFAULT_INVERSION,
+    INVERSION_METHOD_SPECS,
+    OPTION_FIELDS,
+    owners_of,
+)
 from latentmix.service.core.morph_plan import (
     DEFAULT_ATTENTION_STEPS,
     DEFAULT_BETA,
@@ -27,7 +41,6 @@ from latentmix.service.core.morph_plan import (
 # Paper defaults (Landolsi & Kahl): 50 DDIM steps, classifier-free guidance 7.5.
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
-DEFAULT_INVERSION = "ddim"  # Stable Diffusion's; other families name their own in their card
 MAX_STEPS = 500
 MAX_GUIDANCE = 30.0
 # The text encoder reads 77 tokens; a longer prompt is truncated, so this only bounds waste.
@@ -43,50 +56,34 @@ class Contract(BaseModel):
 # --- invert -----------------------------------------------------------------------------
 
 
-# The options every DDIM-type method takes, used alike in inversion and generation:
-# timestep_spacing ("leading" | "trailing", Lin et al.; None: the scheduler's own) and
-# guidance_rescale (diffusers' rescale_noise_cfg phi; None: 0). Left out of records and
-# ids when not given.
-SAMPLER_OPTIONS: dict[str, Any] = {"timestep_spacing": None, "guidance_rescale": None}
-TIMESTEP_SPACINGS = ("leading", "trailing")
-# Each inversion method's own options and their defaults (the references'); the engine's
-# methods read theirs from here. A method not listed takes none.
-INVERSION_OPTIONS: dict[str, dict[str, Any]] = {
-    "ddim": {**SAMPLER_OPTIONS},
-    "fixed-point": {"inversion_iterations": 5, "renoise_average": False, **SAMPLER_OPTIONS},
-    "edict": {"edict_mix": 0.93, **SAMPLER_OPTIONS},
-    "bdia": {"bdia_gamma": 1.0, **SAMPLER_OPTIONS},
-    "negative-prompt": {**SAMPLER_OPTIONS},
-    "null-text": {"null_text_iterations": 10, **SAMPLER_OPTIONS},
-    "flow-euler": {},
-    "rf-solver": {},
-}
-MAX_INVERSION_ITERATIONS = 50
-# BDIA inversion divides by gamma every step: only gamma = 1 is invertible in float32.
-INVERTIBLE_BDIA_GAMMA = 1.0
+def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """A method option as a setting: its type and bounds, None when not given."""
+    annotation = (
+        Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    )
+    return annotation | None, Field(default=None, description=field.description)
 
 
-class InversionSettings(Contract):
-    """How images are inverted; part of every inverted latent's id.
+# Every method's options, each None unless given (built from the specs in inversion_methods).
+InversionOptions = create_model(
+    "InversionOptions",
+    __base__=Contract,
+    **{name: _optional(field) for name, field in OPTION_FIELDS.items()},
+)
 
-    The option fields belong each to one method (`INVERSION_OPTIONS`); None means not
-    given. `for_method` checks them against the method and fills in its defaults, so the id
-    of a latent covers every option its method ran with."""
+
+class InversionSettings(InversionOptions):
+    """How images are inverted; part of every inverted latent's id, and what the engine
+    inverts with.
+
+    The option fields belong each to one method (service/core/inversion_methods.py); None
+    means not given. `for_method` checks them against the method and fills in its defaults,
+    so the id of a latent covers every option its method ran with."""
 
     method: str | None = None  # None: the model family's default (its card's first method)
     steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     size: int | None = None  # image side in pixels; None: the model's default
-    # fixed-point: iterations per step (0 is DDIM), ReNoise averaging of the last estimates
-    inversion_iterations: int | None = Field(default=None, ge=0, le=MAX_INVERSION_ITERATIONS)
-    renoise_average: bool | None = None
-    edict_mix: float | None = Field(default=None, gt=0.0, le=1.0)  # edict: the mix p
-    bdia_gamma: float | None = None  # bdia: 1 only
-    null_text_iterations: int | None = Field(  # null-text: Adam steps per sampling step
-        default=None, ge=0, le=MAX_INVERSION_ITERATIONS
-    )
-    timestep_spacing: Literal["leading", "trailing"] | None = None  # every DDIM-type method
-    guidance_rescale: float | None = Field(default=None, ge=0.0, le=1.0)  # likewise
 
     def options(self) -> dict[str, Any]:
         """The options given, by name."""
@@ -101,46 +98,34 @@ class InversionSettings(Contract):
             raise ValueError(
                 f"unknown inversion method {method!r} for this model; allowed: {', '.join(allowed)}"
             )
-        own = INVERSION_OPTIONS.get(method, {})
+        spec = INVERSION_METHOD_SPECS.get(method)
+        own = spec.option_names if spec else ()
         foreign = [name for name in self.options() if name not in own]
         if foreign:
             takes = ", ".join(own) or "no options"
-            owners = "; ".join(f"{name!r} belongs to {_owner_of(name)}" for name in foreign)
+            owners = "; ".join(
+                f"{name!r} belongs to {', '.join(map(repr, owners_of(name)))}" for name in foreign
+            )
             raise ValueError(
                 f"option {', '.join(map(repr, foreign))} does not apply to inversion method "
                 f"{method!r} ({owners}); {method!r} takes: {takes}"
             )
-        gamma = self.bdia_gamma
-        if gamma is not None and gamma != INVERTIBLE_BDIA_GAMMA:
-            raise ValueError(
-                f"bdia_gamma must be {INVERTIBLE_BDIA_GAMMA:g} for inversion, got {gamma:g}: "
-                "inversion divides by gamma at every step, and any other gamma diverges in "
-                "float32 (measured round-trip error 1.2e5 at gamma 0.5, 50 steps)"
-            )
-        given = self.options()
-        if given.get("guidance_rescale") == 0:  # no rescale: the same latent as without
-            del given["guidance_rescale"]
-        return self.model_copy(update=own | given)
+        options = spec.parse(self.options()).model_dump() if spec else {}
+        if options.get("guidance_rescale") == 0:  # no rescale: the same latent as without
+            options["guidance_rescale"] = None
+        return self.model_copy(update=options)
 
     def id_fields(self) -> dict[str, Any]:
-        """What the latent id covers. The default method (and `ddim`) leaves the method out,
-        so the ids of latents inverted before methods existed stay valid (their cache keeps
-        working); the model, part of every id too, tells which default it was. Options are
-        covered as given (`for_method` fills in the defaults first); absent ones leave no
-        trace, so DDIM ids are what they were."""
+        """What the latent id covers, and what a latent's record holds of its settings. The
+        default method (and `ddim`) leaves the method out, so the ids of latents inverted
+        before methods existed stay valid (their cache keeps working); the model, part of
+        every id too, tells which default it was. Options are covered as given
+        (`for_method` fills in the defaults first); absent ones leave no trace, so DDIM ids
+        are what they were."""
         fields = self.model_dump(exclude=set(OPTION_FIELDS)) | self.options()
         if self.method in (None, DEFAULT_INVERSION):
             del fields["method"]
         return fields
-
-
-OPTION_FIELDS: tuple[str, ...] = tuple(
-    dict.fromkeys(name for options in INVERSION_OPTIONS.values() for name in options)
-)
-
-
-def _owner_of(option: str) -> str:
-    return ", ".join(repr(method) for method, own in INVERSION_OPTIONS.items() if option in own)
 
 
 class InvertItem(Contract):

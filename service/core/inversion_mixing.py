@@ -14,11 +14,8 @@ Torch-free: the API checks a mix with it before queueing; the mix task once more
 from dataclasses import dataclass, field
 from typing import Any
 
-from latentmix.service.core.contract import INVERSION_OPTIONS, InversionSettings
-
-# Methods whose stored state belongs to the inversion's N timesteps (EDICT's and BDIA's
-# coupled pair, null-text's N embeddings): generation runs exactly those N steps.
-STEP_BOUND_METHODS = ("edict", "bdia", "null-text")
+from latentmix.service.core.contract import InversionSettings
+from latentmix.service.core.inversion_methods import INVERSION_METHOD_SPECS, STEP_BOUND_METHODS
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,8 @@ def origin_of_record(
 ) -> InversionOrigin:
     """A stored latent's origin, from its record's `inversion` and `settings`."""
     method = inversion or settings.get("method") or default_method
-    own = INVERSION_OPTIONS.get(method, {})
+    spec = INVERSION_METHOD_SPECS.get(method)
+    own = spec.option_names if spec else ()
     return InversionOrigin(
         method=method,
         steps=settings.get("steps"),

@@ -10,10 +10,11 @@ from redis import Redis
 
 from latentmix.service.core.contract import InversionSettings, MixRequest, plan_mix
 from latentmix.service.core.jobs import request_cancel
+from latentmix.worker.engine.diffusion import named_method
 from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.tasks import mix as mix_task
 from latentmix.worker.tasks import streaming
-from latentmix.worker.tasks.invert import _engine_settings, measured_per_batch
+from latentmix.worker.tasks.invert import measured_per_batch
 from latentmix.worker.tasks.reporting import (
     JobCanceled,
     batch_progress,
@@ -184,15 +185,15 @@ FLOW_CARD = TINY_CARD.model_copy(
 )
 
 
-@pytest.mark.parametrize(("card", "default"), [(TINY_CARD, "ddim"), (FLOW_CARD, "flow-euler")])
-def test_an_inversion_naming_no_method_uses_the_models_default(card, default):
-    ctx = SimpleNamespace(model=SimpleNamespace(card=card))
+@pytest.mark.parametrize(
+    ("card", "default", "other"),
+    [(TINY_CARD, "ddim", "bdia"), (FLOW_CARD, "flow-euler", "rf-solver")],
+)
+def test_an_inversion_naming_no_method_uses_the_models_default(card, default, other):
+    unnamed = named_method(InversionSettings(steps=7, guidance_scale=1.0), card)
+    named = named_method(InversionSettings(method=other, steps=7), card)
 
-    unnamed = _engine_settings(ctx, InversionSettings(steps=7, guidance_scale=1.0))
-    named = _engine_settings(ctx, InversionSettings(method="bdia", steps=7))
-
-    assert (unnamed.method, unnamed.steps, unnamed.guidance_scale) == (default, 7, 1.0)
-    assert named.method == "bdia"
+    assert (unnamed.name, named.name) == (default, other)
 
 
 # --- morph -------------------------------------------------------------------------------

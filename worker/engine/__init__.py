@@ -24,7 +24,7 @@ _EXPORTS = {
     "encode_images": "latentmix.worker.engine.diffusion",
     "decode_latents": "latentmix.worker.engine.diffusion",
     "encode_prompts": "latentmix.worker.engine.diffusion",
-    "InversionSettings": "latentmix.worker.engine.diffusion",
+    "InversionSettings": "latentmix.service.core.contract",
     "Inverted": "latentmix.worker.engine.results",
     "ModelCard": "latentmix.service.core.model_card",
     "Conditioning": "latentmix.worker.engine.families.base",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
+from latentmix.service.core.contract import InversionSettings
+from latentmix.service.core.model_card import ModelCard
 from latentmix.worker.engine import reconstruction
 from latentmix.worker.engine.checks import (
     check_guidance,
@@ -24,100 +25,28 @@ from latentmix.worker.engine.checks import (
     prompts_per_row,
 )
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion import (
-    INVERSION_METHODS,
-    InversionMethod,
-    bdia,
-    default_inversion,
-    edict,
-    fixed_point,
-    get_inversion,
-    null_text,
-)
+from latentmix.worker.engine.inversion import InversionMethod, default_inversion, get_inversion
 from latentmix.worker.engine.models import LoadedModel
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
-# The method the engine had before there was a choice; its records carry no "method" key.
-ORIGINAL_METHOD = "ddim"
-# The settings every method records; the fields after `method` are methods' options.
-_COMMON_FIELDS = ("steps", "guidance_scale", "size")
+
+def named_method(settings: InversionSettings, card: ModelCard) -> InversionMethod:
+    """The method `settings` name, or the model's default (its card's first) when they name
+    none; ValueError naming the allowed ones unless the model has it."""
+    return get_inversion(settings.method or default_inversion(card).name, card)
 
 
-@dataclass(frozen=True)
-class InversionSettings:
-    """What an inversion runs with. The method options after `method` belong each to one
-    method (`InversionMethod.options`); a method's records carry its own options only, so
-    DDIM records (and the ids derived from them) are what they were before there were any."""
-
-    steps: int = 50
-    guidance_scale: float = 7.5
-    size: int | None = None  # image side in pixels; None = the model's default
-    method: str = ORIGINAL_METHOD  # a name in inversion.INVERSION_METHODS
-    # fixed-point: iterations per step (0 is DDIM), ReNoise averaging of the last estimates
-    inversion_iterations: int = fixed_point.DEFAULTS["inversion_iterations"]
-    renoise_average: bool = fixed_point.DEFAULTS["renoise_average"]
-    edict_mix: float = edict.DEFAULTS["edict_mix"]  # edict: the mixing weight p
-    bdia_gamma: float = bdia.DEFAULTS["bdia_gamma"]  # bdia: 1 only, for inversion
-    # null-text: Adam iterations per sampling step
-    null_text_iterations: int = null_text.DEFAULTS["null_text_iterations"]
-    # every DDIM-type method, in inversion and generation alike (None: not recorded):
-    timestep_spacing: str | None = None  # "leading" | "trailing"; None: the scheduler's
-    guidance_rescale: float | None = None  # phi of Lin et al. eq. 16; None: 0
-
-    def resolved(self, model: LoadedModel) -> InversionSettings:
-        """These settings with `size` filled in from the model, validated."""
-        size = model.default_size if self.size is None else self.size
-        resolved = replace(self, guidance_scale=float(self.guidance_scale), size=size)
-        method = get_inversion(resolved.method, model.card)
-        method.check(model, resolved.steps)
-        resolved.check_options(method)
-        check_guidance(resolved.guidance_scale)
-        check_size(model, size)
-        return resolved
-
-    def options(self, method: InversionMethod) -> dict[str, Any]:
-        """The method's own options, by name (those left at None are not set)."""
-        return {
-            name: value for name in method.options if (value := getattr(self, name)) is not None
-        }
-
-    def check_options(self, method: InversionMethod) -> None:
-        """ValueError, naming the method's options, when an option of another method is set;
-        then the method's own checks of its values."""
-        defaults = InversionSettings()
-        for name in OPTION_NAMES:
-            if name not in method.options and getattr(self, name) != getattr(defaults, name):
-                raise ValueError(
-                    f"option {name!r} does not apply to inversion method {method.name!r}; "
-                    f"{method.name!r} takes options {list(method.options)}"
-                )
-        method.check_options(self.options(method))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The settings as recorded with a latent: `method` only when it is not DDIM, and the
-        options of that method only."""
-        record: dict[str, Any] = {name: getattr(self, name) for name in _COMMON_FIELDS}
-        if self.method != ORIGINAL_METHOD:
-            record["method"] = self.method
-        method = INVERSION_METHODS.get(self.method)
-        if method is not None:
-            record.update(self.options(method))
-        return record
-
-
-OPTION_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(InversionSettings) if f.name not in (*_COMMON_FIELDS, "method")
-)
-
-
-def inversion_options(method: str) -> tuple[str, ...]:
-    """The options `method` takes; ValueError naming the allowed methods if unknown."""
-    known = INVERSION_METHODS.get(method)
-    if known is None:
-        raise ValueError(
-            f"unknown inversion method {method!r}; allowed methods are {list(INVERSION_METHODS)}"
-        )
-    return known.options
+def resolved(settings: InversionSettings, model: LoadedModel) -> InversionSettings:
+    """`settings` as `model` runs them: its default method when none is named, the method's
+    option defaults filled in and checked (service/core/inversion_methods.py), the size
+    filled in from the model; ValueError naming the allowed values otherwise."""
+    method = named_method(settings, model.card)
+    method.check(model, settings.steps)
+    settings = settings.for_method(model.card.inversion_methods, method.name)
+    size = model.default_size if settings.size is None else settings.size
+    check_guidance(settings.guidance_scale)
+    check_size(model, size)
+    return settings.model_copy(update={"method": method.name, "size": size})
 
 
 # --- images and text, through the model's family ------------------------------------------
@@ -156,7 +85,7 @@ def invert(
     latents back with the same method, steps and guidance and record the round trip's
     error, NaN for the rows not measured (one generation pass more over the measured rows:
     `progress` counts it after the inversion's steps as their share of the rows)."""
-    settings = settings.resolved(model)
+    settings = resolved(settings, model)
     if not images:
         raise ValueError("images must be a non-empty list of PIL images")
     prompt_list = prompts_per_row(prompts, len(images))
@@ -173,10 +102,10 @@ def invert(
         settings.steps,
         settings.guidance_scale,
         halves.first if halves else progress,
-        settings.options(method),
+        settings.options(),
     )
     record = {
-        **settings.as_dict(),
+        **settings.id_fields(),
         "model": model.name,
         "scheduler": type(model.pipe.scheduler).__name__,
         **inverted.settings,

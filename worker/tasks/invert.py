@@ -9,7 +9,6 @@ import math
 from PIL import Image
 from rq.job import Job
 
-from latentmix.service.core.contract import InversionSettings as ContractSettings
 from latentmix.service.core.contract import (
     InvertItem,
     InvertRequest,
@@ -19,12 +18,8 @@ from latentmix.service.core.contract import (
 )
 from latentmix.service.core.latents import LatentRecord, Reconstruction
 from latentmix.service.core.storage import STORAGE_IO, in_parallel
-from latentmix.worker.engine.diffusion import InversionSettings, invert
-from latentmix.worker.engine.inversion import (
-    InversionMethod,
-    default_inversion,
-    get_inversion,
-)
+from latentmix.worker.engine.diffusion import invert, named_method
+from latentmix.worker.engine.inversion import InversionMethod
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import (
@@ -40,12 +35,11 @@ from latentmix.worker.tasks.reporting import (
 def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> InvertResult:
     """Invert uploaded images into noise latents and publish them, batch by batch."""
     items = request.items
-    settings = _engine_settings(ctx, request.settings)
     # Fetched side by side; a batch waits only for its own images.
     images = [STORAGE_IO.submit(_fetch_image, ctx, item.upload_key) for item in items]
     progress = progress_reporter(ctx.redis, job)
     batches = in_batches(len(items), ctx.model.inversion_batch_size)
-    method = get_inversion(settings.method, ctx.model.card)
+    method = named_method(request.settings, ctx.model.card)
     measured = measured_per_batch(request.measure_reconstruction, method, batches)
     with BatchPublisher() as publisher:
         for number, rows in enumerate(batches):
@@ -53,7 +47,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
                 ctx.model,
                 [images[i].result() for i in rows],
                 [items[i].prompt for i in rows],
-                settings,
+                request.settings,
                 progress=batch_progress(progress, number, len(batches)),
                 measure=measured[number],
             )
@@ -88,18 +82,6 @@ def measured_per_batch(
     if measure == "none" or method.exact:
         return [0] * len(batches)
     return [0] * (len(batches) - 1) + [1]
-
-
-def _engine_settings(ctx: WorkerContext, settings: ContractSettings) -> InversionSettings:
-    """The engine's settings; no method named means the model family's default."""
-    method = settings.method or default_inversion(ctx.model.card).name
-    return InversionSettings(
-        steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        size=settings.size,
-        method=method,
-        **settings.options(),
-    )
 
 
 def _publish_inverted(

@@ -112,13 +112,14 @@ def test_generate_from_an_inverted_equals_generate_from_its_latent(tiny_model, i
 
 
 def test_records_name_the_method_only_when_it_is_not_ddim():
-    assert "method" not in InversionSettings().as_dict()
-    assert InversionSettings(method="edict").as_dict()["method"] == "edict"
+    assert "method" not in InversionSettings().id_fields()
+    assert "method" not in InversionSettings(method="ddim").id_fields()
+    assert InversionSettings(method="edict").id_fields()["method"] == "edict"
 
 
 def test_invert_rejects_an_unknown_method_naming_the_allowed_ones(tiny_model, images):
     with pytest.raises(
-        ValueError, match=r"'nope'.*'ddim' \(stable-diffusion, stable-diffusion-xl\)"
+        ValueError, match=r"'nope'.*'ddim' \(models predicting epsilon or v_prediction\)"
     ):
         invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="nope"))
 
@@ -430,18 +431,17 @@ def test_exception_from_progress_stops_the_run(tiny_model, images, unet_calls):
 @pytest.mark.parametrize(
     ("settings", "bad"),
     [
-        (InversionSettings(steps=0), "0"),
-        (InversionSettings(steps=1001), "1001"),
-        (InversionSettings(steps=1000), "1000"),  # leading spacing + steps_offset=1 overflows
-        (InversionSettings(guidance_scale=-1.0), "-1.0"),
-        (InversionSettings(guidance_scale=31.0), "31.0"),
-        (InversionSettings(guidance_scale=float("nan")), "nan"),
-        (InversionSettings(size=60), "60"),
+        ({"steps": 0}, "0"),
+        ({"steps": 501}, "501"),  # the contract's MAX_STEPS
+        ({"guidance_scale": -1.0}, "-1.0"),
+        ({"guidance_scale": 31.0}, "31.0"),
+        ({"guidance_scale": float("nan")}, "nan"),
+        ({"size": 60}, "60"),
     ],
 )
 def test_invert_rejects_bad_settings_naming_the_value(tiny_model, images, settings, bad):
     with pytest.raises(ValueError, match=bad):
-        invert(tiny_model, images[:1], PROMPT, settings)
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(**settings))
 
 
 def test_invert_rejects_a_prompt_count_that_does_not_match(tiny_model, images):

@@ -41,7 +41,8 @@ def test_an_unknown_method_names_the_allowed_ones_and_the_models_they_need(tiny_
 def test_a_method_the_model_cannot_run_names_what_it_needs_and_the_models_methods(
     tiny_model, monkeypatch
 ):
-    flow_only = dataclasses.replace(DDIM, name="rf-euler", needs=PREDICTS_FLOW)
+    spec = dataclasses.replace(DDIM.spec, name="rf-euler", needs=PREDICTS_FLOW)
+    flow_only = dataclasses.replace(DDIM, spec=spec)
     monkeypatch.setitem(INVERSION_METHODS, "rf-euler", flow_only)
     with pytest.raises(ValueError, match="'rf-euler'") as info:
         get_inversion("rf-euler", tiny_model.card)

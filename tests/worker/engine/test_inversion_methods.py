@@ -14,16 +14,16 @@ import pytest
 import torch
 from helpers import relative_error
 
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.diffusion import (
     InversionSettings,
     encode_images,
     encode_prompts,
     generate,
-    inversion_options,
     invert,
     sample,
 )
-from latentmix.worker.engine.inversion import bdia, ddim, edict, fixed_point
+from latentmix.worker.engine.inversion import INVERSION_METHODS, ddim, fixed_point
 from latentmix.worker.engine.results import Inverted
 
 PROMPT = "a photo of a cat"
@@ -54,7 +54,7 @@ def round_trip(tiny_model, images):
 
 
 def test_ddim_records_keep_todays_keys():
-    assert InversionSettings(steps=10).as_dict() == {
+    assert InversionSettings(steps=10).id_fields() == {
         "steps": 10,
         "guidance_scale": 7.5,
         "size": None,
@@ -72,60 +72,69 @@ def test_ddim_records_keep_todays_keys():
     ],
 )
 def test_records_carry_the_methods_own_options_only(method, options):
-    record = InversionSettings(steps=10, method=method).as_dict()
+    record = InversionSettings(steps=10, method=method).for_method((method,), method).id_fields()
     assert record == {"steps": 10, "guidance_scale": 7.5, "size": None, "method": method, **options}
 
 
 def test_an_option_of_another_method_is_refused_naming_the_methods_options(tiny_model, images):
     settings = InversionSettings(steps=2, method="edict", inversion_iterations=3)
-    with pytest.raises(ValueError, match=r"'inversion_iterations'.*'edict'.*\['edict_mix', "):
+    with pytest.raises(ValueError, match=r"'inversion_iterations'.*'edict'.*takes: edict_mix, "):
         invert(tiny_model, images[:1], PROMPT, settings)
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("options", "message"),
     [
-        (InversionSettings(method="fixed-point", inversion_iterations=-1), r"\[0, 50\]"),
-        (InversionSettings(method="fixed-point", inversion_iterations=1.5), r"got 1\.5"),
-        (InversionSettings(method="edict", edict_mix=0.0), r"\(0, 1\]"),
-        (InversionSettings(method="edict", edict_mix=1.5), r"got 1\.5"),
-        (InversionSettings(method="bdia", bdia_gamma=0.5), r"diverge in float32"),
-        (InversionSettings(method="bdia", bdia_gamma=0.0), r"must be 1\.0 for inversion"),
+        ({"method": "fixed-point", "inversion_iterations": -1}, r"greater than or equal to 0"),
+        ({"method": "fixed-point", "inversion_iterations": 1.5}, r"input_value=1\.5"),
+        ({"method": "edict", "edict_mix": 0.0}, r"edict_mix\n.*greater than 0"),
+        ({"method": "edict", "edict_mix": 1.5}, r"less than or equal to 1 .*input_value=1\.5"),
+        ({"method": "bdia", "bdia_gamma": 0.5}, r"diverges in float32"),
+        ({"method": "bdia", "bdia_gamma": 0.0}, r"must be 1 for inversion, got 0"),
     ],
 )
 def test_bad_option_values_are_refused_before_any_compute(
-    tiny_model, images, unet_calls, settings, message
+    tiny_model, images, unet_calls, options, message
 ):
     with pytest.raises(ValueError, match=message):
-        invert(tiny_model, images[:1], PROMPT, dataclasses.replace(settings, steps=2))
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, **options))
     assert unet_calls == []
 
 
-def test_each_method_lists_its_options_and_an_unknown_one_names_the_methods():
+def test_each_method_takes_its_specs_options():
     sampler = ("timestep_spacing", "guidance_rescale")
-    assert inversion_options("ddim") == sampler
-    assert inversion_options("fixed-point") == ("inversion_iterations", "renoise_average", *sampler)
-    assert inversion_options("edict") == ("edict_mix", *sampler)
-    assert inversion_options("bdia") == ("bdia_gamma", *sampler)
-    assert inversion_options("negative-prompt") == sampler
-    assert inversion_options("null-text") == ("null_text_iterations", *sampler)
-    with pytest.raises(ValueError, match=r"'nope'.*'ddim', 'fixed-point', 'edict'"):
-        inversion_options("nope")
+    options = {name: method.options for name, method in INVERSION_METHODS.items()}
+    assert options == {
+        "ddim": sampler,
+        "fixed-point": ("inversion_iterations", "renoise_average", *sampler),
+        "edict": ("edict_mix", *sampler),
+        "bdia": ("bdia_gamma", *sampler),
+        "negative-prompt": sampler,
+        "null-text": ("null_text_iterations", *sampler),
+        "flow-euler": (),
+        "rf-solver": (),
+    }
+    assert all(
+        method.spec is specs.INVERSION_METHOD_SPECS[name]
+        for name, method in INVERSION_METHODS.items()
+    )
 
 
 def test_the_unknown_method_error_lists_every_method(tiny_model, images):
     with pytest.raises(ValueError, match="'direct'") as info:
         invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, method="direct"))
     for name in ("ddim", "fixed-point", "edict", "bdia", "negative-prompt"):
-        assert f"'{name}' (stable-diffusion, stable-diffusion-xl)" in str(info.value)
-    assert "'null-text' (stable-diffusion)" in str(info.value)
+        assert f"'{name}' (models predicting epsilon or v_prediction)" in str(info.value)
+    assert "'null-text' (models predicting epsilon or v_prediction without a pooled" in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize("method", ["fixed-point", "edict", "bdia", "negative-prompt", "null-text"])
 def test_each_method_records_its_name_and_generates_images(tiny_model, images, method):
     settings = InversionSettings(steps=2, guidance_scale=1.0, method=method)
     if method == "fixed-point":
-        settings = dataclasses.replace(settings, inversion_iterations=1)
+        settings = settings.model_copy(update=dict(inversion_iterations=1))
     result = invert(tiny_model, images[:2], PROMPT, settings)
     assert (result.method, result.settings["method"], len(result)) == (method, method, 2)
     assert all(len(state) == 2 for state in result.aux.values())
@@ -141,7 +150,7 @@ def test_fixed_point_with_no_iterations_is_ddim_bit_for_bit(tiny_model, images):
         tiny_model,
         images[:2],
         PROMPT,
-        dataclasses.replace(settings, method="fixed-point", inversion_iterations=0),
+        settings.model_copy(update=dict(method="fixed-point", inversion_iterations=0)),
     )
     theirs = invert(tiny_model, images[:2], PROMPT, settings)
     assert torch.equal(ours.latent, theirs.latent)
@@ -152,7 +161,7 @@ def test_fixed_point_calls_the_unet_iterations_plus_one_times_per_step(
     tiny_model, images, unet_calls
 ):
     settings = InversionSettings(steps=3, guidance_scale=1.0, method="fixed-point")
-    invert(tiny_model, images[:1], PROMPT, dataclasses.replace(settings, inversion_iterations=2))
+    invert(tiny_model, images[:1], PROMPT, settings.model_copy(update=dict(inversion_iterations=2)))
     assert len(unet_calls) == 3 * 3
 
 
@@ -178,8 +187,8 @@ def test_fixed_point_round_trip_error_falls_with_every_iteration(round_trip):
 def test_renoise_averaging_changes_the_latent_and_still_inverts(round_trip):
     base = InversionSettings(steps=10, guidance_scale=1.0, method="fixed-point")
     _, plain = round_trip(base)
-    averaged_error, averaged = round_trip(dataclasses.replace(base, renoise_average=True))
-    ddim_error, _ = round_trip(dataclasses.replace(base, inversion_iterations=0))
+    averaged_error, averaged = round_trip(base.model_copy(update={"renoise_average": True}))
+    ddim_error, _ = round_trip(base.model_copy(update={"inversion_iterations": 0}))
     assert not torch.equal(plain.latent, averaged.latent)
     assert averaged_error < 0.2 * ddim_error, (averaged_error, ddim_error)
     assert fixed_point.averaged_estimates(5) == 3
@@ -217,7 +226,7 @@ def test_edict_round_trip_at_guidance_7_5_and_50_steps_is_exact(round_trip):
     """inversion.md section 2 measured EDICT 1.6e-6, DDIM 6.6e-3 on its model; the tiny
     model's UNet amplifies float32 rounding more: EDICT 1.2e-4 (relative error) here."""
     settings = InversionSettings(steps=50, guidance_scale=7.5)
-    edict_error, _ = round_trip(dataclasses.replace(settings, method="edict"))
+    edict_error, _ = round_trip(settings.model_copy(update=dict(method="edict")))
     ddim_error, _ = round_trip(settings)
     assert edict_error <= 5e-4, edict_error
     assert ddim_error > 100 * edict_error, (ddim_error, edict_error)
@@ -229,7 +238,7 @@ def test_edict_round_trip_at_guidance_7_5_and_10_steps_is_exact_up_to_rounding(r
     p twice, and the tiny UNet amplifies the rounding of the recomputed x' more than the model
     inversion.md measured 1.6e-6 on."""
     settings = InversionSettings(steps=10, guidance_scale=7.5)
-    edict_error, _ = round_trip(dataclasses.replace(settings, method="edict"))
+    edict_error, _ = round_trip(settings.model_copy(update=dict(method="edict")))
     ddim_error, _ = round_trip(settings)
     assert edict_error <= 1e-4, edict_error
     assert ddim_error > 100 * edict_error, (ddim_error, edict_error)
@@ -241,7 +250,7 @@ def test_edict_round_trip_at_guidance_7_5_and_10_steps_is_exact_up_to_rounding(r
 @pytest.mark.slow
 def test_bdia_round_trip_with_gamma_1_is_exact(round_trip):
     settings = InversionSettings(steps=10, guidance_scale=7.5)
-    bdia_error, result = round_trip(dataclasses.replace(settings, method="bdia"))
+    bdia_error, result = round_trip(settings.model_copy(update=dict(method="bdia")))
     ddim_error, _ = round_trip(settings)
     assert set(result.aux) == {"previous"}
     assert bdia_error <= 1e-5
@@ -266,8 +275,8 @@ def test_bdia_sampling_refuses_a_gamma_outside_0_to_1(tiny_model):
 
 
 def test_bdia_refuses_other_gammas_for_inversion_saying_they_diverge():
-    with pytest.raises(ValueError, match="diverge in float32"):
-        bdia.check_options({"bdia_gamma": 0.5})
+    with pytest.raises(ValueError, match="diverges in float32"):
+        specs.BDIA.parse({"bdia_gamma": 0.5})
 
 
 # --- negative-prompt ----------------------------------------------------------------------
@@ -280,7 +289,9 @@ def test_negative_prompt_generation_at_7_5_equals_guidance_1_generation(tiny_mod
     at_7_5 = sample(tiny_model, result, embeddings, steps=5, guidance_scale=7.5)
     at_1 = sample(tiny_model, result.latent, embeddings, steps=5, guidance_scale=1.0)
     assert float((at_7_5 - at_1).abs().max()) <= 1e-5
-    ddim_at_1 = invert(tiny_model, images[:1], PROMPT, InversionSettings(5, 1.0))
+    ddim_at_1 = invert(
+        tiny_model, images[:1], PROMPT, InversionSettings(steps=5, guidance_scale=1.0)
+    )
     assert torch.equal(result.latent, ddim_at_1.latent)
     assert result.settings["guidance_scale"] == 7.5
 
@@ -303,4 +314,4 @@ def test_negative_prompt_is_guided_ddim_with_the_prompt_as_unconditional(tiny_mo
         guidance_scale=7.5,
     )
     assert float((definition - shortcut).abs().max()) <= 1e-5
-    assert edict.DEFAULTS["edict_mix"] == 0.93
+    assert specs.EDICT.defaults()["edict_mix"] == 0.93

@@ -61,10 +61,20 @@ def test_null_text_sampling_refuses_another_step_count(tiny_model, images):
         generate(tiny_model, result, PROMPT, steps=3)
 
 
-def test_null_text_refuses_a_bad_iteration_count_before_any_compute(tiny_model, images, unet_calls):
-    settings = InversionSettings(steps=2, method="null-text", null_text_iterations=-1)
-    with pytest.raises(ValueError, match=r"null_text_iterations must be an integer in \[0, 50\]"):
-        invert(tiny_model, images[:1], PROMPT, settings)
+def test_null_text_refuses_a_bad_iteration_count_before_any_compute(tiny_model, unet_calls):
+    with pytest.raises(ValueError, match=r"null_text_iterations\n.*greater than or equal to 0"):
+        InversionSettings(steps=2, method="null-text", null_text_iterations=-1)
+    conditioning = encode_prompts(tiny_model, PROMPT)
+    with pytest.raises(ValueError, match=r"'null-text': null_text_iterations: .* got -1"):
+        null_text.NULL_TEXT.invert(
+            tiny_model,
+            torch.zeros(1, 4, 8, 8),
+            conditioning,
+            2,
+            7.5,
+            None,
+            {"null_text_iterations": -1},
+        )
     assert unet_calls == []
 
 

@@ -74,22 +74,24 @@ def test_a_rescaled_inversion_records_phi_and_regenerates_with_it(tiny_model, im
 
 
 def test_ddim_records_leave_unset_sampler_options_out():
-    assert "timestep_spacing" not in InversionSettings(steps=4).as_dict()
-    assert "guidance_rescale" not in InversionSettings(steps=4, method="edict").as_dict()
+    ddim = InversionSettings(steps=4).for_method(("ddim",), "ddim")
+    edict = InversionSettings(steps=4, method="edict").for_method(("edict",), "ddim")
+    assert "timestep_spacing" not in ddim.id_fields()
+    assert "guidance_rescale" not in edict.id_fields()
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("options", "message"),
     [
-        (InversionSettings(timestep_spacing="middle"), "timestep_spacing must be one of"),
-        (InversionSettings(method="bdia", guidance_rescale=1.5), r"in \[0, 1\]"),
+        ({"timestep_spacing": "middle"}, r"timestep_spacing\n.*'leading' or 'trailing'"),
+        ({"method": "bdia", "guidance_rescale": 1.5}, r"guidance_rescale\n.*less than or equal"),
     ],
 )
 def test_bad_sampler_options_are_refused_before_any_compute(
-    tiny_model, images, unet_calls, settings, message
+    tiny_model, images, unet_calls, options, message
 ):
     with pytest.raises(ValueError, match=message):
-        invert(tiny_model, images[:1], PROMPT, dataclasses.replace(settings, steps=2))
+        invert(tiny_model, images[:1], PROMPT, InversionSettings(steps=2, **options))
     assert unet_calls == []
 
 

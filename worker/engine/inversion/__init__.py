@@ -1,8 +1,9 @@
 """The inversion methods, by name, and the models each works with (by their cards'
 capabilities: `InversionMethod.needs`).
 
-Adding a method: a module here that defines its `InversionMethod` (see `ddim.py`), and one
-entry in `INVERSION_METHODS`. A model's card lists the methods whose needs it meets.
+Adding a method: its spec (service/core/inversion_methods.py: name, needs, options, state),
+a module here that defines its `InversionMethod` (see `ddim.py`) from that spec, and one entry
+in `INVERSION_METHODS`. A model's card lists the methods whose needs it meets.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from latentmix.worker.engine.inversion.negative_prompt import NEGATIVE_PROMPT
 from latentmix.worker.engine.inversion.null_text import NULL_TEXT
 from latentmix.worker.engine.inversion.rf_solver import RF_SOLVER
 
+# A card's first method is its model's default: ddim for noise predictors, flow-euler for SD 3.
 INVERSION_METHODS: dict[str, InversionMethod] = {
-    method.name: method for method in (DDIM, FIXED_POINT, EDICT, BDIA, NEGATIVE_PROMPT)
+    method.name: method
+    for method in (
+        *(DDIM, FIXED_POINT, EDICT, BDIA, NEGATIVE_PROMPT, NULL_TEXT),
+        *(FLOW_EULER, RF_SOLVER),  # rectified flow (SD 3 / 3.5)
+    )
 }
-INVERSION_METHODS[NULL_TEXT.name] = NULL_TEXT
-# Rectified flow (SD 3 / 3.5); flow-euler first: the family's default method.
-INVERSION_METHODS.update({method.name: method for method in (FLOW_EULER, RF_SOLVER)})
 
 
 def methods_for(card: ModelCard) -> tuple[str, ...]:

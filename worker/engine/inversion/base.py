@@ -1,5 +1,5 @@
-"""The record each inversion method registers: its name, what it needs of a model (checked
-against the model's card), and its three entry points."""
+"""The record each inversion method registers: its spec (name, what it needs of a model,
+options, state) and its three entry points."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latentmix.service.core.inversion_methods import InversionMethodSpec
 from latentmix.service.core.model_card import Needs
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.results import Inverted, ProgressFn
@@ -17,8 +18,7 @@ if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
 CheckFn = Callable[["LoadedModel", int], None]
-Options = Mapping[str, Any]  # the method's own InversionSettings fields, by name
-CheckOptionsFn = Callable[[Options], None]
+Options = Mapping[str, Any]  # the method's options (its spec's fields), by name
 InvertFn = Callable[
     ["LoadedModel", torch.Tensor, Conditioning, int, float, ProgressFn | None, Options], Inverted
 ]
@@ -31,28 +31,41 @@ SampleFn = Callable[
 class InversionMethod:
     """An inversion method and the sampler that regenerates from what it produced.
 
-    `invert(model, x0, conditioning, steps, guidance_scale, progress, options)` maps clean
-    latents to an `Inverted` whose settings hold the method's own entries (e.g. DDIM's
-    start_timestep, and any option its sampler needs again, such as EDICT's mix);
-    `sample(model, inverted, conditioning, steps, guidance_scale, progress)` maps it back to
-    clean latents. `check(model, steps)` raises ValueError, before any compute, when the
-    method cannot run the model or the step count. `options` names the `InversionSettings`
-    fields the method reads (handed to `invert` as a mapping); `check_options(options)`
-    raises ValueError, naming the allowed values, for values it cannot invert with.
+    `spec` is what both processes know of it (service/core/inversion_methods.py: name,
+    needs, options, state). `invert(model, x0, conditioning, steps, guidance_scale,
+    progress, options)` maps clean latents to an `Inverted` whose settings hold the method's
+    own entries (e.g. DDIM's start_timestep, and any option its sampler needs again, such as
+    EDICT's mix); `sample(model, inverted, conditioning, steps, guidance_scale, progress)` maps
+    it back to clean latents. `check(model, steps)` raises ValueError, before any compute,
+    when the method cannot run the model or the step count. `options` (its spec's fields, by
+    name) are checked by `spec.parse`.
     """
 
-    name: str
-    needs: Needs  # what a model's card must offer (e.g. PREDICTS_NOISE)
+    spec: InversionMethodSpec
     check: CheckFn
     invert: InvertFn
     sample: SampleFn
-    options: tuple[str, ...] = ()
-    check_options: CheckOptionsFn = lambda options: None  # no options to check
-    # aux tensors that are latents themselves (mixed like the latent; others linearly)
-    latent_state: tuple[str, ...] = ()
-    # Exact by construction: sampling undoes inversion up to float rounding (EDICT, BDIA at
-    # gamma 1), so measuring the round trip by default would spend a pass to learn nothing.
-    exact: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def needs(self) -> Needs:
+        return self.spec.needs
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return self.spec.option_names
+
+    @property
+    def latent_state(self) -> tuple[str, ...]:
+        """Aux tensors that are latents themselves (mixed like the latent; others linearly)."""
+        return self.spec.latent_state
+
+    @property
+    def exact(self) -> bool:
+        return self.spec.exact
 
 
 def row_chunks(model: LoadedModel, rows: int, *, inverting: bool) -> list[tuple[int, int]]:

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.core.contract import INVERSION_OPTIONS, INVERTIBLE_BDIA_GAMMA
-from latentmix.service.core.model_card import PREDICTS_NOISE
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks
@@ -37,22 +36,6 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
-
-DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["bdia"]  # the contract's
-INVERTIBLE_GAMMA = INVERTIBLE_BDIA_GAMMA  # the contract's
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    """Inversion accepts gamma = 1 only."""
-    gamma = options["bdia_gamma"]
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
-        raise ValueError(f"bdia_gamma must be a number, got {gamma!r}")
-    if gamma != INVERTIBLE_GAMMA:
-        raise ValueError(
-            f"bdia_gamma must be {INVERTIBLE_GAMMA} for inversion, got {gamma!r}: inversion "
-            "divides by gamma at every step, and other gammas diverge in float32 (measured "
-            "round-trip error 1.2e5 at gamma 0.5, 50 steps)"
-        )
 
 
 def check_sampling_gamma(gamma: float) -> None:
@@ -71,7 +54,7 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """BDIA-invert clean latents x0 to the pair (x_1, x_2) at t_1 and t_2 (gamma = 1)."""
-    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
+    options, sampler = ddim.method_options(options, specs.BDIA)  # inversion: gamma 1 only
     gamma = float(options["bdia_gamma"])
     schedule = sampler.schedule(model, steps)
     alphas = (*schedule.alphas, schedule.final_alpha)  # a_1 .. a_{N+1}, zero-based
@@ -123,7 +106,7 @@ def sample(
     progress: ProgressFn | None = None,
 ) -> torch.Tensor:
     """BDIA sampling from x_1 (and x_2, when the latent has it) to clean latents x_{N+1}."""
-    gamma = float(inverted.settings.get("bdia_gamma", DEFAULTS["bdia_gamma"]))
+    gamma = float(inverted.settings.get("bdia_gamma", specs.INVERTIBLE_BDIA_GAMMA))
     check_sampling_gamma(gamma)
     sampler = ddim.Sampler.of(inverted.settings)
     schedule = sampler.schedule(model, steps)
@@ -155,14 +138,4 @@ def sample(
     return torch.cat(results)
 
 
-BDIA = InversionMethod(
-    name="bdia",
-    needs=PREDICTS_NOISE,
-    check=ddim.check,
-    invert=invert,
-    sample=sample,
-    options=tuple(DEFAULTS),
-    check_options=check_options,
-    latent_state=("previous",),
-    exact=True,
-)
+BDIA = InversionMethod(specs.BDIA, check=ddim.check, invert=invert, sample=sample)

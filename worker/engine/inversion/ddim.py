@@ -31,18 +31,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.core.contract import SAMPLER_OPTIONS as CONTRACT_SAMPLER_OPTIONS
-from latentmix.service.core.contract import TIMESTEP_SPACINGS
-from latentmix.service.core.model_card import PREDICTS_NOISE
+from latentmix.service.core import inversion_methods as specs
+from latentmix.service.core.inversion_methods import TIMESTEP_SPACINGS
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
+from latentmix.worker.engine.inversion.base import (
+    InversionMethod,
+    row_chunks,
+    step_counter,
+)
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
-SAMPLER_OPTIONS = tuple(CONTRACT_SAMPLER_OPTIONS)  # every DDIM-type method's
 
 
 @dataclass(frozen=True)
@@ -94,15 +96,12 @@ NoiseFn = Callable[[torch.Tensor, int, Conditioning], torch.Tensor]
 
 
 def method_options(
-    options: Mapping[str, Any] | None,
-    defaults: Mapping[str, Any],
-    check_options: Callable[[Mapping[str, Any]], None],
+    options: Mapping[str, Any] | None, spec: specs.InversionMethodSpec
 ) -> tuple[dict[str, Any], Sampler]:
-    """A DDIM-type method's options over its defaults, checked, and the sampler they name."""
-    merged = {**defaults, **(options or {})}
-    sampler = Sampler.of(merged)
-    check_options(merged)
-    return merged, sampler
+    """A DDIM-type method's options over its spec's defaults, checked, and the sampler they
+    name."""
+    merged = spec.parse(options).model_dump()
+    return merged, Sampler.of(merged)
 
 
 # --- the schedule -------------------------------------------------------------------------
@@ -281,11 +280,4 @@ def sample(
     )
 
 
-DDIM = InversionMethod(
-    name="ddim",
-    needs=PREDICTS_NOISE,
-    check=check,
-    invert=invert,
-    sample=sample,
-    options=SAMPLER_OPTIONS,
-)
+DDIM = InversionMethod(specs.DDIM, check=check, invert=invert, sample=sample)

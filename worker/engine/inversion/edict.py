@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.core.contract import INVERSION_OPTIONS
-from latentmix.service.core.model_card import PREDICTS_NOISE
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks
@@ -37,14 +36,6 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
-
-DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["edict"]  # the contract's
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    p = options["edict_mix"]
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
-        raise ValueError(f"edict_mix must be a number in (0, 1] (the paper's 0.93), got {p!r}")
 
 
 def coefficients(a_from: float, a_to: float) -> tuple[float, float]:
@@ -55,7 +46,9 @@ def coefficients(a_from: float, a_to: float) -> tuple[float, float]:
 
 
 def _mix_of(settings: Mapping[str, Any]) -> float:
-    return float(settings.get("edict_mix", DEFAULTS["edict_mix"]))
+    """The mix p a latent was inverted with (the default for a latent without one), checked."""
+    given = {"edict_mix": settings["edict_mix"]} if "edict_mix" in settings else {}
+    return float(specs.EDICT.parse(given).edict_mix)
 
 
 def invert(
@@ -68,7 +61,7 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """EDICT-invert clean latents x0 to the pair (x, y) at t_1."""
-    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
+    options, sampler = ddim.method_options(options, specs.EDICT)
     p = float(options["edict_mix"])
     schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(x0), inverting=True)
@@ -107,7 +100,6 @@ def sample(
 ) -> torch.Tensor:
     """EDICT generation from (x, y) (y = x when the latent has none) to clean latents x."""
     p = _mix_of(inverted.settings)
-    check_options({"edict_mix": p})
     sampler = ddim.Sampler.of(inverted.settings)
     schedule = sampler.schedule(model, steps)
     chunks = row_chunks(model, len(inverted), inverting=False)
@@ -131,14 +123,4 @@ def sample(
     return torch.cat(results)
 
 
-EDICT = InversionMethod(
-    name="edict",
-    needs=PREDICTS_NOISE,
-    check=ddim.check,
-    invert=invert,
-    sample=sample,
-    options=tuple(DEFAULTS),
-    check_options=check_options,
-    latent_state=("y",),
-    exact=True,
-)
+EDICT = InversionMethod(specs.EDICT, check=ddim.check, invert=invert, sample=sample)

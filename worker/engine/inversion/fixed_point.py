@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.core.contract import INVERSION_OPTIONS
-from latentmix.service.core.model_card import PREDICTS_NOISE
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks
@@ -33,25 +32,6 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
-
-MAX_ITERATIONS = 50
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    iterations = options["inversion_iterations"]
-    if (
-        isinstance(iterations, bool)
-        or not isinstance(iterations, int)
-        or not 0 <= iterations <= MAX_ITERATIONS
-    ):
-        raise ValueError(
-            f"inversion_iterations must be an integer in [0, {MAX_ITERATIONS}] "
-            f"(0 is DDIM inversion), got {iterations!r}"
-        )
-    if not isinstance(options["renoise_average"], bool):
-        raise ValueError(
-            f"renoise_average must be true or false, got {options['renoise_average']!r}"
-        )
 
 
 def averaged_estimates(iterations: int) -> int:
@@ -69,7 +49,7 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """Invert clean latents x0 to noise latents at t_1, each step solved by iteration."""
-    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
+    options, sampler = ddim.method_options(options, specs.FIXED_POINT)
     iterations = options["inversion_iterations"]
     averaged = averaged_estimates(iterations) if options["renoise_average"] else 1
     schedule = sampler.schedule(model, steps)
@@ -99,14 +79,6 @@ def invert(
     )
 
 
-DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["fixed-point"]  # the contract's
-
 FIXED_POINT = InversionMethod(
-    name="fixed-point",
-    needs=PREDICTS_NOISE,
-    check=ddim.check,
-    invert=invert,
-    sample=ddim.sample,
-    options=tuple(DEFAULTS),
-    check_options=check_options,
+    specs.FIXED_POINT, check=ddim.check, invert=invert, sample=ddim.sample
 )

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentmix.service.core.model_card import PREDICTS_FLOW
+from latentmix.service.core import inversion_methods as specs
+from latentmix.service.core.inversion_methods import InversionMethodSpec
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion.base import (
     InversionMethod,
@@ -162,7 +163,9 @@ def run_flow(
 # --- the two directions -------------------------------------------------------------------
 
 
-def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> InversionMethod:
+def flow_method(
+    spec: InversionMethodSpec, inversion_step: StepFn, sampling_step: StepFn
+) -> InversionMethod:
     """A flow inversion method from its two step rules (inversion: sigma 0 up to sigma_1;
     sampling: back down): the schedule, the batched loop and the record are shared."""
 
@@ -188,7 +191,9 @@ def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> Inv
             progress,
             inverting=True,
         )
-        return Inverted(latent=latent, method=name, settings={"start_sigma": schedule.sigmas[0]})
+        return Inverted(
+            latent=latent, method=spec.name, settings={"start_sigma": schedule.sigmas[0]}
+        )
 
     def sample(
         model: LoadedModel,
@@ -213,14 +218,8 @@ def flow_method(name: str, inversion_step: StepFn, sampling_step: StepFn) -> Inv
             inverting=False,
         )
 
-    return InversionMethod(
-        name=name,
-        needs=PREDICTS_FLOW,
-        check=check,
-        invert=invert,
-        sample=sample,
-    )
+    return InversionMethod(spec, check=check, invert=invert, sample=sample)
 
 
 # Integrate the flow ODE backwards from x0 with the reversed Euler step; sample with Euler.
-FLOW_EULER = flow_method("flow-euler", reversed_euler_step, euler_step)
+FLOW_EULER = flow_method(specs.FLOW_EULER, reversed_euler_step, euler_step)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.core.model_card import PREDICTS_NOISE
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod
@@ -55,10 +55,5 @@ def sample(
 
 
 NEGATIVE_PROMPT = InversionMethod(
-    name="negative-prompt",
-    needs=PREDICTS_NOISE,
-    check=ddim.check,
-    invert=invert,
-    sample=sample,
-    options=ddim.SAMPLER_OPTIONS,
+    specs.NEGATIVE_PROMPT, check=ddim.check, invert=invert, sample=sample
 )

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latentmix.service.core.contract import INVERSION_OPTIONS, MAX_INVERSION_ITERATIONS
-from latentmix.service.core.model_card import NOISE_PREDICTIONS, Needs
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.families.base import Conditioning, guided
 from latentmix.worker.engine.inversion import ddim
 from latentmix.worker.engine.inversion.base import InversionMethod, row_chunks, step_counter
@@ -36,24 +35,10 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
-DEFAULTS: dict[str, Any] = INVERSION_OPTIONS["null-text"]  # the contract's
-EMBEDDINGS = "uncond_embeddings"  # the aux tensor: phi_i per sampling step
+(EMBEDDINGS,) = specs.NULL_TEXT.state  # the aux tensor: phi_i per sampling step
 STORED_DTYPE = torch.float16
 LEARNING_RATE = 1e-2
 EARLY_STOP = (1e-5, 2e-5)  # stop step i once the loss < 1e-5 + 2e-5 i
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    iterations = options["null_text_iterations"]
-    if (
-        isinstance(iterations, bool)
-        or not isinstance(iterations, int)
-        or not 0 <= iterations <= MAX_INVERSION_ITERATIONS
-    ):
-        raise ValueError(
-            f"null_text_iterations must be an integer in [0, {MAX_INVERSION_ITERATIONS}] "
-            f"(0 keeps the empty prompt's embedding), got {iterations!r}"
-        )
 
 
 def invert(
@@ -66,7 +51,7 @@ def invert(
     options: Mapping[str, Any] | None = None,
 ) -> Inverted:
     """Null-text-invert clean latents x0: the pivot's noise latent and phi_1 .. phi_N."""
-    options, sampler = ddim.method_options(options, DEFAULTS, check_options)
+    options, sampler = ddim.method_options(options, specs.NULL_TEXT)
     return invert_with(
         model, x0, conditioning, steps, guidance_scale, progress,
         iterations=options["null_text_iterations"], sampler=sampler,
@@ -199,13 +184,4 @@ def sample(
     return torch.cat(results)
 
 
-NULL_TEXT = InversionMethod(
-    name="null-text",
-    # phi replaces the unconditional sequence alone: no pooled embedding beside it
-    needs=Needs(NOISE_PREDICTIONS, single_text_embedding=True),
-    check=ddim.check,
-    invert=invert,
-    sample=sample,
-    options=tuple(DEFAULTS),
-    check_options=check_options,
-)
+NULL_TEXT = InversionMethod(specs.NULL_TEXT, check=ddim.check, invert=invert, sample=sample)

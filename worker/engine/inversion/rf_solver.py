@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from latentmix.service.core import inversion_methods as specs
 from latentmix.worker.engine.inversion.flow_euler import VelocityFn, flow_method
 
 if TYPE_CHECKING:
@@ -42,4 +43,4 @@ def rf_solver_step(
 
 
 # The same step both ways: sigma increasing inverts, decreasing samples.
-RF_SOLVER = flow_method("rf-solver", rf_solver_step, rf_solver_step)
+RF_SOLVER = flow_method(specs.RF_SOLVER, rf_solver_step, rf_solver_step)
