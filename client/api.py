@@ -476,6 +476,14 @@ class LatentMixClient:
         files = [("references", _image_part(image, i)) for i, image in enumerate(references)]
         return Job.from_json(self._post("/evaluations", data=fields, files=files or None))
 
+    def judge(self, images: Sequence[ImageResult | str]) -> list[tuple[str, float]]:
+        """Each image's class as the model's judge reads it (`POST /evaluations` with
+        judge; the model's card names its judge and labels: card.augmentation), with the
+        judge's probability, in order. Waits for the answer."""
+        fields = {"images": [_id(image) for image in images], "judge": "true"}
+        result = self.wait(Job.from_json(self._post("/evaluations", data=fields))).result or {}
+        return list(zip(result["judged"], result["judge_confidences"], strict=True))
+
     # ---------------------------------------------------------------------------------------
     # Health and limits
     # ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -169,6 +170,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_service_arguments(parser)
     parser.add_argument(
+        "--cross-class",
+        action="store_true",
+        help="mix each class's images with another class's (the others in turn): at least "
+        "half of each mix's weight on its own class; soft labels from the weights",
+    )
+    parser.add_argument(
+        "--filter",
+        action="store_true",
+        help="check each image with the model's judge (its card's, e.g. the shapes "
+        "classifier) and drop, and count, those it assigns to another class",
+    )
+    parser.add_argument(
         "--shard-size",
         type=_positive,
         default=None,
@@ -301,6 +314,11 @@ class Plan:
         for image_class in classes:
             if len(image_class.sources) < 2:
                 raise UsageError(f"class {image_class.name!r} has one image: mixing needs two")
+        if args.cross_class and (len(classes) < 2 or args.scheme != "few"):
+            raise UsageError(
+                "--cross-class mixes two classes with 2 to --k inputs per mix: it needs two "
+                "classes or more and --scheme few"
+            )
         settings = {
             "method": args.method,
             "scheme": args.scheme,
@@ -318,24 +336,27 @@ class Plan:
             "size": args.size,
             "model": args.model,
             "classes": [image_class.name for image_class in classes],
+            "filter": args.filter,
+            "cross_class": args.cross_class,
         }
         return cls(args.data, args.out, args.per_class, classes, settings, args.shard_size)
 
     def resolved(self, card: dict[str, Any]) -> Plan:
-        """The plan with what the command line left open taken from the model's card: the
-        prompt template, each guidance scale, the inversion method for mixes. `chosen` in
+        """The plan with what the command line left open taken from the model card's
+        `augmentation`: the prompt template, each guidance scale, the inversion method. `chosen` in
         the settings names the card's choices (what `describe` prints)."""
         given = self.settings
+        defaults = card.get("augmentation") or {}
         generation = given["guidance_scale"]
         inversion_guidance = given["inversion_guidance_scale"]
         picks = {
-            "prompt": (given["prompt"], card.get("prompt_template")),
-            "guidance_scale": (generation, card.get("generation_guidance")),
+            "prompt": (given["prompt"], defaults.get("prompt_template")),
+            "guidance_scale": (generation, defaults.get("generation_guidance")),
             "inversion_guidance_scale": (
                 inversion_guidance if inversion_guidance is not None else generation,
-                card.get("inversion_guidance"),
+                defaults.get("inversion_guidance"),
             ),
-            "inversion": (given["inversion"], card.get("mix_inversion")),
+            "inversion": (given["inversion"], defaults.get("mix_inversion")),
         }
         settings = dict(given, model=given["model"] or card.get("model"))
         chosen = []
@@ -346,6 +367,8 @@ class Plan:
             settings[key] = value
         if settings["prompt"] is None:
             settings["prompt"] = DEFAULT_PROMPT
+        if settings["filter"]:
+            _check_judge(defaults, [c.name for c in self.classes], settings["model"])
         settings["chosen"] = chosen
         classes = [
             ImageClass(c.name, c.sources, class_prompt(settings["prompt"], c.name))
@@ -368,13 +391,19 @@ class Plan:
             "subset": f"centroids of random {s['k']}-subsets",
         }[s["scheme"]]
         return (
-            f"model {s['model'] or 'the service default'}; prompt {note('prompt', s['prompt'])!r}"
+            f"model {s['model'] or 'the service default'}; "
+            f"prompt {note('prompt', repr(s['prompt']))}"
             f"; inversion {note('inversion', s['inversion'])} at guidance "
             f"{note('inversion_guidance_scale', s['inversion_guidance_scale'])}, "
             f"{s['inversion_steps'] or 'default'} steps; generation at guidance "
             f"{note('guidance_scale', s['guidance_scale'])}, {s['steps'] or 'default'} steps; "
             f"weights: {weights}; method {s['method']}"
         )
+
+    def partner(self, batch: Batch) -> str:
+        """--cross-class: the class a batch mixes with, the others in turn."""
+        others = [c.name for c in self.classes if c.name != batch.cls.name]
+        return others[batch.index % len(others)]
 
     def batches(self, image_class: ImageClass) -> list[Batch]:
         size = self.settings["batch"]
@@ -387,6 +416,50 @@ class Plan:
             )
             for index, start in enumerate(range(0, self.per_class, size))
         ]
+
+
+def cross_class_weights(
+    ours: int, theirs: int, count: int, seed: int, alpha: float, k: int
+) -> list[list[float]]:
+    """`count` rows over `ours` + `theirs` latents: 2 to k inputs per mix, at least one of
+    each class; the first class's share uniform in [0.5, 1), split over its inputs by
+    Dirichlet(alpha), the rest over the other class's inputs likewise (Diff-Mix's
+    inter-class mixes, with few inputs as in `few`)."""
+    rng = random.Random(seed)  # noqa: S311 (seeded weights, not secrets)
+    rows = []
+    for _ in range(count):
+        n_ours = rng.randint(1, min(ours, k - 1))
+        n_theirs = rng.randint(1, min(theirs, k - n_ours))
+        share = rng.uniform(0.5, 1.0)
+        row = [0.0] * (ours + theirs)
+        for offset, pool, n, mass in (
+            (0, ours, n_ours, share),
+            (ours, theirs, n_theirs, 1 - share),
+        ):
+            picked = rng.sample(range(pool), n)
+            gammas = [rng.gammavariate(alpha, 1.0) for _ in picked]
+            for index, gamma in zip(picked, gammas, strict=True):
+                row[offset + index] = mass * gamma / sum(gammas)
+        rows.append(row)
+    return rows
+
+
+def class_label(class_name: str) -> str:
+    """A class's name as a judge's labels spell it ('Green_circle' -> 'green circle')."""
+    return " ".join(class_name.replace("_", " ").split()).lower()
+
+
+def _check_judge(defaults: dict[str, Any], classes: list[str], model: str | None) -> None:
+    """--filter needs a judge that knows every class."""
+    if not defaults.get("judge"):
+        raise UsageError(f"--filter: model {model!r} has no judge on its card")
+    labels = set(defaults.get("judge_labels") or ())
+    unknown = [name for name in classes if class_label(name) not in labels]
+    if unknown:
+        raise UsageError(
+            f"--filter: the judge ({defaults['judge']}) does not know the classes "
+            f"{', '.join(unknown)}; it knows {', '.join(sorted(labels))}"
+        )
 
 
 def batch_seed(seed: int, class_name: str, index: int) -> int:
@@ -467,6 +540,7 @@ class Ledger:
         self.path = path
         self.records: list[dict[str, Any]] = []
         self._ids: dict[str, set[str]] = {}
+        self.rejected: dict[str, set[str]] = {}  # class -> images --filter dropped
         self._batches: dict[tuple[str, int], int] = {}
         self._torn = False
         if path is not None and path.exists():
@@ -481,8 +555,11 @@ class Ledger:
                     self._note(record)
 
     def _note(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self._ids.setdefault(record["class"], set()).add(record["image"])
+        if record.get("rejected"):  # judged off-class: counts as done, has no file
+            self.rejected.setdefault(record["class"], set()).add(record["image"])
+        else:
+            self.records.append(record)
+            self._ids.setdefault(record["class"], set()).add(record["image"])
         key = (record["class"], record.get("batch", -1))
         self._batches[key] = self._batches.get(key, 0) + 1
 
@@ -490,7 +567,9 @@ class Ledger:
         return len(self._ids.get(class_name, ()))
 
     def has(self, class_name: str, image_id: str) -> bool:
-        return image_id in self._ids.get(class_name, ())
+        return image_id in self._ids.get(class_name, ()) or image_id in self.rejected.get(
+            class_name, ()
+        )
 
     def done_in(self, batch: Batch) -> int:
         return self._batches.get((batch.cls.name, batch.index), 0)
@@ -600,6 +679,9 @@ class Augmenter:
             for c in plan.classes
             if self.ledger.count(c.name) < plan.per_class
         }
+        if plan.settings["filter"]:
+            self.report_filter()
+            short = {}  # what the judge dropped is missing by request
         print(
             f"latentmix augment: {self.written} new images, {already + self.written} of "
             f"{target} in {plan.out}",
@@ -613,6 +695,17 @@ class Augmenter:
                 EXIT_FAILED,
             )
         return EXIT_OK
+
+    def report_filter(self) -> None:
+        rejected = {name: len(ids) for name, ids in self.ledger.rejected.items() if ids}
+        total = sum(rejected.values())
+        made = total + sum(self.ledger.count(c.name) for c in self.plan.classes)
+        detail = ", ".join(f"{name} {count}" for name, count in sorted(rejected.items()))
+        print(
+            f"latentmix augment: --filter: the judge assigned {total} of {made} images to "
+            f"another class and they were dropped{': ' + detail if detail else ''}",
+            file=sys.stderr,
+        )
 
     def export(self) -> None:
         """OUT/metadata.jsonl and, with --shard-size, the WebDataset shards, from the ledger
@@ -667,6 +760,9 @@ class Augmenter:
         while pending or self.in_flight:
             while pending and len(self.in_flight) < IN_FLIGHT:
                 batch = pending.popleft()
+                if self.plan.settings["cross_class"]:
+                    self.in_flight.append((batch, self.submit_cross_class(batch, latents)))
+                    continue
                 job = self.lm.sample(
                     latents[batch.cls.name],
                     batch.count,
@@ -682,11 +778,50 @@ class Augmenter:
                 self.in_flight.append((batch, job))
             batch, job = self.in_flight[0]
             bar.set_postfix_str(batch.cls.name, refresh=False)
-            for image in self.lm.iter_images(job):
-                self.warn_once(batch.cls.name, image)
+            if self.plan.settings["filter"]:
+                self.store_judged(batch, job, list(self.lm.iter_images(job)), bar)
+            else:
+                for image in self.lm.iter_images(job):
+                    self.warn_once(batch.cls.name, image)
+                    if self.store(batch, job, image):
+                        bar.update(1)
+            self.in_flight.popleft()
+
+    def submit_cross_class(self, batch: Batch, latents: dict[str, list[str]]) -> Job:
+        """--cross-class: a mix job over the batch's class and its partner class; the
+        batch's class keeps at least half of each mix's weight (it is the image's class)."""
+        settings = self.plan.settings
+        partner = self.plan.partner(batch)
+        ours, theirs = latents[batch.cls.name], latents[partner]
+        rows = cross_class_weights(
+            len(ours), len(theirs), batch.count, batch.seed, settings["alpha"], settings["k"]
+        )
+        return self.lm.mix(
+            [*ours, *theirs],
+            rows,
+            method=settings["method"],
+            prompt=batch.cls.prompt,
+            guidance_scale=settings["guidance_scale"],
+            steps=settings["steps"],
+        )
+
+    def store_judged(self, batch: Batch, job: Job, images: list[ImageResult], bar) -> None:
+        """--filter: the judge reads the batch's new images; those it assigns to another
+        class are recorded as rejected (no file), the others stored."""
+        name = batch.cls.name
+        for image in images:
+            self.warn_once(name, image)
+        new = [image for image in images if not self.ledger.has(name, image.id)]
+        readings = self.lm.judge(new) if new else []
+        for image, (label, confidence) in zip(new, readings, strict=True):
+            if label == class_label(name):
                 if self.store(batch, job, image):
                     bar.update(1)
-            self.in_flight.popleft()
+            elif self.ledger.done_in(batch) < batch.count:
+                self.ledger.append(
+                    {"class": name, "image": image.id, "batch": batch.index, "rejected": True}
+                    | {"judged": label, "confidence": confidence}
+                )
 
     def warn_once(self, class_name: str, image: ImageResult) -> None:
         """The first degeneracy warning of a class's mixes (service/core/diagnostics.py),
@@ -726,8 +861,8 @@ class Augmenter:
             inputs, weights, method = made.inputs, made.weights, made.method
             seed = made.seed if made.seed is not None else batch.seed
             prompt, steps, guidance = made.prompt, made.steps, made.guidance_scale
-        sources = self.sources.get(batch.cls.name, {})
-        return {
+        sources = {k: v for named in self.sources.values() for k, v in named.items()}
+        record = {
             "class": batch.cls.name,
             "file": path.relative_to(self.plan.out).as_posix(),
             "image": image.id,
@@ -743,6 +878,20 @@ class Augmenter:
             "batch": batch.index,
             "job": job.id,
         }
+        if self.plan.settings["cross_class"]:
+            record["soft_label"] = self.soft_label(inputs, weights)
+        return record
+
+    def soft_label(self, inputs: list[str], weights: list[float]) -> list[float]:
+        """The mix's weights (normalised to sum 1, as every method normalises them) summed
+        per class, over the classes of augment.json."""
+        classes = self.plan.settings["classes"]
+        label = [0.0] * len(classes)
+        total = sum(weights)
+        for latent, weight in zip(inputs, weights, strict=True):
+            owner = next(name for name, named in self.sources.items() if latent in named)
+            label[classes.index(owner)] += weight / total
+        return label
 
     def cancel(self) -> None:
         """Cancel the mix jobs still queued or running; a rerun picks up from the ledger."""

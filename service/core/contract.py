@@ -486,27 +486,39 @@ class MorphResult(Contract):
 
 
 class EvaluateRequest(Contract):
-    """Score generated images against real ones (the paper's Section 6 measures)."""
+    """Score generated images against real ones (the paper's Section 6 measures), or, with
+    `judge`, read each one's class with the model's judge (its card's augmentation.judge)."""
 
     generated: list[str] = Field(min_length=1)  # image ids (stored under images/)
-    references: list[str] = Field(min_length=1)  # storage keys of the real images
+    references: list[str] = Field(default_factory=list)  # storage keys; needed unless judge
     label: str | None = None  # e.g. the class name, repeated in the result
     features: Literal["clip", "inception"] = "clip"  # of FID and KID
+    judge: bool = False
+
+    @model_validator(mode="after")
+    def _references_unless_judged(self) -> "EvaluateRequest":
+        if not self.judge and not self.references:
+            raise ValueError("an evaluation needs reference images (or judge)")
+        return self
 
 
 class EvaluateResult(Contract):
-    """The figures of one evaluation. FID and KID need two images per set (else null)."""
+    """The figures of one evaluation. FID and KID need two images per set (else null). A
+    judged evaluation has only the judge's reading of each image (the figures are null)."""
 
-    features: str  # FID's and KID's, e.g. "clip:openai/clip-vit-large-patch14"
-    clip_features: str  # the CLIP distance's encoder, "clip:<LATENTMIX_CLIP_MODEL>"
+    features: str | None  # FID's and KID's, e.g. "clip:openai/clip-vit-large-patch14"
+    clip_features: str | None  # the CLIP distance's encoder, "clip:<LATENTMIX_CLIP_MODEL>"
     label: str | None
     generated: int
     references: int
-    clip_distance: float  # mean over the generated images (Section 6)
-    clip_distance_std: float
-    clip_distances: list[float]  # one per generated image, in order
+    clip_distance: float | None  # mean over the generated images (Section 6)
+    clip_distance_std: float | None
+    clip_distances: list[float] | None  # one per generated image, in order
     fid: float | None
     kid: float | None  # unbiased MMD^2, cubic polynomial kernel
+    judge: str | None = None  # the judge that read the images, e.g. "shapes-classifier"
+    judged: list[str] | None = None  # its label of each generated image, in order
+    judge_confidences: list[float] | None = None  # its probability of that label
 
 
 # --- the table ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from latentmix.service.core.jobs import (
 )
 from latentmix.service.core.latents import LatentCatalog, image_key
 from latentmix.service.core.mix_planning import PlannedJob
+from latentmix.service.core.model_cards import model_card
 from latentmix.service.core.storage import Storage, in_parallel
 
 
@@ -37,6 +38,7 @@ class EvaluationAsk:
     uploads: int
     label: str | None
     features: str
+    judge: bool = False  # the model's judge reads each image's class; no references
 
 
 def plan_evaluation(
@@ -52,18 +54,32 @@ def plan_evaluation(
     _check_counts(settings, ask.images, ask.reference_latents)
     if (ask.job is None) == (not ask.images):
         raise Invalid("name the generated images: give either 'job' or 'images'")
-    if not ask.reference_latents and not ask.uploads:
+    if not ask.judge and not ask.reference_latents and not ask.uploads:
         raise Invalid("give reference images: 'reference_latents' and/or 'references'")
     generated, producer, model = (
         _job_images(redis, ask.job)
         if ask.job is not None
         else (_stored_images(storage, ask.images), None, None)
     )
+    if ask.judge:
+        _check_judge(redis, model or settings.model)
     references = _source_images(catalog, ask.reference_latents) + store_uploads()
     evaluation = EvaluateRequest(
-        generated=generated, references=references, label=ask.label, features=ask.features
+        generated=generated,
+        references=references,
+        label=ask.label,
+        features=ask.features,
+        judge=ask.judge,
     )
     return PlannedJob(model or settings.model, evaluation, [producer] if producer else None)
+
+
+def _check_judge(redis: Redis, model: str) -> None:
+    """Invalid unless the model's card names a judge (a card not yet published: the
+    worker checks)."""
+    card = model_card(redis, model)
+    if card is not None and (card.augmentation is None or card.augmentation.judge is None):
+        raise Invalid(f"model {model!r} has no judge (its card names none): judge is false")
 
 
 def _check_counts(settings: Settings, images: list[str], reference_latents: list[str]) -> None:

@@ -118,7 +118,7 @@ def plan_mix_job(
         method=method,
         prompt=ask.prompt if ask.prompt is not None else (shared_value(inputs.prompts) or ""),
         steps=steps,
-        guidance_scale=guidance_for(ask.guidance_scale, model_card(redis, model)),
+        guidance_scale=guidance_for(ask.guidance_scale, model_card(redis, model), "generation"),
         seed=ask.sample.seed if ask.sample else None,
         producers=inputs.producers,
         attention=ask.attention,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from latentmix.service.core.augmentation_defaults import AugmentationDefaults
+
 # diffusers' prediction types. A DDIM-type sampler steps with the noise estimate eps; a
 # v-predicting denoiser's output converts to it (method.md section 1). A rectified-flow
 # denoiser predicts the velocity v = n - x0 (inversion.md section 6).
@@ -52,6 +54,9 @@ class ModelCard(BaseModel):
     # Whether the text conditioning has a pooled embedding beside the token sequence (SDXL,
     # SD 3): a method that replaces the unconditional sequence alone (null-text) cannot run.
     pooled_text_embedding: bool = False
+    # What mixing needs to stay on-class on this model (prompt template, guidance for each
+    # pass, inversion method, judge); None on cards of older workers.
+    augmentation: AugmentationDefaults | None = None
     # --- how the worker runs it ---
     scheduler: str
     attention: str = Field(description="the attention processor's class")

@@ -10,6 +10,8 @@ Cards are kept after their workers are gone (a model's card does not change): th
 validates requests for a model whose workers are restarting against its last card.
 """
 
+from typing import Literal
+
 from redis import Redis
 
 from latentmix.service.core.contract import DEFAULT_GUIDANCE
@@ -72,12 +74,22 @@ def check_attention(redis: Redis, model: str, attention: str) -> None:
         card.check_attention_interpolation()
 
 
-def guidance_for(requested: float | None, card: ModelCard | None) -> float:
-    """The request's guidance, else the model's default (SD 3: 4.5); before any worker has
-    published the card, Stable Diffusion's."""
+def guidance_for(
+    requested: float | None, card: ModelCard | None, use: Literal["inversion", "generation"]
+) -> float:
+    """The request's guidance, else the model's for that use (its card's `augmentation`: the
+    guidance its mixes stay on-class with; `shapes`: 1), else its default (SD 3: 4.5); before
+    any worker has published the card, Stable Diffusion's."""
     if requested is not None:
         return requested
-    return card.default_guidance if card is not None else DEFAULT_GUIDANCE
+    if card is None:
+        return DEFAULT_GUIDANCE
+    augmentation = card.augmentation
+    if augmentation is None:
+        return card.default_guidance
+    if use == "inversion":
+        return augmentation.inversion_guidance
+    return augmentation.generation_guidance
 
 
 def check_same_model(models: set[str], redis: Redis) -> None:

@@ -69,7 +69,7 @@ def plan_morph_job(
         attention=ask.attention,
         attention_steps=ask.attention_steps,
         steps=ask.steps or shared_value(inputs.steps) or DEFAULT_STEPS,
-        guidance_scale=guidance_for(ask.guidance_scale, model_card(redis, model)),
+        guidance_scale=guidance_for(ask.guidance_scale, model_card(redis, model), "generation"),
         seed=ask.seed,
         producers=inputs.producers,
     )

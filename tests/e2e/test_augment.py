@@ -101,6 +101,29 @@ def test_augment_writes_per_class_images_with_matching_provenance(
     assert run_cli([*args, "--seed", "1"]) == 2  # other settings would mix two sets
 
 
+def test_cross_class_mixes_carry_soft_labels_from_their_weights(service_url, image_tree, tmp_path):
+    out = tmp_path / "aug"
+    args = augment_args(image_tree, out, service_url, "--per-class", "2", "--cross-class")
+
+    assert run_cli(args) == 0
+
+    lines = read_provenance(out)
+    assert len(lines) == 4
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    by_id = {line["image"]: line for line in lines}
+    for row in loaded:
+        line = by_id[row["image_id"]]
+        names = list(CLASSES)
+        own, other = names.index(line["class"]), 1 - names.index(line["class"])
+        total = sum(line["weights"])
+        by_class = [0.0, 0.0]
+        for item, weight in zip(line["inputs"], line["weights"], strict=True):
+            by_class[names.index(item["source"].split("/")[0])] += weight / total
+        assert row["soft_label"] == pytest.approx(by_class)
+        assert row["soft_label"][own] >= 0.5 and row["soft_label"][other] > 0
+        assert row["label"] == line["class"] and line["prompt"] == CLASSES[line["class"]]
+
+
 def test_interrupted_augment_resumes_without_redoing_finished_images(
     service_url, image_tree, tmp_path
 ):

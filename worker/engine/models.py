@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from latentmix.service.core.augmentation_defaults import AugmentationDefaults
 from latentmix.service.core.model_card import ModelCard
 from latentmix.worker.engine.families import ModelFamily, family_for_source, family_of
 from latentmix.worker.engine.inversion import methods_for
@@ -28,7 +29,11 @@ from latentmix.worker.engine.random_models import (
     build_random_pipeline,
     ensure_random_model,
 )
-from latentmix.worker.engine.shapes.model import SHAPES_MODEL_NAME, shapes_pipeline_dir
+from latentmix.worker.engine.shapes.model import (
+    SHAPES_AUGMENTATION,
+    SHAPES_MODEL_NAME,
+    shapes_pipeline_dir,
+)
 
 DEFAULT_MODELS_DIR = Path("data/models")  # built-in models; relative to the working directory
 MODEL_ENV_VAR = "LATENTMIX_MODEL"
@@ -112,6 +117,9 @@ class LoadedModel:
     # waits for the first of them, so they go through in the largest batch that pays.
     inversion_batch_size: int
     compiled: bool = False  # UNet wrapped by torch.compile
+    # Measured settings under which the model's mixes stay on-class; None: its family's
+    # paper defaults (the card's `augmentation`).
+    augmentation: AugmentationDefaults | None = None
     prompt_cache: PromptCache = field(
         default_factory=lambda: PromptCache(DEFAULT_PROMPT_CACHE_SIZE), repr=False
     )
@@ -121,7 +129,10 @@ class LoadedModel:
         """The family's description of the model, with the inversion methods whose needs
         it meets (families know their pipelines, not the methods)."""
         card = self.family.card(self)
-        return card.model_copy(update={"inversion_methods": methods_for(card)})
+        augmentation = self.augmentation or AugmentationDefaults.paper(card.default_guidance)
+        return card.model_copy(
+            update={"inversion_methods": methods_for(card), "augmentation": augmentation}
+        )
 
     @property
     def vae_scale_factor(self) -> int:
@@ -218,6 +229,7 @@ def load_model(
         vae_batch_size=vae_batch_size,
         inversion_batch_size=inversion_batch_size,
         compiled=compile,
+        augmentation=SHAPES_AUGMENTATION if name == SHAPES_MODEL_NAME else None,
         prompt_cache=prompt_cache,
     )
 

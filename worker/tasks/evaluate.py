@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 
@@ -19,6 +20,9 @@ from latentmix.worker.engine.metrics import (
 )
 from latentmix.worker.engine.metrics.clip import load_clip
 from latentmix.worker.engine.metrics.inception import load_inception
+from latentmix.worker.engine.shapes.classifier import judge, load_classifier
+from latentmix.worker.engine.shapes.evaluation import to_tensor
+from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE, JUDGE, NATIVE_SIZE
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import progress_reporter, task
 
@@ -26,7 +30,45 @@ from latentmix.worker.tasks.reporting import progress_reporter, task
 @task(EvaluateRequest)
 def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
     """Embed both sets with the CLIP image encoder of LATENTMIX_CLIP_MODEL (the CLIP distance)
-    and, for FID and KID, with it or the Inception of LATENTMIX_INCEPTION_WEIGHTS."""
+    and, for FID and KID, with it or the Inception of LATENTMIX_INCEPTION_WEIGHTS; with
+    `judge`, only read each image's class with the model's judge."""
+    result = judge_images(ctx, request) if request.judge else _scores(ctx, job, request)
+    stored = {"model": ctx.settings.model, "result": result.model_dump(mode="json")}
+    ctx.storage.put(evaluation_key(job.id), json.dumps(stored).encode(), "application/json")
+    return result
+
+
+def judge_images(ctx: WorkerContext, request: EvaluateRequest) -> EvaluateResult:
+    """The label the model's judge (its card's augmentation.judge) reads in each image."""
+    augmentation = ctx.model.augmentation
+    if augmentation is None or augmentation.judge != JUDGE:
+        raise ValueError(f"model {ctx.settings.model!r} has no judge (its card names none)")
+    images = _images(ctx, [image_key(i) for i in request.generated])
+    pixels = to_tensor([image.convert("RGB").resize((NATIVE_SIZE,) * 2) for image in images])
+    readings = judge(_shapes_classifier(), pixels)
+    return EvaluateResult(
+        features=None,
+        clip_features=None,
+        label=request.label,
+        generated=len(images),
+        references=0,
+        clip_distance=None,
+        clip_distance_std=None,
+        clip_distances=None,
+        fid=None,
+        kid=None,
+        judge=JUDGE,
+        judged=[label for label, _ in readings],
+        judge_confidences=[confidence for _, confidence in readings],
+    )
+
+
+@functools.cache
+def _shapes_classifier():
+    return load_classifier(CLASSIFIER_FILE)
+
+
+def _scores(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
     device = str(ctx.model.device)
     clip = load_clip(ctx.settings.clip_model, device)
     fid_encoder = (
@@ -45,12 +87,9 @@ def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> E
     else:
         fid_features = embedded
     progress(2, 2)
-    result = score(
+    return score(
         request.label, embedded, fid_features, clip=clip.features, fid=fid_encoder.features
     )
-    stored = {"model": ctx.settings.model, "result": result.model_dump(mode="json")}
-    ctx.storage.put(evaluation_key(job.id), json.dumps(stored).encode(), "application/json")
-    return result
 
 
 def score(

@@ -54,9 +54,19 @@ class EvaluationForm:
                 "(LATENTMIX_INCEPTION_WEIGHTS); the CLIP distance always uses CLIP"
             ),
         ] = "clip",
+        judge: Annotated[
+            bool,
+            Form(
+                description="instead of the figures, read each image's class with the model's "
+                "judge (GET /models: card.augmentation.judge, e.g. the shapes classifier): "
+                "result.judged; no references needed"
+            ),
+        ] = False,
     ):
         self.references = references
-        self.ask = EvaluationAsk(job, images, reference_latents, len(references), label, features)
+        self.ask = EvaluationAsk(
+            job, images, reference_latents, len(references), label, features, judge
+        )
 
 
 @router.post("/evaluations", status_code=202, response_model=JobPublic, responses=PROBLEM_RESPONSES)
@@ -70,7 +80,8 @@ def create_evaluation(
     metrics: MetricsDep,
 ) -> JobPublic:
     """Queue an evaluation: FID, KID and CLIP distance of the generated images against the
-    references (the encoders are named in the result)."""
+    references (the encoders are named in the result), or, with judge, each image's class
+    as the model's judge reads it."""
     planned = plan_evaluation(
         form.ask,
         settings,

@@ -137,7 +137,7 @@ def create_latents(
     card = card_of(model, redis)
     _check_size(size, card)
     inversion = inversion_choice.settings(
-        card, inversion_steps, guidance_for(guidance_scale, card), size
+        card, inversion_steps, guidance_for(guidance_scale, card, "inversion"), size
     )
     webhook_url = checked_webhook(webhook, settings)
     job_id = uuid.uuid4().hex

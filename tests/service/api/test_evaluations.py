@@ -4,11 +4,13 @@
 import json
 
 import numpy as np
-from helpers import assert_problem, latent_file, png_bytes
+from helpers import TINY_CARD, assert_problem, latent_file, png_bytes
 
+from latentmix.service.core.augmentation_defaults import AugmentationDefaults
 from latentmix.service.core.contract import EvaluateRequest
 from latentmix.service.core.jobs import fetch_job
 from latentmix.service.core.latents import LatentRecord, upload_key
+from latentmix.service.core.model_cards import publish_card
 
 
 def uploaded_latents(client, count: int) -> list[str]:
@@ -67,6 +69,26 @@ def test_evaluating_a_queued_mix_job_waits_for_it_and_scores_its_planned_images(
     assert request.references == [upload_key(data), upload_key(png_bytes(2))]
     assert request.label == "cat"
     assert client.get(f"/evaluations/{body['id']}").json()["id"] == body["id"]
+
+
+def test_a_judged_evaluation_needs_no_references_but_a_model_with_a_judge(client):
+    latents = uploaded_latents(client, 2)
+    mix = client.post("/mix", json={"latents": latents, "weights": [[1, 1]]}).json()
+    redis = client.app.state.redis
+    measured = AugmentationDefaults.paper(1.0).model_copy(
+        update={"judge": "shapes-classifier", "judge_labels": ("red circle",)}
+    )
+
+    publish_card(redis, TINY_CARD, "w", ttl_s=30)  # no judge
+    refused = client.post("/evaluations", data={"job": mix["id"], "judge": "true"})
+    publish_card(redis, TINY_CARD.model_copy(update={"augmentation": measured}), "w", ttl_s=30)
+    response = client.post("/evaluations", data={"job": mix["id"], "judge": "true"})
+
+    assert_problem(refused, 422, "has no judge")
+    assert response.status_code == 202, response.text
+    request = queued_request(client, response.json()["id"])
+    assert request.judge and request.references == []
+    assert request.generated == [image["id"] for image in mix["planned"]]
 
 
 def test_evaluations_need_one_generated_set_and_some_references(client):

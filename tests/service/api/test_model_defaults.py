@@ -7,6 +7,7 @@ import pytest
 from helpers import TINY_CARD, assert_problem, png_bytes, upload_latent
 from redis import Redis
 
+from latentmix.service.core.augmentation_defaults import AugmentationDefaults
 from latentmix.service.core.jobs import fetch_job, queue_name
 from latentmix.service.core.model_cards import publish_card
 
@@ -90,6 +91,22 @@ def test_a_mix_without_guidance_gets_the_inputs_models_default(client, redis):
     assert job["model"] == "tiny-sd3"
     assert fetch_job(redis, job["id"]).args[0]["guidance_scale"] == 4.5
     assert fetch_job(redis, chosen["id"]).args[0]["guidance_scale"] == 1.0
+
+
+def test_a_card_with_augmentation_settings_sets_each_passs_guidance(client, redis):
+    measured = AugmentationDefaults(
+        prompt_template="a {class}", inversion_guidance=1.5, generation_guidance=2.5
+    )
+    publish_card(redis, SD3_CARD.model_copy(update={"augmentation": measured}), "sd3", ttl_s=30)
+    latents = sixteen_channel_latents(client, 2)
+
+    inversion = invert_request(client, redis, model="tiny-sd3")
+    mix = client.post("/mix", json={"latents": latents}).json()
+    morph = client.post("/morph", json={"keyframes": latents, "frames": 3}).json()
+
+    assert inversion["settings"]["guidance_scale"] == 1.5
+    assert fetch_job(redis, mix["id"]).args[0]["guidance_scale"] == 2.5
+    assert fetch_job(redis, morph["id"]).args[0]["guidance_scale"] == 2.5
 
 
 def test_a_morph_without_guidance_gets_the_keyframes_models_default(client, redis):

@@ -8,7 +8,7 @@ import torch
 from latentmix.worker.engine.diffusion import generate
 from latentmix.worker.engine.models import LoadedModel, ModelLoadError, load_model
 from latentmix.worker.engine.shapes import evaluation, model, world
-from latentmix.worker.engine.shapes.classifier import classify, load_classifier
+from latentmix.worker.engine.shapes.classifier import classify, judge, load_classifier
 
 # Measured on the shipped weights (see docs/models.md, the `shapes` section); the bounds leave room
 # for float differences across machines, not for a worse model.
@@ -80,3 +80,22 @@ def test_the_classifier_accepts_most_generations_of_the_prompted_class(shapes_mo
     assert len(images) == 12
     assert score.rate("colour") >= FEW_STEPS_RIGHT_COLOUR_BOUND, score.prediction.labels
     assert score.rate("both") >= FEW_STEPS_RIGHT_SHAPE_AND_COLOUR_BOUND, score.prediction.labels
+
+
+def test_the_card_carries_the_measured_augmentation_defaults_and_its_judge(shapes_model):
+    augmentation = shapes_model.card.augmentation
+    assert augmentation.prompt_template == "a {class}"
+    assert (augmentation.inversion_guidance, augmentation.generation_guidance) == (1.0, 1.0)
+    assert augmentation.mix_inversion == "ddim" and augmentation.judge == "shapes-classifier"
+    assert len(augmentation.judge_labels) == len(world.SHAPES) * len(world.COLOUR_NAMES)
+
+
+def test_the_judge_names_held_out_drawings_by_their_class_label(classifier):
+    held_out = world.samples(range(48), seed=8)
+    images = evaluation.to_tensor([evaluation.to_pil(s) for s in held_out])
+
+    readings = judge(classifier, images)
+
+    assert [label for label, _ in readings] == [f"{s.colour} {s.shape}" for s in held_out]
+    assert all(0.5 < confidence <= 1.0 for _, confidence in readings)
+    assert {label for label, _ in readings} <= set(model.SHAPES_AUGMENTATION.judge_labels)

@@ -76,6 +76,19 @@ def classify(classifier: ShapesClassifier, images: torch.Tensor) -> Prediction:
     return Prediction(labels, probabilities)
 
 
+def judge(classifier: ShapesClassifier, images: torch.Tensor) -> list[tuple[str, float]]:
+    """Each image's class as augmentation names it, "{colour} {shape}" (the judge labels of
+    the model's card), and the probability of that reading (colour's times shape's)."""
+    prediction = classify(classifier, images)
+    colour, shape = prediction.probabilities["colour"], prediction.probabilities["shape"]
+    return [
+        (f"{c} {s}", float(colour[i].max() * shape[i].max()))
+        for i, (c, s) in enumerate(
+            zip(prediction.labels["colour"], prediction.labels["shape"], strict=True)
+        )
+    ]
+
+
 def load_classifier(path: Path) -> ShapesClassifier:
     """The classifier saved at `path` (safetensors), in eval mode, float32."""
     from safetensors.torch import load_file
