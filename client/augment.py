@@ -202,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run `augment`; returns the exit status (0 done, 1 failed, 2 usage, 130 interrupted)."""
     try:
-        classes = find_classes(args)
+        classes = find_classes(
+            args.data,
+            args.out,
+            label_column=args.label_column,
+            image_column=args.image_column,
+            split=args.split,
+        )
         plan = Plan.of(args, classes)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -243,17 +249,22 @@ class ImageClass:
     prompt: str = ""  # set by Plan.resolved, from the prompt template
 
 
-def find_classes(args: argparse.Namespace) -> list[ImageClass]:
-    """The input's classes, sorted, each with its images (client/dataset_sources.py)."""
-    data, out = args.data, args.out
+def find_classes(
+    data: Path,
+    out: Path,
+    template: str | None = None,
+    *,
+    label_column: str = "label",
+    image_column: str = "image",
+    split: str = "train",
+) -> list[ImageClass]:
+    """The input's classes, sorted, each with its images (client/dataset_sources.py) and,
+    with a prompt `template`, its prompt."""
     if out.resolve().is_relative_to(data.resolve()):
         raise UsageError(f"--out {out} must not be inside the data folder {data}")
     try:
         found = read_labelled_images(
-            data,
-            label_column=args.label_column,
-            image_column=args.image_column,
-            split=args.split,
+            data, label_column=label_column, image_column=image_column, split=split
         )
     except SourceError as exc:
         raise UsageError(str(exc)) from None
@@ -262,7 +273,8 @@ def find_classes(args: argparse.Namespace) -> list[ImageClass]:
         if not sources:
             print(f"latentmix augment: skipping class {name!r}: no images", file=sys.stderr)
             continue
-        classes.append(ImageClass(name, sources))
+        prompt = class_prompt(template, name) if template is not None else ""
+        classes.append(ImageClass(name, sources, prompt))
     if not classes:
         raise UsageError(f"{data} has no classes with images (.png, .jpg, .jpeg, .webp)")
     return classes

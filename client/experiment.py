@@ -231,8 +231,7 @@ class Experiment:
         self.client, self.plan, self.out = client, plan, out
         self.classes = {c.name: c for c in classes}
         self.images = {
-            c.name: [Path(plan.data) / source for source in c.sources[: plan.max_per_class]]
-            for c in classes
+            c.name: [source.image for source in c.sources[: plan.max_per_class]] for c in classes
         }
         self._check()
         self.state = self._load_state()
