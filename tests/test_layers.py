@@ -10,6 +10,9 @@
 - the engine (`worker/engine/`) is a library: of the service it imports only the core;
 - model families (`worker/engine/families/`) never import the inversion methods (the model
   loader, which knows both, puts the methods on the card): no cycle between them;
+- the test-model builders (`worker/engine/testing/`) are reached by production code through
+  one registry line in `worker/engine/models.py` only (tests and the offline shapes training
+  import them directly);
 - training code (`worker/training/`) is imported by nothing else in the package: the
   serving worker never loads it;
 - `client/` talks HTTP only: it imports neither the service nor the worker;
@@ -91,6 +94,19 @@ def test_families_never_import_the_inversion_methods():
     families = sources("worker/engine/families")
     assert families, "no families found"
     assert violations(families, ("latentmix.worker.engine.inversion",)) == []
+
+
+def test_production_code_reaches_the_test_model_builders_through_one_registry_line():
+    testing = "latentmix.worker.engine.testing"
+    production = [
+        path
+        for path in sources("worker") + sources("service") + sources("client")
+        if path.relative_to(ROOT).parts[:3] != ("worker", "engine", "testing")
+        and path.relative_to(ROOT).parts[1] != "training"
+    ]
+    found = violations(production, (testing,))
+    assert len(found) == 1, found
+    assert found[0].startswith("worker/engine/models.py:")
 
 
 def test_nothing_outside_training_imports_the_training_code():

@@ -1,5 +1,5 @@
-"""Loading diffusion pipelines: hub ids, local diffusers directories and the built-in random
-models (`random_models.py`).
+"""Loading diffusion pipelines: hub ids, local diffusers directories, the trained `shapes`
+model and the offline test models (`testing/random_models.py`).
 
 `load_model` is called once per worker process (load once, run many). It returns a
 `LoadedModel`: the diffusers pipeline with its family's sampler (a `DDIMScheduler` for Stable
@@ -22,18 +22,16 @@ from latentmix.service.core.augmentation_defaults import AugmentationDefaults
 from latentmix.service.core.model_card import ModelCard
 from latentmix.worker.engine.families import ModelFamily, family_for_source, family_of
 from latentmix.worker.engine.inversion import methods_for
-from latentmix.worker.engine.random_models import (
-    ON_DISK_MODELS,
-    RANDOM_MODELS,
-    TINY_MODEL_NAME,
-    build_random_pipeline,
-    ensure_random_model,
-)
 from latentmix.worker.engine.shapes.model import (
     SHAPES_AUGMENTATION,
     SHAPES_MODEL_NAME,
     shapes_pipeline_dir,
 )
+
+# The registry of the offline test models (tiny, tiny-v, tiny-sdxl, tiny-sd3, sd15-random:
+# seeded random weights, no download): the one way production code reaches the test-model
+# builders (tests/test_layers.py keeps it so).
+from latentmix.worker.engine.testing import random_models as test_models
 
 DEFAULT_MODELS_DIR = Path("data/models")  # built-in models; relative to the working directory
 MODEL_ENV_VAR = "LATENTMIX_MODEL"
@@ -200,13 +198,13 @@ def load_model(
             raise ValueError(f"{label} must be >= 1, got {value}")
     prompt_cache = PromptCache(prompt_cache_size)
 
-    if name in ON_DISK_MODELS:
-        model_dir = ensure_random_model(name, (cache_dir or DEFAULT_MODELS_DIR) / name)
+    if name in test_models.ON_DISK_MODELS:
+        model_dir = test_models.ensure_random_model(name, (cache_dir or DEFAULT_MODELS_DIR) / name)
         pipe = _load_pipeline(name, model_dir, torch_dtype, t5)
     elif name == SHAPES_MODEL_NAME:
         pipe = _load_pipeline(name, _shapes_source(), torch_dtype, t5)
-    elif name in RANDOM_MODELS:
-        pipe = build_random_pipeline(RANDOM_MODELS[name])  # float32
+    elif name in test_models.RANDOM_MODELS:
+        pipe = test_models.build_random_pipeline(test_models.RANDOM_MODELS[name])  # float32
         if torch_dtype != torch.float32:
             pipe = pipe.to(dtype=torch_dtype)
     else:
@@ -378,6 +376,6 @@ def _load_error_message(name: str, reason: str) -> str:
     return (
         f"could not load model {name!r} ({reason}). Set {MODEL_ENV_VAR} to a Hugging Face hub "
         "id (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5'), a local diffusers directory, "
-        f"or '{TINY_MODEL_NAME}' for the built-in random test model. With HF_HUB_OFFLINE=1 a hub "
-        "id must already be in the local Hugging Face cache (HF_HOME)."
+        f"or '{test_models.TINY_MODEL_NAME}' for the built-in random test model. With "
+        "HF_HUB_OFFLINE=1 a hub id must already be in the local Hugging Face cache (HF_HOME)."
     )

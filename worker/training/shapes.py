@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG, build_tokenizer
 from latentmix.worker.engine.shapes import world
 from latentmix.worker.engine.shapes.classifier import HEADS, ShapesClassifier
 from latentmix.worker.engine.shapes.model import WEIGHTS_DIR
+from latentmix.worker.engine.testing.random_models import SD15_SCHEDULER_CONFIG, build_tokenizer
 
 MAX_TOKENS = 16  # "a magenta triangle on a white background" is 7 words + 2 specials
 TEXT_ENCODER = {

@@ -18,7 +18,7 @@ from latentmix.worker.engine.inversion import (
     methods_for,
 )
 from latentmix.worker.engine.inversion.ddim import DDIM, ddim_schedule, ddim_step
-from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG
+from latentmix.worker.engine.testing.random_models import SD15_SCHEDULER_CONFIG
 
 EPS_METHODS = ("ddim", "fixed-point", "edict", "bdia", "negative-prompt", "null-text")
 FLOW_METHODS = ("flow-euler", "rf-solver")

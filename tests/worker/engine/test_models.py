@@ -14,7 +14,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from latentmix.worker.engine import random_models
 from latentmix.worker.engine.models import (
     ModelLoadError,
     default_batch_sizes,
@@ -22,7 +21,8 @@ from latentmix.worker.engine.models import (
     repository_files,
     weights_variant,
 )
-from latentmix.worker.engine.random_models import SD15_RANDOM, build_tiny_model
+from latentmix.worker.engine.testing import random_models
+from latentmix.worker.engine.testing.random_models import SD15_RANDOM, build_tiny_model
 
 WEIGHT_FILES = (
     "unet/diffusion_pytorch_model.safetensors",

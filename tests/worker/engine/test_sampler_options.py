@@ -17,7 +17,7 @@ from latentmix.worker.engine.diffusion import (
     sample,
 )
 from latentmix.worker.engine.inversion import ddim
-from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG
+from latentmix.worker.engine.testing.random_models import SD15_SCHEDULER_CONFIG
 
 PROMPT = "a photo of a cat"
 

@@ -17,7 +17,7 @@ from latentmix.worker.engine.inversion import default_inversion, get_inversion, 
 from latentmix.worker.engine.inversion.flow_euler import FLOW_EULER, euler_step, flow_schedule
 from latentmix.worker.engine.inversion.rf_solver import RF_SOLVER
 from latentmix.worker.engine.models import load_model
-from latentmix.worker.engine.random_models import TINY_SD3
+from latentmix.worker.engine.testing.random_models import TINY_SD3
 
 PROMPT = "a photo of a cat"
 CLIP_TOKENS = 77  # the first 77 rows of the joint sequence are CLIP's; T5's follow

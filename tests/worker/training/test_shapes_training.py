@@ -116,7 +116,7 @@ def test_an_unknown_stage_is_refused_by_name(capsys: pytest.CaptureFixture[str])
 def test_min_snr_weights_are_min_snr_gamma_over_snr_on_sd15_s_schedule():
     from diffusers import DDPMScheduler
 
-    from latentmix.worker.engine.random_models import SD15_SCHEDULER_CONFIG
+    from latentmix.worker.engine.testing.random_models import SD15_SCHEDULER_CONFIG
 
     config = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"}
     scheduler = DDPMScheduler(**config)
