@@ -114,9 +114,10 @@ def claim_company(
     if key is None:
         return []
     rows, company = _rows(job), []
+    looked_at: set[str] = set()  # ids fetched before: a job's request does not change
     deadline = time.monotonic() + wait_s
     while rows < max_rows:
-        for candidate in _queued(worker, queue):
+        for candidate in _queued(worker, queue, looked_at):
             if batch_key(candidate) != key or rows + _rows(candidate) > max_rows:
                 continue
             if worker.connection.lrem(queue.key, 1, candidate.id):  # ours, and only ours
@@ -128,11 +129,16 @@ def claim_company(
     return company
 
 
-def _queued(worker: BaseWorker, queue: Queue) -> list[Job]:
+def _queued(worker: BaseWorker, queue: Queue, looked_at: set[str]) -> list[Job]:
+    """The jobs at the head of the queue not looked at before (adds them to `looked_at`)."""
     ids = [
         i.decode() if isinstance(i, bytes) else i
         for i in worker.connection.lrange(queue.key, 0, SCAN_DEPTH - 1)
     ]
+    ids = [i for i in ids if i not in looked_at]
+    looked_at.update(ids)
+    if not ids:
+        return []
     jobs = worker.job_class.fetch_many(
         ids, connection=worker.connection, serializer=worker.serializer
     )
