@@ -8,7 +8,13 @@ with LatentMixClient("http://127.0.0.1:8000") as lm:
 """
 
 from latentmix.client.api import DEFAULT_URL, LatentMixClient
-from latentmix.client.errors import JobFailed, LatentMixError, LimitExceeded, ProblemError
+from latentmix.client.errors import (
+    InvalidArgument,
+    JobFailed,
+    LatentMixError,
+    LimitExceeded,
+    ProblemError,
+)
 from latentmix.client.models import (
     ImageResult,
     Job,
@@ -25,6 +31,7 @@ from latentmix.client.models import (
 __all__ = [
     "DEFAULT_URL",
     "ImageResult",
+    "InvalidArgument",
     "Job",
     "JobFailed",
     "JobStatus",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import mimetypes
 import os
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from latentmix.client.errors import JobFailed, LimitExceeded, ProblemError
+from latentmix.client.errors import InvalidArgument, JobFailed, LimitExceeded, ProblemError
 from latentmix.client.models import (
     ImageResult,
     Job,
@@ -209,6 +210,7 @@ class LatentMixClient:
             body["attention"] = attention
         if weights is not None:
             body["weights"] = [list(row) if _is_row(row) else row for row in weights]
+            _check_finite(body["weights"])
         return self._submit_mix(body, prompt, guidance_scale, steps)
 
     def sample(
@@ -407,16 +409,19 @@ class LatentMixClient:
         *,
         progress: bool = False,
         timeout: float | None = None,
+        name: str = "{id}.png",
     ) -> list[Path]:
-        """Save each image of a mix job as `folder/<image id>.png` as soon as it is done;
-        images already there are kept. Returns the paths in the job's order."""
+        """Save each image of a mix job as `folder/<name>` as soon as it is done (`name` is
+        formatted with the image's `id` and its `index` in the job: "frame-{index:03}.png"
+        keeps a morph's order); images already there are kept. Returns the paths in the
+        job's order."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         bar = _image_bar(progress)
         try:
-            for image in self.iter_images(job, timeout=timeout):
-                path = folder / f"{image.id}.png"
+            for index, image in enumerate(self.iter_images(job, timeout=timeout)):
+                path = folder / name.format(id=image.id, index=index)
                 if not path.exists():
                     self.save_image(image, path)
                 paths.append(path)
@@ -674,6 +679,16 @@ def _prompt_list(prompt: str | Sequence[str] | None, count: int) -> list[str] | 
 
 def _id(ref: str | Latent | Job | ImageResult) -> str:
     return ref if isinstance(ref, str) else ref.id
+
+
+def _check_finite(weights: list) -> None:
+    """JSON has no NaN or infinity: name the entry instead of failing to encode it."""
+    rows = weights if weights and _is_row(weights[0]) else [weights]
+    for i, row in enumerate(rows):
+        for j, weight in enumerate(row):
+            if not isinstance(weight, int | float) or not math.isfinite(weight):
+                where = f"row {i}, entry {j}" if rows is weights else f"entry {j}"
+                raise InvalidArgument(f"weights {where} must be a finite number, got {weight!r}")
 
 
 def _is_row(value: object) -> bool:

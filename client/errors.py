@@ -38,6 +38,11 @@ class ProblemError(LatentMixError):
         super().__init__(f"{status} {title}" + (f": {detail}" if detail else ""))
 
 
+class InvalidArgument(LatentMixError, ValueError):
+    """An argument the service could not take (a weight that is not a finite number): refused
+    by the client before anything is sent."""
+
+
 class LimitExceeded(LatentMixError, ValueError):
     """A request would pass one of the service's limits (`GET /limits`): refused by the
     client before anything is sent."""

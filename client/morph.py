@@ -18,6 +18,7 @@ from latentmix.client.api import (
 from latentmix.client.errors import LatentMixError
 
 FORMATS = (".webp", ".gif", ".mp4")
+FRAME_NAME = "frame-{index:03}.png"  # --frames-dir: in the animation's order
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
             if args.frames_dir is not None:
-                lm.download(job, args.frames_dir, progress=progress)
+                lm.download(job, args.frames_dir, progress=progress, name=FRAME_NAME)
             job = lm.wait(job, progress=progress)
             data = lm.animation(job, fmt.removeprefix("."), fps=args.fps, bounce=args.bounce)
     except LatentMixError as exc:

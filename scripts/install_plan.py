@@ -16,7 +16,7 @@ its value goes to pip as `--index-url` for the torch install, with no probing.
 **Stamp.** The venv remembers the extras it holds and a key (pyproject.toml's hash, the torch
 spec and index). A call whose extras are a subset of those installed under the same key does
 nothing; otherwise the union of both sets is installed, so alternating `scripts/test` (dev)
-and `scripts/up` (api,worker,embedded) installs once, not on every switch.
+and `scripts/up` (api,worker,embedded,client) installs once, not on every switch.
 """
 
 from __future__ import annotations

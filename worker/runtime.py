@@ -22,43 +22,66 @@ Faults:
   with EXIT_DEVICE_LOST, for its supervisor (compose `restart:`, `latentmix up`) to
   start a fresh process. Out-of-memory is not poisoning: the cache is emptied and the
   worker goes on.
+- Stopping: the first SIGTERM (or SIGINT) is RQ's warm shutdown (the job finishes, then the
+  worker exits). INTERRUPT_REQUEUE (SIGUSR1: `latentmix up`'s grace period ran out, or the
+  launcher died) stops the job at its next diffusion step and puts it back at the front of
+  its queue; INTERRUPT_FAIL (SIGUSR2, or a second SIGTERM/SIGINT: the user asked to stop
+  now) stops it there as failed, "stopped by shutdown". Either way the worker exits within
+  STOP_NOW_S, even if Redis is gone too.
 """
 
 import logging
 import os
+import signal
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 from cachetools import LRUCache
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from rq import SimpleWorker
-from rq.exceptions import AbandonedJobError
+from rq import SimpleWorker, worker_registration
+from rq.exceptions import AbandonedJobError, StopRequested
 from rq.executions import ExecutionRegistry
 from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
-from rq.utils import current_timestamp
-from rq.worker import DequeueStrategy
+from rq.utils import current_timestamp, now
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from latentmix.service.core.config import Settings
 from latentmix.service.core.job_events import announce
 from latentmix.service.core.jobs import (
+    INTERRUPT_FAIL,
+    INTERRUPT_REQUEUE,
+    REDIS_BACKOFF_CAP_S,
     REDIS_ERRORS,
     JobStatus,
     LatentMixJob,
     cancel_requested,
+    ended_elsewhere,
     get_queue,
+    heartbeats_current,
     mark_canceled,
+    prepare_requeue,
     report_abandoned,
     report_job_end,
 )
 from latentmix.service.core.latents import LatentCatalog
-from latentmix.service.core.model_cards import keep_serving, publish_card, stop_serving
+from latentmix.service.core.model_card import ModelCard
+from latentmix.service.core.model_cards import (
+    SERVING_BEATS,
+    publish_card,
+    stop_serving,
+    worker_name,
+)
+from latentmix.service.core.redis_connection import connect
 from latentmix.service.core.webhooks import webhook_queue
 from latentmix.worker.batching import claim_company, run_together
 from latentmix.worker.engine.models import LoadedModel, load_model
@@ -67,7 +90,8 @@ from latentmix.worker.writer import OffloadedWrites
 log = logging.getLogger("latentmix.worker")
 
 EXIT_DEVICE_LOST = os.EX_TEMPFAIL  # 75: "restart me"; `latentmix up` does
-REDIS_BACKOFF_CAP_S = 8.0
+EXIT_INTERRUPTED = 1  # stopped now, past STOP_NOW_S
+STOP_NOW_S = 10.0  # an interrupted worker exits within this, whatever it was waiting for
 
 
 @dataclass
@@ -122,8 +146,8 @@ def patient_redis(settings: Settings) -> Redis:
     while waited < settings.worker_redis_outage_s:
         retries += 1
         waited += min(REDIS_BACKOFF_CAP_S, 0.25 * 2**retries)
-    return Redis.from_url(
-        settings.effective_redis_url,
+    return connect(
+        settings,
         retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.25), retries),
         retry_on_error=list(REDIS_ERRORS),
     )
@@ -144,6 +168,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     queues = [get_queue(ctx.redis, settings.model), webhook_queue(ctx.redis)]
     worker = LatentMixWorker(
         queues,
+        name=worker_name(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8]),
         connection=ctx.redis,
         job_class=LatentMixJob,
         serializer=JSONSerializer,
@@ -152,9 +177,10 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         batch_rows=ctx.model.max_batch_size,
     )
     # Served from now on: /readyz and GET /models count this worker while its heartbeat lives.
-    publish_card(ctx.redis, ctx.model.card, worker.name, settings.worker_heartbeat_ttl_s)
+    heartbeat = Heartbeat(worker, settings.worker_heartbeat_ttl_s, ctx.model.card)
+    heartbeat.publish(ctx.redis)
     try:
-        with Heartbeat(worker, settings.worker_heartbeat_ttl_s):
+        with heartbeat:
             worker.work(
                 burst=burst,
                 logging_level="INFO",
@@ -167,8 +193,38 @@ def run(settings: Settings, *, burst: bool = False) -> None:
         raise SystemExit(EXIT_DEVICE_LOST)
 
 
+class JobInterrupted(Exception):
+    """Raised at a diffusion step of a job whose worker was told to stop now."""
+
+    def __init__(self, job_id: str, requeue: bool):
+        super().__init__(
+            f"job {job_id} interrupted by shutdown; "
+            + ("requeued" if requeue else "stopped by shutdown")
+        )
+        self.requeue = requeue
+
+
+@dataclass
+class _Interruption:
+    """The worker was told to stop now; `job_ids`: the jobs it interrupted."""
+
+    requeue: bool
+    job_ids: set[str]
+
+
+_interruption: _Interruption | None = None
+
+
+def check_interrupted(job_id: str) -> None:
+    """JobInterrupted if this worker was told to stop now (called at each diffusion step)."""
+    if _interruption is not None:
+        _interruption.job_ids.add(job_id)
+        raise JobInterrupted(job_id, _interruption.requeue)
+
+
 class LatentMixWorker(SimpleWorker):
-    """SimpleWorker with a short job heartbeat TTL and a device check after failures."""
+    """SimpleWorker with a short job heartbeat TTL, a device check after failures, and
+    interruptions that requeue (or fail) the running job at its next step."""
 
     # Jobs rendered together run in threads of their own (worker/batching.py): their
     # timeouts come from a timer thread, as SIGALRM reaches the main thread only.
@@ -237,11 +293,74 @@ class LatentMixWorker(SimpleWorker):
             duration_s=0.0,
         )
 
+    def handle_job_success(self, job, queue, started_job_registry, execution=None) -> None:
+        """RQ records the job's success, unless the job was already failed as abandoned
+        (one true end per job: the first, reported one stands)."""
+        if not self._ended_elsewhere(job, execution):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+
+    def _ended_elsewhere(self, job, execution) -> bool:
+        """A job the reaper failed while this worker ran it: drop this worker's execution
+        of it, record nothing else."""
+        if not ended_elsewhere(self.connection, job):
+            return False
+        log.warning(
+            "job %s ended here, but it was already failed as abandoned (its heartbeat "
+            "lapsed); that end stands",
+            job.id,
+        )
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, execution)
+            pipe.execute()
+        return True
+
+    def clean_registries(self) -> None:
+        """RQ's maintenance, which fails jobs whose heartbeat lapsed: not until Redis has
+        been up for one heartbeat TTL (after a restart, no deadline is current yet)."""
+        if heartbeats_current(self.connection, self.settings, None):
+            super().clean_registries()
+
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kw):
-        """RQ fails a job that raised; one stopped at a cancel request ends `canceled`."""
+        """RQ fails a job that raised; one stopped at a cancel request ends `canceled`; one
+        interrupted to be requeued goes back to the front of its queue, through RQ's retry
+        (so its dependents are not released as if it had failed)."""
+        if self._ended_elsewhere(job, kw.get("execution")):
+            return
+        if _interruption and _interruption.requeue and job.id in _interruption.job_ids:
+            prepare_requeue(self.connection, job)
+            job.retries_left, job.retry_intervals = (job.retries_left or 0) + 1, [0]
+            job.enqueue_at_front_on_retry = True
+            log.warning("job %s interrupted by shutdown: requeued", job.id)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, **kw)
         if cancel_requested(self.connection, job.id):
             mark_canceled(self.connection, job)
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        signal.signal(INTERRUPT_REQUEUE, lambda *_: self.stop_now(requeue=True))
+        signal.signal(INTERRUPT_FAIL, lambda *_: self.stop_now(requeue=False))
+
+    def request_force_stop(self, signum, frame) -> None:
+        """A second SIGTERM/SIGINT (RQ's cold shutdown): stop now, failing the job (RQ's own
+        would raise SystemExit wherever the job happens to be)."""
+        if now() - self._shutdown_requested_date < timedelta(seconds=1):
+            return  # the same signal delivered twice (RQ ignores it too)
+        self.stop_now(requeue=False)
+
+    def stop_now(self, *, requeue: bool) -> None:
+        """Interrupt the running job at its next step (requeued, or failed "stopped by
+        shutdown"), then exit; exit within STOP_NOW_S regardless."""
+        global _interruption
+        if _interruption is None:
+            _interruption = _Interruption(requeue, set())
+        _interruption.requeue = _interruption.requeue and requeue  # failing wins
+        log.warning("stopping now: the running job is %s", "requeued" if requeue else "failed")
+        self._stop_requested = True
+        deadline = threading.Timer(STOP_NOW_S, os._exit, (EXIT_INTERRUPTED,))
+        deadline.daemon = True
+        deadline.start()
+        if self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a started job's entries live without a heartbeat (RQ: timeout + 60 s)."""
@@ -302,14 +421,18 @@ def empty_device_cache(device: torch.device) -> None:
 
 class Heartbeat:
     """Keeps the worker's key and its running job's registry entries alive for `ttl_s`,
-    refreshed every `ttl_s / 3` from a thread, whatever the job is doing in the main one.
+    refreshed every `ttl_s / 3` from a thread, whatever the job is doing in the main one;
+    rewrites the model card and the serving key (service/core/model_cards.py) each time, and
+    registers the worker again if Redis lost it (a restart without its data, a failover):
+    /readyz and `latentmix info` show it again within one beat.
 
-    Only existing entries are refreshed (EXPIRE, ZADD XX): a job that just ended and was
+    Only existing job entries are refreshed (EXPIRE, ZADD XX): a job that just ended and was
     removed from the registries is never put back."""
 
-    def __init__(self, worker: SimpleWorker, ttl_s: int):
+    def __init__(self, worker: SimpleWorker, ttl_s: int, card: ModelCard):
         self.worker = worker
         self.ttl_s = ttl_s
+        self.card = card
         self.interval_s = ttl_s / 3
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latentmix-heartbeat", daemon=True)
@@ -329,13 +452,17 @@ class Heartbeat:
             except Exception as exc:  # Redis away: the next beat tries again
                 log.warning("heartbeat failed: %s", exc)
 
+    def publish(self, redis) -> None:
+        """The card, and that this worker serves it for SERVING_BEATS more beats."""
+        publish_card(redis, self.card, self.worker.name, SERVING_BEATS * self.interval_s)
+
     def beat(self) -> None:
         worker, ttl = self.worker, self.ttl_s
         deadline = current_timestamp() + ttl
         executions = list(worker.executions.values())
         with worker.connection.pipeline(transaction=False) as pipe:
             pipe.expire(worker.key, ttl)
-            keep_serving(pipe, worker.name, ttl)
+            self.publish(pipe)
             for execution in executions:
                 job = execution.job
                 started = StartedJobRegistry(job.origin, connection=worker.connection)
@@ -343,4 +470,16 @@ class Heartbeat:
                 pipe.zadd(started.key, {execution.composite_key: deadline}, xx=True)
                 per_job = ExecutionRegistry(job_id=execution.job_id, connection=worker.connection)
                 pipe.zadd(per_job.key, {execution.id: deadline + 60}, xx=True)
+            registered = pipe.execute()[0]
+        if not registered:
+            self.register_again()
+
+    def register_again(self) -> None:
+        """Redis lost this worker's registration: write it again, as RQ does at birth."""
+        worker = self.worker
+        log.warning("Redis had lost worker %s; registering it again", worker.name)
+        with worker.connection.pipeline() as pipe:
+            pipe.hset(worker.key, mapping=worker.serialize())
+            worker_registration.register(worker, pipe)
+            pipe.expire(worker.key, self.ttl_s)
             pipe.execute()

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from PIL import Image
-from redis import Redis
 
 from latentmix.service.api import docs, metrics, problems, security, studio
 from latentmix.service.api.idempotency import IdempotencyMiddleware
@@ -32,6 +31,7 @@ from latentmix.service.api.routes import morph as morph_route
 from latentmix.service.core.config import Settings, get_settings
 from latentmix.service.core.job_events import JobEvents
 from latentmix.service.core.latents import LatentCatalog
+from latentmix.service.core.redis_connection import connect, connect_async
 from latentmix.service.core.storage import storage_from_settings
 
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -49,13 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
-        app.state.redis = Redis.from_url(
-            settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=2
-        )
+        app.state.redis = connect(settings, socket_timeout=5, socket_connect_timeout=2)
         app.state.storage = storage_from_settings(settings)
         app.state.catalog = LatentCatalog(app.state.storage, app.state.redis)
         app.state.metrics = Metrics(app.state.redis)
-        app.state.job_events = JobEvents(settings.effective_redis_url)
+        app.state.job_events = JobEvents(lambda: connect_async(settings))
         background = [
             asyncio.create_task(run_reaper(app.state.redis, settings)),
             asyncio.create_task(app.state.job_events.run()),

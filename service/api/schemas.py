@@ -39,6 +39,7 @@ GuidanceScale = Annotated[
     Field(
         ge=0.0,
         le=MAX_GUIDANCE,
+        allow_inf_nan=False,  # NaN passes no comparison: say what is wrong with it
         description="default: the model's (its card's default_guidance: 7.5 SD, 4.5 SD 3)",
     ),
 ]

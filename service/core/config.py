@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     # the same after a restart); API and worker alone use localhost's 6379.
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     embedded_redis_port: int = Field(default=6390, ge=1, le=65535)
+    # Redis Sentinel (service/core/redis_connection.py): `host:port` of each sentinel; set, the
+    # service uses the current master of `redis_sentinel_master` instead of REDIS_URL.
+    redis_sentinels: CommaList = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
+    redis_password: SecretStr | None = None  # Redis's own (for REDIS_URL, one in it wins)
+    redis_sentinel_password: SecretStr | None = None  # the sentinels' (`requirepass` there)
+    # TLS (rediss:// URLs, or Sentinel with this set): the CA file the server is checked with.
+    redis_ca_file: Path | None = None
+    # The API answers 202 only once this many replicas have the job (Redis WAIT, up to
+    # 1 s; else 503 with Retry-After): an accepted job survives a failover. 0: no waiting.
+    redis_min_replicas: int = Field(default=0, ge=0)
 
     # Storage: S3 when a bucket is set, else a directory under data_dir.
     s3_bucket: str | None = None
@@ -120,8 +131,14 @@ class Settings(BaseSettings):
     # busy worker rides out a Redis restart; past it, its job fails naming Redis.
     worker_redis_outage_s: float = Field(default=120.0, ge=0)
     reaper_interval_s: float = Field(default=10.0, gt=0)
+    # `latentmix up`'s stop (Ctrl-C, SIGTERM, SIGHUP) waits this long for running jobs to
+    # finish; then they are interrupted at their next step and requeued for the next start.
+    # A second Ctrl-C stops at once: running jobs fail ("stopped by shutdown").
+    shutdown_grace_s: float = Field(default=120.0, ge=0)
 
-    @field_validator("api_keys", "cors_origins", "webhook_blocked_networks", mode="before")
+    @field_validator(
+        "api_keys", "cors_origins", "webhook_blocked_networks", "redis_sentinels", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -154,6 +171,17 @@ class Settings(BaseSettings):
     @property
     def effective_redis_url(self) -> str:
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        """Whether `latentmix up` runs its own Redis (neither REDIS_URL nor Sentinel set)."""
+        return self.redis_url is None and not self.redis_sentinels
+
+    def with_launcher_redis(self) -> "Settings":
+        """These settings, pointing at the Redis `latentmix up` runs when it runs one."""
+        if not self.uses_embedded_redis:
+            return self
+        return self.model_copy(update={"redis_url": self.embedded_redis_url})
 
     @property
     def embedded_redis_url(self) -> str:

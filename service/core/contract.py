@@ -82,7 +82,9 @@ class InversionSettings(InversionOptions):
 
     method: str | None = None  # None: the model family's default (its card's first method)
     steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float = Field(
+        default=DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False
+    )
     size: int | None = None  # image side in pixels; None: the model's default
 
     def options(self) -> dict[str, Any]:
@@ -205,7 +207,7 @@ class MixRequest(Contract):
     method: str
     prompt: str
     steps: int = Field(ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
     seed: int | None = None
     rows: list[MixRow] = Field(min_length=1)
     producers: dict[str, str] = Field(default_factory=dict)  # pending input -> its job
@@ -381,7 +383,7 @@ class MorphRequest(Contract):
     attention: str = "none"
     attention_steps: float = Field(default=DEFAULT_ATTENTION_STEPS, ge=0.0, le=1.0)
     steps: int = Field(ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
     seed: int | None = None
     producers: dict[str, str] = Field(default_factory=dict)  # pending keyframe -> its job
 

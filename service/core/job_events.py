@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis.asyncio
@@ -36,8 +36,9 @@ def announce(redis_or_pipeline: Redis | Pipeline, job_id: str) -> None:
 class JobEvents:
     """One API process's subscription to every job's channel, and the waits on it."""
 
-    def __init__(self, redis_url: str) -> None:
-        self._redis_url = redis_url
+    def __init__(self, connect: Callable[[], redis.asyncio.Redis]) -> None:
+        """`connect`: a new asyncio client of the service's Redis (redis_connection.py)."""
+        self._connect = connect
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
 
     @contextmanager
@@ -56,7 +57,7 @@ class JobEvents:
     async def run(self) -> None:
         """Listen until cancelled; after a Redis error, subscribe again."""
         while True:
-            client = redis.asyncio.Redis.from_url(self._redis_url)
+            client = self._connect()
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(CHANNEL_PREFIX + "*")

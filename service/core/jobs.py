@@ -7,6 +7,8 @@ queue; a worker listens on the queue of the model it has loaded.
 """
 
 import json
+import signal
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -19,7 +21,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job
 from rq.job import JobStatus as RQStatus
-from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, import_attribute
 from rq.utils import now as rq_now
@@ -34,6 +36,9 @@ QUEUE_PREFIX = "latentmix:"
 # Redis being away (as opposed to a command that failed): the API answers 503 and retries
 # later, workers wait for it.
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+# A worker retries Redis with exponential backoff up to this pause between tries
+# (worker/runtime.py): after an outage, its next heartbeat may come this much later.
+REDIS_BACKOFF_CAP_S = 8.0
 CANCEL_KEY = "latentmix:cancel:{job_id}"
 ENDED_KEY = "latentmix:job-ended:{job_id}"  # set by whoever reports the job's end first
 PARTIAL_KEY = "latentmix:partial:{job_id}"
@@ -154,7 +159,7 @@ def enqueue(
     if not isinstance(request, job_type.request):
         raise TypeError(f"a {job_type.name} job takes a {job_type.request.__name__}")
     dependency = Dependency(jobs=depends_on, allow_failure=True) if depends_on else None
-    return get_queue(redis, model).enqueue(
+    job = get_queue(redis, model).enqueue(
         job_type.task,
         request.model_dump(mode="json"),
         job_id=job_id,
@@ -165,6 +170,24 @@ def enqueue(
         meta={"progress": {"done": 0, "total": 0}, "webhook": webhook},
         description=f"{job_type.name} on {model}",
     )
+    wait_for_replicas(redis, settings)
+    return job
+
+
+class ReplicationLag(RedisConnectionError):
+    """Fewer replicas than LATENTMIX_REDIS_MIN_REPLICAS acknowledged a write in time (the
+    API answers 503: the job may be lost in a failover, or may run; a retry with the same
+    Idempotency-Key is safe)."""
+
+
+def wait_for_replicas(redis: Redis, settings: Settings, timeout_ms: int = 1000) -> None:
+    """Until `redis_min_replicas` replicas have every write made so far (Redis WAIT)."""
+    wanted = settings.redis_min_replicas
+    if wanted and (acked := redis.wait(wanted, timeout_ms)) < wanted:
+        raise ReplicationLag(
+            f"only {acked} of {wanted} Redis replicas acknowledged the job within "
+            f"{timeout_ms / 1000:g} s (LATENTMIX_REDIS_MIN_REPLICAS)"
+        )
 
 
 def fetch_job(redis: Redis, job_id: str) -> Job | None:
@@ -206,6 +229,27 @@ def report_job_end(
         }
         enqueue_delivery(redis, settings, url, payload)
     return True
+
+
+def heartbeats_current(redis: Redis, settings: Settings, outage_ended_at: float | None) -> bool:
+    """Whether running jobs' heartbeat deadlines can be trusted to tell dead workers: not
+    before Redis has been up, and reachable (`outage_ended_at`, time.monotonic() of the
+    last failed call), for one heartbeat TTL plus a worker's longest pause between Redis
+    tries. During an outage no worker could beat, so every deadline passed (and keys with
+    a TTL expired); a live worker beats again within that time once Redis is back."""
+    grace_s = settings.worker_heartbeat_ttl_s + REDIS_BACKOFF_CAP_S
+    if outage_ended_at is not None and time.monotonic() - outage_ended_at < grace_s:
+        return False
+    return int(redis.info("server")["uptime_in_seconds"]) >= grace_s
+
+
+def ended_elsewhere(redis: Redis, job: Job) -> bool:
+    """Whether the job a worker is still running was already ended by someone else: failed
+    as abandoned (its heartbeat lapsed: the worker was stopped, frozen or cut off) and
+    reported. That first end stands; the worker must not record a second one."""
+    return bool(redis.exists(ENDED_KEY.format(job_id=job.id))) and (
+        job.get_status(refresh=True) == RQStatus.FAILED
+    )
 
 
 def report_abandoned(redis: Redis, settings: Settings, job: Job) -> None:
@@ -316,6 +360,44 @@ def _result(redis: Redis, job: Job, status: JobStatus, result) -> dict[str, Any]
     if status is JobStatus.succeeded and result is not None:
         return result.return_value
     return partial_result(redis, job.id)
+
+
+# Stopping a busy worker at its job's next diffusion step (`latentmix up` sends these, and the
+# kernel sends INTERRUPT_REQUEUE when the launcher dies): the job is requeued for the next
+# worker, or fails with STOPPED_BY_SHUTDOWN when the user asked to stop now.
+INTERRUPT_REQUEUE = signal.SIGUSR1
+INTERRUPT_FAIL = signal.SIGUSR2
+STOPPED_BY_SHUTDOWN = "stopped by shutdown: the service was asked to stop now (a second Ctrl-C)"
+
+
+def prepare_requeue(redis: Redis, job: Job) -> None:
+    """Make an interrupted job start afresh when it runs again: no progress, no partial
+    results, and a count of its interruptions in its meta."""
+    job.meta["progress"] = {"done": 0, "total": 0}
+    job.meta["interrupted"] = job.meta.get("interrupted", 0) + 1
+    job.save_meta()
+    redis.delete(PARTIAL_KEY.format(job_id=job.id))
+
+
+def requeue_orphans(redis: Redis) -> list[str]:
+    """Put the jobs that Redis still holds as running back at the front of their queues, for
+    a Redis that no live worker uses (the embedded one, as `latentmix up` starts it: its
+    last run's workers are gone). Returns their ids."""
+    requeued = []
+    for queue in Queue.all(connection=redis, serializer=JSONSerializer):
+        if not queue.name.startswith(QUEUE_PREFIX):
+            continue
+        registry = StartedJobRegistry(queue.name, connection=redis, serializer=JSONSerializer)
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            redis.zrem(registry.key, f"{job_id}:{execution_id}")
+            job = fetch_job(redis, job_id)
+            if job is None or job.get_status() != RQStatus.STARTED:
+                continue
+            prepare_requeue(redis, job)
+            job.started_at = None
+            queue._enqueue_job(job, at_front=True)  # its dependencies were met when it started
+            requeued.append(job_id)
+    return requeued
 
 
 WORKER_DIED = (

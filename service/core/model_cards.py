@@ -1,10 +1,12 @@
 """Which models are served, and what each is: the cards (model_card.py) workers publish in
 Redis.
 
-A worker publishes its model's card once the model is loaded, and keeps a liveness key
-(`latentmix:serving:{worker}`) alive with its heartbeat; it deletes the key when it stops,
-and a killed worker's key expires with its heartbeat TTL. So "served" means a live worker
-with its model loaded, not a registration left behind by a dead one.
+A worker publishes its model's card once the model is loaded, and rewrites it and a
+liveness key (`latentmix:serving:{worker}`) at each heartbeat, with a TTL of two heartbeat
+intervals (SERVING_BEATS); it deletes the key when it stops, a killed worker's key expires
+within two beats, and `latentmix up` deletes the key of a worker it saw exit at once. So
+"served" means a live worker with its model loaded, not a registration left behind by a
+dead one, and a Redis that lost the keys has them back within one beat.
 
 Cards are kept after their workers are gone (a model's card does not change): the API
 validates requests for a model whose workers are restarting against its last card.
@@ -22,32 +24,51 @@ from latentmix.service.core.morph_plan import ATTENTION_MODES
 CARDS_KEY = "latentmix:model-cards"  # hash: model -> card JSON
 SERVING_KEY = "latentmix:serving:{worker}"  # the model a live worker serves
 _SERVING_PATTERN = SERVING_KEY.format(worker="*")
+SERVING_BEATS = 2  # a worker counts as serving for this many heartbeat intervals
 
 
-def publish_card(redis: Redis, card: ModelCard, worker: str, ttl_s: int) -> None:
-    """Called by a worker whose model is loaded: its card, and that it serves it now."""
-    with redis.pipeline() as pipe:
-        pipe.hset(CARDS_KEY, card.model, card.model_dump_json())
-        pipe.set(SERVING_KEY.format(worker=worker), card.model, ex=ttl_s)
-        pipe.execute()
+def worker_name(host: str, pid: int, nonce: str) -> str:
+    """A worker's name: its host and pid first, so that its supervisor can find the keys
+    of a child it saw die (`forget_workers(redis, f"{host}.{pid}.*")`)."""
+    return f"{host}.{pid}.{nonce}"
 
 
-def keep_serving(redis, worker: str, ttl_s: int) -> None:
-    """The worker's heartbeat: it still serves its model (`redis` may be a pipeline)."""
-    redis.expire(SERVING_KEY.format(worker=worker), ttl_s)
+def publish_card(redis, card: ModelCard, worker: str, ttl_s: float) -> None:
+    """Called by a worker whose model is loaded, and again at each heartbeat: its card, and
+    that it serves it for `ttl_s` more seconds. Rewritten each time, not just extended, so
+    that a Redis that lost them (restarted without its data, failed over) has them again
+    within one heartbeat. `redis` may be a pipeline."""
+    redis.hset(CARDS_KEY, card.model, card.model_dump_json())
+    redis.set(SERVING_KEY.format(worker=worker), card.model, px=int(ttl_s * 1000))
+
+
+def forget_workers(redis: Redis, pattern: str) -> int:
+    """Drop the serving keys of workers known dead (names matching `pattern`), so they stop
+    counting before their TTL runs out; returns how many."""
+    keys = list(redis.scan_iter(match=SERVING_KEY.format(worker=pattern), count=1000))
+    return redis.delete(*keys) if keys else 0
 
 
 def stop_serving(redis: Redis, worker: str) -> None:
     redis.delete(SERVING_KEY.format(worker=worker))
 
 
+def serving_workers(redis: Redis) -> dict[str, str]:
+    """The live workers with their model loaded: name -> model."""
+    keys = list(redis.scan_iter(match=_SERVING_PATTERN, count=1000))
+    prefix = len(SERVING_KEY.format(worker=""))
+    return {
+        key.decode()[prefix:]: model.decode()
+        for key, model in zip(keys, redis.mget(keys) if keys else [], strict=True)
+        if model is not None  # expired between the scan and the read
+    }
+
+
 def served_models(redis: Redis) -> dict[str, int]:
     """Live workers per model, for the models at least one live worker serves."""
-    keys = list(redis.scan_iter(match=_SERVING_PATTERN, count=1000))
     counts: dict[str, int] = {}
-    for model in redis.mget(keys) if keys else []:
-        if model is not None:  # expired between the scan and the read
-            counts[model.decode()] = counts.get(model.decode(), 0) + 1
+    for model in serving_workers(redis).values():
+        counts[model] = counts.get(model, 0) + 1
     return counts
 
 

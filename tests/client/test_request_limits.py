@@ -11,7 +11,7 @@ import pytest
 from helpers import TINY_CARD, live_server, png_bytes
 from redis import Redis
 
-from latentmix.client import LatentMixClient, Limits
+from latentmix.client import InvalidArgument, LatentMixClient, Limits
 from latentmix.client.augment import EXIT_USAGE
 from latentmix.client.augment import main as augment
 from latentmix.service.core.model_cards import CARDS_KEY
@@ -105,3 +105,14 @@ def test_the_client_reads_the_limits_once(server):
         limits = lm.limits()
         assert lm.limits() is limits
     assert limits == Limits(max_latents_per_mix=3, max_mixes_per_request=2, max_wait_s=60.0)
+
+
+@pytest.mark.parametrize(
+    ("weights", "where"),
+    [([float("nan"), 1.0], "entry 0"), ([[0.5, 0.5], [1.0, float("inf")]], "row 1, entry 1")],
+)
+def test_a_weight_that_is_not_a_finite_number_is_the_clients_own_error(weights, where):
+    """JSON cannot carry it: the client says which weight, before sending anything."""
+    with LatentMixClient("http://127.0.0.1:9") as client, pytest.raises(InvalidArgument) as error:
+        client.mix(["a" * 32, "b" * 32], weights)
+    assert f"weights {where} must be a finite number" in str(error.value)

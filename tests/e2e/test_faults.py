@@ -46,6 +46,7 @@ from redis.client import PubSub
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from latentmix.service.cli.info import service_info
 from latentmix.service.cli.stack import Child, ServiceStack
 from latentmix.service.core.config import Settings
 from latentmix.service.core.contract import INVERT
@@ -387,6 +388,84 @@ def test_a_job_that_redis_leaves_for_too_long_fails_naming_redis(patient_stack):
         assert stack.worker.poll() is None and stack.worker.pid == worker_pid
         _, next_job = invert(api, seed=28)
         assert wait_for(api, next_job["id"])["status"] == "succeeded", "the worker did not heal"
+
+
+# --- one true end per job --------------------------------------------------------------------
+
+
+def test_a_redis_outage_longer_than_the_heartbeat_ttl_reaps_no_live_workers_job(stack, api):
+    _, job = invert(api, seed=51, steps=500)
+    wait_until_running(api, job["id"])
+    ended_before = {s: jobs_finished(api, "invert", s) for s in ("failed", "succeeded")}
+
+    stack.stop_redis()  # no heartbeat can reach Redis: every deadline passes
+    time.sleep(HEARTBEAT_TTL_S + 2)
+    stack.start_redis()
+
+    done = wait_for(api, job["id"])
+    assert done["status"] == "succeeded", done  # never "worker died" in between
+    assert jobs_finished(api, "invert", "failed") == ended_before["failed"]
+    assert jobs_finished(api, "invert", "succeeded") == ended_before["succeeded"] + 1
+
+
+def test_a_frozen_workers_job_failed_as_abandoned_keeps_that_one_end_when_it_finishes(stack, api):
+    _, job = invert(api, seed=52, steps=500)
+    wait_until_running(api, job["id"])
+    ended_before = {s: jobs_finished(api, "invert", s) for s in ("failed", "succeeded")}
+
+    stack.worker.send_signal(signal.SIGSTOP)  # alive, but its heartbeat stops
+    try:
+        failed = wait_for(api, job["id"], timeout=DEATH_BOUND_S + 10)
+    finally:
+        stack.worker.send_signal(signal.SIGCONT)
+    assert failed["status"] == "failed" and "worker died" in failed["error"], failed
+    log = stack.root / "worker.log"
+    deadline = time.monotonic() + 120
+    while f"job {job['id']} ended here" not in log.read_text():  # it finished after all
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+    after = api.get(f"/jobs/{job['id']}").json()
+    assert (after["status"], after["error"]) == (failed["status"], failed["error"])  # the first
+    assert jobs_finished(api, "invert", "failed") == ended_before["failed"] + 1
+    assert jobs_finished(api, "invert", "succeeded") == ended_before["succeeded"]
+    stack.kill_worker()  # the next test starts a fresh one
+
+
+# --- readiness ------------------------------------------------------------------------------
+
+BEAT_S = HEARTBEAT_TTL_S / 3  # a worker's heartbeat interval
+
+
+def seconds_until(condition, timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"not within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def serving(stack: Stack) -> bool:
+    """Whether the stack's current worker process is up and counted (not a dead one's key)."""
+    return [w["pid"] for w in service_info(stack.redis())["workers"]] == [stack.worker.pid]
+
+
+def test_readiness_and_info_follow_a_redis_that_lost_everything_and_a_killed_worker(stack, api):
+    seconds_until(lambda: serving(stack), timeout=120)
+    stack.redis().flushall()  # a Redis restarted without its data, or failed over to a blank one
+
+    # The worker publishes itself again at its next beat.
+    seconds_until(lambda: api.get("/readyz").status_code == 200, timeout=BEAT_S + 3)
+    _, job = invert(api, seed=53, steps=500)
+    wait_until_running(api, job["id"])
+    [worker] = service_info(stack.redis())["workers"]
+    assert worker["pid"] == stack.worker.pid and worker["current_job"] == job["id"], worker
+
+    stack.kill_worker()  # stops counting once its serving key (two beats) runs out
+    gone_after = seconds_until(lambda: api.get("/readyz").json()["workers"] == 0, timeout=10)
+    assert gone_after < 2 * BEAT_S + 1.5, gone_after
+    assert api.get("/readyz").status_code == 503
+    assert service_info(stack.redis())["workers"] == []
 
 
 # --- S3 stopped -----------------------------------------------------------------------------

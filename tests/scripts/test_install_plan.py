@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -152,8 +153,16 @@ def test_pip_report_reads_this_machines_pick():
 # The install stamp
 # --------------------------------------------------------------------------------------------
 
-UP = "api,worker,embedded"
+UP = "api,worker,embedded,client"
 TEST = "dev"
+
+
+def test_scripts_up_installs_the_client_its_users_run_next():
+    """After `scripts/up` alone, the Python client example and `latentmix augment` work
+    (they need the client extra: httpx)."""
+    [extras] = re.findall(r'scripts/bootstrap "([^"]+)"', (ROOT / "scripts/up").read_text())
+    assert "client" in extras.split(",")
+    assert extras == UP
 
 
 def test_a_fresh_venv_installs_what_is_asked(tmp_path):
@@ -161,6 +170,7 @@ def test_a_fresh_venv_installs_what_is_asked(tmp_path):
         "api",
         "worker",
         "embedded",
+        "client",
     }
 
 
@@ -189,8 +199,8 @@ def test_switching_from_test_to_up_installs_once(tmp_path):
 
 def test_switching_from_up_to_test_installs_twice_then_never(tmp_path):
     assert installs_for(tmp_path / "stamp", [UP, TEST, UP, TEST, UP]) == [
-        {"api", "worker", "embedded"},
-        {"api", "worker", "embedded", "dev"},
+        {"api", "worker", "embedded", "client"},
+        {"api", "worker", "embedded", "client", "dev"},
     ]
 
 
@@ -225,7 +235,7 @@ def test_a_new_key_reinstalls_everything_the_venv_had(tmp_path):
 def test_an_old_format_stamp_installs_again(tmp_path):
     stamp = tmp_path / "stamp"
     stamp.write_text("0123456789abcdef api,worker,embedded torch==2.13.0\n")
-    assert install_plan.extras_to_install(stamp, "k", UP) == {"api", "worker", "embedded"}
+    assert install_plan.extras_to_install(stamp, "k", UP) == {"api", "worker", "embedded", "client"}
 
 
 def test_extras_and_record_commands_round_trip(tmp_path, capsys, monkeypatch):

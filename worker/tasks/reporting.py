@@ -16,10 +16,18 @@ from rq import get_current_job
 from rq.job import Job
 
 from latentmix.service.core.contract import Contract
-from latentmix.service.core.jobs import REDIS_ERRORS, JobStatus, cancel_requested, report_job_end
+from latentmix.service.core.jobs import (
+    REDIS_ERRORS,
+    STOPPED_BY_SHUTDOWN,
+    JobStatus,
+    cancel_requested,
+    report_job_end,
+)
 from latentmix.worker.runtime import (
+    JobInterrupted,
     RedisUnavailable,
     WorkerContext,
+    check_interrupted,
     context,
     log,
     redis_outage_error,
@@ -83,9 +91,13 @@ def task(request_model: type[Contract], upgrade: Callable[[dict], dict] | None =
                 request = request_model.model_validate(upgrade(raw) if upgrade else raw)
                 outcome["result"] = run(ctx, job, request).model_dump(mode="json")
                 outcome["status"] = JobStatus.succeeded
+                _complete_progress(job)
                 return outcome["result"]
             except JobCanceled:
                 outcome.update(status=JobStatus.canceled, error="canceled")
+                raise
+            except JobInterrupted as exc:
+                outcome = None if exc.requeue else outcome | {"error": STOPPED_BY_SHUTDOWN}
                 raise
             except REDIS_ERRORS as exc:
                 outage = RedisUnavailable(f"{redis_outage_error(ctx.settings)}: {exc}")
@@ -95,26 +107,41 @@ def task(request_model: type[Contract], upgrade: Callable[[dict], dict] | None =
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
                 raise
             finally:
-                duration_s = time.monotonic() - started
-                try:
-                    report_job_end(ctx.redis, ctx.settings, job, duration_s=duration_s, **outcome)
-                except REDIS_ERRORS:  # the worker reports it once Redis is back
-                    log.warning("job %s: its end could not be reported yet", job.id)
+                if outcome is not None:  # None: requeued, it has not ended
+                    _report_end(ctx, job, time.monotonic() - started, outcome)
 
         return rq_task
 
     return adapt
 
 
+def _complete_progress(job: Job) -> None:
+    """A succeeded job shows its progress at its total, even if it skipped planned steps
+    (a morph's keyframes and stored frames are not rendered again)."""
+    progress = job.meta.get("progress") or {}
+    if progress.get("total") and progress.get("done") != progress["total"]:
+        job.meta["progress"] = {"done": progress["total"], "total": progress["total"]}
+        job.save_meta()
+
+
+def _report_end(ctx: WorkerContext, job: Job, duration_s: float, outcome: dict[str, Any]):
+    try:
+        report_job_end(ctx.redis, ctx.settings, job, duration_s=duration_s, **outcome)
+    except REDIS_ERRORS:  # the worker reports it once Redis is back
+        log.warning("job %s: its end could not be reported yet", job.id)
+
+
 def progress_reporter(redis: Redis, job: Job) -> Callable[[int, int], None]:
     """Engine progress callback: writes step counts to the job's meta and stops a canceled
     job, both at most every PROGRESS_INTERVAL_S (Redis round trips cost little, but they add
-    up over every step of every batch)."""
+    up over every step of every batch); stops the job at once when its worker is told to
+    stop now (JobInterrupted)."""
 
     saved_at = -math.inf
 
     def report(done: int, total: int) -> None:
         nonlocal saved_at
+        check_interrupted(job.id)
         now = time.monotonic()
         if now - saved_at < PROGRESS_INTERVAL_S and done != total:
             return

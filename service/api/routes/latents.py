@@ -120,7 +120,12 @@ def create_latents(
     inversion_steps: Annotated[int, Form(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS,
     guidance_scale: Annotated[
         float | None,
-        Form(ge=0.0, le=MAX_GUIDANCE, description="default: the model's (7.5 SD, 4.5 SD 3)"),
+        Form(
+            ge=0.0,
+            le=MAX_GUIDANCE,
+            allow_inf_nan=False,
+            description="default: the model's (7.5 SD, 4.5 SD 3)",
+        ),
     ] = None,
     size: Annotated[
         int | None,

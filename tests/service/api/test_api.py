@@ -2,6 +2,7 @@
 
 No worker runs here: jobs stay queued. End-to-end behaviour is in test_e2e.py."""
 
+import io
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from helpers import (
     upload_latent,
     upload_random_latents,
 )
+from PIL import Image
 from redis import Redis
 from safetensors.numpy import load
 
@@ -80,6 +82,13 @@ def test_the_same_image_twice_in_one_request_is_inverted_once(client, settings):
     assert len(job.args[0]["items"]) == 1
 
 
+def strip_png(width: int, height: int) -> bytes:
+    """A plain picture of any shape (the seeded ones are square)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("files", "status", "phrase"),
     [
@@ -87,6 +96,8 @@ def test_the_same_image_twice_in_one_request_is_inverted_once(client, settings):
         ([("images", ("notes.png", b"hello, not an image", "image/png"))], 415, "notes.png"),
         ([("images", ("anim.gif", png_bytes(1, image_format="GIF"), "image/gif"))], 415, "GIF"),
         ([("images", ("cut.png", png_bytes(1)[:60], "image/png"))], 415, "cut.png"),
+        ([("images", ("dot.png", strip_png(1, 1), "image/png"))], 422, "dot.png' is 1x1"),
+        ([("images", ("strip.png", strip_png(4000, 30), "image/png"))], 422, "aspect ratio"),
     ],
 )
 def test_bad_image_uploads_are_rejected_with_a_problem(client, files, status, phrase):
@@ -113,6 +124,15 @@ def test_out_of_range_settings_name_the_field(client):
     assert_problem(response, 422, "inversion_steps")
     response = post_images(client, png_bytes(1), size="100")
     assert_problem(response, 422, "size")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_guidance_that_is_not_a_finite_number_is_named_so(client, two_latents, value):
+    response = post_images(client, png_bytes(1), guidance_scale=value)
+    assert_problem(response, 422, "guidance_scale", "finite number")
+    body = json.dumps({"latents": two_latents, "guidance_scale": float(value)})  # NaN, Infinity
+    response = client.post("/mix", content=body, headers={"content-type": "application/json"})
+    assert_problem(response, 422, "guidance_scale", "finite number")
 
 
 def test_uploaded_latent_is_stored_with_its_statistics(client):
