@@ -1,6 +1,8 @@
 """The worker process's bookkeeping, without a model: a dead worker's job is reported
 exactly once, whoever fails it first."""
 
+import time
+
 import pytest
 import torch
 from redis import Redis
@@ -11,7 +13,14 @@ from latentmix.service.api.reaper import reap
 from latentmix.service.core.config import Settings
 from latentmix.service.core.contract import MIX, plan_mix
 from latentmix.service.core.job_metrics import JOBS_KEY
-from latentmix.service.core.jobs import WORKER_DIED, LatentMixJob, enqueue, get_queue, view_job
+from latentmix.service.core.jobs import (
+    WORKER_DIED,
+    LatentMixJob,
+    enqueue,
+    get_queue,
+    heartbeats_current,
+    view_job,
+)
 from latentmix.worker.runtime import LatentMixWorker
 
 IDS = [f"{i:032x}" for i in range(2)]
@@ -19,7 +28,13 @@ IDS = [f"{i:032x}" for i in range(2)]
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, model="tiny")
+    settings = Settings(redis_url=redis_url, model="tiny", worker_heartbeat_ttl_s=3)
+    # Heartbeats are judged only once Redis has been up for a heartbeat TTL plus a worker's
+    # longest Redis backoff (a freshly started test server has not).
+    with Redis.from_url(redis_url) as redis:
+        while not heartbeats_current(redis, settings, None):
+            time.sleep(0.5)
+    return settings
 
 
 @pytest.fixture
