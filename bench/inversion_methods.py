@@ -8,10 +8,13 @@ latent (latent RMSE, pixel PSNR and the largest 8-bit pixel error of the decoded
 against the decoded input, as `worker/engine/reconstruction.py` computes them). The methods
 run in turn after a one-step warm-up; model loading is not timed.
 
+    .venv/bin/python bench/inversion_methods.py --model shapes --steps 20 -k 3
     .venv/bin/python bench/inversion_methods.py --model tiny --steps 20 -k 2
     .venv/bin/python bench/inversion_methods.py --model sd15-random --size 64 --steps 10 -k 1
 
-Prints a Markdown table; `--json PATH` also writes the raw numbers.
+On `shapes` the pictures are held-out drawings of its world (seed 1), each with its own
+caption as the prompt; elsewhere seeded pictures with one prompt. Prints a Markdown table;
+`--json PATH` also writes the raw numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,18 +41,28 @@ from latentmix.worker.engine.diffusion import (
     sample,
 )
 from latentmix.worker.engine.models import load_model
+from latentmix.worker.engine.shapes import world
+from latentmix.worker.engine.shapes.evaluation import to_pil
 
 PROMPT = "a photo of a cat"
 MODELS_DIR = Path("data/models")
 
 
-def measure(model, pictures, method: str, steps: int, guidance: float) -> dict:
+def pictures_and_prompts(model_name: str, k: int, size: int) -> tuple[list, list[str]]:
+    """`shapes`: k held-out drawings of its world and their captions; else seeded pictures."""
+    if model_name == "shapes":
+        drawings = world.samples(range(k), seed=1)
+        return [to_pil(d) for d in drawings], [d.caption for d in drawings]
+    return [seeded_image(seed, size) for seed in range(k)], [PROMPT] * k
+
+
+def measure(model, pictures, prompts, method: str, steps: int, guidance: float) -> dict:
     """One method at one guidance: timings per image and the reconstruction errors."""
     settings = InversionSettings(steps=steps, guidance_scale=guidance, method=method)
     started = time.perf_counter()
-    inverted = invert(model, pictures, PROMPT, settings)
+    inverted = invert(model, pictures, prompts, settings)
     inverted_s = time.perf_counter() - started
-    conditioning = encode_prompts(model, [PROMPT] * len(pictures))
+    conditioning = encode_prompts(model, prompts)
     started = time.perf_counter()
     regenerated = sample(model, inverted, conditioning, steps=steps, guidance_scale=guidance)
     generated_s = time.perf_counter() - started
@@ -63,6 +77,7 @@ def measure(model, pictures, method: str, steps: int, guidance: float) -> dict:
         "generate_s_per_image": generated_s / len(pictures),
         "latent_rmse": float(reconstruction.latent_rmse(regenerated, clean).mean()),
         "pixel_psnr_db": float(psnr.min()),
+        "pixel_psnr_db_mean": float(psnr.mean()),
         "pixel_max_error": float(largest.max()),
         "aux_bytes_per_image": sum(
             value[0].numel() * value.element_size() for value in inverted.aux.values()
@@ -74,20 +89,21 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = load_model(args.model, device=args.device, cache_dir=MODELS_DIR)
     size = args.size or model.default_size
-    pictures = [seeded_image(seed, size) for seed in range(args.k)]
+    pictures, prompts = pictures_and_prompts(args.model, args.k, size)
     methods = args.methods or list(model.card.inversion_methods)
-    invert(model, pictures[:1], PROMPT, InversionSettings(steps=1))  # warm-up
-    rows = [
-        measure(model, pictures, method, args.steps, guidance)
-        for guidance in args.guidance
-        for method in methods
-    ]
+    invert(model, pictures[:1], prompts[:1], InversionSettings(steps=1))  # warm-up
+    rows = []
+    for guidance in args.guidance:
+        for method in methods:
+            rows.append(measure(model, pictures, prompts, method, args.steps, guidance))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": args.model,
         "size": size,
         "steps": args.steps,
         "images": args.k,
+        "prompts": prompts,
         "device": args.device,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "torch_threads": torch.get_num_threads(),
