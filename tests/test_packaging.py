@@ -15,14 +15,26 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel, and what building it printed (pip -v shows setuptools' warnings)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )
-    return next(out.glob("latentmix-*.whl"))
+    return next(out.glob("latentmix-*.whl")), build.stdout + build.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built: tuple[Path, str]) -> Path:
+    return built[0]
+
+
+def test_the_build_is_quiet_about_package_data(built: tuple[Path, str]):
+    """A data folder not listed in `packages` costs ~50 lines of warnings per install."""
+    assert "Package would be ignored" not in built[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +54,8 @@ def test_every_source_folder_is_a_listed_package():
         for folder in ("service", "worker", "client")
         for init in (ROOT / folder).rglob("__init__.py")
     }
-    assert folders == set(PYPROJECT["tool"]["setuptools"]["packages"])
+    data = set(PYPROJECT["tool"]["setuptools"]["package-data"])
+    assert folders == set(PYPROJECT["tool"]["setuptools"]["packages"]) - data
 
 
 def test_the_wheel_holds_one_top_level_package(wheel: Path):

@@ -505,6 +505,52 @@ def test_without_s3_the_api_answers_503_jobs_fail_clearly_and_all_heals(stack, a
     assert wait_for(api, job["id"])["status"] == "succeeded", "the worker did not heal"
 
 
+S3_OUTAGE_S = 10
+
+
+def test_s3_down_for_seconds_under_load_every_job_ends_clearly_and_all_heals(stack, api):
+    """Inversions uploading and mixes storing images while S3 is away for S3_OUTAGE_S: each
+    job succeeds or fails naming storage, a failed job's latents are never served, the API
+    answers 503 with Retry-After meanwhile, and everything works again by itself after."""
+    inputs = []
+    for seed in (61, 62):
+        ids, job = invert(api, seed=seed)
+        assert wait_for(api, job["id"])["status"] == "succeeded"
+        inputs += ids
+    inverting = [invert(api, seed=63 + i, steps=20) for i in range(3)]
+    mixing = [api.post("/mix", json={"latents": inputs, "steps": 20}).json() for _ in range(2)]
+    wait_until_running(api, inverting[0][1]["id"])
+
+    stack.stop_s3()
+    try:
+        during = api.get(f"/latents/{inputs[0]}/data")
+        assert_problem(during, 503, "storage unavailable")
+        assert int(during.headers["Retry-After"]) > 0
+        assert api.get("/readyz").status_code == 503
+        time.sleep(S3_OUTAGE_S)
+    finally:
+        stack.start_s3()  # moto starts empty: the bucket is made again
+
+    for latent_ids, job in inverting:
+        ended = wait_for(api, job["id"])
+        if ended["status"] == "failed":
+            assert "connect" in ended["error"].lower() or "storage" in ended["error"].lower()
+            for latent_id in latent_ids:  # never half a latent
+                assert api.get(f"/latents/{latent_id}").json()["status"] == "failed"
+                assert api.get(f"/latents/{latent_id}/data").status_code != 200
+        else:
+            assert ended["status"] == "succeeded", ended
+    for mix in mixing:
+        ended = wait_for(api, mix["id"])
+        assert ended["status"] in ("succeeded", "failed"), ended
+        if ended["status"] == "failed":
+            assert ended["error"], ended
+    seconds_until(lambda: api.get("/readyz").status_code == 200, timeout=30)
+    latent_ids, job = invert(api, seed=70)
+    assert wait_for(api, job["id"])["status"] == "succeeded", "the worker did not heal"
+    assert api.get(f"/latents/{latent_ids[0]}/data").status_code == 200
+
+
 # --- S3 answering errors: retried with backoff, then a clear failure, never half a latent ----
 
 
