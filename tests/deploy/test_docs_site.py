@@ -122,7 +122,7 @@ def named_paths(text: str) -> list[str]:
     """Repository paths a page names in backticks (`service/core/config.py`, `bench/`)."""
     top = {path.name for path in ROOT.iterdir()} - {"data"}
     return [
-        token.rstrip(",.;:")
+        token.split("::")[0].rstrip(",.;:")  # a test's node id names its file
         for token in re.findall(r"`([^`\s]+/[^`\s]*)`", text)
         if token.split("/")[0] in top
     ]
