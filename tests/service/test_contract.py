@@ -1,7 +1,5 @@
 """The job contract: what the API resolves before queueing, and what a worker refuses."""
 
-import time
-
 import pytest
 from pydantic import ValidationError
 
@@ -59,17 +57,31 @@ def test_plan_mix_normalises_each_row_and_computes_its_ids():
     assert (provenance.inputs, provenance.weights, provenance.seed) == (IDS[:2], [0.5, 0.5], 3)
 
 
-def test_planning_an_augment_batch_over_thousands_of_latents_takes_well_under_a_second():
-    """Each row is normalised by its sum once (once per weight, it took seconds)."""
-    latents = [f"{i:032x}" for i in range(4096)]
-    rows = sample_weights(len(latents), 50, "subset", seed=1, subset_size=10)
+class CountedRow(list):
+    """A weight row that counts how often it is walked through."""
 
-    started = time.perf_counter()
+    walks = 0
+
+    def __iter__(self):
+        CountedRow.walks += 1
+        return super().__iter__()
+
+
+def test_planning_an_augment_batch_walks_each_row_a_few_times_not_once_per_weight():
+    """Each row is normalised by its sum once (summing it once per weight took seconds for
+    thousands of latents): counted, not timed."""
+    latents = [f"{i:032x}" for i in range(4096)]
+    rows = [
+        CountedRow(row)
+        for row in sample_weights(len(latents), 50, "subset", seed=1, subset_size=10)
+    ]
+    CountedRow.walks = 0
+
     mix = plan_mix(
         latents=latents, rows=rows, method="nin/chm", prompt="", steps=50, guidance_scale=7.5
     )
 
-    assert time.perf_counter() - started < 1.0
+    assert CountedRow.walks <= 4 * len(rows)
     assert all(sum(row) == pytest.approx(1.0) for row in mix.weights)
 
 
