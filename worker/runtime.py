@@ -37,8 +37,11 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import torch
 from cachetools import LRUCache
@@ -84,7 +87,13 @@ from latentmix.service.core.model_cards import (
 from latentmix.service.core.redis_connection import connect
 from latentmix.service.core.webhooks import webhook_queue
 from latentmix.worker.batching import claim_company, run_together
+from latentmix.worker.engine.attention.keyframes import KeyframeAttentionCache
+from latentmix.worker.engine.frame_distance import FrameDistance, configured_distance
+from latentmix.worker.engine.metrics.clip import ImageEncoder, load_clip
+from latentmix.worker.engine.metrics.inception import InceptionEncoder, load_inception
 from latentmix.worker.engine.models import LoadedModel, load_model
+from latentmix.worker.engine.shapes.classifier import load_classifier
+from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE
 from latentmix.worker.writer import OffloadedWrites
 
 log = logging.getLogger("latentmix.worker")
@@ -96,13 +105,56 @@ STOP_NOW_S = 10.0  # an interrupted worker exits within this, whatever it was wa
 
 @dataclass
 class WorkerContext:
-    """What every task needs, created once per process."""
+    """What every task needs, created once per process: the model, the connections, and
+    the worker's own state (its attention cache, its publishing thread, the helper models
+    loaded on first use). Nothing of it lives in module globals: the engine takes these
+    as arguments, so a library caller builds its own."""
 
     settings: Settings
     model: LoadedModel
     storage: OffloadedWrites
     redis: Redis
     catalog: LatentCatalog
+    # Keyframe attention, shared by the worker's morph and mix jobs.
+    attention_cache: KeyframeAttentionCache
+    # Publishes finished batches one after another, while the next batch computes.
+    publishing: ThreadPoolExecutor
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def clip(self) -> ImageEncoder:
+        """The CLIP image encoder of LATENTMIX_CLIP_MODEL."""
+        return self._once("clip", lambda: load_clip(self.settings.clip_model, self._device))
+
+    def inception(self) -> InceptionEncoder:
+        """The Inception of LATENTMIX_INCEPTION_WEIGHTS."""
+        weights = self.settings.inception_weights
+        return self._once("inception", lambda: load_inception(weights, self._device))
+
+    def frame_distance(self) -> FrameDistance:
+        """LPIPS with LATENTMIX_LPIPS_WEIGHTS, else `rgb-rmse` (frame_distance.py)."""
+        weights = self.settings.lpips_weights
+        path = str(weights) if weights else None
+        return self._once("distance", lambda: configured_distance(path, self._device))
+
+    def shapes_classifier(self):
+        """The `shapes` model's judge."""
+        return self._once("classifier", lambda: load_classifier(CLASSIFIER_FILE))
+
+    @property
+    def _device(self) -> str:
+        return str(self.model.device)
+
+    def _once(self, name: str, load: Callable[[], Any]) -> Any:
+        """`load()` on first use, kept for the process; a failed load is tried again."""
+        with self._loading:
+            if name not in self._loaded:
+                self._loaded[name] = load()
+            return self._loaded[name]
+
+    def close(self) -> None:
+        self.publishing.shutdown()
+        self.storage.close()
 
 
 _context: WorkerContext | None = None
@@ -132,7 +184,15 @@ def start(settings: Settings) -> WorkerContext:
     redis = patient_redis(settings)
     storage = OffloadedWrites(settings)
     catalog = LatentCatalog(storage, redis, memory=_latent_memory(settings.worker_latent_memory_mb))
-    _context = WorkerContext(settings, model, storage, redis, catalog)
+    _context = WorkerContext(
+        settings,
+        model,
+        storage,
+        redis,
+        catalog,
+        attention_cache=KeyframeAttentionCache(settings.worker_attention_cache_mb * 2**20),
+        publishing=ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentmix-publish"),
+    )
     log.info("model %s ready on %s (%s)", settings.model, model.device, model.dtype)
     return _context
 
@@ -188,7 +248,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
             )
     finally:
         stop_serving(ctx.redis, worker.name)
-    ctx.storage.close()
+    ctx.close()
     if worker.device_lost:
         raise SystemExit(EXIT_DEVICE_LOST)
 

@@ -48,6 +48,7 @@ class OffloadedWrites(Storage):
     the same settings, so they always use the same one."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.inner = storage_from_settings(settings)
         self._settings = settings.model_dump(mode="json", include=STORAGE_SETTINGS)
         self._lock = threading.Lock()

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for task in stuck:
             log.warning("shutdown: %s did not stop within %s s", task, SHUTDOWN_TIMEOUT_S)
         app.state.redis.close()
+        app.state.storage.io.shutdown(wait=False)
 
     app = FastAPI(
         title="LatentMix",

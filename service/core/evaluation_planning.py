@@ -25,7 +25,7 @@ from latentmix.service.core.jobs import (
 from latentmix.service.core.latents import LatentCatalog, image_key
 from latentmix.service.core.mix_planning import PlannedJob
 from latentmix.service.core.model_cards import model_card
-from latentmix.service.core.storage import Storage, in_parallel
+from latentmix.service.core.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _job_images(redis: Redis, job_id: str) -> tuple[list[str], str | None, str |
 
 
 def _stored_images(storage: Storage, image_ids: list[str]) -> list[str]:
-    stored = in_parallel(lambda i: storage.exists(image_key(i)), image_ids)
+    stored = storage.in_parallel(lambda i: storage.exists(image_key(i)), image_ids)
     missing = [i for i, ok in zip(image_ids, stored, strict=True) if not ok]
     if missing:
         raise Missing(f"images not found: {missing[:5]}")
@@ -126,7 +126,7 @@ def _stored_images(storage: Storage, image_ids: list[str]) -> list[str]:
 
 def _source_images(catalog: LatentCatalog, latent_ids: list[str]) -> list[str]:
     """The storage keys of the images these latents were inverted from."""
-    records = in_parallel(catalog.record, latent_ids)
+    records = catalog.storage.in_parallel(catalog.record, latent_ids)
     keys = []
     for latent_id, record in zip(latent_ids, records, strict=True):
         if record is None:

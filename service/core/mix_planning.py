@@ -37,7 +37,6 @@ from latentmix.service.core.mix_inputs import (
 )
 from latentmix.service.core.mix_methods import canonical_method, check_weights
 from latentmix.service.core.model_cards import check_attention, guidance_for, model_card
-from latentmix.service.core.storage import in_parallel
 from latentmix.service.core.weight_sampling import sample_weights
 
 WeightRows = list[list[float]]
@@ -171,7 +170,7 @@ def dry_run(catalog: LatentCatalog, mix: MixRequest, settings: Settings) -> list
     used = np.arange(len(mix.latents))
     if mix.method != "slerp":  # slerp's angle needs both inputs whatever the weights
         used = np.flatnonzero(weights.any(axis=0))
-    latents = np.stack(in_parallel(catalog.load, [mix.latents[i] for i in used]))
+    latents = np.stack(catalog.storage.in_parallel(catalog.load, [mix.latents[i] for i in used]))
     return diagnose(
         InputStatistics.of(latents), weights[:, used], mix.method, Thresholds.of(settings)
     )

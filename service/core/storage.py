@@ -29,13 +29,7 @@ _MISSING_BUCKET_CODES = {"NoSuchBucket", "404", "NotFound"}
 _CONDITION_FAILED_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
-# Storage calls are network round trips: independent ones are made side by side.
-STORAGE_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentmix-storage")
-
-
-def in_parallel(fn, *iterables) -> list:
-    """`fn` over the iterables on the storage I/O threads; results in order."""
-    return list(STORAGE_IO.map(fn, *iterables))
+IO_THREADS = 8  # storage calls made side by side, at most
 
 
 class NotFound(KeyError):
@@ -58,7 +52,16 @@ def validate_key(key: str) -> str:
 
 
 class Storage(ABC):
-    """A flat key -> bytes store."""
+    """A flat key -> bytes store, with its own I/O threads: storage calls are network round
+    trips, and independent ones are made side by side (`in_parallel`). The process that
+    opens the store owns them: the API in its app state, a worker on its context."""
+
+    def __init__(self) -> None:
+        self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="latentmix-storage")
+
+    def in_parallel(self, fn, *iterables) -> list:
+        """`fn` over the iterables on this store's I/O threads; results in order."""
+        return list(self.io.map(fn, *iterables))
 
     @abstractmethod
     def put(self, key: str, data: bytes, content_type: str, *, if_absent: bool = False) -> bool:
@@ -94,6 +97,7 @@ class LocalStorage(Storage):
     """
 
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
@@ -194,6 +198,7 @@ class S3Storage(Storage):
             )
         if (access_key_id is None) != (secret_access_key is None):
             raise ValueError("set both access_key_id and secret_access_key, or neither")
+        super().__init__()
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.presign_expiry_s = presign_expiry_s

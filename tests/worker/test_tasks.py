@@ -12,6 +12,7 @@ from latentmix.service.core.contract import InversionSettings, MixRequest, plan_
 from latentmix.service.core.jobs import request_cancel
 from latentmix.worker.engine.diffusion import named_method
 from latentmix.worker.engine.inversion import get_inversion
+from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks import mix as mix_task
 from latentmix.worker.tasks import streaming
 from latentmix.worker.tasks.invert import measured_per_batch
@@ -94,9 +95,10 @@ def test_a_copy_is_listed_together_with_the_row_it_repeats(monkeypatch):
     assert appended == [[{"id": "b"}, {"id": "b"}], [{"id": "a"}, {"id": "a"}]]
 
 
-def test_latents_are_stored_for_every_row_but_the_copies():
+def test_latents_are_stored_for_every_row_but_the_copies(local_storage):
     images = [SimpleNamespace(id=image) for image in "aba"]
-    stream = streaming.ImageStream(SimpleNamespace(), SimpleNamespace(id="job"), images)
+    ctx = SimpleNamespace(storage=local_storage)  # its I/O threads store the latents
+    stream = streaming.ImageStream(ctx, SimpleNamespace(id="job"), images)
     published: list[int] = []
 
     futures = stream.store_latents(lambda row: published.append(row) or row == 1)
@@ -238,12 +240,16 @@ def test_perceptual_respacing_closes_a_loop_with_its_first_frame():
     assert second[1] > 1 / 3 and second[2] > 2 / 3
 
 
+def _context(settings, model) -> WorkerContext:
+    """A worker context with only what the helper models need."""
+    return WorkerContext(settings, model, None, None, None, None, None)  # type: ignore[arg-type]
+
+
 def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
     import torch
     from safetensors.torch import save_file
 
     from latentmix.worker.engine.lpips import ALEX_CHANNELS, AlexFeatures, Lpips
-    from latentmix.worker.tasks.morph import _distance
 
     state = Lpips(AlexFeatures(), ALEX_CHANNELS).state_dict()
     weights = {
@@ -251,12 +257,12 @@ def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
     }
     save_file(weights, str(tmp_path / "alex.safetensors"))
     model = SimpleNamespace(device=torch.device("cpu"))
-    configured = SimpleNamespace(
-        settings=SimpleNamespace(lpips_weights=tmp_path / "alex.safetensors"), model=model
-    )
-    unset = SimpleNamespace(settings=SimpleNamespace(lpips_weights=None), model=model)
-    assert _distance(configured).name == "lpips-alex"
-    assert _distance(unset).name == "rgb-rmse"
+    configured = _context(SimpleNamespace(lpips_weights=tmp_path / "alex.safetensors"), model)
+    unset = _context(SimpleNamespace(lpips_weights=None), model)
+    assert configured.frame_distance().name == "lpips-alex"
+    # Loaded once per worker: the context keeps it for the next morph.
+    assert configured.frame_distance() is configured.frame_distance()
+    assert unset.frame_distance().name == "rgb-rmse"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ morph metrics average, named in every result that uses it.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,9 +41,9 @@ def consecutive_distances(frames: Sequence[Image.Image]) -> list[float]:
 RGB_RMSE = FrameDistance(FALLBACK_NAME, consecutive_distances)
 
 
-@functools.cache
 def configured_distance(lpips_weights: str | None, device: str = "cpu") -> FrameDistance:
-    """LPIPS when weights are configured (loaded once per process), else `rgb-rmse`."""
+    """LPIPS when weights are configured (this loads them: the caller keeps the result, the
+    worker on its context), else `rgb-rmse`."""
     if lpips_weights is None:
         return RGB_RMSE
     from latentmix.worker.engine.lpips import NAME, load_lpips

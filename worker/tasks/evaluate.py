@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 
@@ -12,17 +11,14 @@ from rq.job import Job
 
 from latentmix.service.core.contract import EvaluateRequest, EvaluateResult
 from latentmix.service.core.latents import evaluation_key, image_key
-from latentmix.service.core.storage import in_parallel
 from latentmix.worker.engine.metrics import (
     clip_distances,
     frechet_distance,
     kernel_inception_distance,
 )
-from latentmix.worker.engine.metrics.clip import load_clip
-from latentmix.worker.engine.metrics.inception import load_inception
-from latentmix.worker.engine.shapes.classifier import judge, load_classifier
+from latentmix.worker.engine.shapes.classifier import judge
 from latentmix.worker.engine.shapes.evaluation import to_tensor
-from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE, JUDGE, NATIVE_SIZE
+from latentmix.worker.engine.shapes.model import JUDGE, NATIVE_SIZE
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import progress_reporter, task
 
@@ -45,7 +41,7 @@ def judge_images(ctx: WorkerContext, request: EvaluateRequest) -> EvaluateResult
         raise ValueError(f"model {ctx.settings.model!r} has no judge (its card names none)")
     images = _images(ctx, [image_key(i) for i in request.generated])
     pixels = to_tensor([image.convert("RGB").resize((NATIVE_SIZE,) * 2) for image in images])
-    readings = judge(_shapes_classifier(), pixels)
+    readings = judge(ctx.shapes_classifier(), pixels)
     return EvaluateResult(
         features=None,
         clip_features=None,
@@ -63,19 +59,9 @@ def judge_images(ctx: WorkerContext, request: EvaluateRequest) -> EvaluateResult
     )
 
 
-@functools.cache
-def _shapes_classifier():
-    return load_classifier(CLASSIFIER_FILE)
-
-
 def _scores(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
-    device = str(ctx.model.device)
-    clip = load_clip(ctx.settings.clip_model, device)
-    fid_encoder = (
-        load_inception(ctx.settings.inception_weights, device)
-        if request.features == "inception"
-        else clip
-    )
+    clip = ctx.clip()
+    fid_encoder = ctx.inception() if request.features == "inception" else clip
     progress = progress_reporter(ctx.redis, job)
     generated = _images(ctx, [image_key(i) for i in request.generated])
     references = _images(ctx, request.references)
@@ -124,4 +110,4 @@ def _images(ctx: WorkerContext, keys: list[str]) -> list[Image.Image]:
         image.load()
         return image
 
-    return in_parallel(fetch, keys)
+    return ctx.storage.in_parallel(fetch, keys)

@@ -17,7 +17,6 @@ from latentmix.service.core.contract import (
     ReconstructionSample,
 )
 from latentmix.service.core.latents import LatentRecord, Reconstruction
-from latentmix.service.core.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.diffusion import invert, named_method
 from latentmix.worker.engine.inversion import InversionMethod
 from latentmix.worker.engine.results import Inverted
@@ -36,12 +35,12 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     """Invert uploaded images into noise latents and publish them, batch by batch."""
     items = request.items
     # Fetched side by side; a batch waits only for its own images.
-    images = [STORAGE_IO.submit(_fetch_image, ctx, item.upload_key) for item in items]
+    images = [ctx.storage.io.submit(_fetch_image, ctx, item.upload_key) for item in items]
     progress = progress_reporter(ctx.redis, job)
     batches = in_batches(len(items), ctx.model.inversion_batch_size)
     method = named_method(request.settings, ctx.model.card)
     measured = measured_per_batch(request.measure_reconstruction, method, batches)
-    with BatchPublisher() as publisher:
+    with BatchPublisher(ctx.publishing) as publisher:
         for number, rows in enumerate(batches):
             result = invert(
                 ctx.model,
@@ -105,7 +104,7 @@ def _publish_inverted(
         )
         ctx.catalog.publish(record, latent, aux)
 
-    in_parallel(publish, range(len(items)), items)
+    ctx.storage.in_parallel(publish, range(len(items)), items)
 
 
 def _reconstruction(result: Inverted, index: int, sample_of: int | None) -> Reconstruction | None:

@@ -18,9 +18,7 @@ from latentmix.service.core.contract import (
 )
 from latentmix.service.core.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.core.latents import LatentRecord
-from latentmix.service.core.storage import in_parallel
 from latentmix.worker.batching import generate_rows
-from latentmix.worker.engine.attention.keyframes import worker_cache
 from latentmix.worker.engine.diffusion import encode_prompts
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
@@ -75,7 +73,7 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     again: it is appended at once."""
     records = [ready_record(ctx, i, request.producers.get(i)) for i in request.latents]
     check_one_shape(records)
-    inputs = np.stack(in_parallel(lambda r: ctx.catalog.load(r.id), records))
+    inputs = np.stack(ctx.storage.in_parallel(lambda r: ctx.catalog.load(r.id), records))
     stack = torch.from_numpy(inputs)
     mixed = mix(stack, request.weights, request.method)
     mixed_state = _mixed_state(ctx, request, records, mixed)
@@ -90,7 +88,7 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
         )
     )
     progress = progress_reporter(ctx.redis, job)
-    with BatchPublisher() as publisher:
+    with BatchPublisher(ctx.publishing) as publisher:
         batches = rows_to_render(
             rendered,
             ctx.model.max_batch_size,
@@ -146,7 +144,7 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
         row_weights=[request.rows[i].weights if request.interpolates(i) else None for i in rows],
         keyframes=inputs,
         attention_steps=request.attention_steps,
-        cache=worker_cache(ctx.settings.worker_attention_cache_mb),
+        cache=ctx.attention_cache,
         progress=progress,
     )
 
@@ -160,7 +158,7 @@ def _mixed_state(
     if request.inversion is None:
         return Inverted(latent=mixed, method=default_inversion(ctx.model.card).name)
     method = get_inversion(request.inversion, ctx.model.card)
-    states = in_parallel(lambda r: ctx.catalog.load_aux(r.id), records)
+    states = ctx.storage.in_parallel(lambda r: ctx.catalog.load_aux(r.id), records)
     tensors = [{name: torch.from_numpy(v) for name, v in state.items()} for state in states]
     aux = mix_states(tensors, request.weights, request.method, method.latent_state)
     return Inverted(

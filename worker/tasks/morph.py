@@ -14,14 +14,9 @@ from rq.job import Job
 from latentmix.service.core.contract import MorphFrame, MorphMetrics, MorphRequest, MorphResult
 from latentmix.service.core.latents import image_key
 from latentmix.service.core.morph_plan import PlannedFrame, respace_by_distance
-from latentmix.service.core.storage import in_parallel
-from latentmix.worker.engine.attention.keyframes import select_rows, worker_cache
+from latentmix.worker.engine.attention.keyframes import select_rows
 from latentmix.worker.engine.families.base import Conditioning
-from latentmix.worker.engine.frame_distance import (
-    RGB_RMSE,
-    FrameDistance,
-    configured_distance,
-)
+from latentmix.worker.engine.frame_distance import RGB_RMSE, FrameDistance
 from latentmix.worker.engine.inversion import default_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
@@ -51,9 +46,11 @@ def morph_keyframes(ctx: WorkerContext, job: Job, request: MorphRequest) -> Morp
     re-spaces each segment by their consecutive distances, then renders the frames kept."""
     records = [ready_record(ctx, i, request.producers.get(i)) for i in request.keyframes]
     check_one_shape(records)
-    stack = torch.stack(in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records))
+    stack = torch.stack(
+        ctx.storage.in_parallel(lambda r: torch.from_numpy(ctx.catalog.load(r.id)), records)
+    )
     renderer = _Renderer(ctx, request, stack)
-    distance = _distance(ctx)
+    distance = ctx.frame_distance()
     planned = request.plan()
     passes = 1
     if request.spacing == "perceptual":  # the uniform pass: progress shown, a cancel heard
@@ -136,7 +133,7 @@ class _Renderer:
             row_weights=[None if p.keyframe is not None else p.weights(k) for p in planned],
             keyframes=self.keyframes,
             attention_steps=request.attention_steps,
-            cache=worker_cache(self.ctx.settings.worker_attention_cache_mb),
+            cache=self.ctx.attention_cache,
             progress=progress,
             on_references=self._note_sizes,
         )
@@ -160,7 +157,7 @@ class _Renderer:
         images: dict[int, Image.Image] = {}
 
         progress = progress_reporter(ctx.redis, job)
-        with BatchPublisher() as publisher:
+        with BatchPublisher(ctx.publishing) as publisher:
             batches = rows_to_render(
                 rendered,
                 ctx.model.max_batch_size,
@@ -177,7 +174,7 @@ class _Renderer:
                 publisher.submit(functools.partial(stream.publish, rows, pictures))
         images.update({c: images[row] for c, row in stream.copies.items() if row in images})
         stored = [i for i in range(len(frames)) if i not in images]
-        pictures = in_parallel(lambda i: _stored(ctx, frames[i]), stored)
+        pictures = ctx.storage.in_parallel(lambda i: _stored(ctx, frames[i]), stored)
         images.update(zip(stored, pictures, strict=True))
         return [images[i] for i in range(len(frames))]
 
@@ -186,11 +183,6 @@ def _stored(ctx: WorkerContext, frame: MorphFrame) -> Image.Image:
     image = Image.open(io.BytesIO(ctx.storage.get(image_key(frame.id))))
     image.load()
     return image
-
-
-def _distance(ctx: WorkerContext) -> FrameDistance:
-    weights = ctx.settings.lpips_weights
-    return configured_distance(str(weights) if weights else None, str(ctx.model.device))
 
 
 def _respaced(

@@ -8,7 +8,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from redis import Redis
@@ -38,23 +38,22 @@ class JobCanceled(Exception):
     """Raised at a diffusion step after a client canceled the running job."""
 
 
-# Publishes finished batches one after another, while the next batch computes.
-_PUBLISHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentmix-publish")
 # Progress is saved, and a cancel looked for, at most this often (and at the last step).
 PROGRESS_INTERVAL_S = 0.25
 
 
 class BatchPublisher:
     """Runs a job's publishing work (uploads, then announcing the batch) in the background,
-    one piece after another in the order given, so that the accelerator computes the next
-    batch meanwhile. Leaving the `with` block waits for all of it and re-raises the first
-    failure."""
+    one piece after another in the order given (on `publishing`, the worker's one publishing
+    thread), so that the accelerator computes the next batch meanwhile. Leaving the `with`
+    block waits for all of it and re-raises the first failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, publishing: Executor) -> None:
+        self._publishing = publishing
         self._pending: list[Future] = []
 
     def submit(self, work: Callable[[], None]) -> None:
-        self._pending.append(_PUBLISHING.submit(work))
+        self._pending.append(self._publishing.submit(work))
 
     def __enter__(self) -> BatchPublisher:
         return self

@@ -15,7 +15,6 @@ from latentmix.service.core.contract import MixImage, MorphFrame
 from latentmix.service.core.images import encode_png
 from latentmix.service.core.jobs import append_partial_result, fetch_job, view_job
 from latentmix.service.core.latents import LatentRecord, image_key
-from latentmix.service.core.storage import STORAGE_IO, in_parallel
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 
@@ -85,7 +84,7 @@ class ImageStream:
         row but the copies, on the storage threads: the latents are stored while the first
         batches generate. A copy's entry is None (`rows_to_render` skips it)."""
         return [
-            None if row in self.copies else STORAGE_IO.submit(publish, row)
+            None if row in self.copies else self.ctx.storage.io.submit(publish, row)
             for row in range(len(self.images))
         ]
 
@@ -100,7 +99,7 @@ class ImageStream:
             key = image_key(self.images[index].id)
             self.ctx.storage.put(key, encode_png(picture), "image/png")
 
-        in_parallel(upload, rows, pictures)
+        self.ctx.storage.in_parallel(upload, rows, pictures)
         self.list(rows)
 
 

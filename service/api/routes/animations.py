@@ -13,7 +13,6 @@ from latentmix.service.api.job_views import existing_job
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.core.jobs import JobStatus
 from latentmix.service.core.latents import image_key
-from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["jobs"])
 MAX_ANIMATION_FRAMES = 1000
@@ -53,7 +52,7 @@ def get_job_animation(
     key = animation_key(job_id, fmt, fps, loop, bounce)
     if storage.exists(key):
         return Response(storage.get(key), media_type=FORMATS[fmt])
-    frames = in_parallel(lambda image: _open(storage.get(image_key(image["id"]))), images)
+    frames = storage.in_parallel(lambda image: _open(storage.get(image_key(image["id"]))), images)
     sizes = {frame.size for frame in frames}
     if len(sizes) > 1:
         raise problem(422, f"job {job_id} has images of different sizes: {sorted(sizes)}")

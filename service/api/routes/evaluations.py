@@ -17,7 +17,7 @@ from latentmix.service.core.evaluation_planning import EvaluationAsk, plan_evalu
 from latentmix.service.core.ids import ID_RE
 from latentmix.service.core.jobs import JobStatus, fetch_job, job_type_of, view_job
 from latentmix.service.core.latents import evaluation_key, upload_key
-from latentmix.service.core.storage import NotFound, in_parallel
+from latentmix.service.core.storage import NotFound
 
 router = APIRouter(tags=["evaluations"])
 
@@ -133,5 +133,7 @@ def get_evaluation(
 def _store_references(storage, uploads: list[UploadFile], settings) -> list[str]:
     data = [read_image(upload, settings.max_image_pixels) for upload in uploads]  # all checked
     keys = [upload_key(item) for item in data]
-    in_parallel(lambda key, item: storage.put(key, item, "application/octet-stream"), keys, data)
+    storage.in_parallel(
+        lambda key, item: storage.put(key, item, "application/octet-stream"), keys, data
+    )
     return keys

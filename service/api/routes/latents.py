@@ -45,7 +45,6 @@ from latentmix.service.core.latents import (
 )
 from latentmix.service.core.model_card import ModelCard
 from latentmix.service.core.model_cards import guidance_for
-from latentmix.service.core.storage import in_parallel
 
 router = APIRouter(tags=["latents"])
 
@@ -158,7 +157,9 @@ def create_latents(
         for data, image_prompt in zip(image_data, prompts, strict=True)
     ]
     # A new image's lookup misses Redis and asks storage: those round trips side by side.
-    stored = in_parallel(lambda latent_id: catalog.record(latent_id) is not None, latent_ids)
+    stored = catalog.storage.in_parallel(
+        lambda latent_id: catalog.record(latent_id) is not None, latent_ids
+    )
     for upload, data, image_prompt, latent_id, is_stored in zip(
         images, image_data, prompts, latent_ids, stored, strict=True
     ):
@@ -336,7 +337,7 @@ def _store_uploaded_latent(
 def _store_uploads(storage, work: list[dict]) -> list[InvertItem]:
     """Store the images to invert (side by side); the job's items name them."""
     keys = [upload_key(item["data"]) for item in work]
-    in_parallel(
+    storage.in_parallel(
         lambda key, item: storage.put(key, item["data"], "application/octet-stream"), keys, work
     )
     return [

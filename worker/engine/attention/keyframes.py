@@ -9,7 +9,6 @@ pass per keyframe, and a second morph of the same keyframes none.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -67,12 +66,6 @@ class KeyframeAttentionCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-@functools.cache
-def worker_cache(capacity_mb: int) -> KeyframeAttentionCache:
-    """The process's cache (one per worker, shared by its morph and mix jobs)."""
-    return KeyframeAttentionCache(capacity_mb * 2**20)
 
 
 def active_timesteps(model: LoadedModel, steps: int, fraction: float) -> frozenset[int]:

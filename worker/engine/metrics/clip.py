@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -56,10 +55,9 @@ class ImageEncoder:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.projection_dim))
 
 
-@lru_cache(maxsize=2)
 def load_clip(name: str, device: str = "cpu") -> ImageEncoder:
-    """The encoder `name` (hub id, local directory or "tiny-clip") on `device`, loaded once
-    per process."""
+    """The encoder `name` (hub id, local directory or "tiny-clip") on `device`, loaded anew
+    (the caller keeps it: the worker on its context)."""
     if name == TINY_CLIP_NAME:
         model, processor = _tiny_clip()
     else:

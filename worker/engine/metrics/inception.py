@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +47,9 @@ class InceptionEncoder:
         return np.concatenate(chunks)
 
 
-@lru_cache(maxsize=2)
 def load_inception(path: str | None, device: str = "cpu") -> InceptionEncoder:
-    """The TorchScript Inception at `path` (or "tiny-inception") on `device`."""
+    """The TorchScript Inception at `path` (or "tiny-inception") on `device`, loaded anew
+    (the caller keeps it: the worker on its context)."""
     if path == TINY_INCEPTION_NAME:
         return InceptionEncoder(path, _TinyInception().eval().to(device))
     if not path or not Path(path).is_file():
