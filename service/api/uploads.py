@@ -10,7 +10,6 @@ from PIL import Image, UnidentifiedImageError
 from latentmix.service.api.problems import problem
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
-MIN_SIZE, MAX_SIZE = 64, 2048  # image sides in pixels; uploaded latents likewise
 
 
 def read_image(upload: UploadFile, max_pixels: int) -> bytes:

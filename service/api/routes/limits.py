@@ -5,9 +5,9 @@ from fastapi import APIRouter
 from latentmix.service.api.deps import SettingsDep
 from latentmix.service.api.problems import PROBLEM_RESPONSES
 from latentmix.service.api.schemas import LimitsPublic
-from latentmix.service.api.uploads import MAX_SIZE, MIN_SIZE
 from latentmix.service.core.config import Settings
 from latentmix.service.core.contract import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
+from latentmix.service.core.latent_planning import MAX_SIZE, MIN_SIZE
 
 router = APIRouter(tags=["limits"])
 
