@@ -49,7 +49,7 @@ from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import SimpleWorker, worker_registration
-from rq.exceptions import AbandonedJobError, StopRequested
+from rq.exceptions import AbandonedJobError
 from rq.executions import ExecutionRegistry
 from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
@@ -101,6 +101,8 @@ log = logging.getLogger("latentmix.worker")
 EXIT_DEVICE_LOST = os.EX_TEMPFAIL  # 75: "restart me"; `latentmix up` does
 EXIT_INTERRUPTED = 1  # stopped now, past STOP_NOW_S
 STOP_NOW_S = 10.0  # an interrupted worker exits within this, whatever it was waiting for
+# How long an idle worker listens for a job at a time: the most it takes to see a stop.
+LISTEN_S = 1
 
 
 @dataclass
@@ -415,12 +417,34 @@ class LatentMixWorker(SimpleWorker):
             _interruption = _Interruption(requeue, set())
         _interruption.requeue = _interruption.requeue and requeue  # failing wins
         log.warning("stopping now: the running job is %s", "requeued" if requeue else "failed")
-        self._stop_requested = True
+        self._stop_requested = True  # an idle worker sees it within LISTEN_S (_shutdown)
         deadline = threading.Timer(STOP_NOW_S, os._exit, (EXIT_INTERRUPTED,))
         deadline.daemon = True
         deadline.start()
-        if self.get_state() != WorkerStatus.BUSY:
-            raise StopRequested()
+
+    def _shutdown(self) -> None:
+        """A first SIGTERM/SIGINT (RQ's warm shutdown). RQ raises StopRequested into an idle
+        worker, wherever it is: landing just after the pop that took a job from its queue,
+        that lost the job (in no queue and no registry). Here an idle worker only notes the
+        request; it listens in turns of LISTEN_S and stops between them, and a job already
+        popped runs first."""
+        if self.get_state() == WorkerStatus.BUSY:
+            super()._shutdown()
+        else:
+            self._stop_requested = True
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ's listening, in turns of at most LISTEN_S, each ending by itself, so that a
+        stop request is seen between turns rather than raised into one."""
+        if timeout is None:  # burst: one look at the queues, nothing to wait in
+            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        idle_since = time.monotonic()
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(LISTEN_S, max_idle_time=LISTEN_S)
+            idle_for = time.monotonic() - idle_since
+            if result is not None or (max_idle_time is not None and idle_for >= max_idle_time):
+                return result
+        return None
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a started job's entries live without a heartbeat (RQ: timeout + 60 s)."""

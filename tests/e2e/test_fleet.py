@@ -218,9 +218,9 @@ def jobs_by(fleet: Fleet, worker_name: str, job_ids) -> list[Job]:
 
 def quiet(fleet: Fleet, load: Load, hook) -> bool:
     """Every accepted job has ended and its webhook arrived: no job or delivery is anywhere
-    between RQ's pop from a queue and its entry in the started registry. (A SIGTERM in that
-    window loses the job with RQ 3.0: it is off the queue, in no registry, and the worker
-    exits without running it; an empty queue and started registry do not rule it out.)"""
+    between RQ's pop from a queue and its entry in the started registry (an empty queue and
+    started registry do not rule that out; the worker runs a job popped as a SIGTERM lands,
+    tests/worker/test_runtime.py)."""
     jobs = Job.fetch_many(list(load.accepted), connection=fleet.redis())
     ended = all(job.get_status(refresh=False) in ("finished", "failed") for job in jobs)
     return ended and len(hook.deliveries) >= len(jobs)

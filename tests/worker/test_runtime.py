@@ -1,6 +1,8 @@
 """The worker process's bookkeeping, without a model: a dead worker's job is reported
 exactly once, whoever fails it first."""
 
+import os
+import signal
 import time
 
 import pytest
@@ -110,3 +112,50 @@ def test_the_worker_loads_its_model_with_the_t5_setting(settings, monkeypatch, t
     with pytest.raises(RuntimeError, match="stop here"):
         runtime.start(without_t5)
     assert seen["name"] == "tiny-sd3" and seen["t5"] is False
+
+
+def test_a_stop_landing_just_after_the_pop_lets_the_popped_job_run(redis, settings):
+    """SIGTERM in the instant between RQ's pop (the job left its queue) and the job's start:
+    RQ's own warm shutdown raised into the idle worker there and the job was lost, in no
+    queue and no registry. Here the popped job runs, then the worker stops."""
+    request = plan_mix(
+        latents=IDS, rows=[[1, 1]], method="lerp", prompt="", steps=2, guidance_scale=1.0
+    )
+    job = enqueue(redis, settings, job_type=MIX, model="tiny", request=request, job_id="b" * 32)
+    queue = get_queue(redis, "tiny")
+
+    class SignalledAfterThePop(type(queue)):
+        @classmethod
+        def dequeue_any(cls, *args, **kwargs):
+            popped = super().dequeue_any(*args, **kwargs)
+            if popped is not None:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns
+            return popped
+
+    ran = []
+
+    class RecordingWorker(LatentMixWorker):
+        def execute_job(self, job, queue):
+            ran.append(job.id)
+
+    signalled = SignalledAfterThePop(
+        queue.name, connection=redis, job_class=LatentMixJob, serializer=queue.serializer
+    )
+    worker = RecordingWorker(
+        [signalled],
+        connection=redis,
+        job_class=LatentMixJob,
+        queue_class=SignalledAfterThePop,
+        serializer=queue.serializer,
+        settings=settings,
+        device=torch.device("cpu"),
+    )
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.work(burst=False)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    assert ran == [job.id]
+    assert worker._stop_requested
