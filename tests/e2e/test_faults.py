@@ -248,8 +248,11 @@ def test_jobs_and_results_cross_redis_as_json_never_pickles(stack, api):
 
     assert json.loads(payload)[0] == INVERT.task
     assert results, "no result stored"
+    assert len(ids) == 1  # one image: the sampled round trip is its own
+    sampled = {"measure": "sample", "measured": ids, "of": 1}
     for _, fields in results:
-        assert json.loads(base64.b64decode(fields[b"return_value"])) == {"latents": ids}
+        value = json.loads(base64.b64decode(fields[b"return_value"]))
+        assert value == {"latents": ids, "reconstruction": sampled}
     assert not payload.startswith(b"\x80"), "a pickle"
 
 
