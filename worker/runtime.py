@@ -446,6 +446,16 @@ class LatentMixWorker(SimpleWorker):
                 return result
         return None
 
+    def subscribe(self) -> None:
+        """RQ's command channel, read in turns of LISTEN_S. RQ reads it in turns of 60 s and,
+        on exit, waits for the reading thread to end its turn: every worker took up to a
+        minute to stop, idle or not."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=LISTEN_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         """How long a started job's entries live without a heartbeat (RQ: timeout + 60 s)."""
         return self.heartbeat_ttl_s
