@@ -3,8 +3,7 @@
     nice -n 10 .venv/bin/python bench/augmentation_value.py                 # 1, 4 and 16 shots
     .venv/bin/python bench/augmentation_value.py --replot      # table and plot from the JSON
 
-The committed results hold 1 and 4 shots: the run was cut before the 16-shot draws on the
-shared 2-core machine (docs/augmentation.md says so, with its timings).
+    nice -n 10 .venv/bin/python bench/augmentation_value.py --shots 16 --add   # into the JSON
     .venv/bin/python bench/augmentation_value.py --shots 4 --seeds 1 --steps 4   # a smoke run
 
 For each number of real drawings per class (`--shots`) and each seed: draw that many real
@@ -182,21 +181,22 @@ def run(args: argparse.Namespace, save) -> dict[str, Any]:
     test_images, test_labels = drawings(args.test_per_class, TEST_WORLD_SEED)
     test = (pixels(test_images), torch.tensor(test_labels))
     rows: list[dict[str, Any]] = []
-    seconds: dict[str, list[float]] = {}
     for shots in args.shots:
         for seed in range(args.seeds):
             for name, train, made_s in draw(model, shots, seed, args):
                 accuracy = train_and_score(train, test, seed, args.iterations)
-                rows.append({"shots": shots, "seed": seed, "train": name, "accuracy": accuracy})
-                if made_s is not None:
-                    seconds.setdefault(name, []).append(made_s)
+                rows.append(
+                    {
+                        "shots": shots,
+                        "seed": seed,
+                        "train": name,
+                        "accuracy": accuracy,
+                        "seconds_per_image": made_s,
+                    }
+                )
                 print(f"shots {shots} seed {seed} {name}: {accuracy:.3f}", flush=True)
-            save({"rows": rows, "seconds_per_image": _means(seconds)})
-    return {"rows": rows, "seconds_per_image": _means(seconds)}
-
-
-def _means(values: dict[str, list[float]]) -> dict[str, float]:
-    return {key: float(np.mean(v)) for key, v in values.items()}
+            save(rows)
+    return rows
 
 
 def draw(model: LoadedModel, shots: int, seed: int, args: argparse.Namespace):
@@ -244,17 +244,32 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "mean": float(np.mean(values)),
                     "std": float(np.std(values)),
                     "gain": float(np.mean(values) - base),
+                    "seconds_per_image": _mean_seconds(rows, shots, name),
                 }
             )
     return table
 
 
-def markdown(table: list[dict[str, Any]], seconds: dict[str, float]) -> str:
+def _mean_seconds(rows: list[dict[str, Any]], shots: int, name: str) -> float | None:
+    """Wall seconds per synthetic image (inversion included) over the seeds; None for real
+    only, or rows measured before the runs kept it."""
+    values = [
+        r["seconds_per_image"]
+        for r in rows
+        if r["shots"] == shots and r["train"] == name and r.get("seconds_per_image") is not None
+    ]
+    return float(np.mean(values)) if values else None
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    """The table of docs/augmentation.md; the time column is that of the most shots."""
     shots = sorted({r["shots"] for r in table})
     names = list(dict.fromkeys(r["train"] for r in table))
     cell = {(r["shots"], r["train"]): r for r in table}
     lines = [
-        "| train set | " + " | ".join(f"{s} shot{'s' * (s > 1)}" for s in shots) + " | s / image |",
+        "| train set | "
+        + " | ".join(f"{s} shot{'s' * (s > 1)}" for s in shots)
+        + f" | s / image ({shots[-1]} shots) |",
         "|---" * (len(shots) + 2) + "|",
     ]
     for name in names:
@@ -263,7 +278,8 @@ def markdown(table: list[dict[str, Any]], seconds: dict[str, float]) -> str:
             r = cell[(s, name)]
             gain = "" if name == "real only" else f" ({r['gain'] * 100:+.1f})"
             parts.append(f"{r['mean'] * 100:.1f} ± {r['std'] * 100:.1f}{gain}")
-        time_cell = f"{seconds[name]:.3f}" if name in seconds else "-"
+        seconds = cell[(shots[-1], name)].get("seconds_per_image")
+        time_cell = "-" if seconds is None else f"{seconds:.3f}"
         lines.append(f"| {name} | " + " | ".join(parts) + f" | {time_cell} |")
     return "\n".join(lines)
 
@@ -276,7 +292,7 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
 
     shots = sorted({r["shots"] for r in table})
     names = list(dict.fromkeys(r["train"] for r in table))
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    figure, axis = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         rows = [next(r for r in table if r["shots"] == s and r["train"] == name) for s in shots]
@@ -292,7 +308,7 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     axis.set_xticks(np.arange(len(shots)), [f"{s} real / class" for s in shots])
     axis.set_ylabel("held-out accuracy (%)")
     axis.set_title("shapes world, 4 classes: small CNN from scratch, real vs real + 5x LatentMix")
-    axis.legend(fontsize=7, ncol=2, loc="lower right")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -316,22 +332,38 @@ def main() -> None:
         action="store_true",
         help="only redraw the plot and print the table from the saved --json",
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the saved --json's rows of other shots (a run of the missing shots)",
+    )
     args = parser.parse_args()
     if args.replot:
         found = json.loads(args.json.read_text())
-        plot(found["table"], args.plot)
-        print(markdown(found["table"], found["seconds_per_image"]))
+        table = summary(found["rows"])
+        plot(table, args.plot)
+        print(markdown(table))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    kept = _kept_rows(args)
     started = time.perf_counter()
-    found = run(args, lambda partial: save(args, partial, started))
-    save(args, found, started)
-    plot(summary(found["rows"]), args.plot)
-    print(markdown(summary(found["rows"]), found["seconds_per_image"]))
+    rows = run(args, lambda partial: save(args, kept + partial, started))
+    save(args, kept + rows, started)
+    table = summary(kept + rows)
+    plot(table, args.plot)
+    print(markdown(table))
 
 
-def save(args: argparse.Namespace, found: dict[str, Any], started: float) -> None:
-    table = summary(found["rows"])
+def _kept_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """With --add, the saved rows of the shots this run does not measure."""
+    if not args.add or not args.json.exists():
+        return []
+    rows = json.loads(args.json.read_text())["rows"]
+    return [r for r in rows if r["shots"] not in args.shots]
+
+
+def save(args: argparse.Namespace, rows: list[dict[str, Any]], started: float) -> None:
+    table = summary(rows)
     result = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "classes": [world.caption(s, c) for s, c in CLASSES],
@@ -340,8 +372,7 @@ def save(args: argparse.Namespace, found: dict[str, Any], started: float) -> Non
         f"{torch.get_num_threads()}",
         "wall_s": time.perf_counter() - started,
         "table": table,
-        "seconds_per_image": found["seconds_per_image"],
-        "rows": found["rows"],
+        "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
