@@ -463,15 +463,20 @@ class LatentMixClient:
         references: Sequence[ImageInput] = (),
         label: str | None = None,
         features: str = "clip",
+        judge: bool = False,
     ) -> Job:
         """Queue an evaluation (FID, KID, CLIP distance) of a mix job's images (waited for
         if unfinished) or of image ids, against the source images of `reference_latents`
-        and/or uploaded `references`; FID and KID on `features` ("clip" or "inception").
+        and/or uploaded `references`; FID and KID on `features` ("clip", "inception", or
+        "judge": the model's judge's features for them and the distance). With `judge`,
+        instead, each image's class as the model's judge reads it (no references needed).
         `wait` on the returned job gives the figures."""
         fields: dict[str, Any] = {
             "reference_latents": [_id(latent) for latent in reference_latents],
             "features": features,
         }
+        if judge:
+            fields["judge"] = "true"
         if job is not None:
             fields["job"] = _id(job)
         if images is not None:
@@ -485,8 +490,8 @@ class LatentMixClient:
         """Each image's class as the model's judge reads it (`POST /evaluations` with
         judge; the model's card names its judge and labels: card.augmentation), with the
         judge's probability, in order. Waits for the answer."""
-        fields = {"images": [_id(image) for image in images], "judge": "true"}
-        result = self.wait(Job.from_json(self._post("/evaluations", data=fields))).result or {}
+        result = self.wait(self.evaluate(images=[_id(image) for image in images], judge=True))
+        result = result.result or {}
         return list(zip(result["judged"], result["judge_confidences"], strict=True))
 
     # ---------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ inverts its images once (the service caches latents by content; OUT/latents.json
 ids, so a rerun uploads nothing), then for every (K, method) cell draws `--centroids` uniform
 centroids of random K-subsets (the `subset` scheme; the seed depends on the class and K only,
 so every method mixes the same subsets), generates their images, and scores them against the
-class's real images with `POST /evaluations` (FID, KID, CLIP distance on CLIP features). It
+class's real images with `POST /evaluations` (FID, KID, CLIP distance on CLIP features; on a
+model whose card names a judge, e.g. `shapes`, all three on the judge's features, and the
+judge reads every image's class: the accuracy). Each row also holds the channel-mean bias
+of the mixed latents (from the mixes' diagnostics). The prompt template is the card's. It
 writes
 
     OUT/results.csv     one row per (class, K, method), rewritten atomically after each cell
-    OUT/figure7.png     CLIP distance and FID against K, one line per method (class means)
+    OUT/figure7.png     each measure against K, one line per method (class means)
     OUT/experiment.json the settings, the latent ids and the measured UNet rate
 
 Before generating it prints the number of UNet evaluations and an estimated time from the
@@ -29,12 +32,21 @@ import json
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from latentmix.client.api import LatentMixClient, add_service_arguments, write_atomic
-from latentmix.client.augment import ImageClass, UsageError, exclusive, find_classes
+from latentmix.client.augment import (
+    DEFAULT_PROMPT,
+    ImageClass,
+    UsageError,
+    class_label,
+    class_prompt,
+    exclusive,
+    find_classes,
+    model_card,
+)
 from latentmix.client.errors import LatentMixError
 from latentmix.client.models import Job
 
@@ -52,12 +64,15 @@ COLUMNS = (
     "clip_distance_std",
     "fid",
     "kid",
+    "accuracy",
+    "channel_mean_bias",
     "features",
     "model",
     "mix_job",
     "evaluation_job",
 )
 DEFAULT_IN_FLIGHT = 1
+FEATURES = ("clip", "inception", "judge")  # POST /evaluations' features
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -70,6 +85,7 @@ class Cell:
     method: str
     mix: Job
     evaluation: Job
+    judged: Job | None  # the judge's reading of the images, if the model has a judge
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,11 +113,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="base seed (default %(default)s)")
     parser.add_argument(
         "--features",
-        choices=("clip", "inception"),
-        default="clip",
-        help="FID/KID features (inception needs LATENTMIX_INCEPTION_WEIGHTS on the workers)",
+        choices=FEATURES,
+        default=None,
+        help="FID/KID features (inception needs LATENTMIX_INCEPTION_WEIGHTS on the workers; "
+        "judge: the model's judge's, for the distance too); default: judge if the model's "
+        "card names a judge, else clip",
     )
-    parser.add_argument("--prompt", default="a photo of a {class}", help="prompt template")
+    parser.add_argument(
+        "--prompt", default=None, help="prompt template (default: the model card's)"
+    )
     parser.add_argument("--steps", type=_positive, default=None, help="generation steps")
     parser.add_argument("--inversion-steps", type=_positive, default=None, help="DDIM steps")
     parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale")
@@ -133,8 +153,11 @@ def run(args: argparse.Namespace) -> int:
     """Run `experiment`; returns the exit status (0 done, 1 failed, 2 usage, 130 interrupted)."""
     plan = Plan.from_args(args)
     try:
-        classes = find_classes(args.data, args.out, plan.prompt)
+        classes = find_classes(args.data, args.out)
+        check_class_sizes(plan, classes)  # before anything is sent
         with LatentMixClient(args.url, args.api_key) as client, exclusive(args.out):
+            plan = plan.for_card(model_card(client, args.model), classes)
+            classes = [replace(c, prompt=class_prompt(plan.prompt, c.name)) for c in classes]
             Experiment(client, plan, classes, args.out).run(args.title, args.in_flight)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
@@ -163,13 +186,14 @@ class Plan:
     centroids: int
     max_per_class: int
     seed: int
-    features: str
-    prompt: str
+    features: str | None  # None: the model card's choice (for_card)
+    prompt: str | None
     steps: int | None
     inversion_steps: int | None
     guidance_scale: float | None
     size: int | None
     model: str | None
+    judge: str | None = None  # the model's judge, which reads every centroid's class
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -187,6 +211,21 @@ class Plan:
             guidance_scale=args.guidance_scale,
             size=args.size,
             model=args.model,
+        )
+
+    def for_card(self, card: dict[str, Any], classes: list[ImageClass]) -> Plan:
+        """What the command line left open, from the model's card: its prompt template,
+        and its judge (whose features then score), which also reads every centroid's class
+        if it knows every class (else its accuracy would mean nothing)."""
+        defaults = card.get("augmentation") or {}
+        judge = defaults.get("judge")
+        labels = set(defaults.get("judge_labels") or ())
+        knows_all = all(class_label(c.name) in labels for c in classes)
+        return replace(
+            self,
+            prompt=self.prompt or defaults.get("prompt_template") or DEFAULT_PROMPT,
+            features=self.features or ("judge" if judge else "clip"),
+            judge=judge if knows_all else None,
         )
 
     def cells(self, classes: list[str]) -> list[tuple[str, int, str]]:
@@ -233,7 +272,7 @@ class Experiment:
         self.images = {
             c.name: [source.image for source in c.sources[: plan.max_per_class]] for c in classes
         }
-        self._check()
+        check_class_sizes(plan, classes)
         self.state = self._load_state()
         self.rows = self._load_rows()
 
@@ -314,7 +353,8 @@ class Experiment:
         evaluation = self.client.evaluate(
             job=mix, reference_latents=latents, label=name, features=self.plan.features
         )
-        return Cell(name, k, method, mix, evaluation)
+        judged = self.client.evaluate(job=mix, label=name, judge=True) if self.plan.judge else None
+        return Cell(name, k, method, mix, evaluation, judged)
 
     def _finish_cell(self, cell: Cell) -> None:
         """Wait for a submitted cell and record its row."""
@@ -322,12 +362,15 @@ class Experiment:
         mix = self.client.wait(cell.mix)
         evaluation = self.client.wait(cell.evaluation)
         figures = evaluation.result or {}
+        judged = (self.client.wait(cell.judged).result or {}) if cell.judged else {}
         self.rows[_key(name, k, method)] = {
             "class": name,
             "k": k,
             "method": method,
             "centroids": self.plan.centroids,
             **{c: figures.get(c) for c in ("clip_distance", "clip_distance_std", "fid", "kid")},
+            "accuracy": _accuracy(judged.get("judged"), name),
+            "channel_mean_bias": _channel_mean_bias(mix.result or {}),
             "features": figures.get("features"),
             "model": mix.model,
             "mix_job": mix.id,
@@ -349,14 +392,6 @@ class Experiment:
         return f"estimated time: {_duration(evaluations / rate)} at {rate:.1f} UNet evals/s"
 
     # -- files ----------------------------------------------------------------------------
-
-    def _check(self) -> None:
-        too_small = {n: len(p) for n, p in self.images.items() if len(p) < max(self.plan.ks)}
-        if too_small:
-            raise UsageError(
-                f"K = {max(self.plan.ks)} needs that many images per class; "
-                f"these classes have fewer: {too_small}"
-            )
 
     def _check_limits(self) -> None:
         """Refuse, before any work, a plan the service's limits (GET /limits) would stop."""
@@ -407,14 +442,26 @@ class Experiment:
         write_atomic(self.out / RESULTS_FILE, buffer.getvalue().encode())
 
 
+def check_class_sizes(plan: Plan, classes: list[ImageClass]) -> None:
+    """Refuse a K larger than a class (of at most --max-per-class images)."""
+    sizes = {c.name: min(len(c.sources), plan.max_per_class) for c in classes}
+    too_small = {name: size for name, size in sizes.items() if size < max(plan.ks)}
+    if too_small:
+        raise UsageError(
+            f"K = {max(plan.ks)} needs that many images per class; "
+            f"these classes have fewer: {too_small}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # The figure
 # --------------------------------------------------------------------------------------------
 
 
 def write_figure(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Figure 7: the class means of the CLIP distance and of FID against K, one line per
-    method (log-2 K axis); `title` adds a line above."""
+    """Figure 7: the class means against K, one line per method (log-2 K axis), of what
+    was measured: the judge's on-class share, the CLIP (or judge feature) distance, FID,
+    the channel-mean bias; `title` adds a line above."""
     try:
         import matplotlib
 
@@ -424,12 +471,22 @@ def write_figure(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
         raise UsageError(
             "figure7.png needs matplotlib: pip install 'latentmix[experiment]'"
         ) from None
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    panels = [
+        (metric, label)
+        for metric, label in (
+            ("accuracy", "judged on-class (share)"),
+            ("clip_distance", _distance_name(rows[0]) if rows else "CLIP distance"),
+            ("fid", "FID"),
+            ("channel_mean_bias", "channel-mean bias of the latents"),
+        )
+        if any(row.get(metric) is not None for row in rows)
+    ] or [("clip_distance", "CLIP distance")]
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels) + 1.6, 4), constrained_layout=True
+    )
+    axes = list(axes) if len(panels) > 1 else [axes]
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    for axis, metric, label in (
-        (axes[0], "clip_distance", "CLIP distance"),
-        (axes[1], "fid", "FID"),
-    ):
+    for axis, (metric, label) in zip(axes, panels, strict=True):
         for method in methods:
             ks, means = _class_means(rows, method, metric)
             axis.plot(ks, means, marker="o", label=method)
@@ -477,8 +534,28 @@ def _seed(base: int, name: str, k: int) -> int:
     return int.from_bytes(digest[:6], "big")
 
 
+def _accuracy(judged: list[str] | None, name: str) -> float | None:
+    """The share of a cell's images the judge reads as its class."""
+    if not judged:
+        return None
+    return sum(label == class_label(name) for label in judged) / len(judged)
+
+
+def _channel_mean_bias(result: dict[str, Any]) -> float | None:
+    """The mean over a mix job's latents of mean_c |channel mean c| (the paper's Sec. 4.2
+    bias, from each mix's diagnostics)."""
+    means = [
+        image["diagnostics"]["channel_means"]
+        for image in result.get("images", [])
+        if image.get("diagnostics")
+    ]
+    if not means:
+        return None
+    return sum(sum(abs(m) for m in row) / len(row) for row in means) / len(means)
+
+
 def _typed(row: dict[str, str]) -> dict[str, Any]:
-    numbers = ("clip_distance", "clip_distance_std", "fid", "kid")
+    numbers = ("clip_distance", "clip_distance_std", "fid", "kid", "accuracy", "channel_mean_bias")
     return (
         row
         | {"k": int(row["k"]), "centroids": int(row["centroids"])}
@@ -488,10 +565,16 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 
 def _describe(row: dict[str, Any]) -> str:
     fid = "n/a" if row["fid"] is None else f"{row['fid']:.4g}"
+    accuracy = "" if row.get("accuracy") is None else f", judged on-class {row['accuracy']:.0%}"
     return (
         f"{row['class']} K={row['k']} {row['method']}: "
-        f"CLIP distance {row['clip_distance']:.4f}, FID {fid}"
+        f"{_distance_name(row)} {row['clip_distance']:.4f}, FID {fid}{accuracy}"
     )
+
+
+def _distance_name(row: dict[str, Any]) -> str:
+    features = str(row.get("features") or "")
+    return "judge feature distance" if features.startswith("judge:") else "CLIP distance"
 
 
 def _duration(seconds: float) -> str:

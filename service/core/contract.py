@@ -487,6 +487,10 @@ class MorphResult(Contract):
 # --- evaluate ---------------------------------------------------------------------------
 
 
+EvaluationFeatures = Literal["clip", "inception", "judge"]
+EVALUATION_FEATURES: tuple[str, ...] = get_args(EvaluationFeatures)
+
+
 class EvaluateRequest(Contract):
     """Score generated images against real ones (the paper's Section 6 measures), or, with
     `judge`, read each one's class with the model's judge (its card's augmentation.judge)."""
@@ -494,7 +498,9 @@ class EvaluateRequest(Contract):
     generated: list[str] = Field(min_length=1)  # image ids (stored under images/)
     references: list[str] = Field(default_factory=list)  # storage keys; needed unless judge
     label: str | None = None  # e.g. the class name, repeated in the result
-    features: Literal["clip", "inception"] = "clip"  # of FID and KID
+    # Of FID and KID; "judge": of both them and the distance, the model's judge's features
+    # (its card's augmentation.judge: on `shapes`, where CLIP and Inception mean little).
+    features: EvaluationFeatures = "clip"
     judge: bool = False
 
     @model_validator(mode="after")

@@ -62,7 +62,9 @@ def plan_evaluation(
         else (_stored_images(storage, ask.images), None, None)
     )
     if ask.judge:
-        _check_judge(redis, model or settings.model)
+        _check_judge(redis, model or settings.model, "judge is false")
+    if ask.features == "judge":
+        _check_judge(redis, model or settings.model, "features is clip or inception")
     references = _source_images(catalog, ask.reference_latents) + store_uploads()
     evaluation = EvaluateRequest(
         generated=generated,
@@ -74,12 +76,12 @@ def plan_evaluation(
     return PlannedJob(model or settings.model, evaluation, [producer] if producer else None)
 
 
-def _check_judge(redis: Redis, model: str) -> None:
-    """Invalid unless the model's card names a judge (a card not yet published: the
-    worker checks)."""
+def _check_judge(redis: Redis, model: str, instead: str) -> None:
+    """Invalid, saying what to ask `instead`, unless the model's card names a judge (a card
+    not yet published: the worker checks)."""
     card = model_card(redis, model)
     if card is not None and (card.augmentation is None or card.augmentation.judge is None):
-        raise Invalid(f"model {model!r} has no judge (its card names none): judge is false")
+        raise Invalid(f"model {model!r} has no judge (its card names none): {instead}")
 
 
 def _check_counts(settings: Settings, images: list[str], reference_latents: list[str]) -> None:

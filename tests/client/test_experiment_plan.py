@@ -99,7 +99,8 @@ def test_results_read_back_as_written(tmp_path):
     run = Experiment(None, plan, find_classes(data, out, plan.prompt), out)
     run.rows[("cat", 1, "lerp")] = {
         "class": "cat", "k": 1, "method": "lerp", "centroids": 1000, "clip_distance": 0.25,
-        "clip_distance_std": 0.0, "fid": None, "kid": None, "features": "clip:x", "model": "m",
+        "clip_distance_std": 0.0, "fid": None, "kid": None, "accuracy": 0.5,
+        "channel_mean_bias": 0.125, "features": "clip:x", "model": "m",
         "mix_job": "a", "evaluation_job": "b",
     }  # fmt: skip
     run._save_rows()
@@ -128,3 +129,33 @@ def test_a_plan_over_the_services_limits_is_refused_before_any_work(tmp_path):
 
     with pytest.raises(UsageError, match="max_mixes_per_request"):
         Experiment(LimitedService(), plan, find_classes(data, out, plan.prompt), out).run()
+
+
+def test_the_model_card_fills_in_the_prompt_and_the_judge_for_classes_it_knows(tmp_path):
+    data = tree(tmp_path / "data", images=2)
+    card = {
+        "augmentation": {
+            "prompt_template": "a {class}",
+            "judge": "shapes-classifier",
+            "judge_labels": ["cat", "dog"],
+        }
+    }
+    given = Plan.from_args(parse(str(data), "--out", "o", "--k", "1"))
+    classes = find_classes(data, tmp_path / "o")
+
+    judged = given.for_card(card, classes)
+    dogless = {"augmentation": {**card["augmentation"], "judge_labels": ["cat"]}}
+    unknown = given.for_card(dogless, classes)
+    sd = given.for_card({}, classes)
+    told = Plan.from_args(
+        parse(str(data), "--out", "o", "--prompt", "{class}!", "--features", "clip")
+    ).for_card(card, classes)
+
+    assert (judged.prompt, judged.features, judged.judge) == (
+        "a {class}",
+        "judge",
+        "shapes-classifier",
+    )
+    assert unknown.judge is None and unknown.features == "judge"  # it cannot tell a dog
+    assert (sd.prompt, sd.features, sd.judge) == ("a photo of a {class}", "clip", None)
+    assert (told.prompt, told.features) == ("{class}!", "clip")

@@ -23,6 +23,7 @@ from latentmix.service.cli.stack import ServiceStack
 from latentmix.service.core.config import Settings
 
 SERVICE_REDIS_DB = 7  # apart from the in-process tests' databases 0 and 2
+SHAPES_REDIS_DB = 11  # the shapes stack's, apart from the other stacks' databases
 MAX_BATCH = 2  # worker batch: a mix of a few images finishes in several batches (streaming)
 
 
@@ -56,6 +57,23 @@ def service_stack(
     )
     with ServiceStack(settings, env=service_environment()) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def shapes_url(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second stack, serving the trained `shapes` model (local store), for the tests that
+    judge what the defaults draw: augment's and the experiment's."""
+    redis_url = f"{redis_server.rsplit('/', 1)[0]}/{SHAPES_REDIS_DB}"
+    with Redis.from_url(redis_url) as redis:
+        redis.flushdb()
+    settings = Settings(
+        model="shapes",
+        data_dir=tmp_path_factory.mktemp("shapes-service"),
+        port=free_port(),
+        redis_url=redis_url,
+    )
+    with ServiceStack(settings, env=service_environment()) as stack:
+        yield stack.api_url
 
 
 @pytest.fixture(scope="session")

@@ -7,52 +7,21 @@ drawings, one of 4, and one of 291 (issue 28: 0 of 8 with the old defaults)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, service_environment
 from PIL import Image
-from redis import Redis
 
 from latentmix.service.cli.main import main as latentmix
-from latentmix.service.cli.stack import ServiceStack
-from latentmix.service.core.config import Settings
 from latentmix.worker.engine.shapes.classifier import classify, load_classifier
-from latentmix.worker.engine.shapes.evaluation import find_samples, to_pil, to_tensor
+from latentmix.worker.engine.shapes.evaluation import to_tensor
+from latentmix.worker.engine.shapes.folders import write_world_tree
 from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 11  # apart from the other stacks' databases
 STEPS = "10"
 PER_CLASS = 8
-
-
-@pytest.fixture(scope="module")
-def shapes_url(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    redis_url = f"{redis_server.rsplit('/', 1)[0]}/{REDIS_DB}"
-    with Redis.from_url(redis_url) as redis:
-        redis.flushdb()
-    settings = Settings(
-        model="shapes",
-        data_dir=tmp_path_factory.mktemp("shapes-augment"),
-        port=free_port(),
-        redis_url=redis_url,
-    )
-    with ServiceStack(settings, env=service_environment()) as stack:
-        yield stack.api_url
-
-
-def world_tree(root: Path, classes: dict[str, int]) -> Path:
-    """An ImageFolder tree of world drawings (any background): class "green_circle" holds
-    the first `count` green circles of the world with seed 0."""
-    for name, count in classes.items():
-        colour, shape = name.split("_")
-        (root / name).mkdir(parents=True)
-        for index, sample in enumerate(find_samples(shape, colour, count, seed=0)):
-            to_pil(sample).save(root / name / f"{index:03}.png")
-    return root
 
 
 def on_class(out: Path, name: str, count: int = PER_CLASS) -> float:
@@ -81,7 +50,7 @@ def augment(tree: Path, out: Path, url: str, capsys, *options: str, status: int 
 
 
 def test_the_defaults_keep_a_large_and_a_small_class_on_class(shapes_url, tmp_path, capsys):
-    tree = world_tree(tmp_path / "train", {"green_circle": 120, "red_square": 4})
+    tree = write_world_tree(tmp_path / "train", {"green_circle": 120, "red_square": 4})
 
     said = augment(tree, tmp_path / "aug", shapes_url, capsys)
 
@@ -95,7 +64,7 @@ def test_the_defaults_keep_a_large_and_a_small_class_on_class(shapes_url, tmp_pa
 
 
 def test_the_defaults_keep_a_291_drawing_class_on_class(shapes_url, tmp_path, capsys):
-    tree = world_tree(tmp_path / "train", {"green_circle": 291})
+    tree = write_world_tree(tmp_path / "train", {"green_circle": 291})
 
     augment(tree, tmp_path / "aug", shapes_url, capsys)
 
@@ -105,7 +74,7 @@ def test_the_defaults_keep_a_291_drawing_class_on_class(shapes_url, tmp_path, ca
 def test_filter_drops_and_counts_what_the_judge_assigns_to_another_class(
     shapes_url, tmp_path, capsys
 ):
-    tree = world_tree(tmp_path / "train", {"red_square": 4, "blue_star": 3})
+    tree = write_world_tree(tmp_path / "train", {"red_square": 4, "blue_star": 3})
     out = tmp_path / "aug"
     # Guidance 7.5 (the paper's, wrong for this model) makes off-class images to drop.
     said = augment(tree, out, shapes_url, capsys, "--filter", "--guidance-scale", "7.5")
@@ -124,7 +93,7 @@ def test_filter_drops_and_counts_what_the_judge_assigns_to_another_class(
 
 
 def test_filter_refuses_classes_the_judge_does_not_know(shapes_url, tmp_path, capsys):
-    tree = world_tree(tmp_path / "train", {"red_square": 4})
+    tree = write_world_tree(tmp_path / "train", {"red_square": 4})
     (tree / "blob").mkdir()
     for path in (tree / "red_square").iterdir():
         (tree / "blob" / path.name).write_bytes(path.read_bytes())

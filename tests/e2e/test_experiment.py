@@ -16,6 +16,10 @@ from redis import Redis
 from latentmix.client import LatentMixClient, experiment
 from latentmix.client.experiment import EXIT_INTERRUPTED, EXIT_OK, Experiment
 from latentmix.service.core.jobs import fetch_job
+from latentmix.worker.engine.shapes.classifier import judge, load_classifier
+from latentmix.worker.engine.shapes.evaluation import to_tensor
+from latentmix.worker.engine.shapes.folders import write_world_tree
+from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +136,39 @@ def test_the_experiment_mix_jobs_carry_diagnostics_and_evaluations_outlive_their
         fetch_job(redis, row["evaluation_job"]).delete()
     kept = httpx.get(f"{service_url}/evaluations/{row['evaluation_job']}").json()
     assert kept["status"] == "succeeded" and kept["result"] == evaluation["result"]
+
+
+def test_on_shapes_the_judge_scores_each_cell_with_the_cards_prompt(shapes_url, tmp_path):
+    """`latentmix experiment` on the trained `shapes` model, no options but the size of the
+    run: the card's prompt template, FID/KID and the distance on the judge's features, the
+    judge's on-class share of every cell (checked here by reading the images with the
+    classifier), and the channel-mean bias of the mixed latents."""
+    data = write_world_tree(tmp_path / "data", {"red_circle": 4, "blue_square": 4}, seed=1)
+    out = tmp_path / "out"
+    status = experiment.main(
+        [
+            str(data), "--out", str(out), "--k", "1,4", "--methods", "fix/0,nin/chm",
+            "--centroids", "3", "--steps", "10", "--inversion-steps", "10", "--url", shapes_url,
+        ]
+    )  # fmt: skip
+
+    assert status == EXIT_OK
+    assert json.loads((out / "experiment.json").read_text())["plan"]["prompt"] == "a {class}"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 8
+    classifier = load_classifier(CLASSIFIER_FILE)
+    with LatentMixClient(shapes_url) as client:
+        for row in rows:
+            assert row["features"] == "judge:shapes-classifier"
+            assert float(row["fid"]) >= 0 and 0 <= float(row["clip_distance"]) <= 2
+            mix = client.wait(row["mix_job"])
+            images = [client.open_image(image).convert("RGB") for image in client.iter_images(mix)]
+            read = judge(classifier, to_tensor(images))
+            on_class = sum(label == row["class"].replace("_", " ") for label, _ in read)
+            assert float(row["accuracy"]) == pytest.approx(on_class / len(images))
+            means = [image["diagnostics"]["channel_means"] for image in mix.result["images"]]
+            bias = sum(sum(map(abs, m)) / len(m) for m in means) / len(means)
+            assert float(row["channel_mean_bias"]) == pytest.approx(bias)
+    # K = 1: a drawing's own regeneration, which the defaults keep on its class.
+    assert all(float(r["accuracy"]) == 1 for r in rows if r["k"] == "1")
+    assert (out / "figure7.png").read_bytes().startswith(b"\x89PNG")

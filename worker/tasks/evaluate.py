@@ -17,7 +17,7 @@ from latentmix.worker.engine.metrics import (
     kernel_inception_distance,
 )
 from latentmix.worker.engine.shapes.classifier import judge
-from latentmix.worker.engine.shapes.evaluation import to_tensor
+from latentmix.worker.engine.shapes.evaluation import JudgeEncoder, to_tensor
 from latentmix.worker.engine.shapes.model import JUDGE, NATIVE_SIZE
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import progress_reporter, task
@@ -26,8 +26,9 @@ from latentmix.worker.tasks.reporting import progress_reporter, task
 @task(EvaluateRequest)
 def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
     """Embed both sets with the CLIP image encoder of LATENTMIX_CLIP_MODEL (the CLIP distance)
-    and, for FID and KID, with it or the Inception of LATENTMIX_INCEPTION_WEIGHTS; with
-    `judge`, only read each image's class with the model's judge."""
+    and, for FID and KID, with it or the Inception of LATENTMIX_INCEPTION_WEIGHTS (features
+    "judge": both with the model's judge); with `judge`, only read each image's class with
+    the model's judge."""
     result = judge_images(ctx, request) if request.judge else _scores(ctx, job, request)
     stored = {"model": ctx.settings.model, "result": result.model_dump(mode="json")}
     ctx.storage.put(evaluation_key(job.id), json.dumps(stored).encode(), "application/json")
@@ -36,9 +37,7 @@ def evaluate_images(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> E
 
 def judge_images(ctx: WorkerContext, request: EvaluateRequest) -> EvaluateResult:
     """The label the model's judge (its card's augmentation.judge) reads in each image."""
-    augmentation = ctx.model.augmentation
-    if augmentation is None or augmentation.judge != JUDGE:
-        raise ValueError(f"model {ctx.settings.model!r} has no judge (its card names none)")
+    _require_judge(ctx)
     images = _images(ctx, [image_key(i) for i in request.generated])
     pixels = to_tensor([image.convert("RGB").resize((NATIVE_SIZE,) * 2) for image in images])
     readings = judge(ctx.shapes_classifier(), pixels)
@@ -59,9 +58,24 @@ def judge_images(ctx: WorkerContext, request: EvaluateRequest) -> EvaluateResult
     )
 
 
-def _scores(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
+def _require_judge(ctx: WorkerContext) -> None:
+    augmentation = ctx.model.augmentation
+    if augmentation is None or augmentation.judge != JUDGE:
+        raise ValueError(f"model {ctx.settings.model!r} has no judge (its card names none)")
+
+
+def _encoders(ctx: WorkerContext, features: str):
+    """The encoders of the distance and of FID/KID."""
+    if features == "judge":
+        _require_judge(ctx)
+        judge = JudgeEncoder(ctx.shapes_classifier())
+        return judge, judge
     clip = ctx.clip()
-    fid_encoder = ctx.inception() if request.features == "inception" else clip
+    return clip, ctx.inception() if features == "inception" else clip
+
+
+def _scores(ctx: WorkerContext, job: Job, request: EvaluateRequest) -> EvaluateResult:
+    clip, fid_encoder = _encoders(ctx, request.features)
     progress = progress_reporter(ctx.redis, job)
     generated = _images(ctx, [image_key(i) for i in request.generated])
     references = _images(ctx, request.references)

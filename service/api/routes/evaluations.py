@@ -1,7 +1,7 @@
 """POST /evaluations (score generated images against real ones), GET /evaluations/{id}."""
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import StringConstraints
@@ -12,7 +12,7 @@ from latentmix.service.api.job_views import JobIdPath, public_job
 from latentmix.service.api.problems import PROBLEM_RESPONSES, problem
 from latentmix.service.api.schemas import JobPublic
 from latentmix.service.api.uploads import read_image
-from latentmix.service.core.contract import EVALUATE
+from latentmix.service.core.contract import EVALUATE, EvaluationFeatures
 from latentmix.service.core.evaluation_planning import EvaluationAsk, plan_evaluation
 from latentmix.service.core.ids import ID_RE
 from latentmix.service.core.jobs import JobStatus, fetch_job, job_type_of, view_job
@@ -48,10 +48,12 @@ class EvaluationForm:
         ] = [],  # noqa: B006
         label: Annotated[str | None, Form(max_length=200, description="e.g. the class")] = None,
         features: Annotated[
-            Literal["clip", "inception"],
+            EvaluationFeatures,
             Form(
-                description="FID/KID features: CLIP (LATENTMIX_CLIP_MODEL) or Inception "
-                "(LATENTMIX_INCEPTION_WEIGHTS); the CLIP distance always uses CLIP"
+                description="FID/KID features: CLIP (LATENTMIX_CLIP_MODEL), Inception "
+                "(LATENTMIX_INCEPTION_WEIGHTS), or judge: the model's judge (GET /models: "
+                "card.augmentation.judge) for FID, KID and the distance alike; otherwise the "
+                "distance uses CLIP"
             ),
         ] = "clip",
         judge: Annotated[

@@ -184,3 +184,21 @@ def test_evaluations_are_bounded_like_mixes(make_client):
         422,
         "LATENTMIX_MAX_LATENTS_PER_MIX",
     )
+
+
+def test_judge_features_need_a_model_with_a_judge(client):
+    latents = uploaded_latents(client, 2)
+    mix = client.post("/mix", json={"latents": latents, "weights": [[1, 1]]}).json()
+    redis = client.app.state.redis
+    measured = AugmentationDefaults.paper(1.0).model_copy(update={"judge": "shapes-classifier"})
+    ask = {"job": mix["id"], "features": "judge"}
+    reference = [("references", ("r.png", png_bytes(2), "image/png"))]
+
+    publish_card(redis, TINY_CARD, "w", ttl_s=30)  # no judge
+    refused = client.post("/evaluations", data=ask, files=reference)
+    publish_card(redis, TINY_CARD.model_copy(update={"augmentation": measured}), "w", ttl_s=30)
+    response = client.post("/evaluations", data=ask, files=reference)
+
+    assert_problem(refused, 422, "features is clip or inception")
+    assert response.status_code == 202, response.text
+    assert queued_request(client, response.json()["id"]).features == "judge"

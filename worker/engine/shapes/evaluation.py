@@ -27,6 +27,7 @@ from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel
 from latentmix.worker.engine.shapes import world
 from latentmix.worker.engine.shapes.classifier import Prediction, ShapesClassifier, classify
+from latentmix.worker.engine.shapes.model import JUDGE, NATIVE_SIZE
 
 # Methods that mix any number K of latents (slerp takes exactly two).
 CENTROID_METHODS: tuple[str, ...] = tuple(m for m in MIX_METHODS if m != "slerp")
@@ -196,6 +197,25 @@ def centroids(latents: torch.Tensor, subsets: Sequence[Sequence[int]], method: s
     return torch.stack(
         [mix(latents[list(subset)], [1.0] * len(subset), method) for subset in subsets]
     )
+
+
+@dataclass(frozen=True)
+class JudgeEncoder:
+    """The shapes classifier's pooled features as an image encoder (FID, KID and the feature
+    distance of POST /evaluations with features "judge"): CLIP's and Inception's stand-in
+    on this world, which they never saw."""
+
+    classifier: ShapesClassifier
+
+    @property
+    def features(self) -> str:
+        return f"judge:{JUDGE}"
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """[N, FEATURE_DIM] float64, the images resized to the classifier's side."""
+        pixels = to_tensor([image.resize((NATIVE_SIZE,) * 2) for image in images])
+        with torch.no_grad():
+            return self.classifier.features(pixels).double().numpy()
 
 
 def feature_distance(
