@@ -33,20 +33,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
+from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import load_model
 from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
+from latentmix.worker.engine.results import Inverted
 from latentmix.worker.engine.shapes import evaluation as ev
 from latentmix.worker.engine.shapes import world
-from latentmix.worker.engine.shapes.classifier import classify, load_classifier
+from latentmix.worker.engine.shapes.classifier import classify, judge, load_classifier
 from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE, SHAPES_MODEL_NAME
+from latentmix.worker.engine.state_mixing import mix_states
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PARTS = ("generation", "inversion", "mix", "mix-grid", "bias")
+PARTS = ("generation", "inversion", "mix", "mix-grid", "bias", "method-mixes")
+# Part 6's inversion methods: every one that inverts for Stable Diffusion's sampler.
+MIX_INVERSIONS = ("ddim", "fixed-point", "edict", "bdia", "null-text", "negative-prompt")
 BIAS_METHODS = ("fix/0", "nin/0", "fix/chm", "nin/chm")
 
 
@@ -236,6 +241,115 @@ def part_bias(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str
     return result
 
 
+def part_method_mixes(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Each inversion method's mixes at the paper's guidance (--guidance for inverting and
+    generating): the 0.5/0.5 `nin/chm` mix of a red circle and a blue square (their
+    captions' embeddings mixed alike) and the `nin/chm` centroid of 8 red circles; each
+    method's state mixed with the same weights (null-text's embeddings: appendix B); every
+    image read by the classifier; one labelled contact sheet in docs/."""
+    pair = _mix_ends()
+    circles = ev.find_samples("circle", "red", 8, seed=3)
+    captions = [s.caption for s in pair]
+    half = [[0.5, 0.5]]
+    rows, tiles = {}, []
+    for method in MIX_INVERSIONS:
+        settings = InversionSettings(method=method, steps=args.steps, guidance_scale=args.guidance)
+        pair_state = invert(model, [ev.to_pil(s) for s in pair], captions, settings)
+        circle_state = invert(model, [ev.to_pil(s) for s in circles], circles[0].caption, settings)
+        mixed_pair = generate(
+            model,
+            _mixed_state(model, pair_state, half),
+            ev.mixed_conditioning(model, captions, torch.tensor(half)),
+            steps=args.steps,
+            guidance_scale=args.guidance,
+        )
+        centroid = generate(
+            model,
+            _mixed_state(model, circle_state, [[1.0] * len(circles)]),
+            circles[0].caption,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+        )
+        images = [*mixed_pair, *centroid]
+        read = judge(classifier, ev.to_tensor(images))
+        rows[method] = {
+            "pair_mix": {"judged": read[0][0], "confidence": round(read[0][1], 3)},
+            "pair_mix_top2_shapes": classify(classifier, ev.to_tensor(mixed_pair)).top("shape", 2)[
+                0
+            ],
+            "pair_mix_top2_colours": classify(classifier, ev.to_tensor(mixed_pair)).top(
+                "colour", 2
+            )[0],
+            "centroid_of_8": {"judged": read[1][0], "confidence": round(read[1][1], 3)},
+            "centroid_on_class": read[1][0] == "red circle",
+        }
+        tiles.append((method, images, [label for label, _ in read]))
+        print(f"  method-mixes: {method} done", flush=True)
+    labelled_sheet(
+        [ev.to_pil(s) for s in (*pair, circles[0])],
+        tiles,
+        args,
+    ).save(DOCS / "shapes-method-mixes.png")
+    return {
+        "guidance": args.guidance,
+        "steps": args.steps,
+        "mix_method": "nin/chm",
+        "pair": captions,
+        "centroid_class": circles[0].caption,
+        "methods": rows,
+    }
+
+
+def _mixed_state(model: Any, inverted: Any, weights: list[list[float]]) -> Any:
+    """The `nin/chm` mix of the inverted rows with their state mixed alike (as a mix job
+    mixes it, worker/tasks/mix.py)."""
+    method = get_inversion(inverted.method, model.card)
+    states = [
+        {name: value[k] for name, value in inverted.aux.items()} for k in range(len(inverted))
+    ]
+    return Inverted(
+        latent=mix(inverted.latent, weights, "nin/chm"),
+        aux=mix_states(states, weights, "nin/chm", method.latent_state) if inverted.aux else {},
+        method=inverted.method,
+        settings=inverted.settings,
+    )
+
+
+def labelled_sheet(
+    inputs: list[Image.Image], tiles: list[tuple[str, list[Image.Image], list[str]]], args: Any
+) -> Image.Image:
+    """A row per inversion method: its 0.5/0.5 pair mix and its centroid of 8, each with the
+    classifier's reading under it; the inputs on top."""
+    scale, label_w, caption_h = 2, 130, 16
+    side = inputs[0].width * scale
+    width = max(label_w + 3 * side, 560)
+    height = caption_h * 3 + side + len(tiles) * (side + caption_h)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text(
+        (4, 2),
+        f"shapes, guidance {args.guidance:g}, {args.steps} steps, nin/chm. Per inversion "
+        "method: the 0.5/0.5 mix of\nthe red circle and the blue square, and the centroid of "
+        "8 red circles; under each, the classifier's reading",
+        fill="black",
+    )
+    draw.text((4, 2 * caption_h + side // 2), "inputs", fill="black")
+    for i, (image, text) in enumerate(
+        zip(inputs, ("red circle", "blue square", "1 of 8 red circles"), strict=True)
+    ):
+        canvas.paste(image.resize((side, side), Image.NEAREST), (label_w + i * side, 2 * caption_h))
+        draw.text((label_w + i * side + 2, 2 * caption_h + side), text, fill="black")
+    top = caption_h * 3 + side
+    for method, images, readings in tiles:
+        draw.text((4, top + side // 2), method, fill="black")
+        for i, (image, reading) in enumerate(zip(images, readings, strict=True)):
+            x = label_w + i * side
+            canvas.paste(image.resize((side, side), Image.NEAREST), (x, top))
+            draw.text((x + 2, top + side), f"read: {reading}", fill="black")
+        top += side + caption_h
+    return canvas
+
+
 def plot_bias(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -310,6 +424,7 @@ def main() -> None:
         "mix": lambda: part_mix(model, classifier, args),
         "mix-grid": lambda: part_mix_grid(model, classifier, args),
         "bias": lambda: part_bias(model, classifier, args),
+        "method-mixes": lambda: part_method_mixes(model, classifier, args),
     }
     for part in parts:
         started = time.monotonic()
