@@ -61,12 +61,14 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from latentmix.service.core.config import Settings
 from latentmix.service.core.job_events import announce
 from latentmix.service.core.jobs import (
+    BACKGROUND_PREFIX,
     INTERRUPT_FAIL,
     INTERRUPT_REQUEUE,
     REDIS_BACKOFF_CAP_S,
     REDIS_ERRORS,
     JobStatus,
     LatentMixJob,
+    background_queue,
     cancel_requested,
     ended_elsewhere,
     get_queue,
@@ -227,7 +229,11 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     # Webhook deliveries share the worker, taken in turn with GPU jobs. Their retries wait in
     # RQ's scheduled registry; the API's maintenance loop (service/api/reaper.py) enqueues
     # them when due, because RQ's own scheduler would fork this process after torch is up.
-    queues = [get_queue(ctx.redis, settings.model), webhook_queue(ctx.redis)]
+    queues = [
+        get_queue(ctx.redis, settings.model),
+        webhook_queue(ctx.redis),
+        background_queue(ctx.redis, settings.model),  # taken last (reorder_queues)
+    ]
     worker = LatentMixWorker(
         queues,
         name=worker_name(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8]),
@@ -445,6 +451,14 @@ class LatentMixWorker(SimpleWorker):
             if result is not None or (max_idle_time is not None and idle_for >= max_idle_time):
                 return result
         return None
+
+    def reorder_queues(self, reference_queue) -> None:
+        """RQ's round robin over the request and webhook queues; the background queue (work
+        no request waits for) always last, so it is taken only when the others are empty."""
+        super().reorder_queues(reference_queue)
+        background = [q for q in self._ordered_queues if q.name.startswith(BACKGROUND_PREFIX)]
+        others = [q for q in self._ordered_queues if not q.name.startswith(BACKGROUND_PREFIX)]
+        self._ordered_queues = others + background
 
     def subscribe(self) -> None:
         """RQ's command channel, read in turns of LISTEN_S. RQ reads it in turns of 60 s and,

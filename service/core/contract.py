@@ -180,6 +180,9 @@ class ReconstructionSample(Contract):
     measure: ReconstructionMeasure
     measured: list[str]
     of: int
+    # The sample is measured after the inversion, by this job on the model's background
+    # queue (a worker takes it when nothing else waits); its record holds the error then.
+    job: str | None = None
 
 
 class InvertResult(Contract):
@@ -187,6 +190,19 @@ class InvertResult(Contract):
     # The latents whose round trip was measured (their records hold the error), and how
     # many the job inverted: a sample of 1 of N by default.
     reconstruction: ReconstructionSample | None = None
+
+
+class MeasureRequest(Contract):
+    """Regenerate inverted latents with their own method, steps and guidance and record the
+    round trip's error on each one's record: an inversion job's sample, off its critical
+    path (the background queue)."""
+
+    latents: list[str] = Field(min_length=1)
+    sample_of: int | None = None  # the sample of an inversion job of that many latents
+
+
+class MeasureResult(Contract):
+    measured: list[str]
 
 
 # --- mix --------------------------------------------------------------------------------
@@ -547,6 +563,12 @@ MIX = JobType("mix", "latentmix.worker.tasks.mix.mix_latents", MixRequest, MixRe
 EVALUATE = JobType(
     "evaluate", "latentmix.worker.tasks.evaluate.evaluate_images", EvaluateRequest, EvaluateResult
 )
-JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX, EVALUATE)}
+MEASURE = JobType(
+    "measure",
+    "latentmix.worker.tasks.measure.measure_reconstructions",
+    MeasureRequest,
+    MeasureResult,
+)
+JOB_TYPES = {job_type.task: job_type for job_type in (INVERT, MIX, EVALUATE, MEASURE)}
 MORPH = JobType("morph", "latentmix.worker.tasks.morph.morph_keyframes", MorphRequest, MorphResult)
 JOB_TYPES[MORPH.task] = MORPH

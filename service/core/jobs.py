@@ -33,6 +33,9 @@ from latentmix.service.core.job_metrics import record_job_end
 from latentmix.service.core.webhooks import DELIVER_TASK, enqueue_delivery
 
 QUEUE_PREFIX = "latentmix:"
+# A model's work no request waits for (an inversion's sampled round trip): its workers take
+# from this queue only when their others are empty (worker/runtime.py).
+BACKGROUND_PREFIX = "latentmix-background:"
 # Redis being away (as opposed to a command that failed): the API answers 503 and retries
 # later, workers wait for it.
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
@@ -134,6 +137,10 @@ def get_queue(redis: Redis, model: str) -> Queue:
     return Queue(queue_name(model), connection=redis, serializer=JSONSerializer)
 
 
+def background_queue(redis: Redis, model: str) -> Queue:
+    return Queue(BACKGROUND_PREFIX + model, connection=redis, serializer=JSONSerializer)
+
+
 def running_count(queue: Queue) -> int:
     """Jobs a live worker is running from `queue`: entries of RQ's started registry (the
     sorted set `rq:wip:<queue>`) whose heartbeat deadline has not passed. A dead worker's
@@ -153,13 +160,16 @@ def enqueue(
     job_id: str,
     depends_on: list[str] | None = None,
     webhook: str | None = None,
+    background: bool = False,
 ) -> Job:
-    """Enqueue `job_type`'s task with `request` on `model`'s queue. Dependencies may fail:
-    the task then reports which input is missing instead of waiting forever."""
+    """Enqueue `job_type`'s task with `request` on `model`'s queue (`background`: its
+    background queue, where it waits at most a result TTL). Dependencies may fail: the task
+    then reports which input is missing instead of waiting forever."""
     if not isinstance(request, job_type.request):
         raise TypeError(f"a {job_type.name} job takes a {job_type.request.__name__}")
     dependency = Dependency(jobs=depends_on, allow_failure=True) if depends_on else None
-    job = get_queue(redis, model).enqueue(
+    queue = background_queue(redis, model) if background else get_queue(redis, model)
+    job = queue.enqueue(
         job_type.task,
         request.model_dump(mode="json"),
         job_id=job_id,
@@ -169,6 +179,7 @@ def enqueue(
         failure_ttl=settings.failure_ttl_s,
         meta={"progress": {"done": 0, "total": 0}, "webhook": webhook},
         description=f"{job_type.name} on {model}",
+        ttl=settings.result_ttl_s if background else None,
     )
     wait_for_replicas(redis, settings)
     return job

@@ -11,6 +11,7 @@ completely or not at all, and one write publishes it.
 import contextlib
 import hashlib
 import json
+import math
 import struct
 import threading
 from collections.abc import MutableMapping
@@ -145,6 +146,22 @@ class Reconstruction(BaseModel):
     )
 
 
+def measured_reconstruction(
+    errors: dict[str, float], sample_of: int | None = None
+) -> Reconstruction | None:
+    """A row's measured round-trip errors (latent_rmse, pixel_psnr_db, pixel_max_error) as
+    its record holds them; None for a row not measured (NaN)."""
+    if math.isnan(errors["latent_rmse"]):
+        return None
+    psnr = errors["pixel_psnr_db"]
+    return Reconstruction(
+        latent_rmse=errors["latent_rmse"],
+        pixel_psnr_db=psnr if math.isfinite(psnr) else None,  # identical pictures
+        pixel_max_error=int(errors["pixel_max_error"]),
+        sample_of=sample_of,
+    )
+
+
 class LatentRecord(BaseModel):
     """A stored latent's metadata."""
 
@@ -256,6 +273,15 @@ class LatentCatalog:
         self._cache(record)
         self._remember(record.id, array)
         return True
+
+    def amend(self, record: LatentRecord) -> None:
+        """Store a new record for a stored latent, its array and state unchanged (a round
+        trip measured after it was published)."""
+        key = latent_key(record.id)
+        data = self.storage.get(key)
+        array, aux = decode_latent(data), decode_aux(data)
+        self.storage.put(key, encode_latent(array, record, aux), "application/octet-stream")
+        self._cache(record)
 
     def _cache(self, record: LatentRecord) -> None:
         key = _RECORD_CACHE_KEY.format(id=record.id)

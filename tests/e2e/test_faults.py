@@ -49,7 +49,7 @@ from rq.serializers import JSONSerializer
 from latentmix.service.cli.info import service_info
 from latentmix.service.cli.stack import Child, ServiceStack
 from latentmix.service.core.config import Settings
-from latentmix.service.core.contract import INVERT
+from latentmix.service.core.contract import INVERT, MEASURE
 from latentmix.service.core.ids import uploaded_latent_id
 from latentmix.service.core.job_events import CHANNEL_PREFIX
 from latentmix.service.core.storage import S3Storage
@@ -252,7 +252,11 @@ def test_jobs_and_results_cross_redis_as_json_never_pickles(stack, api):
     sampled = {"measure": "sample", "measured": ids, "of": 1}
     for _, fields in results:
         value = json.loads(base64.b64decode(fields[b"return_value"]))
+        measuring = value["reconstruction"].pop("job")  # the sample's measure job
         assert value == {"latents": ids, "reconstruction": sampled}
+        assert json.loads(zlib.decompress(redis.hget(f"rq:job:{measuring}", "data")))[0] == (
+            MEASURE.task
+        )
     assert not payload.startswith(b"\x80"), "a pickle"
 
 

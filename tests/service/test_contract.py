@@ -7,11 +7,13 @@ from latentmix.service.core.contract import (
     EVALUATE,
     INVERT,
     JOB_TYPES,
+    MEASURE,
     MIX,
     MORPH,
     EvaluateRequest,
     InversionSettings,
     InvertRequest,
+    MeasureRequest,
     MixRequest,
     MorphRequest,
     plan_mix,
@@ -29,12 +31,14 @@ def test_each_job_type_has_one_task_and_one_request_model():
         MIX.task: MIX,
         EVALUATE.task: EVALUATE,
         MORPH.task: MORPH,
+        MEASURE.task: MEASURE,
     } == JOB_TYPES
-    assert (INVERT.request, MIX.request, EVALUATE.request, MORPH.request) == (
+    assert (INVERT.request, MIX.request, EVALUATE.request, MORPH.request, MEASURE.request) == (
         InvertRequest,
         MixRequest,
         EvaluateRequest,
         MorphRequest,
+        MeasureRequest,
     )
 
 

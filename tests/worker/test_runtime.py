@@ -10,19 +10,23 @@ import torch
 from redis import Redis
 from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
+from rq.worker import DequeueStrategy
 
 from latentmix.service.api.reaper import reap
 from latentmix.service.core.config import Settings
-from latentmix.service.core.contract import MIX, plan_mix
+from latentmix.service.core.contract import MEASURE, MIX, MeasureRequest, plan_mix
 from latentmix.service.core.job_metrics import JOBS_KEY
 from latentmix.service.core.jobs import (
+    DELIVER_TASK,
     WORKER_DIED,
     LatentMixJob,
+    background_queue,
     enqueue,
     get_queue,
     heartbeats_current,
     view_job,
 )
+from latentmix.service.core.webhooks import webhook_queue
 from latentmix.worker.runtime import LatentMixWorker
 
 IDS = [f"{i:032x}" for i in range(2)]
@@ -185,3 +189,45 @@ def test_an_idle_worker_stops_without_waiting_on_its_command_channel(
     # A hang check, not a speed test: RQ's own reading would hold it here for 60 s.
     assert time.monotonic() - started < 30
     assert not worker.pubsub_thread.is_alive()
+
+
+def test_background_work_waits_until_no_request_is_queued(redis: Redis, settings: Settings):
+    """A worker takes from its model's background queue (an inversion's sampled round
+    trip) only when its other queues are empty, whatever RQ's round robin turned to."""
+    measure = MeasureRequest(latents=[IDS[0]], sample_of=4)
+    request = plan_mix(
+        latents=IDS, rows=[[1, 1]], method="lerp", prompt="", steps=2, guidance_scale=1.0
+    )
+    background = enqueue(
+        redis, settings, job_type=MEASURE, model="tiny", request=measure, job_id="c" * 32,
+        background=True,
+    )  # fmt: skip
+    mixes = [
+        enqueue(redis, settings, job_type=MIX, model="tiny", request=request, job_id=c * 32)
+        for c in "de"
+    ]
+    webhook = webhook_queue(redis).enqueue(DELIVER_TASK, "http://x", {}, job_id="f" * 32)
+    ran = []
+
+    class RecordingWorker(LatentMixWorker):
+        def execute_job(self, job, queue):
+            ran.append(job.id)
+
+    queues = [get_queue(redis, "tiny"), webhook_queue(redis), background_queue(redis, "tiny")]
+    worker = RecordingWorker(
+        queues,
+        connection=redis,
+        job_class=LatentMixJob,
+        serializer=queues[0].serializer,
+        settings=settings,
+        device=torch.device("cpu"),
+    )
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.work(burst=True, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    assert sorted(ran[:3]) == sorted([mixes[0].id, mixes[1].id, webhook.id])
+    assert ran[3:] == [background.id]

@@ -123,6 +123,22 @@ def invert(
     return inverted
 
 
+@torch.no_grad()
+def round_trip(
+    model: LoadedModel,
+    inverted: Inverted,
+    images: Sequence[Image.Image],
+    prompts: str | Sequence[str],
+    progress: ProgressFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """The round trip's errors of latents inverted earlier (their method, steps, guidance
+    and size from `inverted.settings`) against the images and prompts they came from: what
+    `invert(measure=...)` records, measured later (worker/tasks/measure.py)."""
+    x0 = encode_images(model, images, inverted.settings["size"])
+    conditioning = encode_prompts(model, prompts_per_row(prompts, len(images)))
+    return _round_trip_errors(model, inverted, x0, conditioning, progress)
+
+
 def _spread(errors: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
     """Errors of the first rows measured, padded with NaN to `count` rows."""
     return {

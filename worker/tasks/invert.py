@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import functools
 import io
-import math
+import uuid
 
 from PIL import Image
 from rq.job import Job
 
 from latentmix.service.core.contract import (
+    MEASURE,
     InvertItem,
     InvertRequest,
     InvertResult,
+    MeasureRequest,
     ReconstructionMeasure,
     ReconstructionSample,
 )
-from latentmix.service.core.latents import LatentRecord, Reconstruction
+from latentmix.service.core.jobs import enqueue
+from latentmix.service.core.latents import LatentRecord, Reconstruction, measured_reconstruction
 from latentmix.worker.engine.diffusion import invert, named_method
-from latentmix.worker.engine.inversion import InversionMethod
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import (
@@ -39,7 +41,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     progress = progress_reporter(ctx.redis, job)
     batches = in_batches(len(items), ctx.model.inversion_batch_size)
     method = named_method(request.settings, ctx.model.card)
-    measured = measured_per_batch(request.measure_reconstruction, method, batches)
+    measured = measured_per_batch(request.measure_reconstruction, batches)
     with BatchPublisher(ctx.publishing) as publisher:
         for number, rows in enumerate(batches):
             result = invert(
@@ -51,13 +53,14 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
                 measure=measured[number],
             )
             batch_items = [items[i] for i in rows]
-            sample_of = len(items) if request.measure_reconstruction == "sample" else None
-            publish = functools.partial(_publish_inverted, ctx, batch_items, result, sample_of)
+            publish = functools.partial(_publish_inverted, ctx, batch_items, result)
             publisher.submit(publish)
     latent_ids = [item.latent_id for item in items]
     # Claims of a failed job stay until they expire: GET /latents/{id} then reports the
     # failure, and a new request takes the claim over (LatentCatalog.claim).
     ctx.catalog.release(latent_ids, job.id)
+    if request.measure_reconstruction == "sample" and not method.exact:
+        return InvertResult(latents=latent_ids, reconstruction=_sample(ctx, latent_ids))
     measured_ids = [
         items[batch[0] + row].latent_id
         for batch, count in zip(batches, measured, strict=True)
@@ -69,23 +72,33 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     return InvertResult(latents=latent_ids, reconstruction=sample)
 
 
-def measured_per_batch(
-    measure: ReconstructionMeasure, method: InversionMethod, batches: list[list[int]]
-) -> list[int]:
-    """How many leading rows of each batch to regenerate for their round trip: every row
-    (`all`), none, or by default one row, the last batch's first (its progress then ends
-    the job's: the earlier batches count steps as they would unmeasured), and none for a
-    method exact by construction, whose round trip would only measure float rounding."""
-    if measure == "all":
-        return [len(rows) for rows in batches]
-    if measure == "none" or method.exact:
-        return [0] * len(batches)
-    return [0] * (len(batches) - 1) + [1]
+def measured_per_batch(measure: ReconstructionMeasure, batches: list[list[int]]) -> list[int]:
+    """How many leading rows of each batch to regenerate for their round trip inside the
+    job: every row (`all`) or none (`none`, and `sample`, which is measured after the job,
+    off its critical path: _sample)."""
+    return [len(rows) if measure == "all" else 0 for rows in batches]
 
 
-def _publish_inverted(
-    ctx: WorkerContext, items: list[InvertItem], result: Inverted, sample_of: int | None
-) -> None:
+def _sample(ctx: WorkerContext, latent_ids: list[str]) -> ReconstructionSample:
+    """The job's first latent, queued for its round trip on the background queue (a worker
+    takes it when no request waits; worker/tasks/measure.py). A method exact by
+    construction has no sample: its round trip would only measure float rounding."""
+    request = MeasureRequest(latents=latent_ids[:1], sample_of=len(latent_ids))
+    measuring = enqueue(
+        ctx.redis,
+        ctx.settings,
+        job_type=MEASURE,
+        model=ctx.settings.model,
+        request=request,
+        job_id=uuid.uuid4().hex,
+        background=True,
+    )
+    return ReconstructionSample(
+        measure="sample", measured=request.latents, of=len(latent_ids), job=measuring.id
+    )
+
+
+def _publish_inverted(ctx: WorkerContext, items: list[InvertItem], result: Inverted) -> None:
     def publish(index: int, item: InvertItem) -> None:
         latent = result.latent[index].numpy()
         aux = {name: state[index].numpy() for name, state in result.aux.items()}
@@ -100,27 +113,19 @@ def _publish_inverted(
             source_image=item.upload_key,
             aux={name: list(state.shape) for name, state in aux.items()},
             aux_bytes=sum(state.nbytes for state in aux.values()),
-            reconstruction=_reconstruction(result, index, sample_of),
+            reconstruction=_reconstruction(result, index),
         )
         ctx.catalog.publish(record, latent, aux)
 
     ctx.storage.in_parallel(publish, range(len(items)), items)
 
 
-def _reconstruction(result: Inverted, index: int, sample_of: int | None) -> Reconstruction | None:
-    """Row `index`'s measured round-trip error, if measured (as a job's sample: of how many
-    latents)."""
+def _reconstruction(result: Inverted, index: int) -> Reconstruction | None:
+    """Row `index`'s round-trip error, if measured."""
     if not result.reconstruction:
         return None
-    errors = {name: float(values[index]) for name, values in result.reconstruction.items()}
-    if math.isnan(errors["latent_rmse"]):
-        return None
-    psnr = errors["pixel_psnr_db"]
-    return Reconstruction(
-        latent_rmse=errors["latent_rmse"],
-        pixel_psnr_db=psnr if math.isfinite(psnr) else None,  # identical pictures
-        pixel_max_error=int(errors["pixel_max_error"]),
-        sample_of=sample_of,
+    return measured_reconstruction(
+        {name: float(values[index]) for name, values in result.reconstruction.items()}
     )
 
 

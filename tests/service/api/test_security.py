@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 
 from latentmix.service.api import security
 from latentmix.service.api.idempotency import PENDING_TTL_S, RECORD_KEY
-from latentmix.service.core.contract import EVALUATE, INVERT, MIX, MORPH
+from latentmix.service.core.contract import EVALUATE, INVERT, MEASURE, MIX, MORPH
 from latentmix.service.core.jobs import TASKS, LatentMixJob, UnknownTask
 from latentmix.service.core.webhooks import DELIVER_TASK, deliver
 
@@ -336,7 +336,7 @@ def test_a_job_naming_another_function_is_refused_before_it_is_imported(stray_qu
 def test_the_latentmix_tasks_resolve(stray_queue):
     job = stray_queue.enqueue(DELIVER_TASK, "http://127.0.0.1:9/hook", {})
     assert loaded(job).func is deliver
-    assert {INVERT.task, MIX.task, EVALUATE.task, MORPH.task, DELIVER_TASK} == TASKS
+    assert {INVERT.task, MIX.task, EVALUATE.task, MORPH.task, MEASURE.task, DELIVER_TASK} == TASKS
 
 
 @pytest.mark.parametrize(

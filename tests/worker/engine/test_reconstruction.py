@@ -16,6 +16,7 @@ from latentmix.worker.engine.diffusion import (
     encode_images,
     encode_prompts,
     invert,
+    round_trip,
     sample,
 )
 
@@ -90,3 +91,21 @@ def test_progress_counts_a_sampled_measurement_as_its_share_of_the_rows(tiny_mod
     assert reports[-1] == (8, 8)
     assert {total for _, total in reports} == {8}
     assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+
+
+@pytest.mark.parametrize("method", ["ddim", "fixed-point", "null-text", "negative-prompt"])
+def test_a_round_trip_measured_later_is_the_one_measured_inline(tiny_model, images, method):
+    """The measure job's path (a stored latent, its state and settings, the image and
+    prompt) gives the errors `invert(measure=True)` records, per row."""
+    settings = InversionSettings(method=method, steps=3, guidance_scale=7.5)
+    inline = invert(tiny_model, images[:2], PROMPT, settings, measure=True)
+    stored = inline.rows(1, 2)  # what the catalog gives back for the second latent
+
+    later = round_trip(tiny_model, stored, images[1:2], PROMPT)
+
+    # Batch 1 against batch 2 through the UNet: equal up to float32 rounding (which may
+    # move a decoded pixel by one 8-bit level).
+    expected = {name: float(values[1]) for name, values in inline.reconstruction.items()}
+    assert float(later["latent_rmse"][0]) == pytest.approx(expected["latent_rmse"], rel=1e-4)
+    assert float(later["pixel_psnr_db"][0]) == pytest.approx(expected["pixel_psnr_db"], abs=0.05)
+    assert float(later["pixel_max_error"][0]) == pytest.approx(expected["pixel_max_error"], abs=1)

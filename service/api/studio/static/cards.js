@@ -88,16 +88,31 @@ async function upload(card) {
   card.el.dataset.latentId = entry.id;
   state.cards.set(entry.id, card);
   if (created.job) trackJob(created.job, `invert ${card.name}`);
+  let inverted = null;
   if (entry.status === "pending") {
     setCardStatus(card, "inverting", 0);
     try {
-      await api.watchJob(entry.job, (job) => {
+      inverted = await api.watchJob(entry.job, (job) => {
         setCardStatus(card, "inverting", job.progress.total ? job.progress.done / job.progress.total : 0);
         updateJob(job);
       });
     } catch (error) {
       showError(card.errorEl, error);
     }
+  }
+  await refreshRecord(card);
+  await showMeasuredSample(card, inverted);
+}
+
+/** The job's sampled round trip is measured after it, on the background queue: when this
+ * card's latent is the sample, its error shows once that measurement is done. */
+async function showMeasuredSample(card, inverted) {
+  const sample = inverted?.result?.reconstruction;
+  if (!sample?.job || !sample.measured.includes(card.id)) return;
+  try {
+    await api.watchJob(sample.job, () => {});
+  } catch (error) {
+    return; // the latent is there; only its error is missing
   }
   await refreshRecord(card);
 }
