@@ -384,7 +384,8 @@ class ServiceRun:
                 guidance_scale=w.guidance,
                 size=w.size,
                 # The request's defaults, as a user sends it: the round trip of one latent per
-                # job is measured (measure_reconstruction=sample), which the baselines do not.
+                # job is measured (measure_reconstruction=sample), which the baselines do not;
+                # since 2026-12-07 (late) after the job, on the background queue.
                 wait=False,
             )
             jobs = {latent.job for latent in latents}
@@ -393,6 +394,11 @@ class ServiceRun:
             self.latent_ids = [latent.id for latent in latents]
             detail["worker_s"] = _job_seconds(job)
             detail["api_cpu_s"] = self.svc.api_cpu_s() - api_cpu
+        # The sample's measurement, untimed: it runs when the worker is idle, and must not
+        # run beside the next variant's timed phase on a shared CPU. Its cost is recorded.
+        measuring = (job.result or {}).get("reconstruction", {}).get("job")
+        if measuring:
+            detail["background_s"] = _job_seconds(self.client.wait(measuring))
 
     def mix(self, out: dict) -> None:
         w = self.w
