@@ -13,10 +13,17 @@ from latentmix.worker.engine.diffusion import (
     InversionSettings,
     encode_images,
     encode_prompts,
+    generate,
     invert,
 )
 from latentmix.worker.engine.inversion import ddim, fixed_point
+from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel, load_model
+from latentmix.worker.engine.results import Inverted
+from latentmix.worker.engine.shapes.classifier import judge, load_classifier
+from latentmix.worker.engine.shapes.evaluation import find_samples, to_pil, to_tensor
+from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE
+from latentmix.worker.engine.state_mixing import mix_states
 
 PICTURE = Path(__file__).parents[3] / "examples" / "shapes-red-circle.png"
 PROMPT = "a red circle"
@@ -92,3 +99,25 @@ def test_fixed_point_latents_record_iterations_and_residual_per_step(shapes_mode
     assert all(1 <= k <= 3 for k in used)
     assert all(isinstance(r, float) and 0 <= r < 1 for r in residual), residual
     assert errors["latent_rmse"] < 1.0
+
+
+@pytest.mark.parametrize("method", ["null-text", "negative-prompt"])
+def test_centroids_of_null_text_and_negative_prompt_stay_on_class_at_7_5(shapes_model, method):
+    """The mixing paper's appendix B: null-text latents mix with their per-step embeddings
+    mixed by the same weights. The centroid of 4 red circles, inverted and generated at
+    7.5, is read as a red circle (docs/inversion-on-shapes.md: the per-method sheet)."""
+    circles = [to_pil(s) for s in find_samples("circle", "red", 4, seed=3)]
+    settings = InversionSettings(steps=STEPS, guidance_scale=GUIDANCE, method=method)
+    inverted = invert(shapes_model, circles, PROMPT, settings)
+    weights = [[1.0] * len(circles)]
+    states = [{name: value[k] for name, value in inverted.aux.items()} for k in range(len(circles))]
+    centroid = Inverted(
+        latent=mix(inverted.latent, weights, "nin/chm"),
+        aux=mix_states(states, weights, "nin/chm", ()) if inverted.aux else {},
+        method=inverted.method,
+        settings=inverted.settings,
+    )
+    (image,) = generate(shapes_model, centroid, PROMPT, steps=STEPS, guidance_scale=GUIDANCE)
+
+    ((label, confidence),) = judge(load_classifier(CLASSIFIER_FILE), to_tensor([image]))
+    assert label == "red circle" and confidence > 0.9
