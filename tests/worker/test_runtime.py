@@ -61,20 +61,35 @@ def abandoned_job(redis: Redis, settings: Settings):
     return job
 
 
+def make_worker(cls, queues, redis: Redis, settings: Settings, **kwargs) -> LatentMixWorker:
+    """A worker of `cls` on `queues`, without a model (its jobs are never run by a model)."""
+    return cls(
+        queues,
+        connection=redis,
+        job_class=LatentMixJob,
+        serializer=queues[0].serializer,
+        settings=settings,
+        device=torch.device("cpu"),
+        **kwargs,
+    )
+
+
+def work(worker: LatentMixWorker, **kwargs) -> None:
+    """`worker.work(**kwargs)` in this process, its signal handlers put back afterwards."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.work(**kwargs)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def failed_mixes(redis: Redis) -> int:
     return int(redis.hget(JOBS_KEY, "mix|failed") or 0)
 
 
 def new_worker(redis: Redis, settings: Settings) -> LatentMixWorker:
-    queue = get_queue(redis, "tiny")
-    return LatentMixWorker(
-        [queue],
-        connection=redis,
-        job_class=LatentMixJob,
-        serializer=queue.serializer,
-        settings=settings,
-        device=torch.device("cpu"),
-    )
+    return make_worker(LatentMixWorker, [get_queue(redis, "tiny")], redis, settings)
 
 
 def test_a_new_workers_cleanup_reports_a_dead_workers_job_once(redis, settings):
@@ -145,21 +160,10 @@ def test_a_stop_landing_just_after_the_pop_lets_the_popped_job_run(redis, settin
     signalled = SignalledAfterThePop(
         queue.name, connection=redis, job_class=LatentMixJob, serializer=queue.serializer
     )
-    worker = RecordingWorker(
-        [signalled],
-        connection=redis,
-        job_class=LatentMixJob,
-        queue_class=SignalledAfterThePop,
-        serializer=queue.serializer,
-        settings=settings,
-        device=torch.device("cpu"),
+    worker = make_worker(
+        RecordingWorker, [signalled], redis, settings, queue_class=SignalledAfterThePop
     )
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        worker.work(burst=False)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    work(worker, burst=False)
 
     assert ran == [job.id]
     assert worker._stop_requested
@@ -170,22 +174,9 @@ def test_an_idle_worker_stops_without_waiting_on_its_command_channel(
 ):
     """RQ read the worker's command channel in 60 s turns and waited for the turn to end on
     exit: a burst worker with nothing to do took a minute to stop. Now it stops at once."""
-    queue = get_queue(redis, "tiny")
-    worker = LatentMixWorker(
-        [queue],
-        connection=redis,
-        job_class=LatentMixJob,
-        serializer=queue.serializer,
-        settings=settings,
-        device=torch.device("cpu"),
-    )
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    worker = make_worker(LatentMixWorker, [get_queue(redis, "tiny")], redis, settings)
     started = time.monotonic()
-    try:
-        worker.work(burst=True)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    work(worker, burst=True)
     # A hang check, not a speed test: RQ's own reading would hold it here for 60 s.
     assert time.monotonic() - started < 30
     assert not worker.pubsub_thread.is_alive()
@@ -214,20 +205,8 @@ def test_background_work_waits_until_no_request_is_queued(redis: Redis, settings
             ran.append(job.id)
 
     queues = [get_queue(redis, "tiny"), webhook_queue(redis), background_queue(redis, "tiny")]
-    worker = RecordingWorker(
-        queues,
-        connection=redis,
-        job_class=LatentMixJob,
-        serializer=queues[0].serializer,
-        settings=settings,
-        device=torch.device("cpu"),
-    )
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        worker.work(burst=True, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    worker = make_worker(RecordingWorker, queues, redis, settings)
+    work(worker, burst=True, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
 
     assert sorted(ran[:3]) == sorted([mixes[0].id, mixes[1].id, webhook.id])
     assert ran[3:] == [background.id]
