@@ -1,15 +1,16 @@
-"""Cross-job batching (issue 30): a worker that takes a mix job claims queued mix jobs it can
-render together with it and runs their rows through the denoiser as one batch.
+"""Cross-job batching (issue 30): a worker that takes a mix or an inversion job claims queued
+jobs of the same kind and settings and runs their rows through the denoiser as one batch.
 
-RQ hands a worker one job at a time. Here the worker, holding a mix job, looks at its queue
+RQ hands a worker one job at a time. Here the worker, holding such a job, looks at its queue
 (waiting up to `worker_batch_wait_ms` for company) and claims compatible jobs itself, each
 with an LREM of its id: Redis removes an id once, so of several workers scanning one queue
 exactly one gets each job (RQ's own dequeue pops ids the same way). Each claimed job then
 goes through RQ's own bookkeeping in a thread of its own (`prepare_execution`,
 `perform_job`: started registry, heartbeat, result or failure, exception handlers), so it
 keeps its own progress, result, cancellation and failure. The jobs meet only at the
-denoiser: `generate_rows` hands each job's rows to the batch's `Rendezvous`, which waits
-until every job still running has rows to render, then renders them in one call.
+denoiser: `generate_rows` (mixes) and `invert_rows` (inversions) hand each job's rows to the
+batch's `Rendezvous`, which waits until every job still running has rows waiting, then runs
+them in one call.
 
 - A job that fails before or after rendering fails alone; the others go on.
 - A canceled job is seen at the next step's progress report, as alone; its rows finish the
@@ -33,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from latentmix.service.core.contract import MIX
-from latentmix.worker.engine.diffusion import generate
+from latentmix.service.core.contract import INVERT, MIX, InversionSettings
+from latentmix.worker.engine.diffusion import generate, invert
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def generate_rows(
             model, latents, prompt, steps=steps, guidance_scale=guidance_scale, progress=progress
         )
     inverted = latents if isinstance(latents, Inverted) else None
-    request = _Rows(
+    request = _MixRows(
         model=model,
         latent=inverted.latent if inverted else latents,
         aux=inverted.aux if inverted else {},
@@ -80,28 +81,52 @@ def generate_rows(
         guidance_scale=guidance_scale,
         progress=progress,
     )
-    return rendezvous.generate(request)
+    return rendezvous.run(request)
+
+
+def invert_rows(
+    model: LoadedModel,
+    images: list[Image.Image],
+    prompts: list[str],
+    settings: InversionSettings,
+    *,
+    progress: ProgressFn | None,
+    measure: bool,
+) -> Inverted:
+    """`invert` for a task: together with the other jobs of this thread's batch, if any."""
+    rendezvous: Rendezvous | None = getattr(_current, "rendezvous", None)
+    if rendezvous is None:
+        return invert(model, images, prompts, settings, progress, measure=measure)
+    request = _InvertRows(model, images, prompts, settings, measure, progress=progress)
+    return rendezvous.run(request)
 
 
 # --- claiming company ---------------------------------------------------------------------
 
 
 def batch_key(job: Job) -> tuple | None:
-    """What a mix job must share with another to be rendered in one denoiser call: its
-    queue (the model), steps, guidance and the inputs' inversion method and settings (the
-    sampler); None for a job that is not batched (other tasks, attention interpolation, a
-    request of an older release). The latents' size is checked when the rows meet."""
-    if job.func_name != MIX.task or not job.args or not isinstance(job.args[0], dict):
+    """What a job must share with another to run in one denoiser call. A mix: its queue (the
+    model), steps, guidance and the inputs' inversion method and settings (the sampler); an
+    inversion: its queue, its settings (method, options, steps, guidance, size) and whether
+    every latent is regenerated to measure it. None for a job that is not batched (other
+    tasks, attention interpolation, a request of an older release). The latents' size is
+    checked when the rows meet."""
+    if not job.args or not isinstance(job.args[0], dict):
         return None
     raw = job.args[0]
-    if "rows" not in raw or raw.get("attention", "none") != "none":
+    if job.func_name == INVERT.task and "items" in raw and "settings" in raw:
+        settings = json.dumps(raw["settings"], sort_keys=True)
+        return (job.origin, INVERT.name, settings, raw.get("measure_reconstruction") == "all")
+    if job.func_name != MIX.task or "rows" not in raw or raw.get("attention", "none") != "none":
         return None
     sampler = json.dumps(raw.get("inversion_settings") or {}, sort_keys=True)
     return (job.origin, raw["steps"], float(raw["guidance_scale"]), raw.get("inversion"), sampler)
 
 
 def _rows(job: Job) -> int:
-    return len(job.args[0]["rows"])
+    """A job's rows: a mix's weight rows, an inversion's images."""
+    raw = job.args[0]
+    return len(raw["rows"] if job.func_name == MIX.task else raw["items"])
 
 
 def claim_company(
@@ -174,29 +199,21 @@ def run_together(execute: Callable[[Job, Queue], None], jobs: Sequence[Job], que
 
 
 @dataclass
-class _Rows:
+class _Request:
     """One job's rows waiting for the denoiser, and what came of them."""
 
-    model: LoadedModel
-    latent: torch.Tensor
-    aux: dict[str, torch.Tensor]
-    method: str | None  # None: plain latents (the family's default sampler)
-    settings: dict[str, Any]
-    prompt: str
-    steps: int
-    guidance_scale: float
-    progress: ProgressFn | None
-    images: list[Image.Image] = field(default_factory=list)
-    error: BaseException | None = None
-    done: bool = False
+    progress: ProgressFn | None = field(default=None, kw_only=True)
+    error: BaseException | None = field(default=None, kw_only=True)
+    done: bool = field(default=False, kw_only=True)
 
     def key(self) -> tuple:
-        """What rows must share to go through one call (within a batch of compatible jobs,
-        only the latents' size can still differ)."""
-        aux = tuple(sorted((name, tuple(value.shape[1:])) for name, value in self.aux.items()))
-        sampler = json.dumps(self.settings, sort_keys=True, default=str)
-        shape = tuple(self.latent.shape[1:])
-        return (id(self.model), self.steps, self.guidance_scale, self.method, sampler, shape, aux)
+        """What requests must share to go through one call."""
+        raise NotImplementedError
+
+    @staticmethod
+    def run_group(group: list) -> None:
+        """One call over the group's rows; each request gets its own part back."""
+        raise NotImplementedError
 
     def report(self, done: int, total: int) -> None:
         """This job's progress; its failure (a cancel) is kept for it, not raised."""
@@ -207,21 +224,102 @@ class _Rows:
         except Exception as exc:
             self.error = exc
 
+
+def _group_progress(group: list[_Request]) -> ProgressFn:
+    """Every job's progress at once; stops the call when every job has failed (canceled)."""
+
+    def progress(done: int, total: int) -> None:
+        for request in group:
+            request.report(done, total)
+        if all(request.error is not None for request in group):
+            raise group[0].error
+
+    return progress
+
+
+@dataclass
+class _MixRows(_Request):
+    """A mix job's mixed latents to generate images from."""
+
+    model: LoadedModel
+    latent: torch.Tensor
+    aux: dict[str, torch.Tensor]
+    method: str | None  # None: plain latents (the family's default sampler)
+    settings: dict[str, Any]
+    prompt: str
+    steps: int
+    guidance_scale: float
+    images: list[Image.Image] = field(default_factory=list)
+
+    def key(self) -> tuple:
+        """Within a batch of compatible jobs, only the latents' size can still differ."""
+        aux = tuple(sorted((name, tuple(value.shape[1:])) for name, value in self.aux.items()))
+        sampler = json.dumps(self.settings, sort_keys=True, default=str)
+        shape = tuple(self.latent.shape[1:])
+        return (id(self.model), self.steps, self.guidance_scale, self.method, sampler, shape, aux)
+
     def outcome(self) -> list[Image.Image]:
         if self.error is not None:
             raise self.error
         return self.images
 
+    @staticmethod
+    def run_group(group: list[_MixRows]) -> None:
+        _render_group(group)
+
+
+@dataclass
+class _InvertRows(_Request):
+    """An inversion job's images to invert."""
+
+    model: LoadedModel
+    images: list[Image.Image]
+    prompts: list[str]
+    settings: InversionSettings
+    measure: bool
+    inverted: Inverted | None = None
+
+    def key(self) -> tuple:
+        return (id(self.model), INVERT.name, self.settings.model_dump_json(), self.measure)
+
+    def outcome(self) -> Inverted:
+        if self.error is not None:
+            raise self.error
+        return self.inverted
+
+    @staticmethod
+    def run_group(group: list[_InvertRows]) -> None:
+        """One `invert` over the group's images; each job's latents (and state and measured
+        errors) its own rows of it."""
+        first = group[0]
+        try:
+            inverted = invert(
+                first.model,
+                [image for request in group for image in request.images],
+                [prompt for request in group for prompt in request.prompts],
+                first.settings,
+                _group_progress(group),
+                measure=first.measure,
+            )
+        except Exception as exc:
+            for request in group:
+                request.error = request.error or exc
+            return
+        start = 0
+        for request in group:
+            request.inverted = inverted.rows(start, start + len(request.images))
+            start += len(request.images)
+
 
 class Rendezvous:
-    """Where the jobs of one batch meet at the denoiser: each `generate` waits until every
-    job still running has rows waiting (or has ended), then one of them renders all the
-    waiting rows, grouped by `_Rows.key`, and each gets its own images back."""
+    """Where the jobs of one batch meet at the denoiser: each `run` waits until every job
+    still running has rows waiting (or has ended), then one of them runs all the waiting
+    rows, grouped by their `key`, and each gets its own part back."""
 
     def __init__(self, participants: int):
         self._condition = threading.Condition()
         self._active = participants
-        self._waiting: list[_Rows] = []
+        self._waiting: list[_Request] = []
         self._rendering = False
 
     def leave(self) -> None:
@@ -230,7 +328,7 @@ class Rendezvous:
             self._active -= 1
             self._condition.notify_all()
 
-    def generate(self, rows: _Rows) -> list[Image.Image]:
+    def run(self, rows: _Request) -> Any:
         with self._condition:
             self._waiting.append(rows)
             self._condition.notify_all()
@@ -252,15 +350,15 @@ class Rendezvous:
         return rows.outcome()
 
 
-def _render(batch: list[_Rows]) -> None:
-    groups: dict[tuple, list[_Rows]] = {}
+def _render(batch: list[_Request]) -> None:
+    groups: dict[tuple, list[_Request]] = {}
     for rows in batch:
-        groups.setdefault(rows.key(), []).append(rows)
+        groups.setdefault((type(rows), rows.key()), []).append(rows)
     for group in groups.values():
-        _render_group(group)
+        type(group[0]).run_group(group)
 
 
-def _render_group(group: list[_Rows]) -> None:
+def _render_group(group: list[_MixRows]) -> None:
     """One denoiser call over the group's rows; each job's images, progress and failure
     its own."""
     first = group[0]
@@ -270,13 +368,6 @@ def _render_group(group: list[_Rows]) -> None:
         aux = {name: torch.cat([rows.aux[name] for rows in group]) for name in first.aux}
         latents = Inverted(latent=latent, aux=aux, method=first.method, settings=first.settings)
     prompts = [rows.prompt for rows in group for _ in range(len(rows.latent))]
-
-    def progress(done: int, total: int) -> None:
-        for rows in group:
-            rows.report(done, total)
-        if all(rows.error is not None for rows in group):
-            raise first.error  # every job canceled (or failed reporting): stop here
-
     try:
         images = generate(
             first.model,
@@ -284,7 +375,7 @@ def _render_group(group: list[_Rows]) -> None:
             prompts,
             steps=first.steps,
             guidance_scale=first.guidance_scale,
-            progress=progress,
+            progress=_group_progress(group),
         )
     except Exception as exc:
         for rows in group:

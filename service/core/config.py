@@ -78,9 +78,10 @@ class Settings(BaseSettings):
     lpips_weights: Path | None = None
 
     # Cross-job batching (worker/batching.py): a worker that takes a mix job waits up to this
-    # many ms for queued mix jobs with the same steps, guidance and sampler, claims them and
-    # renders their rows in one denoiser call (up to max_batch_size rows in all); each job
-    # keeps its own progress, result, cancellation and failure. None: one job at a time.
+    # many ms for queued mix jobs with the same steps, guidance and sampler (an inversion job:
+    # inversion jobs with the same settings), claims them and runs their rows in one denoiser
+    # call (up to max_batch_size rows in all); each job keeps its own progress, result,
+    # cancellation and failure. None: one job at a time.
     worker_batch_wait_ms: float | None = Field(default=None, ge=0, le=1000)
 
     # Jobs.

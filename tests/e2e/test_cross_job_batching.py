@@ -1,8 +1,8 @@
 """Cross-job batching (worker/batching.py) done for real: the service's API, real Redis, real
-RQ workers with LATENTMIX_WORKER_BATCH_WAIT_MS set. Mix jobs queued while the worker is busy
-with a slow job are claimed together and rendered in one denoiser call; each still has its
-own result, progress, cancellation and failure; a killed worker fails exactly the jobs it
-held; two workers on one queue never run a job twice.
+RQ workers with LATENTMIX_WORKER_BATCH_WAIT_MS set. Mix jobs (and inversion jobs) queued
+while the worker is busy with a slow job are claimed together and run in one denoiser call;
+each still has its own result, progress, cancellation and failure; a killed worker fails
+exactly the jobs it held; two workers on one queue never run a job twice.
 
 The module runs its own stack (one worker at first, local store, short heartbeats) so that it
 can kill and add workers."""
@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, service_environment, upload_random_latents, wait_for
+from helpers import free_port, png_bytes, service_environment, upload_random_latents, wait_for
 from PIL import Image
 from redis import Redis
 from rq.job import Job
@@ -30,8 +30,8 @@ from safetensors.numpy import load
 
 from latentmix.service.cli.stack import ServiceStack
 from latentmix.service.core.config import Settings
-from latentmix.service.core.contract import MIX, plan_mix
-from latentmix.service.core.jobs import enqueue
+from latentmix.service.core.contract import INVERT, MIX, plan_mix
+from latentmix.service.core.jobs import enqueue, get_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -207,3 +207,48 @@ def test_two_workers_on_one_queue_never_run_a_job_twice(api, stack, inputs):
     together = [batch for batch in batches(stack) if batch & set(jobs)]
     ran = [job for batch in together for job in batch]
     assert len(ran) == len(set(ran))  # no job in two batches
+
+
+def post_latents(api, seed: int) -> tuple[str, str]:
+    """POST /latents of one image with the request's defaults: (job id, latent id)."""
+    files = [("images", (f"i{seed}.png", png_bytes(seed), "image/png"))]
+    data = {"prompt": PROMPT, "inversion_steps": STEPS, "guidance_scale": 1.0}
+    response = api.post("/latents", files=files, data=data)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    return body["job"]["id"], body["latents"][0]["id"]
+
+
+def test_inversion_jobs_run_together_each_with_its_own_latents_and_failure(api, stack, inputs):
+    busy_worker(api, inputs, 0.05)
+    first, second = post_latents(api, 71), post_latents(api, 72)
+    with Redis.from_url(stack.redis_url) as redis:
+        queued = Job.fetch(first[0], connection=redis, serializer=JSONSerializer).args[0]
+        missing_upload = {
+            "items": [{"latent_id": "e" * 32, "upload_key": "uploads/gone", "prompt": PROMPT}],
+            "settings": queued["settings"],  # the same settings: claimed with the others
+            "measure_reconstruction": queued["measure_reconstruction"],
+        }
+        bad = get_queue(redis, "tiny").enqueue(INVERT.task, missing_upload, job_id=uuid4().hex).id
+    third = post_latents(api, 73)
+    good = [first, second, third]
+
+    failed = wait_for(api, bad)
+    ended = [wait_for(api, job) for job, _ in good]
+
+    assert {first[0], second[0], bad, third[0]} in batches(stack)
+    assert failed["status"] == "failed" and "uploads/gone" in failed["error"], failed
+    from latentmix.worker.engine.diffusion import InversionSettings, invert
+    from latentmix.worker.engine.models import load_model
+
+    model = load_model("tiny", device="cpu", cache_dir=stack.settings.data_dir / "models")
+    settings = InversionSettings(steps=STEPS, guidance_scale=1.0)
+    for (_, latent), done, seed in zip(good, ended, (71, 72, 73), strict=True):
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["done"] == done["progress"]["total"] > 0, done
+        assert done["result"]["latents"] == [latent]
+        # The job's latent is its own image's, as the engine inverts it alone.
+        stored = load(api.get(f"/latents/{latent}/data").content)["latent"]
+        image = Image.open(io.BytesIO(png_bytes(seed))).convert("RGB")
+        alone = invert(model, [image], PROMPT, settings).latent[0].numpy()
+        assert np.abs(stored - alone).max() < 1e-4, seed

@@ -20,7 +20,8 @@ from latentmix.service.core.contract import (
 )
 from latentmix.service.core.jobs import enqueue
 from latentmix.service.core.latents import LatentRecord, Reconstruction, measured_reconstruction
-from latentmix.worker.engine.diffusion import invert, named_method
+from latentmix.worker.batching import invert_rows
+from latentmix.worker.engine.diffusion import named_method
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks.reporting import (
@@ -44,13 +45,13 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     measured = measured_per_batch(request.measure_reconstruction, batches)
     with BatchPublisher(ctx.publishing) as publisher:
         for number, rows in enumerate(batches):
-            result = invert(
+            result = invert_rows(  # with other jobs' images, when batched (worker/batching.py)
                 ctx.model,
                 [images[i].result() for i in rows],
                 [items[i].prompt for i in rows],
                 request.settings,
                 progress=batch_progress(progress, number, len(batches)),
-                measure=measured[number],
+                measure=measured[number] > 0,
             )
             batch_items = [items[i] for i in rows]
             publish = functools.partial(_publish_inverted, ctx, batch_items, result)
