@@ -203,6 +203,7 @@ class _Request:
     """One job's rows waiting for the denoiser, and what came of them."""
 
     progress: ProgressFn | None = field(default=None, kw_only=True)
+    value: Any = field(default=None, kw_only=True)  # this job's part of the call's result
     error: BaseException | None = field(default=None, kw_only=True)
     done: bool = field(default=False, kw_only=True)
 
@@ -214,6 +215,19 @@ class _Request:
     def run_group(group: list) -> None:
         """One call over the group's rows; each request gets its own part back."""
         raise NotImplementedError
+
+    def rows(self) -> int:
+        """How many rows of the group's call are this request's."""
+        raise NotImplementedError
+
+    def part(self, result: Any, start: int, stop: int) -> Any:
+        """Rows start..stop of the group's result, as this job takes them."""
+        raise NotImplementedError
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
     def report(self, done: int, total: int) -> None:
         """This job's progress; its failure (a cancel) is kept for it, not raised."""
@@ -249,7 +263,6 @@ class _MixRows(_Request):
     prompt: str
     steps: int
     guidance_scale: float
-    images: list[Image.Image] = field(default_factory=list)
 
     def key(self) -> tuple:
         """Within a batch of compatible jobs, only the latents' size can still differ."""
@@ -258,14 +271,15 @@ class _MixRows(_Request):
         shape = tuple(self.latent.shape[1:])
         return (id(self.model), self.steps, self.guidance_scale, self.method, sampler, shape, aux)
 
-    def outcome(self) -> list[Image.Image]:
-        if self.error is not None:
-            raise self.error
-        return self.images
-
     @staticmethod
     def run_group(group: list[_MixRows]) -> None:
         _render_group(group)
+
+    def rows(self) -> int:
+        return len(self.latent)
+
+    def part(self, images: list[Image.Image], start: int, stop: int) -> list[Image.Image]:
+        return images[start:stop]
 
 
 @dataclass
@@ -277,38 +291,32 @@ class _InvertRows(_Request):
     prompts: list[str]
     settings: InversionSettings
     measure: bool
-    inverted: Inverted | None = None
 
     def key(self) -> tuple:
         return (id(self.model), INVERT.name, self.settings.model_dump_json(), self.measure)
-
-    def outcome(self) -> Inverted:
-        if self.error is not None:
-            raise self.error
-        return self.inverted
 
     @staticmethod
     def run_group(group: list[_InvertRows]) -> None:
         """One `invert` over the group's images; each job's latents (and state and measured
         errors) its own rows of it."""
         first = group[0]
-        try:
-            inverted = invert(
+        _call_group(
+            group,
+            lambda progress: invert(
                 first.model,
                 [image for request in group for image in request.images],
                 [prompt for request in group for prompt in request.prompts],
                 first.settings,
-                _group_progress(group),
+                progress,
                 measure=first.measure,
-            )
-        except Exception as exc:
-            for request in group:
-                request.error = request.error or exc
-            return
-        start = 0
-        for request in group:
-            request.inverted = inverted.rows(start, start + len(request.images))
-            start += len(request.images)
+            ),
+        )
+
+    def rows(self) -> int:
+        return len(self.images)
+
+    def part(self, inverted: Inverted, start: int, stop: int) -> Inverted:
+        return inverted.rows(start, stop)
 
 
 class Rendezvous:
@@ -368,20 +376,29 @@ def _render_group(group: list[_MixRows]) -> None:
         aux = {name: torch.cat([rows.aux[name] for rows in group]) for name in first.aux}
         latents = Inverted(latent=latent, aux=aux, method=first.method, settings=first.settings)
     prompts = [rows.prompt for rows in group for _ in range(len(rows.latent))]
-    try:
-        images = generate(
+    _call_group(
+        group,
+        lambda progress: generate(
             first.model,
             latents,
             prompts,
             steps=first.steps,
             guidance_scale=first.guidance_scale,
-            progress=_group_progress(group),
-        )
+            progress=progress,
+        ),
+    )
+
+
+def _call_group(group: list[_Request], call: Callable[[ProgressFn], Any]) -> None:
+    """`call(progress)` once for the whole group; each request takes its rows of the result,
+    or, if the call raises, its failure (and only the group's requests fail)."""
+    try:
+        result = call(_group_progress(group))
     except Exception as exc:
-        for rows in group:
-            rows.error = rows.error or exc
+        for request in group:
+            request.error = request.error or exc
         return
     start = 0
-    for rows in group:
-        rows.images = images[start : start + len(rows.latent)]
-        start += len(rows.latent)
+    for request in group:
+        request.value = request.part(result, start, start + request.rows())
+        start += request.rows()
