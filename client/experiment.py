@@ -415,12 +415,14 @@ class Experiment:
         if not path.exists():
             return State(plan=plan)
         state = State(**json.loads(path.read_text()))
-        if state.plan != plan:
-            changed = sorted(key for key in plan if state.plan.get(key) != plan[key])
+        # A setting the saved plan lacks (an OUT of an older release) reads as unset.
+        changed = sorted(key for key in plan if state.plan.get(key) != plan[key])
+        if changed:
             raise UsageError(
                 f"{self.out} holds an experiment with other settings ({', '.join(changed)}); "
                 "use another --out"
             )
+        state.plan = plan
         return state
 
     def _save_state(self) -> None:

@@ -2,6 +2,8 @@
 
 import argparse
 import csv
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,19 @@ def test_the_model_card_fills_in_the_prompt_and_the_judge_for_classes_it_knows(t
     assert unknown.judge is None and unknown.features == "judge"  # it cannot tell a dog
     assert (sd.prompt, sd.features, sd.judge) == ("a photo of a {class}", "clip", None)
     assert (told.prompt, told.features) == ("{class}!", "clip")
+
+
+def test_an_out_folder_of_an_older_release_resumes(tmp_path):
+    """Its experiment.json predates the plan's `judge`: unset then, as it is here."""
+    data = tree(tmp_path / "data", images=2)
+    out = tmp_path / "o"
+    plan = Plan.from_args(parse(str(data), "--out", str(out), "--k", "1,2"))
+    classes = find_classes(data, out)
+    Experiment(None, plan, classes, out)._save_state()
+    saved = json.loads((out / "experiment.json").read_text())
+    del saved["plan"]["judge"]
+    (out / "experiment.json").write_text(json.dumps(saved))
+
+    resumed = Experiment(None, plan, classes, out)
+
+    assert resumed.state.plan == asdict(plan)
