@@ -131,7 +131,13 @@ def start_long_job(url: str, seed: int) -> str:
         response = client.post(
             "/latents",
             files=[("images", (f"image{seed}.png", png_bytes(seed), "image/png"))],
-            data={"inversion_steps": LONG_INVERSION, "guidance_scale": "1"},
+            # Regenerated inside the job too (`all`): twice the steps, long enough to be
+            # running through a signal, a restart and a heartbeat TTL.
+            data={
+                "inversion_steps": LONG_INVERSION,
+                "guidance_scale": "1",
+                "measure_reconstruction": "all",
+            },
         )
         assert response.status_code == 202, response.text
         job_id = response.json()["job"]["id"]
