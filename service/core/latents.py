@@ -274,13 +274,11 @@ class LatentCatalog:
         self._remember(record.id, array)
         return True
 
-    def amend(self, record: LatentRecord) -> None:
-        """Store a new record for a stored latent, its array and state unchanged (a round
-        trip measured after it was published)."""
-        key = latent_key(record.id)
-        data = self.storage.get(key)
-        array, aux = decode_latent(data), decode_aux(data)
-        self.storage.put(key, encode_latent(array, record, aux), "application/octet-stream")
+    def amend(self, record: LatentRecord, array: np.ndarray, aux: dict[str, np.ndarray]) -> None:
+        """Store a new record for a stored latent, with the array and state it holds
+        (`load`, `load_aux`): a round trip measured after it was published."""
+        data = encode_latent(array, record, aux)
+        self.storage.put(latent_key(record.id), data, "application/octet-stream")
         self._cache(record)
 
     def _cache(self, record: LatentRecord) -> None:

@@ -27,9 +27,9 @@ def measure_reconstructions(ctx: WorkerContext, job: Job, request: MeasureReques
         record = ctx.catalog.record(latent_id)
         if record is None or record.source_image is None:
             raise ValueError(f"latent {latent_id} has no stored source image to measure against")
-        aux = ctx.catalog.load_aux(latent_id)
+        array, aux = ctx.catalog.load(latent_id), ctx.catalog.load_aux(latent_id)
         inverted = Inverted(
-            latent=torch.from_numpy(ctx.catalog.load(latent_id))[None],
+            latent=torch.from_numpy(array)[None],
             aux={name: torch.from_numpy(state)[None] for name, state in aux.items()},
             method=record.inversion,
             settings=record.settings,
@@ -40,5 +40,6 @@ def measure_reconstructions(ctx: WorkerContext, job: Job, request: MeasureReques
         )
         measured = {name: float(values[0]) for name, values in errors.items()}
         reconstruction = measured_reconstruction(measured, request.sample_of)
-        ctx.catalog.amend(record.model_copy(update={"reconstruction": reconstruction}))
+        amended = record.model_copy(update={"reconstruction": reconstruction})
+        ctx.catalog.amend(amended, array, aux)
     return MeasureResult(measured=request.latents)
