@@ -40,12 +40,11 @@ from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import load_model
 from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
-from latentmix.worker.engine.results import Inverted
 from latentmix.worker.engine.shapes import evaluation as ev
 from latentmix.worker.engine.shapes import world
 from latentmix.worker.engine.shapes.classifier import classify, judge, load_classifier
 from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE, SHAPES_MODEL_NAME
-from latentmix.worker.engine.state_mixing import mix_states
+from latentmix.worker.engine.state_mixing import mix_inverted
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -303,16 +302,8 @@ def part_method_mixes(model: Any, classifier: Any, args: argparse.Namespace) -> 
 def _mixed_state(model: Any, inverted: Any, weights: list[list[float]]) -> Any:
     """The `nin/chm` mix of the inverted rows with their state mixed alike (as a mix job
     mixes it, worker/tasks/mix.py)."""
-    method = get_inversion(inverted.method, model.card)
-    states = [
-        {name: value[k] for name, value in inverted.aux.items()} for k in range(len(inverted))
-    ]
-    return Inverted(
-        latent=mix(inverted.latent, weights, "nin/chm"),
-        aux=mix_states(states, weights, "nin/chm", method.latent_state) if inverted.aux else {},
-        method=inverted.method,
-        settings=inverted.settings,
-    )
+    latent_state = get_inversion(inverted.method, model.card).latent_state
+    return mix_inverted(inverted, weights, "nin/chm", latent_state)
 
 
 def labelled_sheet(

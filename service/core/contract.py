@@ -504,7 +504,6 @@ class MorphResult(Contract):
 
 
 EvaluationFeatures = Literal["clip", "inception", "judge"]
-EVALUATION_FEATURES: tuple[str, ...] = get_args(EvaluationFeatures)
 
 
 class EvaluateRequest(Contract):

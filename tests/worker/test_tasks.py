@@ -14,7 +14,7 @@ from latentmix.worker.engine.diffusion import named_method
 from latentmix.worker.runtime import WorkerContext
 from latentmix.worker.tasks import mix as mix_task
 from latentmix.worker.tasks import streaming
-from latentmix.worker.tasks.invert import measured_per_batch
+from latentmix.worker.tasks.invert import measured_in_job
 from latentmix.worker.tasks.reporting import (
     JobCanceled,
     batch_progress,
@@ -267,10 +267,10 @@ def test_a_morph_measures_with_lpips_when_its_weights_are_configured(tmp_path):
 @pytest.mark.parametrize(
     ("measure", "expected"),
     [
-        ("sample", [0, 0, 0]),  # measured after the job, on the background queue
-        ("all", [2, 2, 1]),
-        ("none", [0, 0, 0]),
+        ("sample", False),  # measured after the job, on the background queue
+        ("all", True),  # every latent of every batch
+        ("none", False),
     ],
 )
 def test_which_latents_of_an_inversion_are_regenerated_inside_the_job(measure, expected):
-    assert measured_per_batch(measure, in_batches(5, 2)) == expected
+    assert measured_in_job(measure) is expected

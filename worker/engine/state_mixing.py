@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from latentmix.worker.engine.mixing import Weights, mix
+from latentmix.worker.engine.results import Inverted
 
 
 def mix_states(
@@ -33,3 +34,19 @@ def mix_states(
         stack = torch.stack([state[name] for state in states])
         mixed[name] = mix(stack, weights, method if name in latent_state else "lerp")
     return mixed
+
+
+def mix_inverted(
+    inverted: Inverted, weights: Weights, method: str, latent_state: Sequence[str]
+) -> Inverted:
+    """The K rows of `inverted` mixed with `weights` [N, K]: the latents with `method`, their
+    state as `mix_states` mixes it; to be sampled with the inputs' method and settings."""
+    states = [
+        {name: value[k] for name, value in inverted.aux.items()} for k in range(len(inverted))
+    ]
+    return Inverted(
+        latent=mix(inverted.latent, weights, method),
+        aux=mix_states(states, weights, method, latent_state) if inverted.aux else {},
+        method=inverted.method,
+        settings=inverted.settings,
+    )

@@ -42,7 +42,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     progress = progress_reporter(ctx.redis, job)
     batches = in_batches(len(items), ctx.model.inversion_batch_size)
     method = named_method(request.settings, ctx.model.card)
-    measured = measured_per_batch(request.measure_reconstruction, batches)
+    inside = measured_in_job(request.measure_reconstruction)
     with BatchPublisher(ctx.publishing) as publisher:
         for number, rows in enumerate(batches):
             result = invert_rows(  # with other jobs' images, when batched (worker/batching.py)
@@ -51,7 +51,7 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
                 [items[i].prompt for i in rows],
                 request.settings,
                 progress=batch_progress(progress, number, len(batches)),
-                measure=measured[number] > 0,
+                measure=inside,
             )
             batch_items = [items[i] for i in rows]
             publish = functools.partial(_publish_inverted, ctx, batch_items, result)
@@ -62,22 +62,19 @@ def invert_images(ctx: WorkerContext, job: Job, request: InvertRequest) -> Inver
     ctx.catalog.release(latent_ids, job.id)
     if request.measure_reconstruction == "sample" and not method.exact:
         return InvertResult(latents=latent_ids, reconstruction=_sample(ctx, latent_ids))
-    measured_ids = [
-        items[batch[0] + row].latent_id
-        for batch, count in zip(batches, measured, strict=True)
-        for row in range(count)
-    ]
     sample = ReconstructionSample(
-        measure=request.measure_reconstruction, measured=measured_ids, of=len(items)
+        measure=request.measure_reconstruction,
+        measured=latent_ids if inside else [],
+        of=len(items),
     )
     return InvertResult(latents=latent_ids, reconstruction=sample)
 
 
-def measured_per_batch(measure: ReconstructionMeasure, batches: list[list[int]]) -> list[int]:
-    """How many leading rows of each batch to regenerate for their round trip inside the
-    job: every row (`all`) or none (`none`, and `sample`, which is measured after the job,
-    off its critical path: _sample)."""
-    return [len(rows) if measure == "all" else 0 for rows in batches]
+def measured_in_job(measure: ReconstructionMeasure) -> bool:
+    """Whether the job regenerates its latents to measure their round trip: every one
+    (`all`), or none (`none`, and `sample`, which is measured after the job, off its
+    critical path: _sample)."""
+    return measure == "all"
 
 
 def _sample(ctx: WorkerContext, latent_ids: list[str]) -> ReconstructionSample:

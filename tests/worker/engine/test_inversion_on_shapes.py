@@ -17,13 +17,11 @@ from latentmix.worker.engine.diffusion import (
     invert,
 )
 from latentmix.worker.engine.inversion import ddim, fixed_point
-from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel, load_model
-from latentmix.worker.engine.results import Inverted
 from latentmix.worker.engine.shapes.classifier import judge, load_classifier
 from latentmix.worker.engine.shapes.evaluation import find_samples, to_pil, to_tensor
 from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE
-from latentmix.worker.engine.state_mixing import mix_states
+from latentmix.worker.engine.state_mixing import mix_inverted
 
 PICTURE = Path(__file__).parents[3] / "examples" / "shapes-red-circle.png"
 PROMPT = "a red circle"
@@ -109,14 +107,7 @@ def test_centroids_of_null_text_and_negative_prompt_stay_on_class_at_7_5(shapes_
     circles = [to_pil(s) for s in find_samples("circle", "red", 4, seed=3)]
     settings = InversionSettings(steps=STEPS, guidance_scale=GUIDANCE, method=method)
     inverted = invert(shapes_model, circles, PROMPT, settings)
-    weights = [[1.0] * len(circles)]
-    states = [{name: value[k] for name, value in inverted.aux.items()} for k in range(len(circles))]
-    centroid = Inverted(
-        latent=mix(inverted.latent, weights, "nin/chm"),
-        aux=mix_states(states, weights, "nin/chm", ()) if inverted.aux else {},
-        method=inverted.method,
-        settings=inverted.settings,
-    )
+    centroid = mix_inverted(inverted, [[1.0] * len(circles)], "nin/chm", latent_state=())
     (image,) = generate(shapes_model, centroid, PROMPT, steps=STEPS, guidance_scale=GUIDANCE)
 
     ((label, confidence),) = judge(load_classifier(CLASSIFIER_FILE), to_tensor([image]))
