@@ -569,6 +569,9 @@ class Heartbeat:
         deadline = current_timestamp() + ttl
         executions = list(worker.executions.values())
         with worker.connection.pipeline(transaction=False) as pipe:
+            # RQ's own heartbeat (HSET last_heartbeat) recreates a lost worker hash without
+            # putting it back in the workers set: registered means both are there.
+            pipe.sismember(worker.redis_workers_keys, worker.key)
             pipe.expire(worker.key, ttl)
             self.publish(pipe)
             for execution in executions:
@@ -578,8 +581,8 @@ class Heartbeat:
                 pipe.zadd(started.key, {execution.composite_key: deadline}, xx=True)
                 per_job = ExecutionRegistry(job_id=execution.job_id, connection=worker.connection)
                 pipe.zadd(per_job.key, {execution.id: deadline + 60}, xx=True)
-            registered = pipe.execute()[0]
-        if not registered:
+            in_set, hash_kept = pipe.execute()[:2]
+        if not (in_set and hash_kept):
             self.register_again()
 
     def register_again(self) -> None:

@@ -7,10 +7,11 @@ import time
 
 import pytest
 import torch
+from helpers import TINY_CARD
 from redis import Redis
 from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
-from rq.worker import DequeueStrategy
+from rq.worker import DequeueStrategy, Worker
 
 from latentmix.service.api.reaper import reap
 from latentmix.service.core.config import Settings
@@ -27,7 +28,7 @@ from latentmix.service.core.jobs import (
     view_job,
 )
 from latentmix.service.core.webhooks import webhook_queue
-from latentmix.worker.runtime import LatentMixWorker
+from latentmix.worker.runtime import Heartbeat, LatentMixWorker
 
 IDS = [f"{i:032x}" for i in range(2)]
 
@@ -210,3 +211,20 @@ def test_background_work_waits_until_no_request_is_queued(redis: Redis, settings
 
     assert sorted(ran[:3]) == sorted([mixes[0].id, mixes[1].id, webhook.id])
     assert ran[3:] == [background.id]
+
+
+def test_a_beat_registers_the_worker_again_after_redis_lost_it(redis: Redis, settings: Settings):
+    """After a Redis that lost its data, RQ's own heartbeat writes the worker's hash back
+    (its last beat only) but not its entry in the workers set; our beat must still see the
+    worker as lost and register it whole, or `latentmix info` never lists it again."""
+    worker = new_worker(redis, settings)
+    worker.register_birth()
+    redis.flushall()
+    worker.heartbeat()  # RQ's beat, which may come first
+
+    Heartbeat(worker, ttl_s=3, card=TINY_CARD).beat()
+
+    [found] = Worker.all(connection=redis)
+    assert found.name == worker.name
+    assert found.queue_names() == ["latentmix:tiny"]
+    assert redis.ttl(worker.key) <= 3
