@@ -10,6 +10,7 @@ text-embedding cache the engine needs.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,10 +123,11 @@ class LoadedModel:
         default_factory=lambda: PromptCache(DEFAULT_PROMPT_CACHE_SIZE), repr=False
     )
 
-    @property
+    @functools.cached_property
     def card(self) -> ModelCard:
         """The family's description of the model, with the inversion methods whose needs
-        it meets (families know their pipelines, not the methods)."""
+        it meets (families know their pipelines, not the methods). Built once: a loaded
+        model does not change, and the card (frozen) is read at every step of every job."""
         card = self.family.card(self)
         augmentation = self.augmentation or AugmentationDefaults.paper(card.default_guidance)
         return card.model_copy(
