@@ -5,6 +5,11 @@ jobs, summarised per thread and per function.
     .venv/bin/pip install py-spy    # a tool, not a dependency of the project
     .venv/bin/python bench/profile_worker.py --model tiny -k 16 -n 32 --store local
 
+`--workload small` profiles the many-small-requests workload of `bench/small_jobs.py`
+instead (16 clients of one-row mixes, cross-job batching on):
+
+    .venv/bin/python bench/profile_worker.py --model tiny --workload small --jobs 96
+
 Prints, for the worker's main thread (the one that computes), the share of samples on each
 line of the task and what it calls (the denoiser's calls as one), and between jobs (RQ's
 loop); `--gil` samples only threads holding the GIL (who competes with the compute thread),
@@ -26,7 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from throughput import Service, ServiceRun, Workload  # bench/ is the script's directory
+from small_jobs import rows, run_service, upload  # bench/ is the script's directory
+from throughput import Service, ServiceRun, Workload
 
 from latentmix.client import LatentMixClient
 
@@ -46,44 +52,79 @@ def main() -> None:
     parser.add_argument("--process", choices=("worker", "api"), default="worker")
     parser.add_argument("--gil", action="store_true", help="sample only threads holding the GIL")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    parser.add_argument("--workload", choices=("throughput", "small"), default="throughput")
+    parser.add_argument("--jobs", type=int, default=96, help="small: mix jobs per round")
+    parser.add_argument("--clients", type=int, default=16, help="small: concurrent clients")
     args = parser.parse_args()
     if not shutil.which("py-spy"):
         sys.exit("py-spy not found: .venv/bin/pip install py-spy")
     torch.set_num_threads(1)
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    w = Workload(args.model, args.size, args.steps, 7.5, args.k, args.n)
+    small = args.workload == "small"
+    settings = {"worker_batch_wait_ms": 20.0, "max_batch_size": 16} if small else {}
     with (
         tempfile.TemporaryDirectory(prefix="latentmix-profile-") as tmp,
-        Service(args.model, Path(tmp), {}, env, args.store) as svc,
-        LatentMixClient(svc.base_url, timeout=600) as client,
+        Service(args.model, Path(tmp), settings, env, args.store) as svc,
     ):
+        raw = args.raw or Path(tmp) / "stacks.txt"
+        profile = profile_small if small else profile_throughput
+        profile(args, svc, lambda: record(args, svc, raw))
+        print(summarise(raw.read_text()))
+
+
+def record(args: argparse.Namespace, svc: Service, raw: Path) -> subprocess.Popen:
+    """py-spy sampling the chosen process into `raw` until sent SIGINT."""
+    spy = subprocess.Popen(
+        [
+            *("py-spy", "record", "--pid", str(svc.pid(args.process))),
+            *("--rate", str(args.rate), "--format", "raw", "--threads", "--nonblocking"),
+            *(("--gil",) if args.gil else ("--idle",)),
+            *("-o", str(raw)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    return spy
+
+
+def stop(spy: subprocess.Popen) -> None:
+    spy.send_signal(subprocess.signal.SIGINT)
+    spy.wait(60)
+
+
+def profile_throughput(args: argparse.Namespace, svc: Service, start_recording) -> None:
+    w = Workload(args.model, args.size, args.steps, 7.5, args.k, args.n)
+    with LatentMixClient(svc.base_url, timeout=600) as client:
         warm = w.warmup(16)
         run = ServiceRun(client, svc, warm, warm.images(offset=1000))
         run.invert({}), run.mix({})
-        raw = args.raw or Path(tmp) / "stacks.txt"
-        spy = subprocess.Popen(
-            [
-                *("py-spy", "record", "--pid", str(svc.pid(args.process))),
-                *("--rate", str(args.rate), "--format", "raw", "--threads", "--nonblocking"),
-                *(("--gil",) if args.gil else ("--idle",)),
-                *("-o", str(raw)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)
+        spy = start_recording()
         out: dict = {}
         for round_ in range(args.rounds):
             run = ServiceRun(client, svc, w, w.images(offset=round_ * w.k))
             run.invert(out)
             run.mix(out)
-        spy.send_signal(subprocess.signal.SIGINT)
-        spy.wait(60)
-        for phase in ("invert", "mix"):
-            times = [p.wall_s for p in out[phase]]
-            workers = [p.detail.get("worker_s") or 0 for p in out[phase]]
-            print(f"{phase}: end to end {min(times):.3f} s best, worker {min(workers):.3f} s best")
-        print(summarise(raw.read_text()))
+        stop(spy)
+    for phase in ("invert", "mix"):
+        times = [p.wall_s for p in out[phase]]
+        workers = [p.detail.get("worker_s") or 0 for p in out[phase]]
+        print(f"{phase}: end to end {min(times):.3f} s best, worker {min(workers):.3f} s best")
+
+
+def profile_small(args: argparse.Namespace, svc: Service, start_recording) -> None:
+    options = argparse.Namespace(clients=args.clients, steps=args.steps, guidance=1.0)
+    side = args.size // 8
+    latents = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(0))
+    ids = upload(svc.base_url, latents)
+    run_service(svc.base_url, ids, rows(16, 1, args.rounds, args.rounds + 1), options)
+    spy = start_recording()
+    for round_ in range(args.rounds):
+        seconds, _ = run_service(
+            svc.base_url, ids, rows(args.jobs, 1, round_, args.rounds + 1), options
+        )
+        print(f"round {round_ + 1}: {args.jobs / seconds:.2f} img/s")
+    stop(spy)
 
 
 def summarise(collapsed: str) -> str:
