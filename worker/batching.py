@@ -1,24 +1,33 @@
-"""Cross-job batching (issue 30): a worker that takes a mix or an inversion job claims queued
-jobs of the same kind and settings and runs their rows through the denoiser as one batch.
+"""Cross-job batching (issue 30): continuous batching of the jobs a worker has in flight.
 
-RQ hands a worker one job at a time. Here the worker, holding such a job, looks at its queue
-(waiting up to `worker_batch_wait_ms` for company) and claims compatible jobs itself, each
-with an LREM of its id: Redis removes an id once, so of several workers scanning one queue
-exactly one gets each job (RQ's own dequeue pops ids the same way). Each claimed job then
-goes through RQ's own bookkeeping in a thread of its own (`prepare_execution`,
-`perform_job`: started registry, heartbeat, result or failure, exception handlers), so it
-keeps its own progress, result, cancellation and failure. The jobs meet only at the
-denoiser: `generate_rows` (mixes) and `invert_rows` (inversions) hand each job's rows to the
-batch's `Rendezvous`, which waits until every job still running has rows waiting, then runs
-them in one call.
+RQ hands a worker one job at a time. With batching on, the worker does not run a mix or an
+inversion job to its end before taking the next: it starts the job in a thread of its own
+(RQ's whole run of it: `prepare_execution`, `perform_job`, its started registry entry and
+heartbeat, its result or failure, the exception handlers) and goes back to its queues, up
+to `2 x max_batch_size` rows in flight. Jobs are taken by RQ's own dequeue, so several
+workers on one queue never take a job twice, and a job nobody took stays queued.
+
+The jobs meet only at the denoiser: `generate_rows` (mixes) and `invert_rows` (inversions)
+hand each job's rows to the worker's `Renderer`, one thread that runs every waiting row of
+compatible jobs in one call, up to `max_batch_size` rows. While a call runs, the next
+call's rows gather, so the denoiser goes from one full batch to the next without waiting
+for the previous jobs to store and publish their results (they do that in their threads,
+beside the next call). A call short of `max_batch_size` rows first waits for company, up
+to `worker_batch_wait_ms` after its rows arrived or the previous call ended, whichever is
+later: where a full batch costs little more than a short one (a GPU, a large model) a
+longer wait pays; where each row costs its share (`tiny` on a CPU) a short one does.
 
 - A job that fails before or after rendering fails alone; the others go on.
 - A canceled job is seen at the next step's progress report, as alone; its rows finish the
-  batch they are in (the other jobs' rows are in the same UNet call) and the job then ends
-  canceled. A batch whose jobs are all canceled stops at that step.
+  call they are in (the other jobs' rows are in it too) and the job then ends canceled. A
+  call whose jobs are all canceled stops at that step.
 - A denoiser call that raises fails every job whose rows it held, and only those.
 - A killed worker: each job has its own execution and heartbeat entry, so the reaper fails
-  exactly the jobs the worker held.
+  exactly the jobs the worker held; jobs it had not taken stay queued.
+- Any other job (a morph, an evaluation, a measurement) runs alone, in the worker's thread,
+  once the jobs in flight have ended: it uses the model too.
+- Stopping: a warm shutdown lets the jobs in flight finish (`drain`); an interruption
+  reaches each of them at its next step.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,17 +50,12 @@ from latentmix.worker.engine.results import Inverted, ProgressFn
 if TYPE_CHECKING:
     from rq import Queue
     from rq.job import Job
-    from rq.worker import BaseWorker
 
     from latentmix.worker.engine.models import LoadedModel
 
 log = logging.getLogger("latentmix.worker")
 
-# Queued jobs looked at per scan for company (the head of the queue: the oldest).
-SCAN_DEPTH = 64
-POLL_INTERVAL_S = 0.001
-
-_current = threading.local()  # the rendezvous of the batch this thread's job belongs to
+_current = threading.local()  # the renderer and job id of this thread's job, when in flight
 
 
 def generate_rows(
@@ -64,8 +68,8 @@ def generate_rows(
     progress: ProgressFn | None,
 ) -> list[Image.Image]:
     """`generate` for a task: together with the other jobs of this thread's batch, if any."""
-    rendezvous: Rendezvous | None = getattr(_current, "rendezvous", None)
-    if rendezvous is None:
+    renderer: Renderer | None = getattr(_current, "renderer", None)
+    if renderer is None:
         return generate(
             model, latents, prompt, steps=steps, guidance_scale=guidance_scale, progress=progress
         )
@@ -80,8 +84,9 @@ def generate_rows(
         steps=steps,
         guidance_scale=guidance_scale,
         progress=progress,
+        job_id=_current.job_id,
     )
-    return rendezvous.run(request)
+    return renderer.run(request)
 
 
 def invert_rows(
@@ -94,108 +99,81 @@ def invert_rows(
     measure: bool,
 ) -> Inverted:
     """`invert` for a task: together with the other jobs of this thread's batch, if any."""
-    rendezvous: Rendezvous | None = getattr(_current, "rendezvous", None)
-    if rendezvous is None:
+    renderer: Renderer | None = getattr(_current, "renderer", None)
+    if renderer is None:
         return invert(model, images, prompts, settings, progress, measure=measure)
-    request = _InvertRows(model, images, prompts, settings, measure, progress=progress)
-    return rendezvous.run(request)
+    request = _InvertRows(
+        model, images, prompts, settings, measure, progress=progress, job_id=_current.job_id
+    )
+    return renderer.run(request)
 
 
-# --- claiming company ---------------------------------------------------------------------
+# --- the jobs in flight --------------------------------------------------------------------
 
 
-def batch_key(job: Job) -> tuple | None:
-    """What a job must share with another to run in one denoiser call. A mix: its queue (the
-    model), steps, guidance and the inputs' inversion method and settings (the sampler); an
-    inversion: its queue, its settings (method, options, steps, guidance, size) and whether
-    every latent is regenerated to measure it. None for a job that is not batched (other
-    tasks, attention interpolation, a request of an older release). The latents' size is
-    checked when the rows meet."""
+def batchable(job: Job) -> bool:
+    """Whether the job's rows can share denoiser calls with other jobs' rows: a mix without
+    attention interpolation, an inversion; not other tasks, nor a request of an older
+    release. Which calls they share is the rows' `key`."""
     if not job.args or not isinstance(job.args[0], dict):
-        return None
+        return False
     raw = job.args[0]
-    if job.func_name == INVERT.task and "items" in raw and "settings" in raw:
-        settings = json.dumps(raw["settings"], sort_keys=True)
-        return (job.origin, INVERT.name, settings, raw.get("measure_reconstruction") == "all")
-    if job.func_name != MIX.task or "rows" not in raw or raw.get("attention", "none") != "none":
-        return None
-    sampler = json.dumps(raw.get("inversion_settings") or {}, sort_keys=True)
-    return (job.origin, raw["steps"], float(raw["guidance_scale"]), raw.get("inversion"), sampler)
+    if job.func_name == INVERT.task:
+        return "items" in raw and "settings" in raw
+    return job.func_name == MIX.task and "rows" in raw and raw.get("attention", "none") == "none"
 
 
-def _rows(job: Job) -> int:
-    """A job's rows: a mix's weight rows, an inversion's images."""
+def job_rows(job: Job) -> int:
+    """A batchable job's rows: a mix's weight rows, an inversion's images."""
     raw = job.args[0]
     return len(raw["rows"] if job.func_name == MIX.task else raw["items"])
 
 
-def claim_company(
-    worker: BaseWorker, job: Job, queue: Queue, *, max_rows: int, wait_s: float
-) -> list[Job]:
-    """Queued jobs to render together with `job` (same `batch_key`), claimed from `queue`
-    (their ids removed from it: no other worker will take them), up to `max_rows` rows in
-    all; waiting up to `wait_s` for them to arrive."""
-    key = batch_key(job)
-    if key is None:
-        return []
-    rows, company = _rows(job), []
-    looked_at: set[str] = set()  # ids fetched before: a job's request does not change
-    deadline = time.monotonic() + wait_s
-    while rows < max_rows:
-        for candidate in _queued(worker, queue, looked_at):
-            if batch_key(candidate) != key or rows + _rows(candidate) > max_rows:
-                continue
-            if worker.connection.lrem(queue.key, 1, candidate.id):  # ours, and only ours
-                company.append(candidate)
-                rows += _rows(candidate)
-        if rows >= max_rows or time.monotonic() >= deadline:
-            break
-        time.sleep(POLL_INTERVAL_S)
-    return company
+class InFlight:
+    """The batchable jobs a worker runs at once, each in a thread of its own, their rows
+    rendered by one `Renderer`; `limit` rows in all before the worker takes another job."""
 
+    def __init__(self, execute: Callable[[Job, Queue], None], *, max_rows: int, wait_s: float):
+        self.execute = execute  # RQ's whole run of one job
+        self.renderer = Renderer(max_rows, wait_s)
+        self.limit = 2 * max_rows  # a call's rows, and the next call's gathering
+        self._changed = threading.Condition()
+        self._rows: dict[str, int] = {}  # job id -> its rows
 
-def _queued(worker: BaseWorker, queue: Queue, looked_at: set[str]) -> list[Job]:
-    """The jobs at the head of the queue not looked at before (adds them to `looked_at`)."""
-    ids = [
-        i.decode() if isinstance(i, bytes) else i
-        for i in worker.connection.lrange(queue.key, 0, SCAN_DEPTH - 1)
-    ]
-    ids = [i for i in ids if i not in looked_at]
-    looked_at.update(ids)
-    if not ids:
-        return []
-    jobs = worker.job_class.fetch_many(
-        ids, connection=worker.connection, serializer=worker.serializer
-    )
-    return [job for job in jobs if job is not None]
+    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+        """Until fewer than `limit` rows are in flight (or the worker is stopping)."""
+        with self._changed:
+            while sum(self._rows.values()) >= self.limit and not should_stop():
+                self._changed.wait(timeout=1)
 
-
-# --- running together ---------------------------------------------------------------------
-
-
-def run_together(execute: Callable[[Job, Queue], None], jobs: Sequence[Job], queue: Queue) -> None:
-    """`execute(job, queue)` (RQ's whole run of one job) for each job, each in its own
-    thread (the first in this one), their rows rendered together. Returns when all ended."""
-    rendezvous = Rendezvous(len(jobs))
-
-    def run(job: Job) -> None:
-        _current.rendezvous = rendezvous
-        try:
-            execute(job, queue)
-        finally:
-            _current.rendezvous = None
-            rendezvous.leave()
-
-    threads = [
-        threading.Thread(target=run, args=(job,), name=f"latentmix-batch-{job.id}", daemon=True)
-        for job in jobs[1:]
-    ]
-    for thread in threads:
+    def start(self, job: Job, queue: Queue) -> None:
+        """Runs the job in a thread of its own and returns."""
+        with self._changed:
+            self._rows[job.id] = job_rows(job)
+        thread = threading.Thread(
+            target=self._run, args=(job, queue), name=f"latentmix-job-{job.id}", daemon=True
+        )
         thread.start()
-    log.info("rendering %d jobs together: %s", len(jobs), ", ".join(job.id for job in jobs))
-    run(jobs[0])
-    for thread in threads:
-        thread.join()
+
+    def _run(self, job: Job, queue: Queue) -> None:
+        _current.renderer, _current.job_id = self.renderer, job.id
+        try:
+            self.execute(job, queue)
+        finally:
+            _current.renderer = _current.job_id = None
+            with self._changed:
+                del self._rows[job.id]
+                self._changed.notify_all()
+
+    def drain(self) -> None:
+        """Until every job in flight has ended."""
+        with self._changed:
+            while self._rows:
+                self._changed.wait()
+
+    def close(self) -> None:
+        self.drain()
+        self.renderer.stop()
 
 
 @dataclass
@@ -203,6 +181,8 @@ class _Request:
     """One job's rows waiting for the denoiser, and what came of them."""
 
     progress: ProgressFn | None = field(default=None, kw_only=True)
+    job_id: str | None = field(default=None, kw_only=True)
+    arrived: float = field(default_factory=time.monotonic, kw_only=True)
     value: Any = field(default=None, kw_only=True)  # this job's part of the call's result
     error: BaseException | None = field(default=None, kw_only=True)
     done: bool = field(default=False, kw_only=True)
@@ -319,51 +299,83 @@ class _InvertRows(_Request):
         return inverted.rows(start, stop)
 
 
-class Rendezvous:
-    """Where the jobs of one batch meet at the denoiser: each `run` waits until every job
-    still running has rows waiting (or has ended), then one of them runs all the waiting
-    rows, grouped by their `key`, and each gets its own part back."""
+class Renderer:
+    """One thread that runs the rows the jobs in flight wait with through the denoiser: the
+    oldest waiting rows and every waiting row of the same `key`, up to `max_rows` (the
+    oldest always), in one call; each job gets its own part back. Rows that arrive during a
+    call go in the next one. Started with the first rows."""
 
-    def __init__(self, participants: int):
-        self._condition = threading.Condition()
-        self._active = participants
+    def __init__(self, max_rows: int, wait_s: float):
+        self.max_rows, self.wait_s = max_rows, wait_s
+        self._changed = threading.Condition()
         self._waiting: list[_Request] = []
-        self._rendering = False
-
-    def leave(self) -> None:
-        """A job ended: the others no longer wait for its rows."""
-        with self._condition:
-            self._active -= 1
-            self._condition.notify_all()
+        self._stopped = False
+        self._free_since = 0.0  # when the last call ended
+        self._thread: threading.Thread | None = None
 
     def run(self, rows: _Request) -> Any:
-        with self._condition:
+        """`rows` rendered with the other jobs' rows of their call; this job's part."""
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="latentmix-renderer", daemon=True
+                )
+                self._thread.start()
             self._waiting.append(rows)
-            self._condition.notify_all()
+            self._changed.notify_all()
             while not rows.done:
-                if not self._rendering and len(self._waiting) >= self._active:
-                    batch, self._waiting, self._rendering = self._waiting, [], True
-                    break
-                self._condition.wait()
-            else:
-                return rows.outcome()
-        try:
-            _render(batch)
-        finally:
-            with self._condition:
-                for waiting in batch:
-                    waiting.done = True
-                self._rendering = False
-                self._condition.notify_all()
+                self._changed.wait()
         return rows.outcome()
 
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
 
-def _render(batch: list[_Request]) -> None:
-    groups: dict[tuple, list[_Request]] = {}
-    for rows in batch:
-        groups.setdefault((type(rows), rows.key()), []).append(rows)
-    for group in groups.values():
-        type(group[0]).run_group(group)
+    def _loop(self) -> None:
+        while (call := self._next_call()) is not None:
+            try:
+                type(call[0]).run_group(call)
+            except BaseException as exc:  # whatever a call raises, the renderer goes on
+                for rows in call:
+                    rows.error = rows.error or exc
+            with self._changed:
+                for rows in call:
+                    rows.done = True
+                self._free_since = time.monotonic()
+                self._changed.notify_all()
+
+    def _next_call(self) -> list[_Request] | None:
+        """The next call's rows, taken from the waiting ones; None once stopped."""
+        with self._changed:
+            while not self._waiting and not self._stopped:
+                self._changed.wait()
+            if not self._waiting:
+                return None
+            # A call short of rows waits a little for company (from when the rows arrived
+            # or the last call ended, whichever is later): worth it where a fuller batch
+            # costs little more than a short one, up to the operator's setting.
+            deadline = max(self._waiting[0].arrived, self._free_since) + self.wait_s
+            while self._rows_like_oldest() < self.max_rows and not self._stopped:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(timeout=left)
+            call, rows = [], 0
+            key = self._waiting[0].key()
+            for waiting in list(self._waiting):
+                if waiting.key() == key and (not call or rows + waiting.rows() <= self.max_rows):
+                    call.append(waiting)
+                    rows += waiting.rows()
+                    self._waiting.remove(waiting)
+        if len(call) > 1:
+            ids = ", ".join(rows.job_id or "?" for rows in call)
+            log.info("rendering %d jobs together: %s", len(call), ids)
+        return call
+
+    def _rows_like_oldest(self) -> int:
+        key = self._waiting[0].key()
+        return sum(waiting.rows() for waiting in self._waiting if waiting.key() == key)
 
 
 def _render_group(group: list[_MixRows]) -> None:

@@ -1,5 +1,6 @@
 """The worker process: load the model once, then serve its queue with RQ's SimpleWorker
-(with LATENTMIX_WORKER_BATCH_WAIT_MS set, several mix jobs at once: worker/batching.py).
+(with LATENTMIX_WORKER_BATCH_WAIT_MS set, several mix and inversion jobs at once, their rows
+in shared denoiser calls: worker/batching.py).
 
 SimpleWorker runs jobs in this process: the pipeline stays warm across jobs and nothing
 forks after torch (or CUDA) is up. RQ handles SIGTERM as a warm shutdown: the current
@@ -88,7 +89,7 @@ from latentmix.service.core.model_cards import (
 )
 from latentmix.service.core.redis_connection import connect
 from latentmix.service.core.webhooks import webhook_queue
-from latentmix.worker.batching import claim_company, run_together
+from latentmix.worker.batching import InFlight, batchable
 from latentmix.worker.engine.attention.keyframes import KeyframeAttentionCache
 from latentmix.worker.engine.frame_distance import FrameDistance, configured_distance
 from latentmix.worker.engine.metrics.clip import ImageEncoder, load_clip
@@ -303,7 +304,12 @@ class LatentMixWorker(SimpleWorker):
     ):
         super().__init__(*args, **kwargs)
         self.settings = settings
-        self.batch_rows = batch_rows  # rows of jobs rendered together, at most
+        wait_ms = settings.worker_batch_wait_ms
+        self.in_flight = (
+            None
+            if wait_ms is None
+            else InFlight(self._execute_one, max_rows=batch_rows, wait_s=wait_ms / 1000)
+        )
         self.heartbeat_ttl_s = settings.worker_heartbeat_ttl_s
         self.device = device
         self.device_lost = False
@@ -311,22 +317,28 @@ class LatentMixWorker(SimpleWorker):
         self.push_exc_handler(self._report_abandoned)
 
     def execute_job(self, job, queue) -> None:
-        """The job, with the queued jobs it can be rendered together with, if batching
-        across jobs is on (worker/batching.py)."""
-        company = self._company(job, queue)
-        if company:
-            run_together(self._execute_one, [job, *company], queue)
-        else:
-            self._execute_one(job, queue)
+        """With batching across jobs on, a mix or inversion job starts in a thread of its
+        own and the worker goes back to its queues (worker/batching.py); any other job runs
+        here, alone, once those have ended."""
+        if self.in_flight is not None and batchable(job):
+            self.in_flight.start(job, queue)
+            return
+        if self.in_flight is not None:
+            self.in_flight.drain()
+        self._execute_one(job, queue)
 
-    def _company(self, job, queue) -> list:
-        wait_ms = self.settings.worker_batch_wait_ms
-        if wait_ms is None:
-            return []
-        company = claim_company(self, job, queue, max_rows=self.batch_rows, wait_s=wait_ms / 1000)
-        for claimed in company:
-            claimed.redis_server_version = job.redis_server_version  # as RQ's dequeue sets it
-        return company
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """With jobs in flight up to their limit, wait for room before taking another."""
+        if self.in_flight is not None:
+            self.in_flight.wait_for_room(lambda: self._stop_requested)
+        return self._listen(timeout, max_idle_time)
+
+    def teardown(self) -> None:
+        """The jobs in flight end (a warm shutdown lets them finish) before the worker
+        leaves Redis."""
+        if self.in_flight is not None:
+            self.in_flight.close()
+        super().teardown()
 
     def _execute_one(self, job, queue) -> None:
         try:
@@ -439,7 +451,7 @@ class LatentMixWorker(SimpleWorker):
         else:
             self._stop_requested = True
 
-    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+    def _listen(self, timeout, max_idle_time):
         """RQ's listening, in turns of at most LISTEN_S, each ending by itself, so that a
         stop request is seen between turns rather than raised into one."""
         if timeout is None:  # burst: one look at the queues, nothing to wait in

@@ -77,10 +77,10 @@ class Settings(BaseSettings):
     # file (worker/engine/lpips.py says its keys). Unset: the named `rgb-rmse` fallback.
     lpips_weights: Path | None = None
 
-    # Cross-job batching (worker/batching.py): a worker that takes a mix job waits up to this
-    # many ms for queued mix jobs with the same steps, guidance and sampler (an inversion job:
-    # inversion jobs with the same settings), claims them and runs their rows in one denoiser
-    # call (up to max_batch_size rows in all); each job keeps its own progress, result,
+    # Cross-job batching (worker/batching.py): a worker runs up to 2 x max_batch_size rows of
+    # mix and inversion jobs at once, each job in a thread of its own, and the rows of jobs
+    # with the same settings share denoiser calls (up to max_batch_size rows); an idle worker
+    # waits up to this many ms for company. Each job keeps its own progress, result,
     # cancellation and failure. None: one job at a time.
     worker_batch_wait_ms: float | None = Field(default=None, ge=0, le=1000)
 

@@ -228,3 +228,36 @@ def test_a_beat_registers_the_worker_again_after_redis_lost_it(redis: Redis, set
     assert found.name == worker.name
     assert found.queue_names() == ["latentmix:tiny"]
     assert redis.ttl(worker.key) <= 3
+
+
+def test_with_batching_jobs_run_in_flight_together_and_other_work_waits_for_them(
+    redis: Redis, settings: Settings
+):
+    """Batching on: the worker starts mix jobs without waiting for them to end (up to its
+    room), and runs any other job alone, once they have ended (it uses the model too)."""
+    request = plan_mix(
+        latents=IDS, rows=[[1, 1]], method="lerp", prompt="", steps=2, guidance_scale=1.0
+    )
+    mixes = [
+        enqueue(redis, settings, job_type=MIX, model="tiny", request=request, job_id=c * 32)
+        for c in "ab"
+    ]
+    measure = MeasureRequest(latents=[IDS[0]], sample_of=4)
+    other = enqueue(
+        redis, settings, job_type=MEASURE, model="tiny", request=measure, job_id="c" * 32
+    )
+    spans: dict[str, list[float]] = {}
+
+    class TimingWorker(LatentMixWorker):
+        def _execute_one(self, job, queue):
+            spans[job.id] = [time.monotonic()]
+            time.sleep(0.3)
+            spans[job.id].append(time.monotonic())
+
+    batching = settings.model_copy(update={"worker_batch_wait_ms": 1.0})
+    worker = make_worker(TimingWorker, [get_queue(redis, "tiny")], redis, batching, batch_rows=4)
+    work(worker, burst=True)
+
+    (a_start, a_end), (b_start, b_end) = (spans[job.id] for job in mixes)
+    assert b_start < a_end and a_start < b_end  # in flight together
+    assert spans[other.id][0] >= max(a_end, b_end)  # alone, after them
