@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,13 @@ import httpx
 import numpy as np
 import torch
 from safetensors.numpy import save
-from throughput import Service, _machine, run_and_report  # bench/ is the script's directory
+from throughput import (  # bench/ is the script's directory
+    Service,
+    _machine,
+    _proc_cpu_s,
+    _with_children,
+    run_and_report,
+)
 
 from latentmix.client import LatentMixClient
 from latentmix.service.core.images import encode_png
@@ -129,11 +136,13 @@ def run(args: argparse.Namespace) -> dict:
         for round_ in range(args.rounds):
             jobs = rows(args.jobs, args.rows_per_job, round_, args.rounds + 1)
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                before = cpu_seconds(services.get(name))
                 if name == "engine":
                     seconds, latencies = run_engine(model, latents, jobs, args), []
                 else:
                     seconds, latencies = run_service(services[name].base_url, ids[name], jobs, args)
                 images = args.jobs * args.rows_per_job
+                after = cpu_seconds(services.get(name))
                 together = batched_jobs(services[name]) if name in services else []
                 results[name].append(
                     {
@@ -143,6 +152,9 @@ def run(args: argparse.Namespace) -> dict:
                         "jobs_per_batch": statistics.mean(together) if together else None,
                         "images_per_s": images / seconds,
                         "median_latency_s": statistics.median(latencies) if latencies else None,
+                        "cpu_ms_per_image": {
+                            part: 1000 * (after[part] - before[part]) / images for part in after
+                        },
                         "load_1m": os.getloadavg()[0],
                     }
                 )
@@ -173,6 +185,19 @@ def run(args: argparse.Namespace) -> dict:
         | {"prompt": PROMPT, "method": METHOD},
         "results": results,
     }
+
+
+def cpu_seconds(svc: Service | None) -> dict[str, float]:
+    """CPU seconds so far of this process (the engine, or the service's clients: their
+    threads run here) and, for a service, of its API, its worker (with its storage writer)
+    and its Redis."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = {"engine" if svc is None else "clients": own.ru_utime + own.ru_stime}
+    if svc is not None:
+        seconds["api"] = _proc_cpu_s(svc.pid("api"))
+        seconds["worker"] = sum(map(_proc_cpu_s, _with_children(svc.pid("worker"))))
+        seconds["redis"] = _proc_cpu_s(svc.stack.embedded_redis.child.pid)
+    return seconds
 
 
 def batched_jobs(svc: Service) -> list[int]:
@@ -235,7 +260,25 @@ def report(data: dict) -> str:
         f"{max(ratios_on):.2f}x; target >= 0.8x on tiny). Median img/s: engine {engine:.2f}, "
         f"off {off:.2f}, on {on:.2f}.",
     ]
+    if all("cpu_ms_per_image" in run for runs in r.values() for run in runs):
+        lines.append(f"- {cpu_text(r)}")
     return "\n".join(lines)
+
+
+def cpu_text(results: dict[str, list[dict]]) -> str:
+    """CPU milliseconds per image, by process (medians over the rounds)."""
+
+    def median_ms(variant: str, part: str) -> float:
+        return statistics.median(run["cpu_ms_per_image"][part] for run in results[variant])
+
+    parts = ("worker", "api", "clients", "redis")
+    on = ", ".join(f"{part} {median_ms('service-on', part):.1f}" for part in parts)
+    total = sum(median_ms("service-on", part) for part in parts)
+    return (
+        f"CPU ms per image: engine {median_ms('engine', 'engine'):.1f}; service with "
+        f"batching on {total:.1f} in all ({on}), against the machine's "
+        f"{os.cpu_count()} cores."
+    )
 
 
 def main() -> None:
@@ -248,7 +291,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=96, help="mix jobs per round and variant")
     parser.add_argument("--rows-per-job", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16, help="UNet batch, engine and worker")
-    parser.add_argument("--wait-ms", type=float, default=20.0, help="batching wait, when on")
+    parser.add_argument("--wait-ms", type=float, default=500.0, help="batching wait (cap), when on")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per process (0: torch's default)"

@@ -12,10 +12,11 @@ hand each job's rows to the worker's `Renderer`, one thread that runs every wait
 compatible jobs in one call, up to `max_batch_size` rows. While a call runs, the next
 call's rows gather, so the denoiser goes from one full batch to the next without waiting
 for the previous jobs to store and publish their results (they do that in their threads,
-beside the next call). A call short of `max_batch_size` rows first waits for company, up
-to `worker_batch_wait_ms` after its rows arrived or the previous call ended, whichever is
-later: where a full batch costs little more than a short one (a GPU, a large model) a
-longer wait pays; where each row costs its share (`tiny` on a CPU) a short one does.
+beside the next call). A call short of `max_batch_size` rows first waits for company,
+from when its rows arrived or the previous call ended (whichever is later), up to
+`worker_batch_wait_ms` and to WAIT_SHARE of the previous call's time: one setting serves a
+model whose calls take seconds (a long wait fills the batch, which costs little more than
+a short one) and one whose calls take milliseconds (a wait as long would idle it).
 
 - A job that fails before or after rendering fails alone; the others go on.
 - A canceled job is seen at the next step's progress report, as alone; its rows finish the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +56,10 @@ if TYPE_CHECKING:
     from latentmix.worker.engine.models import LoadedModel
 
 log = logging.getLogger("latentmix.worker")
+
+# The most of the denoiser's time a call short of rows waits for company: the share of the
+# last call's time (so at most about this share of throughput is spent waiting).
+WAIT_SHARE = 0.05
 
 _current = threading.local()  # the renderer and job id of this thread's job, when in flight
 
@@ -311,6 +317,7 @@ class Renderer:
         self._waiting: list[_Request] = []
         self._stopped = False
         self._free_since = 0.0  # when the last call ended
+        self._last_call_s = math.inf  # how long it took (before the first: the setting rules)
         self._thread: threading.Thread | None = None
 
     def run(self, rows: _Request) -> Any:
@@ -334,6 +341,7 @@ class Renderer:
 
     def _loop(self) -> None:
         while (call := self._next_call()) is not None:
+            started = time.monotonic()
             try:
                 type(call[0]).run_group(call)
             except BaseException as exc:  # whatever a call raises, the renderer goes on
@@ -343,6 +351,7 @@ class Renderer:
                 for rows in call:
                     rows.done = True
                 self._free_since = time.monotonic()
+                self._last_call_s = self._free_since - started
                 self._changed.notify_all()
 
     def _next_call(self) -> list[_Request] | None:
@@ -352,10 +361,12 @@ class Renderer:
                 self._changed.wait()
             if not self._waiting:
                 return None
-            # A call short of rows waits a little for company (from when the rows arrived
-            # or the last call ended, whichever is later): worth it where a fuller batch
-            # costs little more than a short one, up to the operator's setting.
-            deadline = max(self._waiting[0].arrived, self._free_since) + self.wait_s
+            # A call short of rows waits for company, from when its rows arrived or the
+            # last call ended (whichever is later), up to the operator's setting and to
+            # WAIT_SHARE of the last call's time: a full batch pays where it costs little
+            # more than a short one, and waiting never costs more than that share.
+            wait_s = min(self.wait_s, WAIT_SHARE * self._last_call_s)
+            deadline = max(self._waiting[0].arrived, self._free_since) + wait_s
             while self._rows_like_oldest() < self.max_rows and not self._stopped:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -79,9 +79,10 @@ class Settings(BaseSettings):
 
     # Cross-job batching (worker/batching.py): a worker runs up to 2 x max_batch_size rows of
     # mix and inversion jobs at once, each job in a thread of its own, and the rows of jobs
-    # with the same settings share denoiser calls (up to max_batch_size rows); an idle worker
-    # waits up to this many ms for company. Each job keeps its own progress, result,
-    # cancellation and failure. None: one job at a time.
+    # with the same settings share denoiser calls (up to max_batch_size rows); a call short
+    # of rows waits for company up to this many ms (and at most 5% of the last call's
+    # time). Each job keeps its own progress, result, cancellation and failure. None: one
+    # job at a time.
     worker_batch_wait_ms: float | None = Field(default=None, ge=0, le=1000)
 
     # Jobs.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from latentmix.worker.batching import Renderer, _Request
+from latentmix.worker.batching import WAIT_SHARE, Renderer, _Request
 
 CALLS: list[list[str]] = []
 
@@ -91,6 +91,28 @@ def test_a_call_short_of_rows_waits_for_company_only_up_to_the_wait():
 
     assert outcome == [0, 1] and CALLS == [["alone"]]
     assert 0.05 <= time.monotonic() - started < 5
+
+
+def test_the_wait_for_company_is_at_most_a_share_of_the_last_calls_time():
+    renderer = Renderer(max_rows=2, wait_s=10.0)
+    original = FakeRows.run_group
+
+    def slow(group):  # a call of 0.2 s: the next short call waits at most 5% of it
+        time.sleep(0.2)
+        original(group)
+
+    FakeRows.run_group = staticmethod(slow)
+    try:
+        renderer.run(FakeRows(name="full", count=2, job_id="full"))  # full: no wait at all
+        started = time.monotonic()
+        renderer.run(FakeRows(name="short", count=1, job_id="short"))
+        took = time.monotonic() - started
+    finally:
+        FakeRows.run_group = staticmethod(original)
+        renderer.stop()
+
+    assert WAIT_SHARE == 0.05
+    assert 0.2 <= took < 0.2 + 1.0  # its own call, and a wait of about 10 ms, not 10 s
 
 
 def test_rows_of_other_settings_and_beyond_the_batch_go_in_later_calls_oldest_first():
