@@ -21,9 +21,10 @@ from latentmix.service.core.latents import LatentRecord
 from latentmix.worker.batching import generate_rows
 from latentmix.worker.engine.diffusion import encode_prompts
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
+from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.morph import Keyframes, render_frames
 from latentmix.worker.engine.results import Inverted
-from latentmix.worker.engine.state_mixing import mix_inverted
+from latentmix.worker.engine.state_mixing import mix_states
 from latentmix.worker.runtime import WorkerContext, context
 from latentmix.worker.tasks.reporting import (
     BatchPublisher,
@@ -74,7 +75,8 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
     check_one_shape(records)
     inputs = np.stack(ctx.storage.in_parallel(lambda r: ctx.catalog.load(r.id), records))
     stack = torch.from_numpy(inputs)
-    mixed_state = _mixed_state(ctx, request, records, stack)
+    mixed = mix(stack, request.weights, request.method)
+    mixed_state = _mixed_state(ctx, request, records, mixed)
     diagnostics = diagnose(
         InputStatistics.of(inputs), request.weights, request.method, Thresholds.of(ctx.settings)
     )
@@ -148,21 +150,20 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
 
 
 def _mixed_state(
-    ctx: WorkerContext, request: MixRequest, records: list[LatentRecord], stack: torch.Tensor
+    ctx: WorkerContext, request: MixRequest, records: list[LatentRecord], mixed: torch.Tensor
 ) -> Inverted:
-    """The inputs mixed by each weight row, their auxiliary state too
+    """The mixed latents with the inputs' auxiliary state mixed by the same weights
     (engine/state_mixing.py), to be sampled with the inputs' method and settings. Plain
     latents (the default method, no options) have no state."""
     if request.inversion is None:
-        inputs = Inverted(latent=stack, method=default_inversion(ctx.model.card).name)
-        return mix_inverted(inputs, request.weights, request.method, latent_state=())
+        return Inverted(latent=mixed, method=default_inversion(ctx.model.card).name)
     method = get_inversion(request.inversion, ctx.model.card)
     states = ctx.storage.in_parallel(lambda r: ctx.catalog.load_aux(r.id), records)
-    aux = {name: torch.stack([torch.from_numpy(s[name]) for s in states]) for name in states[0]}
-    inputs = Inverted(
-        latent=stack, aux=aux, method=method.name, settings=dict(request.inversion_settings)
+    tensors = [{name: torch.from_numpy(v) for name, v in state.items()} for state in states]
+    aux = mix_states(tensors, request.weights, request.method, method.latent_state)
+    return Inverted(
+        latent=mixed, aux=aux, method=method.name, settings=dict(request.inversion_settings)
     )
-    return mix_inverted(inputs, request.weights, request.method, method.latent_state)
 
 
 def _select(state: Inverted, rows: list[int]) -> Inverted:
