@@ -33,6 +33,7 @@ a short one) and one whose calls take milliseconds (a wait as long would idle it
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -197,6 +198,11 @@ class _Request:
         """What requests must share to go through one call."""
         raise NotImplementedError
 
+    @functools.cached_property
+    def call_key(self) -> tuple:
+        """`key()`, computed once: the renderer compares it at every wake-up."""
+        return (type(self), self.key())
+
     @staticmethod
     def run_group(group: list) -> None:
         """One call over the group's rows; each request gets its own part back."""
@@ -251,7 +257,8 @@ class _MixRows(_Request):
     guidance_scale: float
 
     def key(self) -> tuple:
-        """Within a batch of compatible jobs, only the latents' size can still differ."""
+        """The model, steps, guidance, sampler (method and settings), latent and state
+        shapes; prompts may differ (they are per row)."""
         aux = tuple(sorted((name, tuple(value.shape[1:])) for name, value in self.aux.items()))
         sampler = json.dumps(self.settings, sort_keys=True, default=str)
         shape = tuple(self.latent.shape[1:])
@@ -372,12 +379,13 @@ class Renderer:
                 if left <= 0:
                     break
                 self._changed.wait(timeout=left)
-            call, rows = [], 0
-            key = self._waiting[0].key()
+            call, taken = [], 0
+            key = self._waiting[0].call_key
             for waiting in list(self._waiting):
-                if waiting.key() == key and (not call or rows + waiting.rows() <= self.max_rows):
+                fits = not call or taken + waiting.rows() <= self.max_rows
+                if waiting.call_key == key and fits:
                     call.append(waiting)
-                    rows += waiting.rows()
+                    taken += waiting.rows()
                     self._waiting.remove(waiting)
         if len(call) > 1:
             ids = ", ".join(rows.job_id or "?" for rows in call)
@@ -385,8 +393,8 @@ class Renderer:
         return call
 
     def _rows_like_oldest(self) -> int:
-        key = self._waiting[0].key()
-        return sum(waiting.rows() for waiting in self._waiting if waiting.key() == key)
+        key = self._waiting[0].call_key
+        return sum(waiting.rows() for waiting in self._waiting if waiting.call_key == key)
 
 
 def _render_group(group: list[_MixRows]) -> None:
