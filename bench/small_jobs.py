@@ -7,7 +7,10 @@ Each round renders `--jobs` new weight rows (so nothing is served from the cache
 variant: the engine (`generate` over batches of `--batch` rows, PNGs encoded), then the
 service with batching off, then on (each round starts with another variant). Both services
 run at once, each its own stack (API, Redis, one worker, local store) with UNet batch
-`--batch`; only the one being driven computes. Reports images/s and service / engine.
+`--batch`; only the one being driven computes. Reports images/s and service / engine, CPU
+per image by process, and the CPU budget the 0.8x target leaves against RQ's own cost of a
+job (`--floor-jobs` no-op jobs through a plain RQ worker on the service's Redis): the
+floor that one job per image pays before any of the service's own work.
 
     nice -n 10 .venv/bin/python bench/small_jobs.py --model tiny --clients 16 --jobs 96
     nice -n 10 .venv/bin/python bench/small_jobs.py --model sd15-random --jobs 32 --rounds 2
@@ -31,6 +34,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from redis import Redis
+from rq import Queue
+from rq.worker import SimpleWorker
 from safetensors.numpy import save
 from throughput import (  # bench/ is the script's directory
     Service,
@@ -159,6 +165,7 @@ def run(args: argparse.Namespace) -> dict:
                     }
                 )
                 print(f"round {round_ + 1} {name}: {images / seconds:.2f} img/s", file=sys.stderr)
+        floor = rq_job_cpu_ms(services["service-off"].stack.redis_url, args.floor_jobs)
     return {
         "date": started.isoformat(timespec="seconds"),
         "machine": _machine(),
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> dict:
                 "batch",
                 "wait_ms",
                 "rounds",
+                "floor_jobs",
                 "threads",
                 "device",
                 "dtype",
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         | {"prompt": PROMPT, "method": METHOD},
         "results": results,
+        "rq_job_cpu_ms": floor,
     }
 
 
@@ -198,6 +207,25 @@ def cpu_seconds(svc: Service | None) -> dict[str, float]:
         seconds["worker"] = sum(map(_proc_cpu_s, _with_children(svc.pid("worker"))))
         seconds["redis"] = _proc_cpu_s(svc.stack.embedded_redis.child.pid)
     return seconds
+
+
+def noop(payload: dict) -> dict:
+    """A job that does nothing: what RQ alone costs per job (rq_job_cpu_ms)."""
+    return payload
+
+
+def rq_job_cpu_ms(redis_url: str, jobs: int) -> float:
+    """CPU milliseconds per job that a plain RQ worker spends (in this process) taking,
+    running and finishing no-op jobs with a one-row mix's payload, queued beforehand on
+    the service's Redis: a floor under any RQ worker's cost per job."""
+    queue = Queue("latentmix-floor", connection=Redis.from_url(redis_url))
+    for _ in range(jobs):
+        # by name: RQ refuses functions of __main__ (bench/ is on the path: the script's)
+        queue.enqueue("small_jobs.noop", {"rows": [[0.5, 0.5]], "method": METHOD})
+    worker = SimpleWorker([queue], connection=queue.connection)
+    started = time.process_time()
+    worker.work(burst=True, logging_level="WARNING")
+    return 1000 * (time.process_time() - started) / jobs
 
 
 def batched_jobs(svc: Service) -> list[int]:
@@ -262,6 +290,8 @@ def report(data: dict) -> str:
     ]
     if all("cpu_ms_per_image" in run for runs in r.values() for run in runs):
         lines.append(f"- {cpu_text(r)}")
+        if "rq_job_cpu_ms" in data:
+            lines.append(f"- {budget_text(r, data['rq_job_cpu_ms'], data['machine'])}")
     return "\n".join(lines)
 
 
@@ -281,6 +311,30 @@ def cpu_text(results: dict[str, list[dict]]) -> str:
     )
 
 
+def budget_text(results: dict[str, list[dict]], rq_ms: float, machine: dict) -> str:
+    """What 0.8x of the engine leaves the worker per image: the machine's cores over 0.8 x
+    the engine's rate, less what the other processes took; against the engine's own CPU and
+    RQ's floor per job (every image is one job here)."""
+    cores = machine["cpu_count"]
+    engine_rate = statistics.median(run["images_per_s"] for run in results["engine"])
+    budget = 1000 * cores / (0.8 * engine_rate)
+
+    def median_ms(variant: str, part: str) -> float:
+        return statistics.median(run["cpu_ms_per_image"][part] for run in results[variant])
+
+    others = sum(median_ms("service-on", part) for part in ("api", "clients", "redis"))
+    engine = median_ms("engine", "engine")
+    left = budget - others - engine
+    return (
+        f"CPU budget of 0.8x: {budget:.1f} ms per image on {cores} cores; API, clients and "
+        f"Redis took {others:.1f} and the engine's rendering {engine:.1f}, which leaves "
+        f"**{left:.1f} ms** per image for all of the worker's work besides rendering, "
+        f"against {rq_ms:.1f} ms that RQ alone spends per no-op job (a plain RQ worker on "
+        f"the service's Redis) and {median_ms('service-on', 'worker') - engine:.1f} ms that "
+        f"the worker spent."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="tiny, sd15-random, ...")
@@ -295,6 +349,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per process (0: torch's default)"
+    )
+    parser.add_argument(
+        "--floor-jobs", type=int, default=500, help="no-op jobs to measure RQ's cost per job"
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")

@@ -1,8 +1,9 @@
 """bench/gpu.sh, the GPU run ready to go, runs end to end on CPU (`--device cpu`) with a tiny
 workload: four variants side by side, raw numbers written, ratios against batched Diffusers
 printed; then the small-jobs workload (bench/small_jobs.py) with and without cross-job
-batching. The torch.compile half is skipped here (BENCH_MODES=eager: compiling takes minutes
-on two cores; tests/worker/engine/test_models.py covers the compile switch)."""
+batching, with RQ's cost per job against the CPU budget of the target. The torch.compile
+half is skipped here (BENCH_MODES=eager: compiling takes minutes on two cores;
+tests/worker/engine/test_models.py covers the compile switch)."""
 
 import json
 import os
@@ -45,9 +46,10 @@ def test_gpu_script_runs_the_four_way_comparison_on_cpu(tmp_path):
     assert "img/s" in done.stdout
 
     (small,) = tmp_path.glob("*-gpu-small-jobs-tiny-64px-cpu.json")
-    rates = {
-        name: runs[0]["images_per_s"]
-        for name, runs in json.loads(small.read_text())["results"].items()
-    }
+    small_data = json.loads(small.read_text())
+    rates = {name: runs[0]["images_per_s"] for name, runs in small_data["results"].items()}
     assert set(rates) == {"engine", "service-off", "service-on"} and min(rates.values()) > 0
     assert "batching off" in done.stdout and "on / engine" in done.stdout
+    # RQ's own cost per job, measured on the service's Redis, and the budget it is set against
+    assert 0 < small_data["rq_job_cpu_ms"] < 100
+    assert "CPU budget of 0.8x" in done.stdout
