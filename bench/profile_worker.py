@@ -114,8 +114,11 @@ def profile_throughput(args: argparse.Namespace, svc: Service, start_recording) 
 
 def profile_small(args: argparse.Namespace, svc: Service, start_recording) -> None:
     options = argparse.Namespace(clients=args.clients, steps=args.steps, guidance=1.0)
-    side = args.size // 8
-    latents = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(0))
+    with LatentMixClient(svc.base_url) as client:  # the latents' shape from the model's card
+        (card,) = [info.card for info in client.models() if info.name == args.model]
+    side = args.size // card["vae_scale_factor"]
+    shape = (2, card["latent_channels"], side, side)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     ids = upload(svc.base_url, latents)
     run_service(svc.base_url, ids, rows(16, 1, args.rounds, args.rounds + 1), options)
     spy = start_recording()
