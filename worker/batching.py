@@ -47,7 +47,8 @@ import torch
 from PIL import Image
 
 from latentmix.service.core.contract import INVERT, MIX, InversionSettings
-from latentmix.worker.engine.diffusion import generate, invert
+from latentmix.worker.engine.diffusion import encode_prompts, generate, invert
+from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.results import Inverted, ProgressFn
 
 if TYPE_CHECKING:
@@ -68,13 +69,14 @@ _current = threading.local()  # the renderer and job id of this thread's job, wh
 def generate_rows(
     model: LoadedModel,
     latents: torch.Tensor | Inverted,
-    prompt: str,
+    prompt: str | Conditioning,
     *,
     steps: int,
     guidance_scale: float,
     progress: ProgressFn | None,
 ) -> list[Image.Image]:
-    """`generate` for a task: together with the other jobs of this thread's batch, if any."""
+    """`generate` for a task: together with the other jobs of this thread's batch, if any.
+    `prompt`: one prompt for every row, or each row's text condition."""
     renderer: Renderer | None = getattr(_current, "renderer", None)
     if renderer is None:
         return generate(
@@ -252,7 +254,7 @@ class _MixRows(_Request):
     aux: dict[str, torch.Tensor]
     method: str | None  # None: plain latents (the family's default sampler)
     settings: dict[str, Any]
-    prompt: str
+    prompt: str | Conditioning  # one prompt for all rows, or each row's text condition
     steps: int
     guidance_scale: float
 
@@ -406,17 +408,32 @@ def _render_group(group: list[_MixRows]) -> None:
     if first.method is not None:
         aux = {name: torch.cat([rows.aux[name] for rows in group]) for name in first.aux}
         latents = Inverted(latent=latent, aux=aux, method=first.method, settings=first.settings)
-    prompts = [rows.prompt for rows in group for _ in range(len(rows.latent))]
     _call_group(
         group,
         lambda progress: generate(
             first.model,
             latents,
-            prompts,
+            _group_text(group),
             steps=first.steps,
             guidance_scale=first.guidance_scale,
             progress=progress,
         ),
+    )
+
+
+def _group_text(group: list[_MixRows]) -> list[str] | Conditioning:
+    """The group's text conditions, row by row: prompts, or, where a job brings its rows'
+    own conditions (mixed prompts), conditions for all (prompts encoded)."""
+    if all(isinstance(rows.prompt, str) for rows in group):
+        return [rows.prompt for rows in group for _ in range(len(rows.latent))]
+    model = group[0].model
+    return Conditioning.concat(
+        [
+            rows.prompt
+            if isinstance(rows.prompt, Conditioning)
+            else encode_prompts(model, [rows.prompt] * len(rows.latent))
+            for rows in group
+        ]
     )
 
 

@@ -215,7 +215,9 @@ class MixCreate(RequestBody):
     prompt: str | None = Field(
         default=None,
         max_length=MAX_PROMPT_CHARS,
-        description="default: the prompt the inputs were inverted with",
+        description="default: the prompt the inputs were inverted with; where their prompts "
+        "differ, each mix's text condition is their prompts' embeddings mixed with its weights "
+        "(its provenance's prompt is then null)",
     )
     guidance_scale: GuidanceScale = None
     steps: int | None = Field(

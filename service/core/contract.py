@@ -221,7 +221,10 @@ class MixRequest(Contract):
 
     latents: list[str] = Field(min_length=1)
     method: str
-    prompt: str
+    # None: each row's text condition is the inputs' prompts (`prompts`, one per input)
+    # embedded and mixed with the row's weights (method.md section 3), as morph frames do.
+    prompt: str | None
+    prompts: list[str] | None = None
     steps: int = Field(ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
     seed: int | None = None
@@ -238,6 +241,10 @@ class MixRequest(Contract):
 
     @model_validator(mode="after")
     def _consistent(self) -> "MixRequest":
+        if (self.prompt is None) != (self.prompts is not None):
+            raise ValueError("a mix has either one prompt or the inputs' prompts to mix")
+        if self.prompts is not None and len(self.prompts) != len(self.latents):
+            raise ValueError(f"{len(self.prompts)} prompts for {len(self.latents)} latents")
         for index, row in enumerate(self.rows):
             if len(row.weights) != len(self.latents):
                 raise ValueError(
@@ -277,10 +284,11 @@ def plan_mix(
     latents: list[str],
     rows: list[list[float]],
     method: str,
-    prompt: str,
+    prompt: str | None,
     steps: int,
     guidance_scale: float,
     seed: int | None = None,
+    prompts: list[str] | None = None,
     producers: dict[str, str] | None = None,
     inversion: str | None = None,
     inversion_settings: dict[str, Any] | None = None,
@@ -289,7 +297,8 @@ def plan_mix(
 ) -> MixRequest:
     """The mix job for validated weight `rows`: each normalised once (so [1, 1] and
     [0.5, 0.5] are the same mix, with the same ids) and given its latent and image ids.
-    A row that is one input alone renders plainly, whatever `attention` says."""
+    A row that is one input alone renders plainly, whatever `attention` says. Without a
+    `prompt`, each row mixes the inputs' `prompts` with its weights."""
     planned = []
     for row in rows:
         total = sum(row)
@@ -297,12 +306,15 @@ def plan_mix(
         latent = mixed_latent_id(latents, weights, method)
         interpolates = attention != "none" and sum(1 for w in weights if w) > 1
         extra = {"attention": attention, "attention_steps": attention_steps} if interpolates else {}
+        if prompt is None:
+            extra["prompts"] = prompts
         image = image_id(latent, prompt, steps, guidance_scale, **extra)
         planned.append(MixRow(weights=weights, latent=latent, image=image))
     return MixRequest(
         latents=latents,
         method=method,
         prompt=prompt,
+        prompts=prompts if prompt is None else None,
         steps=steps,
         guidance_scale=guidance_scale,
         seed=seed,
@@ -320,7 +332,7 @@ class Provenance(Contract):
 
     inputs: list[str]
     method: str
-    prompt: str
+    prompt: str | None  # None: the inputs' prompts mixed with `weights`
     seed: int | None
     steps: int
     guidance_scale: float
@@ -341,7 +353,7 @@ class MixResult(Contract):
     latents: list[str]
     images: list[MixImage]
     method: str
-    prompt: str
+    prompt: str | None  # None: each image's inputs' prompts mixed with its weights
     seed: int | None
     steps: int
     guidance_scale: float

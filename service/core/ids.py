@@ -32,17 +32,18 @@ def mixed_latent_id(inputs: list[str], weights: list[float], method: str) -> str
 
 
 def image_id(
-    latent_id: str, prompt: str, steps: int, guidance_scale: float, **attention: Any
+    latent_id: str, prompt: str | None, steps: int, guidance_scale: float, **extra: Any
 ) -> str:
-    """`attention` (mode and steps, when a mix interpolates attention) joins the id only
-    when given, so plain renders keep their ids."""
+    """`extra` (attention mode and steps, when a mix interpolates attention; the inputs'
+    prompts, when it mixes them) joins the id only when given, so plain renders keep their
+    ids."""
     return _content_id(
         "render",
         latent=latent_id,
         prompt=prompt,
         steps=steps,
         guidance_scale=guidance_scale,
-        **attention,
+        **extra,
     )
 
 

@@ -7,7 +7,7 @@ answers. The worker's task trusts the plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from redis import Redis
@@ -115,7 +115,7 @@ def plan_mix_job(
         latents=ask.latents,
         rows=rows,
         method=method,
-        prompt=ask.prompt if ask.prompt is not None else (shared_value(inputs.prompts) or ""),
+        **text_condition(ask.prompt, inputs.prompts),
         steps=steps,
         guidance_scale=guidance_for(ask.guidance_scale, model_card(redis, model), "generation"),
         seed=ask.sample.seed if ask.sample else None,
@@ -126,6 +126,19 @@ def plan_mix_job(
         inversion_settings=None if plain else origin.record_settings(),
     )
     return PlannedJob(model, mix, waits_for(inputs))
+
+
+def text_condition(asked: str | None, input_prompts: list[str | None]) -> dict[str, Any]:
+    """The mix's prompt: the one asked for; else the one its inputs were inverted with;
+    else, where they differ, none: each row mixes the inputs' prompts with its weights
+    (method.md section 3, as morph frames do; the empty prompt instead drew no input's
+    class on `shapes`). An input without a prompt counts as the empty prompt."""
+    if asked is not None:
+        return {"prompt": asked}
+    prompts = [prompt or "" for prompt in input_prompts]
+    if len(set(prompts)) == 1:
+        return {"prompt": prompts[0]}
+    return {"prompt": None, "prompts": prompts}
 
 
 def waits_for(inputs: Inputs) -> list[str] | None:

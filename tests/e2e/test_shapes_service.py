@@ -18,6 +18,9 @@ from redis import Redis
 from latentmix.service.cli.stack import ServiceStack
 from latentmix.service.core.config import Settings
 from latentmix.worker.engine.shapes import world
+from latentmix.worker.engine.shapes.classifier import judge, load_classifier
+from latentmix.worker.engine.shapes.evaluation import to_tensor
+from latentmix.worker.engine.shapes.model import CLASSIFIER_FILE
 
 pytestmark = pytest.mark.e2e
 
@@ -73,3 +76,38 @@ def test_drawings_are_inverted_mixed_and_generated_at_64px(api):
     assert job["status"] == "succeeded", job
     png = api.get(f"/images/{job['result']['images'][0]['id']}", follow_redirects=True)
     assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+
+
+def test_a_mix_of_drawings_inverted_with_their_captions_keeps_each_ends_class(api):
+    """No prompt in the mix: each row is conditioned on the two captions mixed with its
+    weights. Judged by the shapes classifier, the rows that lean 0.9 towards an input draw
+    its class, as the inputs themselves do (the empty prompt, the earlier default, drew
+    a cyan triangle from both inputs' own latents)."""
+    captions = ["a red circle", "a blue square"]
+    files = [
+        ("images", ("circle.png", drawing_png("circle", "red"), "image/png")),
+        ("images", ("square.png", drawing_png("square", "blue"), "image/png")),
+    ]
+    response = api.post(
+        "/latents", files=files, data={"prompt": captions, "inversion_steps": STEPS}
+    )
+    assert response.status_code == 202, response.text
+    answer = response.json()  # the circle may be stored already (the test above inverts it)
+    latents = [entry["id"] for entry in answer["latents"]]
+    assert wait_for(api, answer["job"]["id"])["status"] == "succeeded"
+
+    rows = [[1, 0], [0.9, 0.1], [0.1, 0.9], [0, 1]]
+    response = api.post("/mix", json={"latents": latents, "weights": rows})
+    assert response.status_code == 202, response.text
+    job = wait_for(api, response.json()["id"])
+    assert job["status"] == "succeeded", job
+
+    images = job["result"]["images"]
+    assert [image["provenance"]["prompt"] for image in images] == [None] * 4
+    pictures = [
+        Image.open(io.BytesIO(api.get(f"/images/{image['id']}", follow_redirects=True).content))
+        for image in images
+    ]
+    classifier = load_classifier(CLASSIFIER_FILE)
+    read = [label for label, _ in judge(classifier, to_tensor(pictures))]
+    assert read == ["red circle", "red circle", "blue square", "blue square"]

@@ -61,6 +61,48 @@ def test_plan_mix_normalises_each_row_and_computes_its_ids():
     assert (provenance.inputs, provenance.weights, provenance.seed) == (IDS[:2], [0.5, 0.5], 3)
 
 
+def test_a_mix_without_a_prompt_mixes_its_inputs_prompts_and_its_image_ids_say_so():
+    rows = [[1, 3]]
+    mixed = plan_mix(
+        latents=IDS[:2],
+        rows=rows,
+        method="nin/chm",
+        prompt=None,
+        prompts=["a red circle", "a blue square"],
+        steps=10,
+        guidance_scale=1.0,
+    )
+    empty = plan_mix(
+        latents=IDS[:2], rows=rows, method="nin/chm", prompt="", steps=10, guidance_scale=1.0
+    )
+    other = plan_mix(
+        latents=IDS[:2],
+        rows=rows,
+        method="nin/chm",
+        prompt=None,
+        prompts=["a red circle", "a green star"],
+        steps=10,
+        guidance_scale=1.0,
+    )
+
+    assert mixed.prompts == ["a red circle", "a blue square"]
+    assert mixed.image(0).provenance.prompt is None
+    assert mixed.rows[0].latent == empty.rows[0].latent  # the same mixed latent...
+    images = {mixed.rows[0].image, empty.rows[0].image, other.rows[0].image}
+    assert len(images) == 3  # ...rendered under other text conditions: other images
+    assert empty.prompts is None  # a prompt given: no prompts to mix
+
+
+def test_a_mix_request_has_one_prompt_or_one_prompt_per_input():
+    mix = plan_mix(
+        latents=IDS[:2], rows=[[1, 1]], method="lerp", prompt="", steps=10, guidance_scale=1.0
+    )
+    with pytest.raises(ValidationError, match="either one prompt or the inputs' prompts"):
+        MixRequest.model_validate(mix.model_dump() | {"prompt": None})
+    with pytest.raises(ValidationError, match="1 prompts for 2 latents"):
+        MixRequest.model_validate(mix.model_dump() | {"prompt": None, "prompts": ["a"]})
+
+
 class CountedRow(list):
     """A weight row that counts how often it is walked through."""
 

@@ -20,9 +20,10 @@ from latentmix.service.core.diagnostics import InputStatistics, Thresholds, diag
 from latentmix.service.core.latents import LatentRecord
 from latentmix.worker.batching import generate_rows
 from latentmix.worker.engine.diffusion import encode_prompts
+from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
-from latentmix.worker.engine.morph import Keyframes, render_frames
+from latentmix.worker.engine.morph import Keyframes, frame_conditioning, render_frames
 from latentmix.worker.engine.results import Inverted
 from latentmix.worker.engine.state_mixing import mix_states
 from latentmix.worker.runtime import WorkerContext, context
@@ -117,27 +118,33 @@ def mix_latents(ctx: WorkerContext, job: Job, request: MixRequest) -> MixResult:
 def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, rows, progress):
     """The images of `rows`, with the sampler of the inputs' inversion method; with
     attention interpolation (plain latents only: the API refuses it for other methods),
-    each row's attention mixes the inputs' (their own generation with the mix's prompt) by
+    each row's attention mixes the inputs' (their own generation with their prompt) by
     its weights."""
     mixed = state.latent
     if request.attention == "none":
         return generate_rows(  # with other jobs' rows, when batched (worker/batching.py)
             ctx.model,
             _select(state, rows) if request.inversion else mixed[rows],
-            request.prompt,
+            request.prompt if request.prompt is not None else _mixed_prompts(ctx, request, rows),
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             progress=progress,
         )
+    prompts = request.prompts or [request.prompt] * len(request.latents)
     inputs = Keyframes(
         latents=stack,
-        prompts=[request.prompt] * len(request.latents),
-        keys=[(latent, request.prompt) for latent in request.latents],
+        prompts=prompts,
+        keys=[(latent, prompt) for latent, prompt in zip(request.latents, prompts, strict=True)],
+    )
+    text = (
+        encode_prompts(ctx.model, [request.prompt] * len(rows))
+        if request.prompt is not None
+        else _mixed_prompts(ctx, request, rows)
     )
     return render_frames(
         ctx.model,
         mixed[rows],
-        encode_prompts(ctx.model, [request.prompt] * len(rows)),
+        text,
         steps=request.steps,
         guidance_scale=request.guidance_scale,
         attention=request.attention,
@@ -146,6 +153,16 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
         attention_steps=request.attention_steps,
         cache=ctx.attention_cache,
         progress=progress,
+    )
+
+
+def _mixed_prompts(ctx: WorkerContext, request: MixRequest, rows: list[int]) -> Conditioning:
+    """Each row's text condition: the inputs' prompt embeddings mixed with its weights."""
+    return frame_conditioning(
+        ctx.model,
+        request.prompts,
+        [None] * len(rows),
+        [request.rows[i].weights for i in rows],
     )
 
 

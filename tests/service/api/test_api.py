@@ -475,3 +475,21 @@ def test_a_mix_of_pending_inversions_takes_their_prompt_and_steps(client):
     assert (request.prompt, request.steps) == ("a red fox", 12)
     assert request.producers == dict.fromkeys(inputs, pending["job"]["id"])
     assert answer["planned"][0]["id"] == image_id(request.rows[0].latent, "a red fox", 12, 7.5)
+
+
+def test_a_mix_of_inputs_inverted_with_other_prompts_mixes_their_prompts_row_by_row(client):
+    prompts = ["a red circle", "a blue square"]
+    pending = post_images(client, png_bytes(1), png_bytes(2), prompt=prompts).json()
+    inputs = [entry["id"] for entry in pending["latents"]]
+
+    answer = client.post("/mix", json={"latents": inputs, "weights": [[9, 1], [1, 9]]}).json()
+
+    request = MixRequest.model_validate(fetch_job(client.app.state.redis, answer["id"]).args[0])
+    assert (request.prompt, request.prompts) == (None, prompts)
+    assert request.image(0).provenance.prompt is None
+    latent = request.rows[0].latent
+    assert answer["planned"][0]["id"] == image_id(latent, None, 50, 7.5, prompts=prompts)
+    # A prompt given in the request is the prompt of every row, as before.
+    given = client.post("/mix", json={"latents": inputs, "prompt": "a shape"}).json()
+    request = MixRequest.model_validate(fetch_job(client.app.state.redis, given["id"]).args[0])
+    assert (request.prompt, request.prompts) == ("a shape", None)

@@ -40,6 +40,19 @@ class Conditioning:
     def __len__(self) -> int:
         return self.cond.shape[0]
 
+    @staticmethod
+    def concat(parts: Sequence[Conditioning]) -> Conditioning:
+        """The parts' rows one after another (e.g. several jobs' rows in one call); the
+        unconditional embedding is the same for all of them."""
+        first = parts[0]
+        return Conditioning(
+            cond=torch.cat([part.cond for part in parts]),
+            uncond=first.uncond,
+            pooled=None if first.pooled is None else torch.cat([part.pooled for part in parts]),
+            uncond_pooled=first.uncond_pooled,
+            extra={name: torch.cat([part.extra[name] for part in parts]) for name in first.extra},
+        )
+
     def rows(self, start: int, stop: int) -> Conditioning:
         return Conditioning(
             cond=self.cond[start:stop],

@@ -18,13 +18,13 @@ from latentmix.worker.engine.diffusion import (
     InversionSettings,
     decode_latents,
     encode_images,
-    encode_prompts,
     generate,
     invert,
 )
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.mixing import mix
 from latentmix.worker.engine.models import LoadedModel
+from latentmix.worker.engine.morph import frame_conditioning
 from latentmix.worker.engine.shapes import world
 from latentmix.worker.engine.shapes.classifier import Prediction, ShapesClassifier, classify
 from latentmix.worker.engine.shapes.model import JUDGE, NATIVE_SIZE
@@ -173,12 +173,10 @@ def find_samples(
 def mixed_conditioning(
     model: LoadedModel, prompts: Sequence[str], weights: torch.Tensor
 ) -> Conditioning:
-    """The prompts' text embeddings mixed linearly with each row of `weights` [N, K]
-    (method.md section 3)."""
-    embeddings = encode_prompts(model, list(prompts))
-    w = (weights / weights.sum(dim=1, keepdim=True)).to(embeddings.cond.dtype)
-    cond = torch.einsum("nk,kld->nld", w, embeddings.cond)
-    return Conditioning(cond=cond, uncond=embeddings.uncond)
+    """The prompts' text embeddings mixed linearly with each row of `weights` [N, K],
+    normalised to sum 1 (method.md section 3), as a mix without a prompt does."""
+    rows = (weights / weights.sum(dim=1, keepdim=True)).tolist()
+    return frame_conditioning(model, list(prompts), [None] * len(rows), rows)
 
 
 def channel_mean_bias(latents: torch.Tensor) -> torch.Tensor:
