@@ -61,29 +61,22 @@ def test_plan_mix_normalises_each_row_and_computes_its_ids():
     assert (provenance.inputs, provenance.weights, provenance.seed) == (IDS[:2], [0.5, 0.5], 3)
 
 
+def two_input_mix(prompt: str | None, prompts: list[str] | None = None) -> MixRequest:
+    return plan_mix(
+        latents=IDS[:2],
+        rows=[[1, 3]],
+        method="nin/chm",
+        prompt=prompt,
+        prompts=prompts,
+        steps=10,
+        guidance_scale=1.0,
+    )
+
+
 def test_a_mix_without_a_prompt_mixes_its_inputs_prompts_and_its_image_ids_say_so():
-    rows = [[1, 3]]
-    mixed = plan_mix(
-        latents=IDS[:2],
-        rows=rows,
-        method="nin/chm",
-        prompt=None,
-        prompts=["a red circle", "a blue square"],
-        steps=10,
-        guidance_scale=1.0,
-    )
-    empty = plan_mix(
-        latents=IDS[:2], rows=rows, method="nin/chm", prompt="", steps=10, guidance_scale=1.0
-    )
-    other = plan_mix(
-        latents=IDS[:2],
-        rows=rows,
-        method="nin/chm",
-        prompt=None,
-        prompts=["a red circle", "a green star"],
-        steps=10,
-        guidance_scale=1.0,
-    )
+    mixed = two_input_mix(None, ["a red circle", "a blue square"])
+    empty = two_input_mix("")
+    other = two_input_mix(None, ["a red circle", "a green star"])
 
     assert mixed.prompts == ["a red circle", "a blue square"]
     assert mixed.image(0).provenance.prompt is None
