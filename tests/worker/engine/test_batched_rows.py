@@ -5,6 +5,7 @@ row mixes its inputs' prompts (a mix without a prompt)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from latentmix.worker.batching import _group_text, _MixRows, _render_group
@@ -86,3 +87,29 @@ def test_a_call_of_such_jobs_conditions_each_row_on_its_own_jobs_text(tiny_model
     # jobs that each bring one prompt keep the plain list of prompts
     plain = [rows(tiny_model, latents(1, 2), "a cat"), rows(tiny_model, latents(2, 3), "a dog")]
     assert _group_text(plain) == ["a cat", "a dog", "a dog"]
+
+
+@pytest.mark.parametrize("family", ["tiny_sd3", "tiny_sdxl"])
+def test_mixed_prompts_of_a_family_with_pooled_embeddings_render_in_a_shared_call(family, request):
+    """SD 3 and SDXL condition on pooled embeddings too: a mix without a prompt mixes them
+    with the same weights, and its rows share a call with another job's."""
+    model = request.getfixturevalue(family)
+    weights = [[1.0, 0.0], [0.3, 0.7]]
+    mixed_text = frame_conditioning(model, ["a red fox", "a blue cat"], [None, None], weights)
+    encoded = encode_prompts(model, ["a red fox", "a blue cat"])
+    assert torch.equal(mixed_text.pooled[0], encoded.pooled[0])
+    expected = 0.3 * encoded.pooled[0].float() + 0.7 * encoded.pooled[1].float()
+    assert torch.allclose(mixed_text.pooled[1].float(), expected, atol=1e-6)
+
+    channels, side = model.card.latent_channels, model.default_size // model.card.vae_scale_factor
+    shape = (channels, side, side)
+    group = [
+        rows(model, torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)), mixed_text),
+        rows(model, torch.randn(1, *shape, generator=torch.Generator().manual_seed(1)), "a dog"),
+    ]
+    for job in group:
+        job.steps = 2
+    _render_group(group)
+
+    assert [job.error for job in group] == [None, None]
+    assert [len(job.value) for job in group] == [2, 1]
