@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+import pytest
 
 from latentmix.service.cli.stack import Child, StackError
 from latentmix.service.core.config import Settings
@@ -43,6 +46,16 @@ TINY_CARD = ModelCard(
     vae_batch_size=4,
     inversion_batch_size=2,
     compiled=False,
+)
+
+
+SENTINEL_MISSING = shutil.which("redis-sentinel") is None or shutil.which("redis-server") is None
+# Tests that need Debian's redis-server and redis-sentinel skip without them, except in CI
+# (.ci/run sets LATENTMIX_SENTINEL_TESTS=required): there they fail, never skip.
+needs_sentinel = pytest.mark.skipif(
+    SENTINEL_MISSING and os.environ.get("LATENTMIX_SENTINEL_TESTS") != "required",
+    reason="needs Debian's redis-server and redis-sentinel (scripts/test installs them when it "
+    "runs as root: scripts/install-redis-sentinel; or apt-get install -y redis-sentinel)",
 )
 
 

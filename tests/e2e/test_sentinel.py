@@ -9,8 +9,6 @@ what the client was told is accepted is on the replica before the primary can di
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import sys
 import time
@@ -19,23 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, png_bytes, service_environment
+from helpers import SENTINEL_MISSING, free_port, needs_sentinel, png_bytes, service_environment
 
 from latentmix.service.cli.stack import Child, ServiceStack
 from latentmix.service.core.config import Settings
 
-MISSING = shutil.which("redis-sentinel") is None or shutil.which("redis-server") is None
-WHY = (
-    "needs Debian's redis-server and redis-sentinel (scripts/test installs them when it runs "
-    "as root: scripts/install-redis-sentinel; or apt-get install -y redis-sentinel)"
-)
-pytestmark = [
-    pytest.mark.e2e,
-    # CI (.ci/run) sets LATENTMIX_SENTINEL_TESTS=required: there the test fails, never skips.
-    pytest.mark.skipif(
-        MISSING and os.environ.get("LATENTMIX_SENTINEL_TESTS") != "required", reason=WHY
-    ),
-]
+pytestmark = [pytest.mark.e2e, needs_sentinel]
 
 MASTER = "latentmix"
 DOWN_AFTER_MS = 3000  # a sentinel calls the primary down after this long without an answer
@@ -133,7 +120,7 @@ class ReplicatedRedis:
 
 @pytest.fixture
 def replicated(tmp_path) -> Iterator[ReplicatedRedis]:
-    assert not MISSING, WHY
+    assert not SENTINEL_MISSING, "redis-server and redis-sentinel are required here"
     servers = ReplicatedRedis(tmp_path)
     try:
         servers.start()
