@@ -1,6 +1,6 @@
 """The `shapes` model measured: every figure of docs/models.md's `shapes` section, reproducibly.
 
-    .venv/bin/python bench/shapes_report.py                      # all five parts
+    .venv/bin/python bench/shapes_report.py                      # every part
     .venv/bin/python bench/shapes_report.py --parts generation --per-prompt 2 --steps 25
 
 1. generation: "a {colour} {shape}" for the 24 pairs from seeded noise (guidance 7.5, DDIM
@@ -16,6 +16,13 @@
    the paper's guidance 7.5; uniform centroids of K of them for each method: the channel-mean
    bias of the centroid latents, and the shapes-classifier feature cosine distance of the
    generated centroids to the mean feature of the real drawings; the plot in docs/.
+6. method-mixes: each inversion method's 0.5/0.5 mix of part 3 and centroid of 8 red
+   circles at the paper's guidance, read by the classifier; a contact sheet in docs/.
+7. mix-prompt: pairs of drawings inverted each with its own caption, mixed at weights 1,
+   0.9, 0.1 and 0 towards the first, generated without a prompt as `POST /mix` does (the
+   captions' embeddings mixed with the row's weights) and with the empty prompt (its
+   default before 2026-12-07): how many rows the classifier reads as the class they lean
+   to. `--parts mix-prompt --json bench/results/shapes-mix-prompt.json` runs it alone.
 
 Writes bench/results/shapes-report.json (or --json) and prints a Markdown summary. All
 scores use the shapes classifier: "shapes-classifier features" stand in for CLIP/Inception.
@@ -35,6 +42,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
+from latentmix.service.core.model_cards import guidance_for
 from latentmix.worker.engine.diffusion import InversionSettings, generate, invert
 from latentmix.worker.engine.inversion import get_inversion
 from latentmix.worker.engine.mixing import mix
@@ -48,7 +56,14 @@ from latentmix.worker.engine.state_mixing import mix_inverted
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PARTS = ("generation", "inversion", "mix", "mix-grid", "bias", "method-mixes")
+PARTS = ("generation", "inversion", "mix", "mix-grid", "bias", "method-mixes", "mix-prompt")
+# Part 7's pairs of drawings (shape, colour): inverted each with its own caption.
+PROMPT_PAIRS = (
+    (("circle", "red"), ("square", "blue")),
+    (("triangle", "green"), ("star", "yellow")),
+    (("square", "magenta"), ("circle", "cyan")),
+    (("star", "blue"), ("circle", "yellow")),
+)
 # Part 6's inversion methods: every one that inverts for Stable Diffusion's sampler.
 MIX_INVERSIONS = ("ddim", "fixed-point", "edict", "bdia", "null-text", "negative-prompt")
 BIAS_METHODS = ("fix/0", "nin/0", "fix/chm", "nin/chm")
@@ -299,6 +314,50 @@ def part_method_mixes(model: Any, classifier: Any, args: argparse.Namespace) -> 
     }
 
 
+def part_mix_prompt(model: Any, classifier: Any, args: argparse.Namespace) -> dict[str, Any]:
+    # the service's defaults for this model (its card's augmentation guidance: 1 on shapes)
+    inversion_guidance = guidance_for(None, model.card, "inversion")
+    guidance = guidance_for(None, model.card, "generation")
+    settings = InversionSettings(steps=args.steps, guidance_scale=inversion_guidance)
+    weights = [[1.0, 0.0], [0.9, 0.1], [0.1, 0.9], [0.0, 1.0]]
+    texts = {"captions mixed": None, "empty prompt": ""}
+    kept = dict.fromkeys(texts, 0)
+    pairs = []
+    for pair in PROMPT_PAIRS:
+        captions = [world.caption(shape, colour) for shape, colour in pair]
+        drawings = [_drawing(shape, colour) for shape, colour in pair]
+        inverted = invert(model, drawings, captions, settings)
+        mixed = mix(inverted.latent, weights, "nin/chm")
+        want = [f"{colour} {shape}" for shape, colour in (pair[0], pair[0], pair[1], pair[1])]
+        read = {}
+        for name, text in texts.items():
+            condition = (
+                text
+                if text is not None
+                else ev.mixed_conditioning(model, captions, torch.tensor(weights))
+            )
+            images = generate(model, mixed, condition, steps=args.steps, guidance_scale=guidance)
+            read[name] = [label for label, _ in judge(classifier, ev.to_tensor(images))]
+            kept[name] += sum(r == w for r, w in zip(read[name], want, strict=True))
+        pairs.append({"captions": captions, "read": read})
+    return {
+        "method": "nin/chm",
+        "inversion_guidance": inversion_guidance,
+        "generation_guidance": guidance,
+        "steps": args.steps,
+        "weights_towards_first": [row[0] for row in weights],
+        "rows_read_as_the_class_they_lean_to": kept,
+        "of": len(weights) * len(PROMPT_PAIRS),
+        "pairs": pairs,
+    }
+
+
+def _drawing(shape: str, colour: str) -> Image.Image:
+    """The shape centred on white, as tests/e2e/test_shapes_service.py draws it."""
+    pixels = world.draw(shape, colour, "white", centre=(32, 32), radius=16)
+    return Image.fromarray((pixels * 255).round().astype("uint8"))
+
+
 def _mixed_state(model: Any, inverted: Any, weights: list[list[float]]) -> Any:
     """The `nin/chm` mix of the inverted rows with their state mixed alike (as a mix job
     mixes it, worker/tasks/mix.py)."""
@@ -416,6 +475,7 @@ def main() -> None:
         "mix-grid": lambda: part_mix_grid(model, classifier, args),
         "bias": lambda: part_bias(model, classifier, args),
         "method-mixes": lambda: part_method_mixes(model, classifier, args),
+        "mix-prompt": lambda: part_mix_prompt(model, classifier, args),
     }
     for part in parts:
         started = time.monotonic()
