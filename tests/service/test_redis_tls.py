@@ -134,18 +134,26 @@ def test_rediss_with_the_ca_file_verifies_and_talks_to_the_server(tls_redis):
     assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == str(ca)
 
 
-def test_the_async_connection_of_the_api_verifies_the_same_way(tls_redis):
-    url, ca = tls_redis
+def async_round_trip(settings: Settings, value: str) -> bytes:
+    """`value` written and read back through the API's asyncio connection."""
 
     async def round_trip() -> bytes:
-        client = connect_async(Settings(redis_url=url, redis_ca_file=ca))
+        client = connect_async(settings)
         try:
-            await client.set("latentmix:tls-async", "async over TLS")
+            await client.set("latentmix:tls-async", value)
             return await client.get("latentmix:tls-async")
         finally:
             await client.aclose()
 
-    assert asyncio.run(round_trip()) == b"async over TLS"
+    return asyncio.run(round_trip())
+
+
+def test_the_async_connection_of_the_api_verifies_the_same_way(tls_redis):
+    url, ca = tls_redis
+
+    settings = Settings(redis_url=url, redis_ca_file=ca)
+
+    assert async_round_trip(settings, "async over TLS") == b"async over TLS"
 
 
 def test_without_the_ca_file_a_server_signed_by_an_unknown_ca_is_refused(tls_redis):
@@ -168,15 +176,7 @@ def test_through_a_tls_sentinel_the_master_is_found_and_talked_to_over_tls(tls_s
 
 @needs_sentinel
 def test_the_async_connection_finds_the_master_through_the_tls_sentinel_too(tls_sentinel):
-    async def round_trip() -> bytes:
-        client = connect_async(tls_sentinel)
-        try:
-            await client.set("latentmix:sentinel-tls-async", "async, found over TLS")
-            return await client.get("latentmix:sentinel-tls-async")
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(round_trip()) == b"async, found over TLS"
+    assert async_round_trip(tls_sentinel, "async, found over TLS") == b"async, found over TLS"
 
 
 @needs_sentinel
