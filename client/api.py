@@ -204,7 +204,9 @@ class LatentMixClient:
     ) -> Job:
         """Queue a mix job: one image for a weight list, one per row for a list of rows,
         the uniform centroid for None. Latents still being inverted are waited for.
-        `attention` (inner, outer, fused) also interpolates attention with the inputs'."""
+        `prompt` None: the inputs' prompt, or their prompts mixed with each row's weights
+        where they differ. `attention` (inner, outer, fused) also interpolates attention
+        with the inputs'."""
         body: dict[str, Any] = {"latents": [_id(latent) for latent in latents], "method": method}
         if attention is not None:
             body["attention"] = attention
