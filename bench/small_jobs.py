@@ -295,17 +295,18 @@ def report(data: dict) -> str:
     return "\n".join(lines)
 
 
+def median_cpu_ms(results: dict[str, list[dict]], variant: str, part: str) -> float:
+    """A process's CPU milliseconds per image in a variant, the median over the rounds."""
+    return statistics.median(run["cpu_ms_per_image"][part] for run in results[variant])
+
+
 def cpu_text(results: dict[str, list[dict]]) -> str:
     """CPU milliseconds per image, by process (medians over the rounds)."""
-
-    def median_ms(variant: str, part: str) -> float:
-        return statistics.median(run["cpu_ms_per_image"][part] for run in results[variant])
-
     parts = ("worker", "api", "clients", "redis")
-    on = ", ".join(f"{part} {median_ms('service-on', part):.1f}" for part in parts)
-    total = sum(median_ms("service-on", part) for part in parts)
+    on = ", ".join(f"{part} {median_cpu_ms(results, 'service-on', part):.1f}" for part in parts)
+    total = sum(median_cpu_ms(results, "service-on", part) for part in parts)
     return (
-        f"CPU ms per image: engine {median_ms('engine', 'engine'):.1f}; service with "
+        f"CPU ms per image: engine {median_cpu_ms(results, 'engine', 'engine'):.1f}; service with "
         f"batching on {total:.1f} in all ({on}), against the machine's "
         f"{os.cpu_count()} cores."
     )
@@ -318,20 +319,16 @@ def budget_text(results: dict[str, list[dict]], rq_ms: float, machine: dict) -> 
     cores = machine["cpu_count"]
     engine_rate = statistics.median(run["images_per_s"] for run in results["engine"])
     budget = 1000 * cores / (0.8 * engine_rate)
-
-    def median_ms(variant: str, part: str) -> float:
-        return statistics.median(run["cpu_ms_per_image"][part] for run in results[variant])
-
-    others = sum(median_ms("service-on", part) for part in ("api", "clients", "redis"))
-    engine = median_ms("engine", "engine")
+    others = sum(median_cpu_ms(results, "service-on", part) for part in ("api", "clients", "redis"))
+    engine = median_cpu_ms(results, "engine", "engine")
+    worker = median_cpu_ms(results, "service-on", "worker")
     left = budget - others - engine
     return (
         f"CPU budget of 0.8x: {budget:.1f} ms per image on {cores} cores; API, clients and "
         f"Redis took {others:.1f} and the engine's rendering {engine:.1f}, which leaves "
         f"**{left:.1f} ms** per image for all of the worker's work besides rendering, "
         f"against {rq_ms:.1f} ms that RQ alone spends per no-op job (a plain RQ worker on "
-        f"the service's Redis) and {median_ms('service-on', 'worker') - engine:.1f} ms that "
-        f"the worker spent."
+        f"the service's Redis) and {worker - engine:.1f} ms that the worker spent."
     )
 
 
