@@ -19,7 +19,6 @@ from latentmix.service.core.contract import (
 from latentmix.service.core.diagnostics import InputStatistics, Thresholds, diagnose
 from latentmix.service.core.latents import LatentRecord
 from latentmix.worker.batching import generate_rows
-from latentmix.worker.engine.diffusion import encode_prompts
 from latentmix.worker.engine.families.base import Conditioning
 from latentmix.worker.engine.inversion import default_inversion, get_inversion
 from latentmix.worker.engine.mixing import mix
@@ -121,30 +120,29 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
     each row's attention mixes the inputs' (their own generation with their prompt) by
     its weights."""
     mixed = state.latent
+    prompts = request.prompts or [request.prompt] * len(request.latents)
     if request.attention == "none":
+        # One prompt stays a string: jobs batched together then encode their prompts at once.
+        text = (
+            request.prompt if request.prompt is not None else _row_text(ctx, request, prompts, rows)
+        )
         return generate_rows(  # with other jobs' rows, when batched (worker/batching.py)
             ctx.model,
             _select(state, rows) if request.inversion else mixed[rows],
-            request.prompt if request.prompt is not None else _mixed_prompts(ctx, request, rows),
+            text,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             progress=progress,
         )
-    prompts = request.prompts or [request.prompt] * len(request.latents)
     inputs = Keyframes(
         latents=stack,
         prompts=prompts,
         keys=[(latent, prompt) for latent, prompt in zip(request.latents, prompts, strict=True)],
     )
-    text = (
-        encode_prompts(ctx.model, [request.prompt] * len(rows))
-        if request.prompt is not None
-        else _mixed_prompts(ctx, request, rows)
-    )
     return render_frames(
         ctx.model,
         mixed[rows],
-        text,
+        _row_text(ctx, request, prompts, rows),
         steps=request.steps,
         guidance_scale=request.guidance_scale,
         attention=request.attention,
@@ -156,12 +154,15 @@ def _render(ctx: WorkerContext, request: MixRequest, stack, state: Inverted, row
     )
 
 
-def _mixed_prompts(ctx: WorkerContext, request: MixRequest, rows: list[int]) -> Conditioning:
-    """Each row's text condition: the inputs' prompt embeddings mixed with its weights."""
+def _row_text(
+    ctx: WorkerContext, request: MixRequest, prompts: list[str], rows: list[int]
+) -> Conditioning:
+    """Each row's text condition: the mix's prompt, or, without one, the inputs' `prompts`
+    embedded and mixed with the row's weights (what morph frames between prompts get)."""
     return frame_conditioning(
         ctx.model,
-        request.prompts,
-        [None] * len(rows),
+        prompts,
+        [request.prompt] * len(rows),
         [request.rows[i].weights for i in rows],
     )
 
