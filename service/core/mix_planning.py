@@ -131,8 +131,9 @@ def plan_mix_job(
 def text_condition(asked: str | None, input_prompts: list[str | None]) -> dict[str, Any]:
     """The mix's prompt: the one asked for; else the one its inputs were inverted with;
     else, where they differ, none: each row mixes the inputs' prompts with its weights
-    (method.md section 3, as morph frames do; the empty prompt instead drew no input's
-    class on `shapes`). An input without a prompt counts as the empty prompt."""
+    (method.md section 3, as morph frames do; on `shapes` the empty prompt kept the class
+    of 3 rows in 16, the mixed prompts of all 16: docs/methods/mixing.md). An input without
+    a prompt counts as the empty prompt."""
     if asked is not None:
         return {"prompt": asked}
     prompts = [prompt or "" for prompt in input_prompts]
